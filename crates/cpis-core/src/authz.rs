@@ -1,0 +1,214 @@
+//! Who may call what: the one table, and the tower layer that enforces it for
+//! every RPC of every service before any handler runs.
+//!
+//! The layer reads the connection's identity (established once per TLS
+//! connection by [`crate::server`]), refuses unauthenticated connections with
+//! `UNAUTHENTICATED` and callers outside the table with `PERMISSION_DENIED`,
+//! and hands the typed [`Caller`] to the handler in the request extensions.
+//! Finer rules that depend on data (a council sees only its own plans) live
+//! in the handlers.
+
+use crate::identity::{Caller, ServiceName};
+use crate::server::PeerInfo;
+use futures::future::BoxFuture;
+use std::task::{Context, Poll};
+use tonic::Status;
+use tower::{Layer, Service};
+
+/// A class of callers allowed to call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allow {
+    /// Any council.
+    Councils,
+    /// Any setting.
+    Settings,
+    /// One of our services.
+    Service(ServiceName),
+    /// Any authenticated identity (health checks, reflection).
+    AnyIdentity,
+}
+
+impl Allow {
+    fn admits(self, caller: &Caller) -> bool {
+        match (self, caller) {
+            (Allow::AnyIdentity, _) => true,
+            (Allow::Councils, Caller::Council(_)) => true,
+            (Allow::Settings, Caller::Setting(_)) => true,
+            (Allow::Service(want), Caller::Service(got)) => want == *got,
+            _ => false,
+        }
+    }
+}
+
+use Allow::*;
+
+/// The authorization table: every method served on any port, and who may call it.
+/// A method absent from this table is refused for everyone.
+pub const POLICY: &[(&str, &[Allow])] = &[
+    ("/cpis.registry.v1.RegistryService/UpsertPlan", &[Councils]),
+    ("/cpis.registry.v1.RegistryService/EndPlan", &[Councils]),
+    ("/cpis.registry.v1.RegistryService/DeletePlan", &[Councils]),
+    ("/cpis.registry.v1.RegistryService/GetPlan", &[Councils]),
+    ("/cpis.registry.v1.RegistryService/ListPlans", &[Councils]),
+    ("/cpis.registry.v1.RegistryService/SyncPlans", &[Councils]),
+    (
+        "/cpis.registry.v1.RegistryService/LookupFlags",
+        &[Service(ServiceName::Attendance)],
+    ),
+    ("/cpis.attendance.v1.AttendanceService/CheckIn", &[Settings]),
+    // Councils only for people they hold a flag in scope for (checked in the handler).
+    (
+        "/cpis.attendance.v1.AttendanceService/ListEpisodes",
+        &[Settings, Councils],
+    ),
+    (
+        "/cpis.attendance.v1.AttendanceService/ListAccesses",
+        &[Councils],
+    ),
+    (
+        "/cpis.notification.v1.NotificationService/Subscribe",
+        &[Councils],
+    ),
+    (
+        "/cpis.notification.v1.NotificationService/AckAlerts",
+        &[Councils],
+    ),
+    (
+        "/cpis.notification.v1.NotificationService/ListAlerts",
+        &[Councils],
+    ),
+    (
+        "/cpis.notification.v1.NotificationService/PublishAlert",
+        &[Service(ServiceName::Attendance)],
+    ),
+    ("/grpc.health.v1.Health/Check", &[AnyIdentity]),
+    ("/grpc.health.v1.Health/Watch", &[AnyIdentity]),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        &[AnyIdentity],
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        &[AnyIdentity],
+    ),
+];
+
+/// The rule for a method path, if the table has one.
+pub fn rule(path: &str) -> Option<&'static [Allow]> {
+    POLICY
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, allow)| *allow)
+}
+
+/// Decides one request: the caller to hand on, or the status to answer with.
+pub fn decide(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, Status> {
+    let caller = match peer.map(|p| &p.identity) {
+        Some(Ok(caller)) => caller,
+        Some(Err(e)) => return Err(Status::unauthenticated(e.to_string())),
+        None => {
+            return Err(Status::unauthenticated(
+                "no verified client identity on this connection",
+            ))
+        }
+    };
+    let Some(allowed) = rule(path) else {
+        return Err(Status::permission_denied(
+            "method is not open to any caller",
+        ));
+    };
+    if allowed.iter().any(|a| a.admits(caller)) {
+        Ok(caller.clone())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{} callers may not call {}",
+            caller.kind().as_str(),
+            path.rsplit('/').next().unwrap_or(path)
+        )))
+    }
+}
+
+/// The caller of a request, as put there by [`AuthzLayer`].
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no verified client identity"))
+}
+
+/// Tower layer enforcing [`POLICY`].
+#[derive(Debug, Clone, Default)]
+pub struct AuthzLayer;
+
+impl<S> Layer<S> for AuthzLayer {
+    type Service = Authz<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authz { inner }
+    }
+}
+
+/// The service made by [`AuthzLayer`].
+#[derive(Debug, Clone)]
+pub struct Authz<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for Authz<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        match decide(&path, req.extensions().get::<PeerInfo>()) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                let caller = req
+                    .extensions()
+                    .get::<PeerInfo>()
+                    .and_then(|p| p.identity.as_ref().ok())
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "unauthenticated".into());
+                tracing::warn!(method = %path, %caller, code = ?status.code(), "request refused");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_of_the_contract_has_a_rule() {
+        for path in cpis_proto::all_rpc_paths() {
+            assert!(rule(&path).is_some(), "{path} has no authorization rule");
+        }
+    }
+
+    #[test]
+    fn councils_cannot_look_up_flags() {
+        let peer = PeerInfo {
+            remote_addr: None,
+            identity: Ok(Caller::Council("E08000003".into())),
+        };
+        let err = decide("/cpis.registry.v1.RegistryService/LookupFlags", Some(&peer)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let ok = decide("/cpis.registry.v1.RegistryService/GetPlan", Some(&peer));
+        assert!(ok.is_ok());
+    }
+}

@@ -1,0 +1,385 @@
+//! A private PostgreSQL cluster under a directory, for `cpis dev`, the tests
+//! and the benchmarks: found from the server binaries on this machine,
+//! initialised on first use, run as an unprivileged user when we are root
+//! (`initdb` and `postgres` refuse root), listening only on a Unix socket in
+//! the same directory, and stopped when dropped.
+
+use anyhow::{bail, Context as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options for [`PrivateCluster::start`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Turn off fsync and synchronous commit: fast, and fine for throwaway test data only.
+    pub unsafe_fast: bool,
+    /// Extra `-c name=value` server settings.
+    pub settings: Vec<(String, String)>,
+    /// Ask the kernel to stop the server if this thread's process dies.
+    pub die_with_parent: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            unsafe_fast: false,
+            settings: Vec::new(),
+            die_with_parent: true,
+        }
+    }
+}
+
+/// A running private cluster.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    bin: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+    options: ClusterOptions,
+    child: Option<Child>,
+}
+
+/// The superuser created by `initdb`.
+pub const SUPERUSER: &str = "cpis";
+const PORT: u16 = 5432;
+
+impl PrivateCluster {
+    /// Initialises (if needed) and starts a cluster under `dir`.
+    pub fn start(dir: &Path, options: ClusterOptions) -> anyhow::Result<Self> {
+        let bin = find_bindir()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let data = dir.join("data");
+        let socket_dir = dir.join("run");
+        let log = dir.join("postgres.log");
+        let run_as = unprivileged_user()?;
+        std::fs::create_dir_all(&socket_dir)?;
+        if let Some((uid, gid)) = run_as {
+            // The server user must reach the directory and own what it writes.
+            allow_traverse(&dir)?;
+            chown(&dir, uid, gid)?;
+            chown(&socket_dir, uid, gid)?;
+            if data.exists() {
+                chown(&data, uid, gid)?;
+            }
+        }
+        let mut cluster = Self {
+            bin,
+            data,
+            socket_dir,
+            log,
+            port: PORT,
+            run_as,
+            options,
+            child: None,
+        };
+        if !cluster.data.join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        cluster.spawn()?;
+        Ok(cluster)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        #[cfg(unix)]
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env_remove("PGDATA").env("LC_ALL", "C");
+        cmd
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let out = self
+            .command("initdb")
+            .arg("-D")
+            .arg(&self.data)
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Starts the server process and waits until it accepts connections.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let pid_file = self.data.join("postmaster.pid");
+        if pid_file.exists() {
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            let pid = pid.lines().next().unwrap_or_default().trim().to_string();
+            if !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists() {
+                bail!(
+                    "a PostgreSQL server (pid {pid}) is already running on {}: stop the other `cpis dev` first",
+                    self.data.display()
+                );
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        if let Some((uid, gid)) = self.run_as {
+            chown(&self.log, uid, gid)?;
+        }
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-k")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses="])
+            .args(["-c", "max_connections=300"]);
+        if self.options.unsafe_fast {
+            cmd.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
+        for (k, v) in &self.options.settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        #[cfg(target_os = "linux")]
+        if self.options.die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().context("starting postgres")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pid_file = self.data.join("postmaster.pid");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+                    bail!(
+                        "postgres exited ({status}): {}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
+            let ready = std::fs::read_to_string(&pid_file)
+                .map(|s| s.lines().any(|l| l.trim() == "ready"))
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "postgres did not become ready within 60 s; see {}",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (fast shutdown: open sessions are rolled back) and waits for it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        #[cfg(unix)]
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// True while the server process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// A `key=value` connection string for `dbname`.
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            self.socket_dir.display(),
+            self.port,
+            SUPERUSER,
+            dbname
+        )
+    }
+
+    /// Creates `dbname` unless it exists.
+    pub async fn create_database(&self, dbname: &str) -> anyhow::Result<()> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(conn);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+            .await?
+            .is_some();
+        if !exists {
+            // The name is ours (not user input) but quote it all the same.
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{}\"", dbname.replace('"', "")))
+                .await?;
+        }
+        drop(client);
+        let _ = task.await;
+        Ok(())
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Finds the directory holding `initdb` and `postgres`: `$CPIS_PG_BINDIR`,
+/// `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin`, then `PATH`.
+pub fn find_bindir() -> anyhow::Result<PathBuf> {
+    let has_server = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+    if let Ok(dir) = std::env::var("CPIS_PG_BINDIR") {
+        let dir = PathBuf::from(dir);
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+        bail!(
+            "CPIS_PG_BINDIR={} has no initdb and postgres",
+            dir.display()
+        );
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|d| has_server(d))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    if let Some(dir) = versions.pop() {
+        return Ok(dir);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if has_server(&dir) {
+                return Ok(dir);
+            }
+        }
+    }
+    bail!(
+        "no PostgreSQL server binaries found (initdb, postgres): install them \
+         (Debian: apt-get install postgresql) or set DATABASE_URL"
+    )
+}
+
+/// When running as root, the uid/gid of the user that will run PostgreSQL
+/// (`$CPIS_PG_USER`, default `postgres`, else `nobody`).
+fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        let wanted = std::env::var("CPIS_PG_USER").ok();
+        let candidates: Vec<String> = match wanted {
+            Some(u) => vec![u],
+            None => vec!["postgres".into(), "nobody".into()],
+        };
+        for name in &candidates {
+            let cname = std::ffi::CString::new(name.as_str())?;
+            // SAFETY: getpwnam returns a pointer to static storage or null; we
+            // copy the two integers out at once and keep no reference.
+            let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+            if !pw.is_null() {
+                let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+                return Ok(Some((uid, gid)));
+            }
+        }
+        bail!("running as root, and none of the users {candidates:?} exists to run PostgreSQL: set CPIS_PG_USER")
+    }
+    #[cfg(not(unix))]
+    Ok(None)
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))
+}
+
+/// Lets other users pass through every ancestor of `dir` (adds `o+x` where
+/// missing), so the unprivileged server user can reach its data directory.
+fn allow_traverse(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            let mut perms = meta.permissions();
+            perms.set_mode(mode | 0o011);
+            std::fs::set_permissions(ancestor, perms)
+                .with_context(|| format!("letting the server user reach {}", ancestor.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! Running one gRPC service: the mutual-TLS listener, health and reflection
+//! beside the service, the authorization layer around everything, readiness
+//! that follows PostgreSQL, and a graceful shutdown a reader can follow:
+//!
+//! 1. [`Shutdown::request`] (Ctrl-C, SIGTERM, or a test) marks readiness
+//!    `NOT_SERVING`, so load balancers stop sending new work;
+//! 2. after the drain delay, [`Shutdown::stopping`] fires: the listener stops
+//!    accepting, long-lived streams end, and in-flight calls finish;
+//! 3. `serve` returns once every connection has closed.
+
+use crate::authz::AuthzLayer;
+use crate::identity::{Caller, IdentityError};
+use crate::tls::ServerTls;
+use deadpool_postgres::Pool;
+use pin_project_lite::pin_project;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+pub use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+
+/// What a connection proved about its client, established once per
+/// connection right after the TLS handshake.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub remote_addr: Option<SocketAddr>,
+    /// The verified caller, or why there is none.
+    pub identity: Result<Caller, IdentityError>,
+}
+
+pin_project! {
+    /// A server-side TLS connection that carries its client's identity.
+    pub struct MtlsStream {
+        #[pin]
+        inner: TlsStream<TcpStream>,
+        info: PeerInfo,
+    }
+}
+
+impl Connected for MtlsStream {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for MtlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (a slow
+/// client cannot hold up the others), yielding connections that know their
+/// caller. Stops accepting when `stop` fires.
+pub fn mtls_incoming(
+    listener: TcpListener,
+    tls: ServerTls,
+    stop: CancellationToken,
+) -> ReceiverStream<io::Result<MtlsStream>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(tls.config());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tx.closed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(15));
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+            let (acceptor, tls, tx) = (acceptor.clone(), tls.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let identity = tls.identify(stream.get_ref().1.peer_certificates());
+                        if let Err(e) = &identity {
+                            tracing::info!(remote = %addr, reason = %e, "connection without a valid identity");
+                        }
+                        let info = PeerInfo {
+                            remote_addr: Some(addr),
+                            identity,
+                        };
+                        let _ = tx
+                            .send(Ok(MtlsStream {
+                                inner: stream,
+                                info,
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(remote = %addr, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(remote = %addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The two phases of shutting down, shared by every service in a process.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    requested: CancellationToken,
+    stopping: CancellationToken,
+}
+
+impl Shutdown {
+    /// A fresh shutdown signal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts shutting down.
+    pub fn request(&self) {
+        self.requested.cancel();
+    }
+
+    /// Fires when shutdown has been requested (readiness goes `NOT_SERVING`).
+    pub fn requested(&self) -> &CancellationToken {
+        &self.requested
+    }
+
+    /// Fires after the drain delay: listeners close and streams end.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Requests shutdown on Ctrl-C or SIGTERM.
+    pub fn on_signals(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            me.request();
+        });
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Transport settings for one server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The gRPC service name whose health is readiness (e.g. `cpis.registry.v1.RegistryService`).
+    pub service_name: &'static str,
+    /// Delay between readiness going `NOT_SERVING` and connections closing.
+    pub drain: Duration,
+    /// HTTP/2 keepalive ping interval (keeps idle streams alive through load balancers).
+    pub http2_keepalive: Duration,
+    /// Close connections after this age so Kubernetes can rebalance; clients reconnect.
+    pub max_connection_age: Option<Duration>,
+    /// How often readiness re-checks PostgreSQL.
+    pub health_interval: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults for a service: no drain delay, 30 s keepalive, no age limit.
+    pub fn new(service_name: &'static str) -> Self {
+        Self {
+            service_name,
+            drain: Duration::ZERO,
+            http2_keepalive: Duration::from_secs(30),
+            max_connection_age: None,
+            health_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Serves `routes` (plus health and reflection) on `listener` with mutual TLS
+/// until `shutdown` completes. Readiness follows `pool`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: ServerTls,
+    routes: Routes,
+    pool: Pool,
+    options: ServeOptions,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health reports SERVING for registered names by default: say the
+    // truth from the start and let the watcher below decide.
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status(
+            options.service_name,
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    tokio::spawn(watch_readiness(
+        reporter,
+        pool,
+        options.clone(),
+        shutdown.clone(),
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    // Drain: readiness goes NOT_SERVING first (watch_readiness), then after
+    // the delay the listener and streams stop.
+    let drain_shutdown = shutdown.clone();
+    let drain = options.drain;
+    tokio::spawn(async move {
+        drain_shutdown.requested().cancelled().await;
+        tokio::time::sleep(drain).await;
+        drain_shutdown.stopping().cancel();
+    });
+
+    let incoming = mtls_incoming(listener, tls, shutdown.stopping().clone());
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(options.http2_keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(age) = options.max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(Duration::from_secs(30));
+    }
+    let stopping = shutdown.stopping().clone();
+    builder
+        .layer(AuthzLayer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+/// Keeps the readiness status in step with PostgreSQL, and turns it
+/// `NOT_SERVING` for good once shutdown is requested.
+async fn watch_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    pool: Pool,
+    options: ServeOptions,
+    shutdown: Shutdown,
+) {
+    let mut last = None;
+    loop {
+        let up = crate::db::ping(&pool).await;
+        if last != Some(up) {
+            if up {
+                reporter
+                    .set_service_status(options.service_name, tonic_health::ServingStatus::Serving)
+                    .await;
+                tracing::info!(service = options.service_name, "ready: database reachable");
+            } else {
+                reporter
+                    .set_service_status(
+                        options.service_name,
+                        tonic_health::ServingStatus::NotServing,
+                    )
+                    .await;
+                tracing::warn!(
+                    service = options.service_name,
+                    "not ready: database unreachable"
+                );
+            }
+            last = Some(up);
+        }
+        tokio::select! {
+            _ = shutdown.requested().cancelled() => break,
+            _ = tokio::time::sleep(options.health_interval) => {}
+        }
+    }
+    reporter
+        .set_service_status(
+            options.service_name,
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+}

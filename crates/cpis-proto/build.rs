@@ -1,0 +1,26 @@
+//! Compiles `proto/` with protox (pure Rust: no system `protoc` needed) and
+//! generates prost messages and tonic clients and servers from it.
+
+use prost::Message;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "cpis/common/v1/common.proto",
+        "cpis/registry/v1/registry.proto",
+        "cpis/attendance/v1/attendance.proto",
+        "cpis/notification/v1/notification.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+    let fds = protox::compile(files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("cpis_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

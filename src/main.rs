@@ -1,0 +1,309 @@
+//! `cpis`: the development launcher, the container entry point, the
+//! development PKI, and client commands.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use cpis::suite::{self, Common, ServiceConfigs, Suite, SuiteOptions};
+use cpis_core::identity::{Caller, CallerKind, ServiceName};
+use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_core::pki::Pki;
+use cpis_core::tls::TlsPaths;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "cpis", version, about = "Child protection information sharing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run all three services on 127.0.0.1 with mutual TLS, a development PKI
+    /// and (without DATABASE_URL) a private PostgreSQL cluster.
+    Dev(DevArgs),
+    /// Run one service, configured from the environment (what a container runs).
+    Serve(ServeArgs),
+    /// The development PKI.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct StateArgs {
+    /// Where the PKI (and the private database) live.
+    #[arg(long, env = "CPIS_STATE_DIR", default_value = ".cpis")]
+    state_dir: PathBuf,
+    /// The SPIFFE trust domain of identities.
+    #[arg(long, env = "CPIS_TRUST_DOMAIN", default_value = "cpis.local")]
+    trust_domain: String,
+}
+
+#[derive(Args, Debug)]
+struct DevArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Registry port; attendance listens on +1, notification on +2.
+    #[arg(long, default_value_t = 50051)]
+    port_base: u16,
+    /// Use this PostgreSQL instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Heartbeat interval of idle alert streams, in seconds.
+    #[arg(long, default_value_t = 15)]
+    heartbeat_secs: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Create the development CA unless it exists.
+    Init(StateArgs),
+    /// Issue a certificate for one identity.
+    Issue {
+        #[command(flatten)]
+        state: StateArgs,
+        /// council, setting or service.
+        #[arg(long)]
+        kind: String,
+        /// GSS code, ODS code or service name.
+        #[arg(long)]
+        code: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// registry, attendance or notification.
+    service: String,
+    /// Address to listen on.
+    #[arg(long, env = "CPIS_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: String,
+    /// CA certificate (PEM) that issues every identity.
+    #[arg(long, env = "CPIS_TLS_CA")]
+    ca: PathBuf,
+    /// This service's certificate (PEM).
+    #[arg(long, env = "CPIS_TLS_CERT")]
+    cert: PathBuf,
+    /// This service's private key (PEM, PKCS#8).
+    #[arg(long, env = "CPIS_TLS_KEY")]
+    key: PathBuf,
+    /// The SPIFFE trust domain.
+    #[arg(long, env = "CPIS_TRUST_DOMAIN", default_value = "cpis.local")]
+    trust_domain: String,
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Maximum pooled database connections.
+    #[arg(long, env = "CPIS_DB_POOL_SIZE", default_value_t = 16)]
+    pool_size: usize,
+    /// Seconds between readiness going NOT_SERVING and connections closing.
+    #[arg(long, env = "CPIS_DRAIN_SECS", default_value_t = 5)]
+    drain_secs: u64,
+    /// Close client connections after this many seconds so load rebalances (0: never).
+    #[arg(long, env = "CPIS_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
+    max_connection_age_secs: u64,
+    /// Attendance: the Registry's URL.
+    #[arg(
+        long,
+        env = "CPIS_REGISTRY_URL",
+        default_value = "https://registry:50051"
+    )]
+    registry_url: String,
+    /// Attendance: the Notification service's URL.
+    #[arg(
+        long,
+        env = "CPIS_NOTIFICATION_URL",
+        default_value = "https://notification:50053"
+    )]
+    notification_url: String,
+    /// Registry: share of active plans a sync may end without `allow_mass_end`.
+    #[arg(long, env = "CPIS_MASS_END_SHARE", default_value_t = 0.10)]
+    mass_end_share: f64,
+    /// Notification: heartbeat interval of idle streams, in seconds.
+    #[arg(long, env = "CPIS_HEARTBEAT_SECS", default_value_t = 15)]
+    heartbeat_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    cpis_core::tls::install_default_provider();
+    cpis_core::telemetry::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev(args) => dev(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Certs { command } => certs(command),
+    }
+}
+
+/// Identities `cpis dev` issues so that people can call it straight away.
+const DEV_IDENTITIES: &[(CallerKind, &str)] = &[
+    (CallerKind::Council, "E08000003"),
+    (CallerKind::Council, "E08000012"),
+    (CallerKind::Council, "E10000016"),
+    (CallerKind::Setting, "RBQ01"),
+    (CallerKind::Setting, "REM01"),
+    (CallerKind::Setting, "RWJ01"),
+    (CallerKind::Setting, "RVY01"),
+];
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let state_dir = args.state.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)?;
+    let pki = Pki::new(&state_dir);
+    if pki.init()? {
+        println!("created a development CA in {}", pki.dir().display());
+    }
+    for (kind, code) in DEV_IDENTITIES {
+        pki.ensure(&Caller::from_parts(*kind, code)?, &args.state.trust_domain)?;
+    }
+
+    // Without DATABASE_URL, a private cluster under the state dir; it stops
+    // when `cluster` is dropped at the end of this function.
+    let (database_url, cluster) = match args.database_url.clone() {
+        Some(url) => (url, None),
+        None => {
+            let cluster = PrivateCluster::start(&state_dir.join("pg"), ClusterOptions::default())
+                .context("starting the private PostgreSQL cluster")?;
+            cluster.create_database("cpis").await?;
+            (cluster.url("cpis"), Some(cluster))
+        }
+    };
+
+    let suite = Suite::start(SuiteOptions {
+        state_dir: state_dir.clone(),
+        port_base: args.port_base,
+        trust_domain: args.state.trust_domain.clone(),
+        database_url: database_url.clone(),
+        configs: ServiceConfigs {
+            heartbeat: Some(Duration::from_secs(args.heartbeat_secs)),
+            ..Default::default()
+        },
+    })
+    .await?;
+
+    println!("cpis dev is running (mutual TLS; Ctrl-C to stop)");
+    println!(
+        "  registry      https://localhost:{}",
+        suite.registry.addr.port()
+    );
+    println!(
+        "  attendance    https://localhost:{}",
+        suite.attendance.addr.port()
+    );
+    println!(
+        "  notification  https://localhost:{}",
+        suite.notification.addr.port()
+    );
+    match &cluster {
+        Some(_) => println!(
+            "  database      {database_url}  (private cluster under {})",
+            state_dir.join("pg").display()
+        ),
+        None => println!("  database      DATABASE_URL"),
+    }
+    println!("  CA            {}", pki.ca_path().display());
+    for (kind, code) in DEV_IDENTITIES {
+        let paths = pki.paths_for(&Caller::from_parts(*kind, code)?);
+        println!(
+            "  {:<8} {:<10} {}  {}",
+            kind.as_str(),
+            code,
+            paths.cert.display(),
+            paths.key.display()
+        );
+    }
+    println!(
+        "  more: cpis certs issue --state-dir {} --kind council|setting --code CODE",
+        state_dir.display()
+    );
+
+    cpis_core::server::wait_for_signal().await;
+    println!("stopping");
+    suite.stop().await?;
+    drop(cluster);
+    println!("stopped");
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let common = Common {
+        tls: TlsPaths {
+            ca: args.ca.clone(),
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+        },
+        trust_domain: args.trust_domain.clone(),
+        database_url: args.database_url.clone(),
+        pool_size: args.pool_size,
+        drain: Duration::from_secs(args.drain_secs),
+        max_connection_age: (args.max_connection_age_secs > 0)
+            .then(|| Duration::from_secs(args.max_connection_age_secs)),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let running = match ServiceName::parse(&args.service) {
+        Some(ServiceName::Registry) => {
+            let config = cpis_registry::Config {
+                mass_end_share: args.mass_end_share,
+            };
+            suite::start_registry(listener, &common, config).await?
+        }
+        Some(ServiceName::Notification) => {
+            suite::start_notification(
+                listener,
+                &common,
+                Some(Duration::from_secs(args.heartbeat_secs)),
+            )
+            .await?
+        }
+        Some(ServiceName::Attendance) => {
+            suite::start_attendance(
+                listener,
+                &common,
+                cpis_attendance::Config::default(),
+                &args.registry_url,
+                &args.notification_url,
+            )
+            .await?
+        }
+        None => anyhow::bail!(
+            "unknown service {:?}: expected registry, attendance or notification",
+            args.service
+        ),
+    };
+    tracing::info!(service = %args.service, addr = %running.addr, "serving");
+    running.shutdown.on_signals();
+    running.join.await??;
+    Ok(())
+}
+
+fn certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init(state) => {
+            let pki = Pki::new(&state.state_dir);
+            if pki.init()? {
+                println!("created {}", pki.ca_path().display());
+            } else {
+                println!("exists {}", pki.ca_path().display());
+            }
+        }
+        CertsCommand::Issue { state, kind, code } => {
+            let kind =
+                CallerKind::parse(&kind).context("--kind must be council, setting or service")?;
+            let caller = Caller::from_parts(kind, &code)?;
+            let pki = Pki::new(&state.state_dir);
+            pki.init()?;
+            let paths = pki.issue(&caller, &state.trust_domain)?;
+            println!("{}", caller.spiffe_id(&state.trust_domain));
+            println!("cert {}", paths.cert.display());
+            println!("key  {}", paths.key.display());
+            println!("ca   {}", paths.ca.display());
+        }
+    }
+    Ok(())
+}

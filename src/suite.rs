@@ -1,0 +1,284 @@
+//! Starting services: each one alone (`cpis serve`, a Kubernetes pod) or all
+//! three together on 127.0.0.1 (`cpis dev`, the tests, the benchmarks).
+//! The same code path runs in every case.
+
+use anyhow::Context as _;
+use cpis_core::db::DbPool;
+use cpis_core::identity::{Caller, ServiceName};
+use cpis_core::pki::Pki;
+use cpis_core::server::{ServeOptions, Shutdown};
+use cpis_core::tls::{ServerTls, TlsPaths};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What every service needs to run.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// This service's own certificate, key and the CA.
+    pub tls: TlsPaths,
+    /// The SPIFFE trust domain accepted from callers.
+    pub trust_domain: String,
+    /// PostgreSQL connection string.
+    pub database_url: String,
+    /// Maximum pooled connections.
+    pub pool_size: usize,
+    /// Delay between readiness going NOT_SERVING and connections closing.
+    pub drain: Duration,
+    /// Close client connections after this age (rebalancing); none when unset.
+    pub max_connection_age: Option<Duration>,
+}
+
+/// Settings of all three services.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceConfigs {
+    /// Registry settings.
+    pub registry: cpis_registry::Config,
+    /// Attendance settings.
+    pub attendance: cpis_attendance::Config,
+    /// Notification settings (the database URL is filled in by the launcher).
+    pub heartbeat: Option<Duration>,
+}
+
+/// One running service.
+#[derive(Debug)]
+pub struct RunningService {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its shutdown signal.
+    pub shutdown: Shutdown,
+    /// Resolves when it has stopped.
+    pub join: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningService {
+    /// Requests shutdown and waits until the service has stopped.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.request();
+        self.join.await.context("service task panicked")?
+    }
+}
+
+fn options(name: &'static str, common: &Common) -> ServeOptions {
+    let mut options = ServeOptions::new(name);
+    options.drain = common.drain;
+    options.max_connection_age = common.max_connection_age;
+    options
+}
+
+fn pool(common: &Common) -> anyhow::Result<DbPool> {
+    cpis_core::db::pool(&common.database_url, common.pool_size)
+}
+
+/// Starts the Registry service on `listener`.
+pub async fn start_registry(
+    listener: TcpListener,
+    common: &Common,
+    config: cpis_registry::Config,
+) -> anyhow::Result<RunningService> {
+    let pool = pool(common)?;
+    let service = cpis_registry::Registry::new(config, pool.clone()).await?;
+    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let addr = listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    let opts = options(cpis_registry::SERVICE_NAME, common);
+    let join = tokio::spawn(cpis_core::server::serve(
+        listener,
+        tls,
+        service.routes(),
+        pool,
+        opts,
+        shutdown.clone(),
+    ));
+    Ok(RunningService {
+        addr,
+        shutdown,
+        join,
+    })
+}
+
+/// Starts the Notification service on `listener`.
+pub async fn start_notification(
+    listener: TcpListener,
+    common: &Common,
+    heartbeat: Option<Duration>,
+) -> anyhow::Result<RunningService> {
+    let pool = pool(common)?;
+    let shutdown = Shutdown::new();
+    let config = cpis_notification::Config {
+        heartbeat: heartbeat.unwrap_or(Duration::from_secs(15)),
+        database_url: common.database_url.clone(),
+    };
+    let service =
+        cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
+    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let addr = listener.local_addr()?;
+    let opts = options(cpis_notification::SERVICE_NAME, common);
+    let join = tokio::spawn(cpis_core::server::serve(
+        listener,
+        tls,
+        service.routes(),
+        pool,
+        opts,
+        shutdown.clone(),
+    ));
+    Ok(RunningService {
+        addr,
+        shutdown,
+        join,
+    })
+}
+
+/// Starts the Attendance service on `listener`, calling the Registry and
+/// Notification services at the given `https://` URLs.
+pub async fn start_attendance(
+    listener: TcpListener,
+    common: &Common,
+    config: cpis_attendance::Config,
+    registry_url: &str,
+    notification_url: &str,
+) -> anyhow::Result<RunningService> {
+    let pool = pool(common)?;
+    let shutdown = Shutdown::new();
+    let registry = cpis_core::client::channel(registry_url, &common.tls, None)?;
+    let notification = cpis_core::client::channel(notification_url, &common.tls, None)?;
+    let service = cpis_attendance::Attendance::new(
+        config,
+        pool.clone(),
+        registry,
+        notification,
+        shutdown.clone(),
+    )
+    .await?;
+    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let addr = listener.local_addr()?;
+    let opts = options(cpis_attendance::SERVICE_NAME, common);
+    let join = tokio::spawn(cpis_core::server::serve(
+        listener,
+        tls,
+        service.routes(),
+        pool,
+        opts,
+        shutdown.clone(),
+    ));
+    Ok(RunningService {
+        addr,
+        shutdown,
+        join,
+    })
+}
+
+/// Where and how to run the whole suite on 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    /// Holds `pki/` (and the private cluster, when the launcher starts one).
+    pub state_dir: PathBuf,
+    /// Registry port; attendance +1, notification +2. 0 picks free ports.
+    pub port_base: u16,
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// PostgreSQL connection string.
+    pub database_url: String,
+    /// Service settings.
+    pub configs: ServiceConfigs,
+}
+
+/// The three services running together.
+#[derive(Debug)]
+pub struct Suite {
+    /// The Registry service.
+    pub registry: RunningService,
+    /// The Attendance service.
+    pub attendance: RunningService,
+    /// The Notification service.
+    pub notification: RunningService,
+    /// The development PKI.
+    pub pki: Pki,
+}
+
+/// Common settings of one of our services under a development PKI.
+pub fn dev_common(
+    pki: &Pki,
+    name: ServiceName,
+    trust_domain: &str,
+    database_url: &str,
+) -> anyhow::Result<Common> {
+    let tls = pki.ensure(&Caller::Service(name), trust_domain)?;
+    Ok(Common {
+        tls,
+        trust_domain: trust_domain.to_string(),
+        database_url: database_url.to_string(),
+        pool_size: 16,
+        drain: Duration::ZERO,
+        max_connection_age: None,
+    })
+}
+
+async fn bind(port_base: u16, offset: u16) -> anyhow::Result<TcpListener> {
+    let port = if port_base == 0 {
+        0
+    } else {
+        port_base + offset
+    };
+    TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))
+}
+
+impl Suite {
+    /// Creates the PKI if needed and starts all three services.
+    pub async fn start(options: SuiteOptions) -> anyhow::Result<Suite> {
+        let pki = Pki::new(&options.state_dir);
+        pki.init()?;
+        let td = &options.trust_domain;
+        let db = &options.database_url;
+        let registry_l = bind(options.port_base, 0).await?;
+        let attendance_l = bind(options.port_base, 1).await?;
+        let notification_l = bind(options.port_base, 2).await?;
+
+        let registry = start_registry(
+            registry_l,
+            &dev_common(&pki, ServiceName::Registry, td, db)?,
+            options.configs.registry.clone(),
+        )
+        .await?;
+        let notification = start_notification(
+            notification_l,
+            &dev_common(&pki, ServiceName::Notification, td, db)?,
+            options.configs.heartbeat,
+        )
+        .await?;
+        let attendance = start_attendance(
+            attendance_l,
+            &dev_common(&pki, ServiceName::Attendance, td, db)?,
+            options.configs.attendance.clone(),
+            &format!("https://localhost:{}", registry.addr.port()),
+            &format!("https://localhost:{}", notification.addr.port()),
+        )
+        .await?;
+        Ok(Suite {
+            registry,
+            attendance,
+            notification,
+            pki,
+        })
+    }
+
+    /// Stops all three services, Attendance first (it calls the others).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for s in [&self.attendance, &self.registry, &self.notification] {
+            s.shutdown.request();
+        }
+        self.attendance.join.await??;
+        self.registry.join.await??;
+        self.notification.join.await??;
+        Ok(())
+    }
+
+    /// The state directory of the development PKI.
+    pub fn pki_dir(&self) -> &Path {
+        self.pki.dir()
+    }
+}

@@ -1,0 +1,300 @@
+//! The test harness: a throwaway PostgreSQL cluster shared by the whole run,
+//! a fresh database, PKI and suite per test, and clients for any identity.
+
+#![allow(dead_code)]
+
+use cpis::suite::{ServiceConfigs, Suite, SuiteOptions};
+use cpis_core::identity::{Caller, CallerKind, ServiceName};
+use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_core::pki::{IssueOptions, Pki};
+use cpis_core::tls::TlsPaths;
+use cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient;
+use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
+use cpis_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+pub const MANCHESTER: &str = "E08000003";
+pub const LIVERPOOL: &str = "E08000012";
+pub const KENT: &str = "E10000016";
+pub const ALDER_HEY: &str = "RBQ01";
+pub const OTHER_SETTING: &str = "RWJ01";
+
+/// The run's shared cluster: started once, from a thread that lives as long
+/// as the test process, so the server dies with the process (PDEATHSIG).
+fn cluster_socket_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("CPIS_TEST_DATABASE_URL") {
+            return url;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dir = tempfile::Builder::new()
+                .prefix("cpis-test-pg")
+                .tempdir()
+                .expect("tempdir");
+            let result = PrivateCluster::start(
+                dir.path(),
+                ClusterOptions {
+                    unsafe_fast: true,
+                    ..Default::default()
+                },
+            );
+            match result {
+                Ok(cluster) => {
+                    tx.send(Ok(cluster.url("postgres"))).ok();
+                    // Keep the cluster (and its directory) for the life of the process.
+                    let _keep = (cluster, dir);
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    tx.send(Err(format!("{e:#}"))).ok();
+                }
+            }
+        });
+        rx.recv()
+            .expect("cluster thread")
+            .expect("starting the test PostgreSQL cluster")
+    })
+}
+
+/// A connection string for a brand-new database.
+pub async fn fresh_database() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let base = cluster_socket_url().to_string();
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    drop(client);
+    let _ = task.await;
+    replace_dbname(&base, &name)
+}
+
+fn replace_dbname(url: &str, name: &str) -> String {
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .collect();
+    format!("{} dbname={name}", kept.join(" "))
+}
+
+/// One test's suite.
+pub struct TestSuite {
+    pub suite: Suite,
+    pub pki: Pki,
+    pub database_url: String,
+    pub state: tempfile::TempDir,
+}
+
+pub const TRUST_DOMAIN: &str = "cpis.local";
+
+impl TestSuite {
+    /// A fresh database, PKI and suite with default settings.
+    pub async fn start() -> TestSuite {
+        Self::start_with(ServiceConfigs {
+            heartbeat: Some(Duration::from_millis(500)),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A fresh database, PKI and suite with the given settings.
+    pub async fn start_with(configs: ServiceConfigs) -> TestSuite {
+        cpis_core::tls::install_default_provider();
+        let state = tempfile::Builder::new()
+            .prefix("cpis-test")
+            .tempdir()
+            .expect("tempdir");
+        let database_url = fresh_database().await;
+        let suite = Suite::start(SuiteOptions {
+            state_dir: state.path().to_path_buf(),
+            port_base: 0,
+            trust_domain: TRUST_DOMAIN.into(),
+            database_url: database_url.clone(),
+            configs,
+        })
+        .await
+        .expect("starting the suite");
+        let pki = suite.pki.clone();
+        let ts = TestSuite {
+            suite,
+            pki,
+            database_url,
+            state,
+        };
+        ts.wait_ready().await;
+        ts
+    }
+
+    /// Waits until every service reports its readiness as SERVING.
+    pub async fn wait_ready(&self) {
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let me = Caller::Service(ServiceName::Registry);
+        for (port, name) in self.ports_and_names() {
+            let mut client = HealthClient::new(self.channel(port, &me));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let ok = client
+                    .check(HealthCheckRequest {
+                        service: name.into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().status == 1)
+                    .unwrap_or(false);
+                if ok {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name} never became ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub fn ports_and_names(&self) -> [(u16, &'static str); 3] {
+        [
+            (self.suite.registry.addr.port(), cpis_registry::SERVICE_NAME),
+            (
+                self.suite.attendance.addr.port(),
+                cpis_attendance::SERVICE_NAME,
+            ),
+            (
+                self.suite.notification.addr.port(),
+                cpis_notification::SERVICE_NAME,
+            ),
+        ]
+    }
+
+    /// Certificate files for `caller` (issued on first use).
+    pub fn identity(&self, caller: &Caller) -> TlsPaths {
+        self.pki
+            .ensure(caller, TRUST_DOMAIN)
+            .expect("issuing a certificate")
+    }
+
+    /// A channel to `port` presenting `caller`'s certificate.
+    pub fn channel(&self, port: u16, caller: &Caller) -> Channel {
+        cpis_core::client::channel(
+            &format!("https://localhost:{port}"),
+            &self.identity(caller),
+            None,
+        )
+        .expect("channel")
+    }
+
+    /// A channel to `port` presenting the given files (hostile identities).
+    pub fn channel_with(&self, port: u16, tls: &TlsPaths) -> Channel {
+        cpis_core::client::channel(&format!("https://localhost:{port}"), tls, None)
+            .expect("channel")
+    }
+
+    /// A channel to `port` that presents no client certificate at all.
+    pub fn channel_without_certificate(&self, port: u16) -> Channel {
+        let ca = std::fs::read(self.pki.ca_path()).expect("ca");
+        Endpoint::from_shared(format!("https://localhost:{port}"))
+            .expect("endpoint")
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .expect("tls")
+            .connect_lazy()
+    }
+
+    pub fn registry_port(&self) -> u16 {
+        self.suite.registry.addr.port()
+    }
+
+    pub fn attendance_port(&self) -> u16 {
+        self.suite.attendance.addr.port()
+    }
+
+    pub fn notification_port(&self) -> u16 {
+        self.suite.notification.addr.port()
+    }
+
+    /// A Registry client for `caller`.
+    pub fn registry(&self, caller: &Caller) -> RegistryServiceClient<Channel> {
+        RegistryServiceClient::new(self.channel(self.registry_port(), caller))
+    }
+
+    /// An Attendance client for `caller`.
+    pub fn attendance(&self, caller: &Caller) -> AttendanceServiceClient<Channel> {
+        AttendanceServiceClient::new(self.channel(self.attendance_port(), caller))
+    }
+
+    /// A Notification client for `caller`.
+    pub fn notification(&self, caller: &Caller) -> NotificationServiceClient<Channel> {
+        NotificationServiceClient::new(self.channel(self.notification_port(), caller))
+    }
+
+    /// A certificate from a CA the suite does not trust.
+    pub fn foreign_ca_identity(&self, caller: &Caller) -> TlsPaths {
+        let other = Pki::new(&self.state.path().join("other-ca"));
+        other.init().expect("other CA");
+        let mut paths = other.issue(caller, TRUST_DOMAIN).expect("issue");
+        paths.ca = self.pki.ca_path(); // trust the real server, present the foreign cert
+        paths
+    }
+
+    /// A certificate from our CA with arbitrary contents.
+    pub fn custom_identity(&self, stem: &str, options: IssueOptions) -> TlsPaths {
+        self.pki.issue_custom(stem, &options).expect("issue")
+    }
+
+    /// A direct connection to this test's database.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+pub fn council(code: &str) -> Caller {
+    Caller::from_parts(CallerKind::Council, code).expect("council code")
+}
+
+pub fn setting(code: &str) -> Caller {
+    Caller::from_parts(CallerKind::Setting, code).expect("setting code")
+}
+
+pub fn service(name: ServiceName) -> Caller {
+    Caller::Service(name)
+}
+
+/// A valid test NHS number (999 range), distinct for each `serial` below 100,000.
+pub fn nhs(serial: u32) -> String {
+    assert!(serial < 100_000, "serial out of range");
+    // 999 + one free digit + five serial digits + check digit: at most one
+    // value of the free digit makes the check digit 10, so one of the first two works.
+    for free in 0..10 {
+        let nine = format!("999{free}{serial:05}");
+        let sum: u32 = nine
+            .bytes()
+            .zip((2..=10).rev())
+            .map(|(d, w)| u32::from(d - b'0') * w)
+            .sum();
+        match 11 - sum % 11 {
+            10 => continue,
+            11 => return format!("{nine}0"),
+            c => return format!("{nine}{c}"),
+        }
+    }
+    unreachable!("one of ten free digits always gives a check digit")
+}

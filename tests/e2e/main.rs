@@ -1,0 +1,7 @@
+//! End-to-end tests: the real suite started in-process on 127.0.0.1:0, a
+//! real PostgreSQL (one private cluster per test run, one database per test)
+//! and real mutual-TLS gRPC clients for any identity.
+
+mod harness;
+
+mod foundation;
