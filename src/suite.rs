@@ -107,10 +107,10 @@ pub async fn start_notification(
 ) -> anyhow::Result<RunningService> {
     let pool = pool(common)?;
     let shutdown = Shutdown::new();
-    let config = cpis_notification::Config {
-        heartbeat: heartbeat.unwrap_or(Duration::from_secs(15)),
-        database_url: common.database_url.clone(),
-    };
+    let mut config = cpis_notification::Config::new(common.database_url.clone());
+    if let Some(heartbeat) = heartbeat {
+        config.heartbeat = heartbeat;
+    }
     let service =
         cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
     let tls = ServerTls::load(&common.tls, &common.trust_domain)?;

@@ -5,3 +5,6 @@
 mod harness;
 
 mod foundation;
+mod attendance;
+mod notification;
+mod registry;

@@ -26,6 +26,13 @@ pub struct Config {
     pub database_url: String,
 }
 
+impl Config {
+    /// Defaults, with the LISTEN connection going to `database_url`.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self { heartbeat: Duration::from_secs(15), database_url: database_url.into() }
+    }
+}
+
 /// The Notification service.
 #[derive(Debug, Clone)]
 pub struct Notification {
