@@ -1,8 +1,22 @@
-//! The Registry service: councils keep their register of plans; the
-//! Attendance service looks flags up.
+//! The Registry service: councils keep their register of plans (one at a
+//! time or as a complete snapshot); the Attendance service looks flags up.
+//!
+//! A council only ever sees and changes its own plans: another council's plan
+//! is `NOT_FOUND`, so the existence of a plan never leaks.
 
+pub mod councils;
+pub mod model;
+pub mod store;
+pub mod sync;
+
+use chrono::{NaiveDate, Utc};
+use cpis_core::authz::caller;
 use cpis_core::db::{DbPool, Migration};
+use cpis_core::validate::Violations;
+use cpis_core::{ApiError, Caller};
+use cpis_proto::common::v1 as common;
 use cpis_proto::registry::v1 as pb;
+use model::{validate_plan, StoredPlan};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The gRPC name of this service (readiness is reported under it).
@@ -12,12 +26,16 @@ pub const SERVICE_NAME: &str = "cpis.registry.v1.RegistryService";
 pub const SCHEMA: &str = "registry";
 
 /// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "plans",
+    sql: include_str!("migrations.sql"),
+}];
 
 /// Settings of the Registry service.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// A snapshot ending more than this share of active plans is refused
+    /// A snapshot ending more than this share of open plans is refused
     /// unless it says `allow_mass_end`.
     pub mass_end_share: f64,
 }
@@ -33,10 +51,46 @@ impl Default for Config {
 /// The Registry service.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    #[allow(dead_code)]
     pool: DbPool,
-    #[allow(dead_code)]
     config: Config,
+}
+
+/// Borrows the tokio-postgres client inside a pooled connection.
+pub(crate) fn pg(client: &deadpool_postgres::Client) -> &tokio_postgres::Client {
+    client
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// The caller's council code; the authorization layer has already made sure
+/// only councils reach the council methods.
+fn council_of<T>(req: &Request<T>) -> Result<String, Status> {
+    match caller(req)? {
+        Caller::Council(code) => Ok(code),
+        other => Err(Status::permission_denied(format!(
+            "{} callers may not manage plans",
+            other.kind().as_str()
+        ))),
+    }
+}
+
+/// Encodes a keyset position as an opaque page token.
+fn encode_token(reference: &str) -> String {
+    reference.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decodes a page token made by [`encode_token`].
+fn decode_token(token: &str) -> Option<String> {
+    if !token.len().is_multiple_of(2) || token.len() > 2 * model::MAX_LOCAL_REFERENCE * 4 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 impl Registry {
@@ -52,50 +106,308 @@ impl Registry {
             self.clone(),
         ))
     }
+
+    async fn upsert(
+        &self,
+        council: &str,
+        req: pb::UpsertPlanRequest,
+    ) -> Result<StoredPlan, ApiError> {
+        let input =
+            validate_plan(req.plan.as_ref(), "plan", today()).map_err(|v| match v.finish() {
+                Err(e) => e,
+                Ok(()) => ApiError::internal("validation failed without a reason"),
+            })?;
+        if req.expected_version < 0 {
+            return Err(ApiError::invalid(
+                "expected_version",
+                "must not be negative",
+            ));
+        }
+        let by = format!("council/{council}");
+        // A concurrent first insert of the same reference loses the unique
+        // index race; the retry then sees the winner's row.
+        for _attempt in 0..3 {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            store::lock_council(&*tx, council, false).await?;
+            let existing = store::find_plan(&*tx, council, &input.local_reference, true).await?;
+            let stored = match existing {
+                None => {
+                    if req.expected_version != 0 {
+                        return Err(ApiError::Aborted(format!(
+                            "plan does not exist (expected_version {} given)",
+                            req.expected_version
+                        )));
+                    }
+                    let Some(p) = store::insert_plan(&*tx, council, &input).await? else {
+                        continue;
+                    };
+                    store::record_change(&*tx, p.plan_id, 1, "created", &[], &by).await?;
+                    p
+                }
+                Some(current) => {
+                    if req.expected_version != 0 && req.expected_version != current.version {
+                        return Err(ApiError::Aborted(format!(
+                            "plan is at version {}, not the expected {}",
+                            current.version, req.expected_version
+                        )));
+                    }
+                    let fields = store::changed_fields(&current.input, &input);
+                    if fields.is_empty() {
+                        return Ok(current);
+                    }
+                    let p = store::update_plan(&*tx, current.plan_id, &input).await?;
+                    store::record_change(&*tx, p.plan_id, p.version, "updated", &fields, &by)
+                        .await?;
+                    p
+                }
+            };
+            tx.commit().await?;
+            return Ok(stored);
+        }
+        Err(ApiError::Aborted(
+            "concurrent changes to the same plan; retry".into(),
+        ))
+    }
+}
+
+fn flag_of(f: &store::FoundFlag, day: NaiveDate) -> common::Flag {
+    common::Flag {
+        plan_type: i32::from(f.plan_type),
+        start_date: f.start_date.to_string(),
+        end_date: model::fmt_date(f.end_date),
+        expected_delivery_date: model::fmt_date(f.expected_delivery_date),
+        council_code: f.council_code.clone(),
+        council_name: councils::name_of(&f.council_code),
+        contact: Some(f.contact.to_proto()),
+        ended: f.end_date.is_some_and(|e| e < day),
+    }
 }
 
 #[tonic::async_trait]
 impl pb::registry_service_server::RegistryService for Registry {
     async fn upsert_plan(
         &self,
-        _r: Request<pb::UpsertPlanRequest>,
+        request: Request<pb::UpsertPlanRequest>,
     ) -> Result<Response<pb::UpsertPlanResponse>, Status> {
-        Err(Status::unimplemented("UpsertPlan is not implemented yet"))
+        let council = council_of(&request)?;
+        let plan = self.upsert(&council, request.into_inner()).await?;
+        Ok(Response::new(pb::UpsertPlanResponse {
+            plan: Some(plan.to_proto()),
+        }))
     }
+
     async fn end_plan(
         &self,
-        _r: Request<pb::EndPlanRequest>,
+        request: Request<pb::EndPlanRequest>,
     ) -> Result<Response<pb::EndPlanResponse>, Status> {
-        Err(Status::unimplemented("EndPlan is not implemented yet"))
+        let council = council_of(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        model::local_reference(&mut v, "local_reference", &req.local_reference);
+        let end = v.date("end_date", &req.end_date);
+        v.finish()?;
+        let end = end.ok_or_else(|| ApiError::invalid("end_date", "is required"))?;
+
+        let mut client = self.pool.get().await.map_err(ApiError::from)?;
+        let tx = client.transaction().await.map_err(ApiError::from)?;
+        store::lock_council(&*tx, &council, false).await?;
+        let current = store::find_plan(&*tx, &council, &req.local_reference, true)
+            .await?
+            .ok_or(ApiError::NotFound("plan"))?;
+        if end < current.input.start_date {
+            return Err(
+                ApiError::invalid("end_date", "must not be before the plan's start_date").into(),
+            );
+        }
+        if current.input.end_date == Some(end) {
+            return Ok(Response::new(pb::EndPlanResponse {
+                plan: Some(current.to_proto()),
+            }));
+        }
+        let plan = store::set_end_date(&*tx, current.plan_id, end).await?;
+        store::record_change(
+            &*tx,
+            plan.plan_id,
+            plan.version,
+            "ended",
+            &["end_date"],
+            &format!("council/{council}"),
+        )
+        .await?;
+        tx.commit().await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::EndPlanResponse {
+            plan: Some(plan.to_proto()),
+        }))
     }
+
     async fn delete_plan(
         &self,
-        _r: Request<pb::DeletePlanRequest>,
+        request: Request<pb::DeletePlanRequest>,
     ) -> Result<Response<pb::DeletePlanResponse>, Status> {
-        Err(Status::unimplemented("DeletePlan is not implemented yet"))
+        let council = council_of(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        model::local_reference(&mut v, "local_reference", &req.local_reference);
+        v.finish()?;
+        let mut client = self.pool.get().await.map_err(ApiError::from)?;
+        let tx = client.transaction().await.map_err(ApiError::from)?;
+        store::lock_council(&*tx, &council, false).await?;
+        let current = store::find_plan(&*tx, &council, &req.local_reference, true)
+            .await?
+            .ok_or(ApiError::NotFound("plan"))?;
+        let version = store::mark_deleted(&*tx, current.plan_id).await?;
+        store::record_change(
+            &*tx,
+            current.plan_id,
+            version,
+            "deleted",
+            &[],
+            &format!("council/{council}"),
+        )
+        .await?;
+        tx.commit().await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::DeletePlanResponse {}))
     }
+
     async fn get_plan(
         &self,
-        _r: Request<pb::GetPlanRequest>,
+        request: Request<pb::GetPlanRequest>,
     ) -> Result<Response<pb::GetPlanResponse>, Status> {
-        Err(Status::unimplemented("GetPlan is not implemented yet"))
+        let council = council_of(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        model::local_reference(&mut v, "local_reference", &req.local_reference);
+        v.finish()?;
+        let client = self.pool.get().await.map_err(ApiError::from)?;
+        let plan = store::find_plan(pg(&client), &council, &req.local_reference, false)
+            .await?
+            .ok_or(ApiError::NotFound("plan"))?;
+        Ok(Response::new(pb::GetPlanResponse {
+            plan: Some(plan.to_proto()),
+        }))
     }
+
     async fn list_plans(
         &self,
-        _r: Request<pb::ListPlansRequest>,
+        request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        Err(Status::unimplemented("ListPlans is not implemented yet"))
+        let council = council_of(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = v.page_size("page_size", req.page_size, 100, 1000);
+        let after = if req.page_token.is_empty() {
+            Some(String::new())
+        } else {
+            let decoded = decode_token(&req.page_token);
+            if decoded.is_none() {
+                v.add("page_token", "is not a token returned by ListPlans");
+            }
+            decoded
+        };
+        v.finish()?;
+        let after = after.unwrap_or_default();
+        let client = self.pool.get().await.map_err(ApiError::from)?;
+        // One row more than asked tells whether another page follows.
+        let mut plans = store::list_plans(
+            pg(&client),
+            &council,
+            &after,
+            req.include_ended,
+            today(),
+            limit + 1,
+        )
+        .await?;
+        let next_page_token = if plans.len() as i64 > limit {
+            plans.truncate(limit as usize);
+            plans
+                .last()
+                .map(|p| encode_token(&p.input.local_reference))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPlansResponse {
+            plans: plans.iter().map(StoredPlan::to_proto).collect(),
+            next_page_token,
+        }))
     }
+
     async fn sync_plans(
         &self,
-        _r: Request<Streaming<pb::SyncPlansRequest>>,
+        request: Request<Streaming<pb::SyncPlansRequest>>,
     ) -> Result<Response<pb::SyncPlansResponse>, Status> {
-        Err(Status::unimplemented("SyncPlans is not implemented yet"))
+        let council = council_of(&request)?;
+        let mut stream = request.into_inner();
+        let mut client = self.pool.get().await.map_err(ApiError::from)?;
+        sync::sweep_abandoned(pg(&client)).await?;
+        let mut upload = sync::Sync::new(&council, today());
+        let mut options = None;
+        let staged = async {
+            while let Some(msg) = stream.message().await? {
+                if options.is_none() {
+                    options = Some((msg.allow_mass_end, msg.dry_run));
+                }
+                upload.push(pg(&client), msg).await?;
+            }
+            Ok::<(), Status>(())
+        }
+        .await;
+        let (allow_mass_end, dry_run) = options.unwrap_or((false, false));
+        if let Err(status) = staged {
+            let _ = upload.apply(&mut client, "", false, 0.0, true).await;
+            return Err(status);
+        }
+        let outcome = upload
+            .apply(
+                &mut client,
+                &format!("council/{council}"),
+                allow_mass_end,
+                self.config.mass_end_share,
+                dry_run,
+            )
+            .await?;
+        tracing::info!(
+            council = %council,
+            received = outcome.received,
+            created = outcome.created,
+            updated = outcome.updated,
+            unchanged = outcome.unchanged,
+            ended = outcome.ended,
+            rejected = outcome.rejected,
+            dry_run,
+            "plans synced"
+        );
+        Ok(Response::new(pb::SyncPlansResponse {
+            created: outcome.created,
+            updated: outcome.updated,
+            unchanged: outcome.unchanged,
+            ended: outcome.ended,
+            rejections: outcome.rejections,
+            received: outcome.received,
+            dry_run,
+            rejected: outcome.rejected,
+        }))
     }
+
     async fn lookup_flags(
         &self,
-        _r: Request<pb::LookupFlagsRequest>,
+        request: Request<pb::LookupFlagsRequest>,
     ) -> Result<Response<pb::LookupFlagsResponse>, Status> {
-        Err(Status::unimplemented("LookupFlags is not implemented yet"))
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let nhs = v.nhs_number("nhs_number", &req.nhs_number);
+        let day = v.optional_date("on_date", &req.on_date);
+        v.finish()?;
+        let (Some(nhs), Some(day)) = (nhs, day) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let day = day.unwrap_or_else(today);
+        let client = self.pool.get().await.map_err(ApiError::from)?;
+        let found = store::lookup_flags(pg(&client), nhs.as_str(), day).await?;
+        Ok(Response::new(pb::LookupFlagsResponse {
+            flags: found.iter().map(|f| flag_of(f, day)).collect(),
+            local_references: found.into_iter().map(|f| f.local_reference).collect(),
+        }))
     }
 }
