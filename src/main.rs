@@ -30,6 +30,40 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Apply one service's schema migrations and exit (a Kubernetes init step).
+    Migrate {
+        /// registry, attendance or notification.
+        service: String,
+        /// PostgreSQL connection string.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Check a service's gRPC health over mutual TLS: exit 0 when SERVING
+    /// (Kubernetes exec probes: kubelet's own gRPC probes cannot present a
+    /// client certificate).
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// The endpoint to check.
+    #[arg(long, env = "CPIS_PROBE_ENDPOINT", default_value = "https://localhost:50051")]
+    endpoint: String,
+    /// The health service name: empty for liveness, the service's name for readiness.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// CA certificate (PEM).
+    #[arg(long, env = "CPIS_TLS_CA")]
+    ca: PathBuf,
+    /// Client certificate (PEM).
+    #[arg(long, env = "CPIS_TLS_CERT")]
+    cert: PathBuf,
+    /// Client key (PEM).
+    #[arg(long, env = "CPIS_TLS_KEY")]
+    key: PathBuf,
+    /// Seconds before giving up.
+    #[arg(long, default_value_t = 3)]
+    timeout_secs: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -102,22 +136,17 @@ struct ServeArgs {
     /// Seconds between readiness going NOT_SERVING and connections closing.
     #[arg(long, env = "CPIS_DRAIN_SECS", default_value_t = 5)]
     drain_secs: u64,
+    /// Serve internal methods (LookupFlags, PublishAlert) on this address only.
+    #[arg(long, env = "CPIS_INTERNAL_LISTEN")]
+    internal_listen: Option<std::net::SocketAddr>,
     /// Close client connections after this many seconds so load rebalances (0: never).
     #[arg(long, env = "CPIS_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
     max_connection_age_secs: u64,
     /// Attendance: the Registry's URL.
-    #[arg(
-        long,
-        env = "CPIS_REGISTRY_URL",
-        default_value = "https://registry:50051"
-    )]
+    #[arg(long, env = "CPIS_REGISTRY_URL", default_value = "https://registry:50051")]
     registry_url: String,
     /// Attendance: the Notification service's URL.
-    #[arg(
-        long,
-        env = "CPIS_NOTIFICATION_URL",
-        default_value = "https://notification:50053"
-    )]
+    #[arg(long, env = "CPIS_NOTIFICATION_URL", default_value = "https://notification:50053")]
     notification_url: String,
     /// Registry: share of active plans a sync may end without `allow_mass_end`.
     #[arg(long, env = "CPIS_MASS_END_SHARE", default_value_t = 0.10)]
@@ -136,6 +165,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Certs { command } => certs(command),
+        Command::Migrate { service, database_url } => migrate(&service, &database_url).await,
+        Command::Probe(args) => probe(args).await,
     }
 }
 
@@ -178,48 +209,26 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         port_base: args.port_base,
         trust_domain: args.state.trust_domain.clone(),
         database_url: database_url.clone(),
-        configs: ServiceConfigs {
-            heartbeat: Some(Duration::from_secs(args.heartbeat_secs)),
-            ..Default::default()
-        },
+        configs: ServiceConfigs { heartbeat: Some(Duration::from_secs(args.heartbeat_secs)), ..Default::default() },
     })
     .await?;
 
     println!("cpis dev is running (mutual TLS; Ctrl-C to stop)");
-    println!(
-        "  registry      https://localhost:{}",
-        suite.registry.addr.port()
-    );
-    println!(
-        "  attendance    https://localhost:{}",
-        suite.attendance.addr.port()
-    );
-    println!(
-        "  notification  https://localhost:{}",
-        suite.notification.addr.port()
-    );
+    println!("  registry      https://localhost:{}", suite.registry.addr.port());
+    println!("  attendance    https://localhost:{}", suite.attendance.addr.port());
+    println!("  notification  https://localhost:{}", suite.notification.addr.port());
     match &cluster {
-        Some(_) => println!(
-            "  database      {database_url}  (private cluster under {})",
-            state_dir.join("pg").display()
-        ),
+        Some(_) => {
+            println!("  database      {database_url}  (private cluster under {})", state_dir.join("pg").display())
+        }
         None => println!("  database      DATABASE_URL"),
     }
     println!("  CA            {}", pki.ca_path().display());
     for (kind, code) in DEV_IDENTITIES {
         let paths = pki.paths_for(&Caller::from_parts(*kind, code)?);
-        println!(
-            "  {:<8} {:<10} {}  {}",
-            kind.as_str(),
-            code,
-            paths.cert.display(),
-            paths.key.display()
-        );
+        println!("  {:<8} {:<10} {}  {}", kind.as_str(), code, paths.cert.display(), paths.key.display());
     }
-    println!(
-        "  more: cpis certs issue --state-dir {} --kind council|setting --code CODE",
-        state_dir.display()
-    );
+    println!("  more: cpis certs issue --state-dir {} --kind council|setting --code CODE", state_dir.display());
 
     cpis_core::server::wait_for_signal().await;
     println!("stopping");
@@ -231,35 +240,24 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let common = Common {
-        tls: TlsPaths {
-            ca: args.ca.clone(),
-            cert: args.cert.clone(),
-            key: args.key.clone(),
-        },
+        tls: TlsPaths { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() },
         trust_domain: args.trust_domain.clone(),
         database_url: args.database_url.clone(),
         pool_size: args.pool_size,
         drain: Duration::from_secs(args.drain_secs),
         max_connection_age: (args.max_connection_age_secs > 0)
             .then(|| Duration::from_secs(args.max_connection_age_secs)),
+        internal_listen: args.internal_listen,
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let running = match ServiceName::parse(&args.service) {
         Some(ServiceName::Registry) => {
-            let config = cpis_registry::Config {
-                mass_end_share: args.mass_end_share,
-            };
+            let config = cpis_registry::Config { mass_end_share: args.mass_end_share };
             suite::start_registry(listener, &common, config).await?
         }
         Some(ServiceName::Notification) => {
-            suite::start_notification(
-                listener,
-                &common,
-                Some(Duration::from_secs(args.heartbeat_secs)),
-            )
-            .await?
+            suite::start_notification(listener, &common, Some(Duration::from_secs(args.heartbeat_secs))).await?
         }
         Some(ServiceName::Attendance) => {
             suite::start_attendance(
@@ -271,10 +269,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
             .await?
         }
-        None => anyhow::bail!(
-            "unknown service {:?}: expected registry, attendance or notification",
-            args.service
-        ),
+        None => anyhow::bail!("unknown service {:?}: expected registry, attendance or notification", args.service),
     };
     tracing::info!(service = %args.service, addr = %running.addr, "serving");
     running.shutdown.on_signals();
@@ -293,8 +288,7 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
             }
         }
         CertsCommand::Issue { state, kind, code } => {
-            let kind =
-                CallerKind::parse(&kind).context("--kind must be council, setting or service")?;
+            let kind = CallerKind::parse(&kind).context("--kind must be council, setting or service")?;
             let caller = Caller::from_parts(kind, &code)?;
             let pki = Pki::new(&state.state_dir);
             pki.init()?;
@@ -305,5 +299,34 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
             println!("ca   {}", paths.ca.display());
         }
     }
+    Ok(())
+}
+
+async fn migrate(service: &str, database_url: &str) -> anyhow::Result<()> {
+    let pool = cpis_core::db::pool(database_url, 2)?;
+    let (schema, migrations) = match ServiceName::parse(service) {
+        Some(ServiceName::Registry) => (cpis_registry::SCHEMA, cpis_registry::MIGRATIONS),
+        Some(ServiceName::Attendance) => (cpis_attendance::SCHEMA, cpis_attendance::MIGRATIONS),
+        Some(ServiceName::Notification) => (cpis_notification::SCHEMA, cpis_notification::MIGRATIONS),
+        None => anyhow::bail!("unknown service {service:?}: expected registry, attendance or notification"),
+    };
+    cpis_core::db::migrate(&pool, schema, migrations).await?;
+    println!("{schema}: migrations applied");
+    Ok(())
+}
+
+async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let tls = TlsPaths { ca: args.ca, cert: args.cert, key: args.key };
+    let channel = cpis_core::client::channel(&args.endpoint, &tls, None)?;
+    let mut client = HealthClient::new(channel);
+    let check = client.check(HealthCheckRequest { service: args.service.clone() });
+    let status = tokio::time::timeout(Duration::from_secs(args.timeout_secs), check)
+        .await
+        .context("health check timed out")??
+        .into_inner()
+        .status;
+    // 1 is SERVING in grpc.health.v1.
+    anyhow::ensure!(status == 1, "{:?} is not serving (status {status})", args.service);
     Ok(())
 }

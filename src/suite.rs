@@ -3,6 +3,7 @@
 //! The same code path runs in every case.
 
 use anyhow::Context as _;
+use cpis_core::authz::Surface;
 use cpis_core::db::DbPool;
 use cpis_core::identity::{Caller, ServiceName};
 use cpis_core::pki::Pki;
@@ -29,6 +30,9 @@ pub struct Common {
     pub drain: Duration,
     /// Close client connections after this age (rebalancing); none when unset.
     pub max_connection_age: Option<Duration>,
+    /// When set, internal methods (LookupFlags, PublishAlert) are served on
+    /// this address only, and the main listener serves the rest.
+    pub internal_listen: Option<SocketAddr>,
 }
 
 /// Settings of all three services.
@@ -68,6 +72,33 @@ fn options(name: &'static str, common: &Common) -> ServeOptions {
     options
 }
 
+/// Serves `routes` on `listener` (and on the internal listener, when
+/// configured) until `shutdown` completes.
+async fn spawn_serving(
+    listener: TcpListener,
+    common: &Common,
+    routes: tonic::service::Routes,
+    pool: DbPool,
+    name: &'static str,
+    shutdown: Shutdown,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let mut opts = options(name, common);
+    let Some(internal_addr) = common.internal_listen else {
+        return Ok(tokio::spawn(cpis_core::server::serve(listener, tls, routes, pool, opts, shutdown)));
+    };
+    let internal = TcpListener::bind(internal_addr).await.with_context(|| format!("binding {internal_addr}"))?;
+    let mut internal_opts = opts.clone();
+    opts.surface = Surface::Public;
+    internal_opts.surface = Surface::Internal;
+    let public = cpis_core::server::serve(listener, tls.clone(), routes.clone(), pool.clone(), opts, shutdown.clone());
+    let internal = cpis_core::server::serve(internal, tls, routes, pool, internal_opts, shutdown);
+    Ok(tokio::spawn(async move {
+        tokio::try_join!(public, internal)?;
+        Ok(())
+    }))
+}
+
 fn pool(common: &Common) -> anyhow::Result<DbPool> {
     cpis_core::db::pool(&common.database_url, common.pool_size)
 }
@@ -80,23 +111,11 @@ pub async fn start_registry(
 ) -> anyhow::Result<RunningService> {
     let pool = pool(common)?;
     let service = cpis_registry::Registry::new(config, pool.clone()).await?;
-    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
     let addr = listener.local_addr()?;
     let shutdown = Shutdown::new();
-    let opts = options(cpis_registry::SERVICE_NAME, common);
-    let join = tokio::spawn(cpis_core::server::serve(
-        listener,
-        tls,
-        service.routes(),
-        pool,
-        opts,
-        shutdown.clone(),
-    ));
-    Ok(RunningService {
-        addr,
-        shutdown,
-        join,
-    })
+    let join =
+        spawn_serving(listener, common, service.routes(), pool, cpis_registry::SERVICE_NAME, shutdown.clone()).await?;
+    Ok(RunningService { addr, shutdown, join })
 }
 
 /// Starts the Notification service on `listener`.
@@ -111,24 +130,12 @@ pub async fn start_notification(
     if let Some(heartbeat) = heartbeat {
         config.heartbeat = heartbeat;
     }
-    let service =
-        cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
-    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let service = cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
     let addr = listener.local_addr()?;
-    let opts = options(cpis_notification::SERVICE_NAME, common);
-    let join = tokio::spawn(cpis_core::server::serve(
-        listener,
-        tls,
-        service.routes(),
-        pool,
-        opts,
-        shutdown.clone(),
-    ));
-    Ok(RunningService {
-        addr,
-        shutdown,
-        join,
-    })
+    let join =
+        spawn_serving(listener, common, service.routes(), pool, cpis_notification::SERVICE_NAME, shutdown.clone())
+            .await?;
+    Ok(RunningService { addr, shutdown, join })
 }
 
 /// Starts the Attendance service on `listener`, calling the Registry and
@@ -144,30 +151,12 @@ pub async fn start_attendance(
     let shutdown = Shutdown::new();
     let registry = cpis_core::client::channel(registry_url, &common.tls, None)?;
     let notification = cpis_core::client::channel(notification_url, &common.tls, None)?;
-    let service = cpis_attendance::Attendance::new(
-        config,
-        pool.clone(),
-        registry,
-        notification,
-        shutdown.clone(),
-    )
-    .await?;
-    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let service =
+        cpis_attendance::Attendance::new(config, pool.clone(), registry, notification, shutdown.clone()).await?;
     let addr = listener.local_addr()?;
-    let opts = options(cpis_attendance::SERVICE_NAME, common);
-    let join = tokio::spawn(cpis_core::server::serve(
-        listener,
-        tls,
-        service.routes(),
-        pool,
-        opts,
-        shutdown.clone(),
-    ));
-    Ok(RunningService {
-        addr,
-        shutdown,
-        join,
-    })
+    let join = spawn_serving(listener, common, service.routes(), pool, cpis_attendance::SERVICE_NAME, shutdown.clone())
+        .await?;
+    Ok(RunningService { addr, shutdown, join })
 }
 
 /// Where and how to run the whole suite on 127.0.0.1.
@@ -199,12 +188,7 @@ pub struct Suite {
 }
 
 /// Common settings of one of our services under a development PKI.
-pub fn dev_common(
-    pki: &Pki,
-    name: ServiceName,
-    trust_domain: &str,
-    database_url: &str,
-) -> anyhow::Result<Common> {
+pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url: &str) -> anyhow::Result<Common> {
     let tls = pki.ensure(&Caller::Service(name), trust_domain)?;
     Ok(Common {
         tls,
@@ -213,18 +197,13 @@ pub fn dev_common(
         pool_size: 16,
         drain: Duration::ZERO,
         max_connection_age: None,
+        internal_listen: None,
     })
 }
 
 async fn bind(port_base: u16, offset: u16) -> anyhow::Result<TcpListener> {
-    let port = if port_base == 0 {
-        0
-    } else {
-        port_base + offset
-    };
-    TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("binding 127.0.0.1:{port}"))
+    let port = if port_base == 0 { 0 } else { port_base + offset };
+    TcpListener::bind(("127.0.0.1", port)).await.with_context(|| format!("binding 127.0.0.1:{port}"))
 }
 
 impl Suite {
@@ -258,12 +237,7 @@ impl Suite {
             &format!("https://localhost:{}", notification.addr.port()),
         )
         .await?;
-        Ok(Suite {
-            registry,
-            attendance,
-            notification,
-            pki,
-        })
+        Ok(Suite { registry, attendance, notification, pki })
     }
 
     /// Stops all three services, Attendance first (it calls the others).

@@ -32,17 +32,8 @@ fn cluster_socket_url() -> &'static str {
         }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let dir = tempfile::Builder::new()
-                .prefix("cpis-test-pg")
-                .tempdir()
-                .expect("tempdir");
-            let result = PrivateCluster::start(
-                dir.path(),
-                ClusterOptions {
-                    unsafe_fast: true,
-                    ..Default::default()
-                },
-            );
+            let dir = tempfile::Builder::new().prefix("cpis-test-pg").tempdir().expect("tempdir");
+            let result = PrivateCluster::start(dir.path(), ClusterOptions { unsafe_fast: true, ..Default::default() });
             match result {
                 Ok(cluster) => {
                     tx.send(Ok(cluster.url("postgres"))).ok();
@@ -57,9 +48,7 @@ fn cluster_socket_url() -> &'static str {
                 }
             }
         });
-        rx.recv()
-            .expect("cluster thread")
-            .expect("starting the test PostgreSQL cluster")
+        rx.recv().expect("cluster thread").expect("starting the test PostgreSQL cluster")
     })
 }
 
@@ -67,29 +56,17 @@ fn cluster_socket_url() -> &'static str {
 pub async fn fresh_database() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let base = cluster_socket_url().to_string();
-    let name = format!(
-        "t{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("connect");
     let task = tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
     drop(client);
     let _ = task.await;
     replace_dbname(&base, &name)
 }
 
 fn replace_dbname(url: &str, name: &str) -> String {
-    let kept: Vec<&str> = url
-        .split_whitespace()
-        .filter(|kv| !kv.starts_with("dbname="))
-        .collect();
+    let kept: Vec<&str> = url.split_whitespace().filter(|kv| !kv.starts_with("dbname=")).collect();
     format!("{} dbname={name}", kept.join(" "))
 }
 
@@ -106,20 +83,13 @@ pub const TRUST_DOMAIN: &str = "cpis.local";
 impl TestSuite {
     /// A fresh database, PKI and suite with default settings.
     pub async fn start() -> TestSuite {
-        Self::start_with(ServiceConfigs {
-            heartbeat: Some(Duration::from_millis(500)),
-            ..Default::default()
-        })
-        .await
+        Self::start_with(ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() }).await
     }
 
     /// A fresh database, PKI and suite with the given settings.
     pub async fn start_with(configs: ServiceConfigs) -> TestSuite {
         cpis_core::tls::install_default_provider();
-        let state = tempfile::Builder::new()
-            .prefix("cpis-test")
-            .tempdir()
-            .expect("tempdir");
+        let state = tempfile::Builder::new().prefix("cpis-test").tempdir().expect("tempdir");
         let database_url = fresh_database().await;
         let suite = Suite::start(SuiteOptions {
             state_dir: state.path().to_path_buf(),
@@ -131,12 +101,7 @@ impl TestSuite {
         .await
         .expect("starting the suite");
         let pki = suite.pki.clone();
-        let ts = TestSuite {
-            suite,
-            pki,
-            database_url,
-            state,
-        };
+        let ts = TestSuite { suite, pki, database_url, state };
         ts.wait_ready().await;
         ts
     }
@@ -150,19 +115,14 @@ impl TestSuite {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
                 let ok = client
-                    .check(HealthCheckRequest {
-                        service: name.into(),
-                    })
+                    .check(HealthCheckRequest { service: name.into() })
                     .await
                     .map(|r| r.into_inner().status == 1)
                     .unwrap_or(false);
                 if ok {
                     break;
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{name} never became ready"
-                );
+                assert!(tokio::time::Instant::now() < deadline, "{name} never became ready");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -171,38 +131,24 @@ impl TestSuite {
     pub fn ports_and_names(&self) -> [(u16, &'static str); 3] {
         [
             (self.suite.registry.addr.port(), cpis_registry::SERVICE_NAME),
-            (
-                self.suite.attendance.addr.port(),
-                cpis_attendance::SERVICE_NAME,
-            ),
-            (
-                self.suite.notification.addr.port(),
-                cpis_notification::SERVICE_NAME,
-            ),
+            (self.suite.attendance.addr.port(), cpis_attendance::SERVICE_NAME),
+            (self.suite.notification.addr.port(), cpis_notification::SERVICE_NAME),
         ]
     }
 
     /// Certificate files for `caller` (issued on first use).
     pub fn identity(&self, caller: &Caller) -> TlsPaths {
-        self.pki
-            .ensure(caller, TRUST_DOMAIN)
-            .expect("issuing a certificate")
+        self.pki.ensure(caller, TRUST_DOMAIN).expect("issuing a certificate")
     }
 
     /// A channel to `port` presenting `caller`'s certificate.
     pub fn channel(&self, port: u16, caller: &Caller) -> Channel {
-        cpis_core::client::channel(
-            &format!("https://localhost:{port}"),
-            &self.identity(caller),
-            None,
-        )
-        .expect("channel")
+        cpis_core::client::channel(&format!("https://localhost:{port}"), &self.identity(caller), None).expect("channel")
     }
 
     /// A channel to `port` presenting the given files (hostile identities).
     pub fn channel_with(&self, port: u16, tls: &TlsPaths) -> Channel {
-        cpis_core::client::channel(&format!("https://localhost:{port}"), tls, None)
-            .expect("channel")
+        cpis_core::client::channel(&format!("https://localhost:{port}"), tls, None).expect("channel")
     }
 
     /// A channel to `port` that presents no client certificate at all.
@@ -258,9 +204,7 @@ impl TestSuite {
 
     /// A direct connection to this test's database.
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(conn);
         client
     }
@@ -285,11 +229,7 @@ pub fn nhs(serial: u32) -> String {
     // value of the free digit makes the check digit 10, so one of the first two works.
     for free in 0..10 {
         let nine = format!("999{free}{serial:05}");
-        let sum: u32 = nine
-            .bytes()
-            .zip((2..=10).rev())
-            .map(|(d, w)| u32::from(d - b'0') * w)
-            .sum();
+        let sum: u32 = nine.bytes().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
         match 11 - sum % 11 {
             10 => continue,
             11 => return format!("{nine}0"),

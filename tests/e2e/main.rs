@@ -4,7 +4,7 @@
 
 mod harness;
 
-mod foundation;
 mod attendance;
+mod foundation;
 mod notification;
 mod registry;

@@ -40,20 +40,14 @@ pub fn unborn_plan(reference: &str, nhs_number: &str) -> Plan {
 
 async fn upsert(ts: &TestSuite, council_code: &str, p: Plan) -> Result<Plan, tonic::Status> {
     ts.registry(&council(council_code))
-        .upsert_plan(UpsertPlanRequest {
-            plan: Some(p),
-            expected_version: 0,
-        })
+        .upsert_plan(UpsertPlanRequest { plan: Some(p), expected_version: 0 })
         .await
         .map(|r| r.into_inner().plan.expect("plan"))
 }
 
 async fn lookup(ts: &TestSuite, nhs_number: &str, on_date: &str) -> LookupFlagsResponse {
     ts.registry(&service(ServiceName::Attendance))
-        .lookup_flags(LookupFlagsRequest {
-            nhs_number: nhs_number.into(),
-            on_date: on_date.into(),
-        })
+        .lookup_flags(LookupFlagsRequest { nhs_number: nhs_number.into(), on_date: on_date.into() })
         .await
         .expect("lookup")
         .into_inner()
@@ -70,17 +64,13 @@ fn field_paths(status: &tonic::Status) -> Vec<String> {
 #[tokio::test]
 async fn upsert_is_idempotent_and_versions_only_real_changes() {
     let ts = TestSuite::start().await;
-    let created = upsert(&ts, MANCHESTER, plan("MCR-1", &nhs(1)))
-        .await
-        .unwrap();
+    let created = upsert(&ts, MANCHESTER, plan("MCR-1", &nhs(1))).await.unwrap();
     assert_eq!(created.version, 1);
     assert_eq!(created.council_code, MANCHESTER);
     assert!(!created.plan_id.is_empty());
     assert!(created.updated_at.is_some());
 
-    let again = upsert(&ts, MANCHESTER, plan("MCR-1", &nhs(1)))
-        .await
-        .unwrap();
+    let again = upsert(&ts, MANCHESTER, plan("MCR-1", &nhs(1))).await.unwrap();
     assert_eq!(again.version, 1, "the same body twice changes nothing");
     assert_eq!(again.plan_id, created.plan_id);
 
@@ -102,26 +92,14 @@ async fn upsert_is_idempotent_and_versions_only_real_changes() {
     let mut third = changed.clone();
     third.end_date = "2026-12-31".into();
     let err = client
-        .upsert_plan(UpsertPlanRequest {
-            plan: Some(third.clone()),
-            expected_version: 1,
-        })
+        .upsert_plan(UpsertPlanRequest { plan: Some(third.clone()), expected_version: 1 })
         .await
         .expect_err("stale expected_version");
     assert_eq!(err.code(), Code::Aborted);
-    let ok = client
-        .upsert_plan(UpsertPlanRequest {
-            plan: Some(third),
-            expected_version: 2,
-        })
-        .await
-        .unwrap();
+    let ok = client.upsert_plan(UpsertPlanRequest { plan: Some(third), expected_version: 2 }).await.unwrap();
     assert_eq!(ok.into_inner().plan.unwrap().version, 3);
     let err = client
-        .upsert_plan(UpsertPlanRequest {
-            plan: Some(plan("MCR-NEW", &nhs(2))),
-            expected_version: 4,
-        })
+        .upsert_plan(UpsertPlanRequest { plan: Some(plan("MCR-NEW", &nhs(2))), expected_version: 4 })
         .await
         .expect_err("expected_version on a plan that does not exist");
     assert_eq!(err.code(), Code::Aborted);
@@ -142,10 +120,7 @@ async fn upsert_is_idempotent_and_versions_only_real_changes() {
     assert_eq!(fields, ["contact.office_phone"]);
     let by: String = rows[0].get(2);
     assert_eq!(by, format!("council/{MANCHESTER}"));
-    let err = db
-        .execute("DELETE FROM registry.plan_changes", &[])
-        .await
-        .expect_err("history is append-only");
+    let err = db.execute("DELETE FROM registry.plan_changes", &[]).await.expect_err("history is append-only");
     assert!(err.to_string().contains("append-only") || err.as_db_error().is_some());
     ts.suite.stop().await.unwrap();
 }
@@ -160,66 +135,18 @@ async fn every_validation_rule_names_its_field() {
     let valid = plan("MCR-V", &nhs(7));
     let tomorrow = (chrono::Utc::now().date_naive() + chrono::Days::new(1)).to_string();
     let cases: Vec<(&str, Mutation, &str)> = vec![
-        (
-            "bad check digit",
-            Box::new(|p| p.nhs_number = "9990000019".into()),
-            "plan.nhs_number",
-        ),
-        (
-            "nine digits",
-            Box::new(|p| p.nhs_number = "999000001".into()),
-            "plan.nhs_number",
-        ),
-        (
-            "letters",
-            Box::new(|p| p.nhs_number = "99900000AB".into()),
-            "plan.nhs_number",
-        ),
-        (
-            "spaces",
-            Box::new(|p| p.nhs_number = "999 000 0018".into()),
-            "plan.nhs_number",
-        ),
-        (
-            "missing nhs",
-            Box::new(|p| p.nhs_number.clear()),
-            "plan.nhs_number",
-        ),
-        (
-            "no such day",
-            Box::new(|p| p.start_date = "2025-02-30".into()),
-            "plan.start_date",
-        ),
-        (
-            "bad format",
-            Box::new(|p| p.start_date = "10/01/2025".into()),
-            "plan.start_date",
-        ),
-        (
-            "missing start",
-            Box::new(|p| p.start_date.clear()),
-            "plan.start_date",
-        ),
-        (
-            "end before start",
-            Box::new(|p| p.end_date = "2024-12-31".into()),
-            "plan.end_date",
-        ),
-        (
-            "unspecified type",
-            Box::new(|p| p.plan_type = 0),
-            "plan.plan_type",
-        ),
-        (
-            "type out of range",
-            Box::new(|p| p.plan_type = 42),
-            "plan.plan_type",
-        ),
-        (
-            "dob missing",
-            Box::new(|p| p.date_of_birth.clear()),
-            "plan.date_of_birth",
-        ),
+        ("bad check digit", Box::new(|p| p.nhs_number = "9990000019".into()), "plan.nhs_number"),
+        ("nine digits", Box::new(|p| p.nhs_number = "999000001".into()), "plan.nhs_number"),
+        ("letters", Box::new(|p| p.nhs_number = "99900000AB".into()), "plan.nhs_number"),
+        ("spaces", Box::new(|p| p.nhs_number = "999 000 0018".into()), "plan.nhs_number"),
+        ("missing nhs", Box::new(|p| p.nhs_number.clear()), "plan.nhs_number"),
+        ("no such day", Box::new(|p| p.start_date = "2025-02-30".into()), "plan.start_date"),
+        ("bad format", Box::new(|p| p.start_date = "10/01/2025".into()), "plan.start_date"),
+        ("missing start", Box::new(|p| p.start_date.clear()), "plan.start_date"),
+        ("end before start", Box::new(|p| p.end_date = "2024-12-31".into()), "plan.end_date"),
+        ("unspecified type", Box::new(|p| p.plan_type = 0), "plan.plan_type"),
+        ("type out of range", Box::new(|p| p.plan_type = 42), "plan.plan_type"),
+        ("dob missing", Box::new(|p| p.date_of_birth.clear()), "plan.date_of_birth"),
         (
             "dob in future",
             {
@@ -231,42 +158,18 @@ async fn every_validation_rule_names_its_field() {
             },
             "plan.date_of_birth",
         ),
-        (
-            "adult at start",
-            Box::new(|p| p.date_of_birth = "2001-01-01".into()),
-            "plan.date_of_birth",
-        ),
-        (
-            "start before birth",
-            Box::new(|p| p.start_date = "2015-01-01".into()),
-            "plan.start_date",
-        ),
+        ("adult at start", Box::new(|p| p.date_of_birth = "2001-01-01".into()), "plan.date_of_birth"),
+        ("start before birth", Box::new(|p| p.start_date = "2015-01-01".into()), "plan.start_date"),
         (
             "edd on a born child",
             Box::new(|p| p.expected_delivery_date = "2026-01-01".into()),
             "plan.expected_delivery_date",
         ),
-        (
-            "empty reference",
-            Box::new(|p| p.local_reference.clear()),
-            "plan.local_reference",
-        ),
-        (
-            "long reference",
-            Box::new(|p| p.local_reference = "R".repeat(65)),
-            "plan.local_reference",
-        ),
-        (
-            "control chars",
-            Box::new(|p| p.local_reference = "A\u{0}B".into()),
-            "plan.local_reference",
-        ),
+        ("empty reference", Box::new(|p| p.local_reference.clear()), "plan.local_reference"),
+        ("long reference", Box::new(|p| p.local_reference = "R".repeat(65)), "plan.local_reference"),
+        ("control chars", Box::new(|p| p.local_reference = "A\u{0}B".into()), "plan.local_reference"),
         ("no contact", Box::new(|p| p.contact = None), "plan.contact"),
-        (
-            "no team",
-            Box::new(|p| p.contact.as_mut().unwrap().team_name = " ".into()),
-            "plan.contact.team_name",
-        ),
+        ("no team", Box::new(|p| p.contact.as_mut().unwrap().team_name = " ".into()), "plan.contact.team_name"),
         (
             "bad phone",
             Box::new(|p| p.contact.as_mut().unwrap().office_phone = "call us".into()),
@@ -291,121 +194,51 @@ async fn every_validation_rule_names_its_field() {
     for (name, mutate, field) in &cases {
         let mut p = valid.clone();
         mutate(&mut p);
-        let err = client
-            .upsert_plan(UpsertPlanRequest {
-                plan: Some(p.clone()),
-                expected_version: 0,
-            })
-            .await
-            .expect_err(name);
+        let err =
+            client.upsert_plan(UpsertPlanRequest { plan: Some(p.clone()), expected_version: 0 }).await.expect_err(name);
         assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
-        assert!(
-            field_paths(&err).contains(&field.to_string()),
-            "{name}: {:?}",
-            field_paths(&err)
-        );
-        assert!(
-            !err.message().contains(&p.nhs_number) || p.nhs_number.is_empty(),
-            "{name} echoed the NHS number"
-        );
+        assert!(field_paths(&err).contains(&field.to_string()), "{name}: {:?}", field_paths(&err));
+        assert!(!err.message().contains(&p.nhs_number) || p.nhs_number.is_empty(), "{name} echoed the NHS number");
     }
     // Unborn plans: no date of birth, and an expected delivery date.
     let mut u = unborn_plan("MCR-U", &nhs(8));
     u.expected_delivery_date.clear();
-    let err = client
-        .upsert_plan(UpsertPlanRequest {
-            plan: Some(u),
-            expected_version: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = client.upsert_plan(UpsertPlanRequest { plan: Some(u), expected_version: 0 }).await.unwrap_err();
     assert!(field_paths(&err).contains(&"plan.expected_delivery_date".to_string()));
     let mut u = unborn_plan("MCR-U", &nhs(8));
     u.date_of_birth = "2016-01-01".into();
-    let err = client
-        .upsert_plan(UpsertPlanRequest {
-            plan: Some(u),
-            expected_version: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = client.upsert_plan(UpsertPlanRequest { plan: Some(u), expected_version: 0 }).await.unwrap_err();
     assert!(field_paths(&err).contains(&"plan.date_of_birth".to_string()));
-    let err = client
-        .upsert_plan(UpsertPlanRequest {
-            plan: None,
-            expected_version: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = client.upsert_plan(UpsertPlanRequest { plan: None, expected_version: 0 }).await.unwrap_err();
     assert_eq!(field_paths(&err), ["plan"]);
 
     // Nothing was stored by any of it.
-    let stored: i64 = ts
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM registry.plans", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = ts.db().await.query_one("SELECT count(*) FROM registry.plans", &[]).await.unwrap().get(0);
     assert_eq!(stored, 0);
-    assert!(upsert(&ts, MANCHESTER, unborn_plan("MCR-U", &nhs(8)))
-        .await
-        .is_ok());
+    assert!(upsert(&ts, MANCHESTER, unborn_plan("MCR-U", &nhs(8))).await.is_ok());
     ts.suite.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn councils_see_only_their_own_plans() {
     let ts = TestSuite::start().await;
-    upsert(&ts, MANCHESTER, plan("SHARED-REF", &nhs(10)))
-        .await
-        .unwrap();
+    upsert(&ts, MANCHESTER, plan("SHARED-REF", &nhs(10))).await.unwrap();
     let mut liverpool = ts.registry(&council(LIVERPOOL));
+    let err = liverpool.get_plan(GetPlanRequest { local_reference: "SHARED-REF".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "another council's plan is NOT_FOUND, never PERMISSION_DENIED");
     let err = liverpool
-        .get_plan(GetPlanRequest {
-            local_reference: "SHARED-REF".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::NotFound,
-        "another council's plan is NOT_FOUND, never PERMISSION_DENIED"
-    );
-    let err = liverpool
-        .end_plan(EndPlanRequest {
-            local_reference: "SHARED-REF".into(),
-            end_date: "2026-01-01".into(),
-        })
+        .end_plan(EndPlanRequest { local_reference: "SHARED-REF".into(), end_date: "2026-01-01".into() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = liverpool
-        .delete_plan(DeletePlanRequest {
-            local_reference: "SHARED-REF".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = liverpool.delete_plan(DeletePlanRequest { local_reference: "SHARED-REF".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let page = liverpool
-        .list_plans(ListPlansRequest {
-            include_ended: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page = liverpool.list_plans(ListPlansRequest { include_ended: true, ..Default::default() }).await.unwrap();
     assert!(page.into_inner().plans.is_empty());
     // The same reference is independent per council.
-    let lpl = upsert(&ts, LIVERPOOL, plan("SHARED-REF", &nhs(11)))
-        .await
-        .unwrap();
+    let lpl = upsert(&ts, LIVERPOOL, plan("SHARED-REF", &nhs(11))).await.unwrap();
     assert_eq!(lpl.version, 1);
-    let mcr = ts
-        .registry(&council(MANCHESTER))
-        .get_plan(GetPlanRequest {
-            local_reference: "SHARED-REF".into(),
-        })
-        .await;
+    let mcr = ts.registry(&council(MANCHESTER)).get_plan(GetPlanRequest { local_reference: "SHARED-REF".into() }).await;
     assert_eq!(mcr.unwrap().into_inner().plan.unwrap().nhs_number, nhs(10));
     ts.suite.stop().await.unwrap();
 }
@@ -432,38 +265,21 @@ async fn lookup_flags_applies_the_twelve_month_scope_across_councils() {
     let both = lookup(&ts, &child, "2026-03-14").await;
     assert_eq!(both.flags.len(), 2);
     let mcr = &both.flags[0];
-    assert_eq!(
-        (mcr.council_code.as_str(), mcr.council_name.as_str()),
-        (MANCHESTER, "Manchester")
-    );
-    assert!(
-        mcr.ended,
-        "ended less than 12 months ago: shown, marked ended"
-    );
-    assert_eq!(
-        mcr.contact.as_ref().unwrap().emergency_duty_phone,
-        "0161 255 8250"
-    );
+    assert_eq!((mcr.council_code.as_str(), mcr.council_name.as_str()), (MANCHESTER, "Manchester"));
+    assert!(mcr.ended, "ended less than 12 months ago: shown, marked ended");
+    assert_eq!(mcr.contact.as_ref().unwrap().emergency_duty_phone, "0161 255 8250");
     assert_eq!(both.flags[1].council_name, "Liverpool");
     assert_eq!(both.flags[1].plan_type, PlanType::LookedAfter as i32);
     assert_eq!(both.local_references, ["MCR-20", "LPL-20"]);
 
     let after = lookup(&ts, &child, "2026-03-15").await;
-    assert_eq!(
-        after.flags.len(),
-        1,
-        "12 months after the end it is out of scope"
-    );
+    assert_eq!(after.flags.len(), 1, "12 months after the end it is out of scope");
     assert_eq!(after.flags[0].council_code, LIVERPOOL);
 
     // Unborn plans carry the expected delivery date; unknown councils show their code.
     let mother = nhs(21);
-    upsert(&ts, KENT, unborn_plan("KNT-1", &mother))
-        .await
-        .unwrap();
-    upsert(&ts, "E06999999", plan("X-1", &mother))
-        .await
-        .unwrap();
+    upsert(&ts, KENT, unborn_plan("KNT-1", &mother)).await.unwrap();
+    upsert(&ts, "E06999999", plan("X-1", &mother)).await.unwrap();
     let flags = lookup(&ts, &mother, "2026-07-01").await.flags;
     assert_eq!(flags.len(), 2);
     assert_eq!(flags[0].council_name, "E06999999");
@@ -471,29 +287,16 @@ async fn lookup_flags_applies_the_twelve_month_scope_across_councils() {
     assert_eq!(flags[1].expected_delivery_date, "2027-01-15");
 
     // Deleted plans are never shown again; the audit trail keeps them.
-    ts.registry(&council(KENT))
-        .delete_plan(DeletePlanRequest {
-            local_reference: "KNT-1".into(),
-        })
-        .await
-        .unwrap();
+    ts.registry(&council(KENT)).delete_plan(DeletePlanRequest { local_reference: "KNT-1".into() }).await.unwrap();
     let flags = lookup(&ts, &mother, "2026-07-01").await.flags;
     assert_eq!(flags.len(), 1);
-    let err = ts
-        .registry(&council(KENT))
-        .get_plan(GetPlanRequest {
-            local_reference: "KNT-1".into(),
-        })
-        .await
-        .unwrap_err();
+    let err =
+        ts.registry(&council(KENT)).get_plan(GetPlanRequest { local_reference: "KNT-1".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let kept: i64 = ts
         .db()
         .await
-        .query_one(
-            "SELECT count(*) FROM registry.plan_changes WHERE action = 'deleted'",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM registry.plan_changes WHERE action = 'deleted'", &[])
         .await
         .unwrap()
         .get(0);
@@ -503,18 +306,12 @@ async fn lookup_flags_applies_the_twelve_month_scope_across_councils() {
     assert!(none.flags.is_empty());
     let err = ts
         .registry(&service(ServiceName::Attendance))
-        .lookup_flags(LookupFlagsRequest {
-            nhs_number: "1234567890".into(),
-            on_date: "2026-13-01".into(),
-        })
+        .lookup_flags(LookupFlagsRequest { nhs_number: "1234567890".into(), on_date: "2026-13-01".into() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let fields = field_paths(&err);
-    assert!(
-        fields.contains(&"nhs_number".to_string()) && fields.contains(&"on_date".to_string()),
-        "{fields:?}"
-    );
+    assert!(fields.contains(&"nhs_number".to_string()) && fields.contains(&"on_date".to_string()), "{fields:?}");
     assert!(!err.message().contains("1234567890"));
     ts.suite.stop().await.unwrap();
 }
@@ -523,14 +320,9 @@ async fn lookup_flags_applies_the_twelve_month_scope_across_councils() {
 async fn end_and_delete_plans() {
     let ts = TestSuite::start().await;
     let mut client = ts.registry(&council(MANCHESTER));
-    upsert(&ts, MANCHESTER, plan("MCR-E", &nhs(30)))
-        .await
-        .unwrap();
+    upsert(&ts, MANCHESTER, plan("MCR-E", &nhs(30))).await.unwrap();
     let ended = client
-        .end_plan(EndPlanRequest {
-            local_reference: "MCR-E".into(),
-            end_date: "2025-09-30".into(),
-        })
+        .end_plan(EndPlanRequest { local_reference: "MCR-E".into(), end_date: "2025-09-30".into() })
         .await
         .unwrap()
         .into_inner()
@@ -538,42 +330,18 @@ async fn end_and_delete_plans() {
         .unwrap();
     assert_eq!((ended.end_date.as_str(), ended.version), ("2025-09-30", 2));
     let err = client
-        .end_plan(EndPlanRequest {
-            local_reference: "MCR-E".into(),
-            end_date: "2024-01-01".into(),
-        })
+        .end_plan(EndPlanRequest { local_reference: "MCR-E".into(), end_date: "2024-01-01".into() })
         .await
         .unwrap_err();
     assert_eq!(field_paths(&err), ["end_date"]);
-    let err = client
-        .end_plan(EndPlanRequest {
-            local_reference: "MCR-E".into(),
-            end_date: String::new(),
-        })
-        .await;
+    let err = client.end_plan(EndPlanRequest { local_reference: "MCR-E".into(), end_date: String::new() }).await;
     assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
 
-    client
-        .delete_plan(DeletePlanRequest {
-            local_reference: "MCR-E".into(),
-        })
-        .await
-        .unwrap();
-    let err = client
-        .delete_plan(DeletePlanRequest {
-            local_reference: "MCR-E".into(),
-        })
-        .await
-        .unwrap_err();
+    client.delete_plan(DeletePlanRequest { local_reference: "MCR-E".into() }).await.unwrap();
+    let err = client.delete_plan(DeletePlanRequest { local_reference: "MCR-E".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // The reference is free again after a deletion.
-    assert_eq!(
-        upsert(&ts, MANCHESTER, plan("MCR-E", &nhs(31)))
-            .await
-            .unwrap()
-            .version,
-        1
-    );
+    assert_eq!(upsert(&ts, MANCHESTER, plan("MCR-E", &nhs(31))).await.unwrap().version, 1);
     ts.suite.stop().await.unwrap();
 }
 
@@ -593,31 +361,15 @@ async fn list_plans_pages_without_gaps_or_repeats_while_plans_change() {
     let mut pages = 0;
     loop {
         let page = client
-            .list_plans(ListPlansRequest {
-                page_size: 40,
-                page_token: token.clone(),
-                include_ended: false,
-            })
+            .list_plans(ListPlansRequest { page_size: 40, page_token: token.clone(), include_ended: false })
             .await
             .unwrap()
             .into_inner();
         pages += 1;
         seen.extend(page.plans.iter().map(|p| p.local_reference.clone()));
         // Plans change between pages: new ones before and after the cursor, one updated.
-        upsert(
-            &ts,
-            MANCHESTER,
-            plan(&format!("AAA-{pages}"), &nhs(2000 + pages)),
-        )
-        .await
-        .unwrap();
-        upsert(
-            &ts,
-            MANCHESTER,
-            plan(&format!("ZZZ-{pages}"), &nhs(2100 + pages)),
-        )
-        .await
-        .unwrap();
+        upsert(&ts, MANCHESTER, plan(&format!("AAA-{pages}"), &nhs(2000 + pages))).await.unwrap();
+        upsert(&ts, MANCHESTER, plan(&format!("ZZZ-{pages}"), &nhs(2100 + pages))).await.unwrap();
         let mut changed = plan("REF-0100", &nhs(1100));
         changed.contact.as_mut().unwrap().team_name = format!("Team {pages}");
         upsert(&ts, MANCHESTER, changed).await.unwrap();
@@ -628,51 +380,32 @@ async fn list_plans_pages_without_gaps_or_repeats_while_plans_change() {
     }
     let unique: HashSet<String> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no plan appears twice");
-    assert!(
-        original.is_subset(&unique),
-        "every plan that existed throughout appears"
-    );
+    assert!(original.is_subset(&unique), "every plan that existed throughout appears");
 
-    let err = client
-        .list_plans(ListPlansRequest {
-            page_size: 1001,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = client.list_plans(ListPlansRequest { page_size: 1001, ..Default::default() }).await.unwrap_err();
     assert_eq!(field_paths(&err), ["page_size"]);
     let err = client
-        .list_plans(ListPlansRequest {
-            page_token: "not-a-token".into(),
-            ..Default::default()
-        })
+        .list_plans(ListPlansRequest { page_token: "not-a-token".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(field_paths(&err), ["page_token"]);
 
     // Ended plans are listed only when asked for.
     client
-        .end_plan(EndPlanRequest {
-            local_reference: "REF-0000".into(),
-            end_date: "2025-02-01".into(),
-        })
+        .end_plan(EndPlanRequest { local_reference: "REF-0000".into(), end_date: "2025-02-01".into() })
         .await
         .unwrap();
     let all = |include_ended| {
         let mut c = client.clone();
         async move {
-            c.list_plans(ListPlansRequest {
-                page_size: 1000,
-                page_token: String::new(),
-                include_ended,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .plans
-            .into_iter()
-            .map(|p| p.local_reference)
-            .collect::<HashSet<_>>()
+            c.list_plans(ListPlansRequest { page_size: 1000, page_token: String::new(), include_ended })
+                .await
+                .unwrap()
+                .into_inner()
+                .plans
+                .into_iter()
+                .map(|p| p.local_reference)
+                .collect::<HashSet<_>>()
         }
     };
     assert!(!all(false).await.contains("REF-0000"));
@@ -697,40 +430,17 @@ async fn sync_with(
     allow_mass_end: bool,
     dry_run: bool,
 ) -> Result<SyncPlansResponse, tonic::Status> {
-    let requests: Vec<SyncPlansRequest> = plans
-        .into_iter()
-        .map(|p| SyncPlansRequest {
-            plan: Some(p),
-            allow_mass_end,
-            dry_run,
-        })
-        .collect();
-    ts.registry(&council(council_code))
-        .sync_plans(tokio_stream::iter(requests))
-        .await
-        .map(|r| r.into_inner())
+    let requests: Vec<SyncPlansRequest> =
+        plans.into_iter().map(|p| SyncPlansRequest { plan: Some(p), allow_mass_end, dry_run }).collect();
+    ts.registry(&council(council_code)).sync_plans(tokio_stream::iter(requests)).await.map(|r| r.into_inner())
 }
 
 #[tokio::test]
 async fn sync_plans_reconciles_counts_rejections_and_refuses_mass_ends() {
     let ts = TestSuite::start().await;
-    let first: Vec<Plan> = (0..20u32)
-        .map(|i| plan(&format!("S-{i:02}"), &nhs(3000 + i)))
-        .collect();
-    let r = sync_plans(&ts, MANCHESTER, first.clone(), false)
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            r.received,
-            r.created,
-            r.updated,
-            r.unchanged,
-            r.ended,
-            r.rejected
-        ),
-        (20, 20, 0, 0, 0, 0)
-    );
+    let first: Vec<Plan> = (0..20u32).map(|i| plan(&format!("S-{i:02}"), &nhs(3000 + i))).collect();
+    let r = sync_plans(&ts, MANCHESTER, first.clone(), false).await.unwrap();
+    assert_eq!((r.received, r.created, r.updated, r.unchanged, r.ended, r.rejected), (20, 20, 0, 0, 0, 0));
 
     // Second snapshot: S-00 changed, S-01 missing (1 of 20 = 5%: allowed),
     // two new, S-02 sent with a bad NHS number (refused: kept as it was),
@@ -751,54 +461,16 @@ async fn sync_plans_reconciles_counts_rejections_and_refuses_mass_ends() {
     dup.contact.as_mut().unwrap().team_name = "Duplicate".into();
     second.push(dup);
 
-    let dry = sync_with(&ts, MANCHESTER, second.clone(), false, true)
-        .await
-        .unwrap();
+    let dry = sync_with(&ts, MANCHESTER, second.clone(), false, true).await.unwrap();
     assert!(dry.dry_run);
-    assert_eq!(
-        (
-            dry.created,
-            dry.updated,
-            dry.unchanged,
-            dry.ended,
-            dry.rejected
-        ),
-        (2, 1, 17, 1, 3)
-    );
-    let untouched = ts
-        .registry(&council(MANCHESTER))
-        .get_plan(GetPlanRequest {
-            local_reference: "S-01".into(),
-        })
-        .await;
-    assert!(
-        untouched
-            .unwrap()
-            .into_inner()
-            .plan
-            .unwrap()
-            .end_date
-            .is_empty(),
-        "a dry run changes nothing"
-    );
+    assert_eq!((dry.created, dry.updated, dry.unchanged, dry.ended, dry.rejected), (2, 1, 17, 1, 3));
+    let untouched = ts.registry(&council(MANCHESTER)).get_plan(GetPlanRequest { local_reference: "S-01".into() }).await;
+    assert!(untouched.unwrap().into_inner().plan.unwrap().end_date.is_empty(), "a dry run changes nothing");
 
     let r = sync_plans(&ts, MANCHESTER, second, false).await.unwrap();
-    assert_eq!(
-        (
-            r.received,
-            r.created,
-            r.updated,
-            r.unchanged,
-            r.ended,
-            r.rejected
-        ),
-        (23, 2, 1, 17, 1, 3)
-    );
-    let mut rejected: Vec<(i64, String, String)> = r
-        .rejections
-        .iter()
-        .map(|x| (x.row, x.local_reference.clone(), x.field.clone()))
-        .collect();
+    assert_eq!((r.received, r.created, r.updated, r.unchanged, r.ended, r.rejected), (23, 2, 1, 17, 1, 3));
+    let mut rejected: Vec<(i64, String, String)> =
+        r.rejections.iter().map(|x| (x.row, x.local_reference.clone(), x.field.clone())).collect();
     rejected.sort();
     assert_eq!(
         rejected,
@@ -808,61 +480,22 @@ async fn sync_plans_reconciles_counts_rejections_and_refuses_mass_ends() {
             (23, "S-03".to_string(), "plan.local_reference".to_string()),
         ]
     );
-    assert!(r
-        .rejections
-        .iter()
-        .all(|x| !x.reason.contains("9990000019")));
+    assert!(r.rejections.iter().all(|x| !x.reason.contains("9990000019")));
     let mut registry = ts.registry(&council(MANCHESTER));
-    let get = |r: &str| GetPlanRequest {
-        local_reference: r.into(),
-    };
-    let s01 = registry
-        .get_plan(get("S-01"))
-        .await
-        .unwrap()
-        .into_inner()
-        .plan
-        .unwrap();
-    assert_eq!(
-        s01.end_date,
-        chrono::Utc::now().date_naive().to_string(),
-        "absent plans are ended today"
-    );
-    let s02 = registry
-        .get_plan(get("S-02"))
-        .await
-        .unwrap()
-        .into_inner()
-        .plan
-        .unwrap();
-    assert!(
-        s02.end_date.is_empty() && s02.version == 1,
-        "a refused row changes nothing and is not ended"
-    );
-    let s03 = registry
-        .get_plan(get("S-03"))
-        .await
-        .unwrap()
-        .into_inner()
-        .plan
-        .unwrap();
-    assert_ne!(
-        s03.contact.unwrap().team_name,
-        "Duplicate",
-        "the first of two duplicates counts"
-    );
+    let get = |r: &str| GetPlanRequest { local_reference: r.into() };
+    let s01 = registry.get_plan(get("S-01")).await.unwrap().into_inner().plan.unwrap();
+    assert_eq!(s01.end_date, chrono::Utc::now().date_naive().to_string(), "absent plans are ended today");
+    let s02 = registry.get_plan(get("S-02")).await.unwrap().into_inner().plan.unwrap();
+    assert!(s02.end_date.is_empty() && s02.version == 1, "a refused row changes nothing and is not ended");
+    let s03 = registry.get_plan(get("S-03")).await.unwrap().into_inner().plan.unwrap();
+    assert_ne!(s03.contact.unwrap().team_name, "Duplicate", "the first of two duplicates counts");
 
     // A truncated file (5 of 21 open plans) must never wipe the register.
     let truncated: Vec<Plan> = first[3..8].to_vec();
-    let err = sync_plans(&ts, MANCHESTER, truncated.clone(), false)
-        .await
-        .unwrap_err();
+    let err = sync_plans(&ts, MANCHESTER, truncated.clone(), false).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let open = registry
-        .list_plans(ListPlansRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
+        .list_plans(ListPlansRequest { page_size: 1000, ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -875,28 +508,17 @@ async fn sync_plans_reconciles_counts_rejections_and_refuses_mass_ends() {
     assert_eq!((r.ended, r.unchanged), (16, 5));
 
     // Another council's sync never touches Manchester's plans.
-    let r = sync_plans(&ts, LIVERPOOL, vec![plan("S-00", &nhs(3200))], false)
-        .await
-        .unwrap();
+    let r = sync_plans(&ts, LIVERPOOL, vec![plan("S-00", &nhs(3200))], false).await.unwrap();
     assert_eq!((r.created, r.ended), (1, 0));
     let history: i64 = ts
         .db()
         .await
-        .query_one(
-            "SELECT count(*) FROM registry.plan_changes WHERE action LIKE '%_by_sync'",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM registry.plan_changes WHERE action LIKE '%_by_sync'", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(history, 20 + 2 + 1 + 1 + 16 + 1);
-    let staged: i64 = ts
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM registry.sync_rows", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let staged: i64 = ts.db().await.query_one("SELECT count(*) FROM registry.sync_rows", &[]).await.unwrap().get(0);
     assert_eq!(staged, 0, "no staging rows left behind");
     ts.suite.stop().await.unwrap();
 }

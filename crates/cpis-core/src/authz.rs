@@ -44,79 +44,78 @@ use Allow::*;
 
 /// The authorization table: every method served on any port, and who may call it.
 /// A method absent from this table is refused for everyone.
+#[rustfmt::skip]
 pub const POLICY: &[(&str, &[Allow])] = &[
-    ("/cpis.registry.v1.RegistryService/UpsertPlan", &[Councils]),
-    ("/cpis.registry.v1.RegistryService/EndPlan", &[Councils]),
-    ("/cpis.registry.v1.RegistryService/DeletePlan", &[Councils]),
-    ("/cpis.registry.v1.RegistryService/GetPlan", &[Councils]),
-    ("/cpis.registry.v1.RegistryService/ListPlans", &[Councils]),
-    ("/cpis.registry.v1.RegistryService/SyncPlans", &[Councils]),
-    (
-        "/cpis.registry.v1.RegistryService/LookupFlags",
-        &[Service(ServiceName::Attendance)],
-    ),
-    ("/cpis.attendance.v1.AttendanceService/CheckIn", &[Settings]),
+    ("/cpis.registry.v1.RegistryService/UpsertPlan",                &[Councils]),
+    ("/cpis.registry.v1.RegistryService/EndPlan",                   &[Councils]),
+    ("/cpis.registry.v1.RegistryService/DeletePlan",                &[Councils]),
+    ("/cpis.registry.v1.RegistryService/GetPlan",                   &[Councils]),
+    ("/cpis.registry.v1.RegistryService/ListPlans",                 &[Councils]),
+    ("/cpis.registry.v1.RegistryService/SyncPlans",                 &[Councils]),
+    ("/cpis.registry.v1.RegistryService/LookupFlags",               &[Service(ServiceName::Attendance)]),
+    ("/cpis.attendance.v1.AttendanceService/CheckIn",               &[Settings]),
     // Councils only for people they hold a flag in scope for (checked in the handler).
-    (
-        "/cpis.attendance.v1.AttendanceService/ListEpisodes",
-        &[Settings, Councils],
-    ),
-    (
-        "/cpis.attendance.v1.AttendanceService/ListAccesses",
-        &[Councils],
-    ),
-    (
-        "/cpis.notification.v1.NotificationService/Subscribe",
-        &[Councils],
-    ),
-    (
-        "/cpis.notification.v1.NotificationService/AckAlerts",
-        &[Councils],
-    ),
-    (
-        "/cpis.notification.v1.NotificationService/ListAlerts",
-        &[Councils],
-    ),
-    (
-        "/cpis.notification.v1.NotificationService/PublishAlert",
-        &[Service(ServiceName::Attendance)],
-    ),
-    ("/grpc.health.v1.Health/Check", &[AnyIdentity]),
-    ("/grpc.health.v1.Health/Watch", &[AnyIdentity]),
-    (
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        &[AnyIdentity],
-    ),
-    (
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        &[AnyIdentity],
-    ),
+    ("/cpis.attendance.v1.AttendanceService/ListEpisodes",          &[Settings, Councils]),
+    ("/cpis.attendance.v1.AttendanceService/ListAccesses",          &[Councils]),
+    ("/cpis.notification.v1.NotificationService/Subscribe",         &[Councils]),
+    ("/cpis.notification.v1.NotificationService/AckAlerts",         &[Councils]),
+    ("/cpis.notification.v1.NotificationService/ListAlerts",        &[Councils]),
+    ("/cpis.notification.v1.NotificationService/PublishAlert",      &[Service(ServiceName::Attendance)]),
+    ("/grpc.health.v1.Health/Check",                                &[AnyIdentity]),
+    ("/grpc.health.v1.Health/Watch",                                &[AnyIdentity]),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",      &[AnyIdentity]),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &[AnyIdentity]),
 ];
+
+/// Methods only our own services call. When a service runs with a separate
+/// internal listener (`CPIS_INTERNAL_LISTEN`), they are served there and not
+/// on the public one, so a Kubernetes NetworkPolicy can close that port to
+/// everyone but the attendance pods.
+pub const INTERNAL_METHODS: &[&str] =
+    &["/cpis.registry.v1.RegistryService/LookupFlags", "/cpis.notification.v1.NotificationService/PublishAlert"];
+
+/// Which methods a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Surface {
+    /// Everything (development, tests, single-port deployments).
+    #[default]
+    Combined,
+    /// Everything but [`INTERNAL_METHODS`].
+    Public,
+    /// Only [`INTERNAL_METHODS`], health and reflection.
+    Internal,
+}
+
+impl Surface {
+    fn serves(self, path: &str) -> bool {
+        let internal = INTERNAL_METHODS.contains(&path);
+        let infrastructure = path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.");
+        match self {
+            Surface::Combined => true,
+            Surface::Public => !internal,
+            Surface::Internal => internal || infrastructure,
+        }
+    }
+}
 
 /// The rule for a method path, if the table has one.
 pub fn rule(path: &str) -> Option<&'static [Allow]> {
-    POLICY
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map(|(_, allow)| *allow)
+    POLICY.iter().find(|(p, _)| *p == path).map(|(_, allow)| *allow)
 }
 
 /// Decides one request: the caller to hand on, or the status to answer with.
-pub fn decide(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, Status> {
+pub fn decide(path: &str, peer: Option<&PeerInfo>, surface: Surface) -> Result<Caller, Status> {
     let caller = match peer.map(|p| &p.identity) {
         Some(Ok(caller)) => caller,
         Some(Err(e)) => return Err(Status::unauthenticated(e.to_string())),
-        None => {
-            return Err(Status::unauthenticated(
-                "no verified client identity on this connection",
-            ))
-        }
+        None => return Err(Status::unauthenticated("no verified client identity on this connection")),
     };
     let Some(allowed) = rule(path) else {
-        return Err(Status::permission_denied(
-            "method is not open to any caller",
-        ));
+        return Err(Status::permission_denied("method is not open to any caller"));
     };
+    if !surface.serves(path) {
+        return Err(Status::permission_denied("method is not served on this port"));
+    }
     if allowed.iter().any(|a| a.admits(caller)) {
         Ok(caller.clone())
     } else {
@@ -130,21 +129,27 @@ pub fn decide(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, Status> {
 
 /// The caller of a request, as put there by [`AuthzLayer`].
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no verified client identity"))
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| Status::unauthenticated("no verified client identity"))
 }
 
-/// Tower layer enforcing [`POLICY`].
+/// Tower layer enforcing [`POLICY`] on one listener's [`Surface`].
 #[derive(Debug, Clone, Default)]
-pub struct AuthzLayer;
+pub struct AuthzLayer {
+    surface: Surface,
+}
+
+impl AuthzLayer {
+    /// The layer for a listener serving `surface`.
+    pub fn new(surface: Surface) -> Self {
+        Self { surface }
+    }
+}
 
 impl<S> Layer<S> for AuthzLayer {
     type Service = Authz<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authz { inner }
+        Authz { inner, surface: self.surface }
     }
 }
 
@@ -152,6 +157,7 @@ impl<S> Layer<S> for AuthzLayer {
 #[derive(Debug, Clone)]
 pub struct Authz<S> {
     inner: S,
+    surface: Surface,
 }
 
 impl<S, B> Service<http::Request<B>> for Authz<S>
@@ -170,7 +176,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_string();
-        match decide(&path, req.extensions().get::<PeerInfo>()) {
+        match decide(&path, req.extensions().get::<PeerInfo>(), self.surface) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(req))
@@ -202,13 +208,21 @@ mod tests {
 
     #[test]
     fn councils_cannot_look_up_flags() {
-        let peer = PeerInfo {
-            remote_addr: None,
-            identity: Ok(Caller::Council("E08000003".into())),
-        };
-        let err = decide("/cpis.registry.v1.RegistryService/LookupFlags", Some(&peer)).unwrap_err();
+        let peer = PeerInfo { remote_addr: None, identity: Ok(Caller::Council("E08000003".into())) };
+        let err = decide("/cpis.registry.v1.RegistryService/LookupFlags", Some(&peer), Surface::Combined).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        let ok = decide("/cpis.registry.v1.RegistryService/GetPlan", Some(&peer));
+        let ok = decide("/cpis.registry.v1.RegistryService/GetPlan", Some(&peer), Surface::Combined);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn internal_methods_stay_on_the_internal_listener() {
+        let attendance = PeerInfo { remote_addr: None, identity: Ok(Caller::Service(ServiceName::Attendance)) };
+        let lookup = "/cpis.registry.v1.RegistryService/LookupFlags";
+        assert!(decide(lookup, Some(&attendance), Surface::Internal).is_ok());
+        assert!(decide(lookup, Some(&attendance), Surface::Public).is_err());
+        let council = PeerInfo { remote_addr: None, identity: Ok(Caller::Council("E08000003".into())) };
+        assert!(decide("/cpis.registry.v1.RegistryService/GetPlan", Some(&council), Surface::Internal).is_err());
+        assert!(decide("/grpc.health.v1.Health/Check", Some(&council), Surface::Internal).is_ok());
     }
 }

@@ -17,13 +17,7 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
         config.application_name("cpis");
     }
     config.connect_timeout(Duration::from_secs(5));
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
@@ -50,11 +44,7 @@ pub struct Migration {
 pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> anyhow::Result<()> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[&format!("cpis-migrate-{schema}")],
-    )
-    .await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("cpis-migrate-{schema}")]).await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
@@ -65,10 +55,7 @@ pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> any
     ))
     .await?;
     let applied: Vec<i32> = tx
-        .query(
-            &format!("SELECT version FROM {schema}.schema_migrations"),
-            &[],
-        )
+        .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -77,12 +64,7 @@ pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> any
         if applied.contains(&m.version) {
             continue;
         }
-        tracing::info!(
-            schema,
-            version = m.version,
-            name = m.name,
-            "applying migration"
-        );
+        tracing::info!(schema, version = m.version, name = m.name, "applying migration");
         tx.batch_execute(m.sql).await?;
         tx.execute(
             &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),

@@ -100,25 +100,17 @@ impl Caller {
 
     /// The SPIFFE id of this caller in a trust domain.
     pub fn spiffe_id(&self, trust_domain: &str) -> String {
-        format!(
-            "spiffe://{trust_domain}/{}/{}",
-            self.kind().as_str(),
-            self.code()
-        )
+        format!("spiffe://{trust_domain}/{}/{}", self.kind().as_str(), self.code())
     }
 
     /// Builds a caller from a kind and code, checking the code's format.
     pub fn from_parts(kind: CallerKind, code: &str) -> Result<Caller, IdentityError> {
         match kind {
-            CallerKind::Council if crate::validate::is_council_code(code) => {
-                Ok(Caller::Council(code.to_string()))
+            CallerKind::Council if crate::validate::is_council_code(code) => Ok(Caller::Council(code.to_string())),
+            CallerKind::Setting if crate::validate::is_setting_code(code) => Ok(Caller::Setting(code.to_string())),
+            CallerKind::Service => {
+                ServiceName::parse(code).map(Caller::Service).ok_or(IdentityError::Malformed("unknown service name"))
             }
-            CallerKind::Setting if crate::validate::is_setting_code(code) => {
-                Ok(Caller::Setting(code.to_string()))
-            }
-            CallerKind::Service => ServiceName::parse(code)
-                .map(Caller::Service)
-                .ok_or(IdentityError::Malformed("unknown service name")),
             CallerKind::Council => Err(IdentityError::Malformed("council code is not a GSS code")),
             CallerKind::Setting => Err(IdentityError::Malformed("setting code is not an ODS code")),
         }
@@ -126,39 +118,30 @@ impl Caller {
 
     /// Parses a SPIFFE id, accepting only the given trust domain.
     pub fn from_spiffe_id(uri: &str, trust_domain: &str) -> Result<Caller, IdentityError> {
-        let rest = uri
-            .strip_prefix("spiffe://")
-            .ok_or(IdentityError::Malformed("not a spiffe:// URI"))?;
+        let rest = uri.strip_prefix("spiffe://").ok_or(IdentityError::Malformed("not a spiffe:// URI"))?;
         let mut parts = rest.split('/');
         let domain = parts.next().unwrap_or_default();
         if domain != trust_domain {
             return Err(IdentityError::OtherTrustDomain);
         }
         let (Some(kind), Some(code), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(IdentityError::Malformed(
-                "expected spiffe://<domain>/<kind>/<code>",
-            ));
+            return Err(IdentityError::Malformed("expected spiffe://<domain>/<kind>/<code>"));
         };
-        let kind =
-            CallerKind::parse(kind).ok_or(IdentityError::Malformed("unknown caller kind"))?;
+        let kind = CallerKind::parse(kind).ok_or(IdentityError::Malformed("unknown caller kind"))?;
         Caller::from_parts(kind, code)
     }
 
     /// Reads the caller from a DER client certificate: exactly one `spiffe://`
     /// URI SAN, in our trust domain. The chain must already be verified.
     pub fn from_certificate(der: &[u8], trust_domain: &str) -> Result<Caller, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|_| IdentityError::Malformed("certificate does not parse"))?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|_| IdentityError::Malformed("subjectAltName does not parse"))?;
-        let mut ids = san
-            .iter()
-            .flat_map(|ext| ext.value.general_names.iter())
-            .filter_map(|name| match name {
-                GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
-                _ => None,
-            });
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|_| IdentityError::Malformed("certificate does not parse"))?;
+        let san =
+            cert.subject_alternative_name().map_err(|_| IdentityError::Malformed("subjectAltName does not parse"))?;
+        let mut ids = san.iter().flat_map(|ext| ext.value.general_names.iter()).filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+            _ => None,
+        });
         let Some(first) = ids.next() else {
             return Err(IdentityError::NoSpiffeId);
         };
@@ -234,10 +217,7 @@ mod tests {
             "spiffe://cpis.local/service/billing",
         ] {
             assert!(
-                matches!(
-                    Caller::from_spiffe_id(bad, td),
-                    Err(IdentityError::Malformed(_))
-                ),
+                matches!(Caller::from_spiffe_id(bad, td), Err(IdentityError::Malformed(_))),
                 "{bad} should be malformed"
             );
         }

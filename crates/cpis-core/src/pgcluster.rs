@@ -22,11 +22,7 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self {
-            unsafe_fast: false,
-            settings: Vec::new(),
-            die_with_parent: true,
-        }
+        Self { unsafe_fast: false, settings: Vec::new(), die_with_parent: true }
     }
 }
 
@@ -67,16 +63,7 @@ impl PrivateCluster {
                 chown(&data, uid, gid)?;
             }
         }
-        let mut cluster = Self {
-            bin,
-            data,
-            socket_dir,
-            log,
-            port: PORT,
-            run_as,
-            options,
-            child: None,
-        };
+        let mut cluster = Self { bin, data, socket_dir, log, port: PORT, run_as, options, child: None };
         if !cluster.data.join("PG_VERSION").exists() {
             cluster.initdb()?;
         }
@@ -100,15 +87,7 @@ impl PrivateCluster {
             .command("initdb")
             .arg("-D")
             .arg(&self.data)
-            .args([
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--no-locale",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ])
+            .args(["-U", SUPERUSER, "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"])
             .stdin(Stdio::null())
             .output()
             .context("running initdb")?;
@@ -134,10 +113,7 @@ impl PrivateCluster {
                 );
             }
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         if let Some((uid, gid)) = self.run_as {
             chown(&self.log, uid, gid)?;
         }
@@ -150,21 +126,12 @@ impl PrivateCluster {
             .args(["-c", "listen_addresses="])
             .args(["-c", "max_connections=300"]);
         if self.options.unsafe_fast {
-            cmd.args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ]);
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
         for (k, v) in &self.options.settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         #[cfg(target_os = "linux")]
         if self.options.die_with_parent {
             use std::os::unix::process::CommandExt;
@@ -190,23 +157,16 @@ impl PrivateCluster {
                     self.child = None;
                     let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
                     let tail: Vec<&str> = tail.lines().rev().take(10).collect();
-                    bail!(
-                        "postgres exited ({status}): {}",
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    );
+                    bail!("postgres exited ({status}): {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
                 }
             }
-            let ready = std::fs::read_to_string(&pid_file)
-                .map(|s| s.lines().any(|l| l.trim() == "ready"))
-                .unwrap_or(false);
+            let ready =
+                std::fs::read_to_string(&pid_file).map(|s| s.lines().any(|l| l.trim() == "ready")).unwrap_or(false);
             if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "postgres did not become ready within 60 s; see {}",
-                    self.log.display()
-                );
+                bail!("postgres did not become ready within 60 s; see {}", self.log.display());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -243,29 +203,17 @@ impl PrivateCluster {
 
     /// A `key=value` connection string for `dbname`.
     pub fn url(&self, dbname: &str) -> String {
-        format!(
-            "host={} port={} user={} dbname={}",
-            self.socket_dir.display(),
-            self.port,
-            SUPERUSER,
-            dbname
-        )
+        format!("host={} port={} user={} dbname={}", self.socket_dir.display(), self.port, SUPERUSER, dbname)
     }
 
     /// Creates `dbname` unless it exists.
     pub async fn create_database(&self, dbname: &str) -> anyhow::Result<()> {
-        let (client, conn) =
-            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
         let task = tokio::spawn(conn);
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
-            .await?
-            .is_some();
+        let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname]).await?.is_some();
         if !exists {
             // The name is ours (not user input) but quote it all the same.
-            client
-                .batch_execute(&format!("CREATE DATABASE \"{}\"", dbname.replace('"', "")))
-                .await?;
+            client.batch_execute(&format!("CREATE DATABASE \"{}\"", dbname.replace('"', ""))).await?;
         }
         drop(client);
         let _ = task.await;
@@ -288,10 +236,7 @@ pub fn find_bindir() -> anyhow::Result<PathBuf> {
         if has_server(&dir) {
             return Ok(dir);
         }
-        bail!(
-            "CPIS_PG_BINDIR={} has no initdb and postgres",
-            dir.display()
-        );
+        bail!("CPIS_PG_BINDIR={} has no initdb and postgres", dir.display());
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -300,19 +245,10 @@ pub fn find_bindir() -> anyhow::Result<PathBuf> {
         }
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .filter(|d| has_server(d))
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|d| has_server(d)).collect())
         .unwrap_or_default();
     versions.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
     if let Some(dir) = versions.pop() {
         return Ok(dir);
@@ -361,8 +297,7 @@ fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", path.display()))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))
 }
 
 /// Lets other users pass through every ancestor of `dir` (adds `o+x` where

@@ -7,8 +7,8 @@ use crate::identity::{Caller, CallerKind};
 use crate::tls::TlsPaths;
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -38,21 +38,14 @@ impl IssueOptions {
     /// A client certificate for `uri`, valid from yesterday for a year.
     pub fn client(uri: Option<String>) -> Self {
         let now = OffsetDateTime::now_utc();
-        Self {
-            uri,
-            server: false,
-            not_before: now - Duration::days(1),
-            not_after: now + Duration::days(365),
-        }
+        Self { uri, server: false, not_before: now - Duration::days(1), not_after: now + Duration::days(365) }
     }
 }
 
 impl Pki {
     /// The PKI under `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
-        Self {
-            dir: state_dir.join("pki"),
-        }
+        Self { dir: state_dir.join("pki") }
     }
 
     /// The folder holding every PEM file.
@@ -79,22 +72,14 @@ impl Pki {
         if self.exists() {
             return Ok(false);
         }
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "cpis development CA");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "cpis (development only)");
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.distinguished_name.push(DnType::CommonName, "cpis development CA");
+        params.distinguished_name.push(DnType::OrganizationName, "cpis (development only)");
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(3650);
@@ -138,11 +123,7 @@ impl Pki {
 
     /// Issues a certificate named `stem` as `options` say.
     pub fn issue_custom(&self, stem: &str, options: &IssueOptions) -> anyhow::Result<TlsPaths> {
-        anyhow::ensure!(
-            self.exists(),
-            "no CA under {}: run `cpis certs init` first",
-            self.dir.display()
-        );
+        anyhow::ensure!(self.exists(), "no CA under {}: run `cpis certs init` first", self.dir.display());
         let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.ca_key_path())?)?;
         let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(self.ca_path())?, ca_key)?;
 
@@ -150,22 +131,14 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, stem);
         if let Some(uri) = &options.uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.as_str().try_into()?));
+            params.subject_alt_names.push(SanType::URI(uri.as_str().try_into()?));
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if options.server {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-            params
-                .subject_alt_names
-                .push(SanType::DnsName("localhost".try_into()?));
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params.subject_alt_names.push(SanType::DnsName("localhost".try_into()?));
+            params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         }
         params.not_before = options.not_before;
         params.not_after = options.not_after;
@@ -188,9 +161,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut f = options.open(path).with_context(|| format!("writing {}", path.display()))?;
     f.write_all(contents.as_bytes())?;
     Ok(())
 }

@@ -56,21 +56,13 @@ impl Connected for MtlsStream {
 }
 
 impl AsyncRead for MtlsStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for MtlsStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
 
@@ -124,9 +116,8 @@ pub fn mtls_incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
-                .with_interval(Duration::from_secs(15));
+            let keepalive =
+                socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15));
             let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
             let (acceptor, tls, tx) = (acceptor.clone(), tls.clone(), tx.clone());
             tokio::spawn(async move {
@@ -136,16 +127,8 @@ pub fn mtls_incoming(
                         if let Err(e) = &identity {
                             tracing::info!(remote = %addr, reason = %e, "connection without a valid identity");
                         }
-                        let info = PeerInfo {
-                            remote_addr: Some(addr),
-                            identity,
-                        };
-                        let _ = tx
-                            .send(Ok(MtlsStream {
-                                inner: stream,
-                                info,
-                            }))
-                            .await;
+                        let info = PeerInfo { remote_addr: Some(addr), identity };
+                        let _ = tx.send(Ok(MtlsStream { inner: stream, info })).await;
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(remote = %addr, error = %e, "TLS handshake failed")
@@ -202,14 +185,13 @@ pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -232,6 +214,8 @@ pub struct ServeOptions {
     pub max_connection_age: Option<Duration>,
     /// How often readiness re-checks PostgreSQL.
     pub health_interval: Duration,
+    /// Which methods this listener serves.
+    pub surface: crate::authz::Surface,
 }
 
 impl ServeOptions {
@@ -243,6 +227,7 @@ impl ServeOptions {
             http2_keepalive: Duration::from_secs(30),
             max_connection_age: None,
             health_interval: Duration::from_secs(2),
+            surface: crate::authz::Surface::Combined,
         }
     }
 }
@@ -260,21 +245,9 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // tonic-health reports SERVING for registered names by default: say the
     // truth from the start and let the watcher below decide.
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status(
-            options.service_name,
-            tonic_health::ServingStatus::NotServing,
-        )
-        .await;
-    tokio::spawn(watch_readiness(
-        reporter,
-        pool,
-        options.clone(),
-        shutdown.clone(),
-    ));
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter.set_service_status(options.service_name, tonic_health::ServingStatus::NotServing).await;
+    tokio::spawn(watch_readiness(reporter, pool, options.clone(), shutdown.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
@@ -284,10 +257,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let routes = routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
     // Drain: readiness goes NOT_SERVING first (watch_readiness), then after
     // the delay the listener and streams stop.
@@ -304,13 +274,11 @@ pub async fn serve(
         .http2_keepalive_interval(Some(options.http2_keepalive))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(age) = options.max_connection_age {
-        builder = builder
-            .max_connection_age(age)
-            .max_connection_age_grace(Duration::from_secs(30));
+        builder = builder.max_connection_age(age).max_connection_age_grace(Duration::from_secs(30));
     }
     let stopping = shutdown.stopping().clone();
     builder
-        .layer(AuthzLayer)
+        .layer(AuthzLayer::new(options.surface))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
         .await?;
@@ -330,21 +298,11 @@ async fn watch_readiness(
         let up = crate::db::ping(&pool).await;
         if last != Some(up) {
             if up {
-                reporter
-                    .set_service_status(options.service_name, tonic_health::ServingStatus::Serving)
-                    .await;
+                reporter.set_service_status(options.service_name, tonic_health::ServingStatus::Serving).await;
                 tracing::info!(service = options.service_name, "ready: database reachable");
             } else {
-                reporter
-                    .set_service_status(
-                        options.service_name,
-                        tonic_health::ServingStatus::NotServing,
-                    )
-                    .await;
-                tracing::warn!(
-                    service = options.service_name,
-                    "not ready: database unreachable"
-                );
+                reporter.set_service_status(options.service_name, tonic_health::ServingStatus::NotServing).await;
+                tracing::warn!(service = options.service_name, "not ready: database unreachable");
             }
             last = Some(up);
         }
@@ -353,10 +311,5 @@ async fn watch_readiness(
             _ = tokio::time::sleep(options.health_interval) => {}
         }
     }
-    reporter
-        .set_service_status(
-            options.service_name,
-            tonic_health::ServingStatus::NotServing,
-        )
-        .await;
+    reporter.set_service_status(options.service_name, tonic_health::ServingStatus::NotServing).await;
 }

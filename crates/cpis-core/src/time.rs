@@ -4,10 +4,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 /// A protobuf timestamp for an instant.
 pub fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 /// The instant of a protobuf timestamp, if it is a valid one.

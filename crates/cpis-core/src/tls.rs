@@ -17,9 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -59,8 +57,7 @@ pub fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 /// Reads the private key of a PEM file.
 pub fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("reading private key from {}", path.display()))
+    PrivateKeyDer::from_pem_file(path).with_context(|| format!("reading private key from {}", path.display()))
 }
 
 fn root_store(ca: &Path) -> anyhow::Result<Arc<RootCertStore>> {
@@ -82,9 +79,7 @@ pub struct ServerTls {
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("trust_domain", &self.trust_domain)
-            .finish()
+        f.debug_struct("ServerTls").field("trust_domain", &self.trust_domain).finish()
     }
 }
 
@@ -94,21 +89,16 @@ impl ServerTls {
     /// rotation) without touching open connections.
     pub fn load(paths: &TlsPaths, trust_domain: &str) -> anyhow::Result<Self> {
         let provider = provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(root_store(&paths.ca)?, provider.clone())
-                .build()
-                .context("building the client certificate verifier")?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&paths.ca)?, provider.clone())
+            .build()
+            .context("building the client certificate verifier")?;
         let resolver = Arc::new(ReloadingCertResolver::new(paths.clone(), provider.clone())?);
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(DeferredClientVerifier(verifier.clone())))
             .with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Self {
-            config: Arc::new(config),
-            verifier,
-            trust_domain: trust_domain.to_string(),
-        })
+        Ok(Self { config: Arc::new(config), verifier, trust_domain: trust_domain.to_string() })
     }
 
     /// The rustls server configuration.
@@ -122,15 +112,9 @@ impl ServerTls {
     }
 
     /// Verifies the client's chain against our CA and reads its identity.
-    pub fn identify(
-        &self,
-        peer_certs: Option<&[CertificateDer<'_>]>,
-    ) -> Result<Caller, IdentityError> {
-        let certs = peer_certs
-            .filter(|c| !c.is_empty())
-            .ok_or(IdentityError::NoCertificate)?;
-        let (end_entity, intermediates) =
-            certs.split_first().ok_or(IdentityError::NoCertificate)?;
+    pub fn identify(&self, peer_certs: Option<&[CertificateDer<'_>]>) -> Result<Caller, IdentityError> {
+        let certs = peer_certs.filter(|c| !c.is_empty()).ok_or(IdentityError::NoCertificate)?;
+        let (end_entity, intermediates) = certs.split_first().ok_or(IdentityError::NoCertificate)?;
         self.verifier
             .verify_client_cert(end_entity, intermediates, UnixTime::now())
             .map_err(|e| IdentityError::Untrusted(describe_cert_error(&e)))?;
@@ -141,15 +125,11 @@ impl ServerTls {
 fn describe_cert_error(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
     match e {
-        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-            "certificate has expired".into()
-        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "certificate has expired".into(),
         rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
             "certificate is not valid yet".into()
         }
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
-            "certificate was not issued by our CA".into()
-        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "certificate was not issued by our CA".into(),
         rustls::Error::InvalidCertificate(C::BadSignature) => {
             "certificate was not issued by our CA (its signature does not verify)".into()
         }
@@ -228,12 +208,7 @@ impl ReloadingCertResolver {
     fn new(paths: TlsPaths, provider: Arc<CryptoProvider>) -> anyhow::Result<Self> {
         let key = load_certified_key(&paths, &provider)?;
         let stamp = (Instant::now(), mtime(&paths.cert), mtime(&paths.key));
-        Ok(Self {
-            paths,
-            provider,
-            current: RwLock::new(Arc::new(key)),
-            stamp: Mutex::new(stamp),
-        })
+        Ok(Self { paths, provider, current: RwLock::new(Arc::new(key)), stamp: Mutex::new(stamp) })
     }
 
     fn maybe_reload(&self) {
@@ -243,11 +218,7 @@ impl ReloadingCertResolver {
         if stamp.0.elapsed() < RELOAD_CHECK_INTERVAL {
             return;
         }
-        let now = (
-            Instant::now(),
-            mtime(&self.paths.cert),
-            mtime(&self.paths.key),
-        );
+        let now = (Instant::now(), mtime(&self.paths.cert), mtime(&self.paths.key));
         if (now.1, now.2) == (stamp.1, stamp.2) {
             stamp.0 = now.0;
             return;
@@ -283,27 +254,17 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 fn load_certified_key(paths: &TlsPaths, provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
     let certs = read_certs(&paths.cert)?;
     let key = read_key(&paths.key)?;
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .context("loading the private key")?;
+    let signing_key = provider.key_provider.load_private_key(key).context("loading the private key")?;
     let certified = CertifiedKey::new(certs, signing_key);
-    certified
-        .keys_match()
-        .context("certificate and key do not match")?;
+    certified.keys_match().context("certificate and key do not match")?;
     Ok(certified)
 }
 
 /// The client side of mutual TLS, for tonic channels.
-pub fn client_tls(
-    paths: &TlsPaths,
-    domain: Option<&str>,
-) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+pub fn client_tls(paths: &TlsPaths, domain: Option<&str>) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
     let ca = std::fs::read(&paths.ca).with_context(|| format!("reading {}", paths.ca.display()))?;
-    let cert =
-        std::fs::read(&paths.cert).with_context(|| format!("reading {}", paths.cert.display()))?;
-    let key =
-        std::fs::read(&paths.key).with_context(|| format!("reading {}", paths.key.display()))?;
+    let cert = std::fs::read(&paths.cert).with_context(|| format!("reading {}", paths.cert.display()))?;
+    let key = std::fs::read(&paths.key).with_context(|| format!("reading {}", paths.key.display()))?;
     let mut config = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
         .identity(tonic::transport::Identity::from_pem(cert, key));

@@ -12,11 +12,7 @@ pub fn is_valid_nhs_number(s: &str) -> bool {
     if b.len() != 10 || !b.iter().all(u8::is_ascii_digit) {
         return false;
     }
-    let sum: u32 = b[..9]
-        .iter()
-        .zip((2..=10).rev())
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
+    let sum: u32 = b[..9].iter().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
     let check = 11 - (sum % 11);
     let check = match check {
         11 => 0,
@@ -53,16 +49,12 @@ impl fmt::Debug for NhsNumber {
 /// (`E06`, `E08`, `E09` or `E10` followed by six digits).
 pub fn is_council_code(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 9
-        && matches!(&s[..3], "E06" | "E08" | "E09" | "E10")
-        && b[3..].iter().all(u8::is_ascii_digit)
+    b.len() == 9 && matches!(&s[..3], "E06" | "E08" | "E09" | "E10") && b[3..].iter().all(u8::is_ascii_digit)
 }
 
 /// True for an ODS site code: 3 to 6 upper-case letters and digits.
 pub fn is_setting_code(s: &str) -> bool {
-    (3..=6).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    (3..=6).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 /// Parses a calendar date written exactly `YYYY-MM-DD`.
@@ -71,9 +63,7 @@ pub fn parse_date(s: &str) -> Option<NaiveDate> {
     let shape_ok = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !shape_ok {
         return None;
     }
@@ -114,10 +104,7 @@ impl Violations {
         }
         let n = NhsNumber::parse(value);
         if n.is_none() {
-            self.add(
-                field,
-                "must be 10 digits with a valid modulus-11 check digit",
-            );
+            self.add(field, "must be 10 digits with a valid modulus-11 check digit");
         }
         n
     }
@@ -199,11 +186,7 @@ mod tests {
 
     /// Appends the check digit to nine digits, or `None` when it would be 10.
     fn with_check_digit(nine: &[u8; 9]) -> Option<String> {
-        let sum: u32 = nine
-            .iter()
-            .zip((2..=10).rev())
-            .map(|(d, w)| u32::from(*d) * w)
-            .sum();
+        let sum: u32 = nine.iter().zip((2..=10).rev()).map(|(d, w)| u32::from(*d) * w).sum();
         let check = match 11 - sum % 11 {
             11 => 0,
             10 => return None,
@@ -263,10 +246,7 @@ mod tests {
 
     #[test]
     fn dates_are_strict() {
-        assert_eq!(
-            parse_date("2024-02-29"),
-            NaiveDate::from_ymd_opt(2024, 2, 29)
-        );
+        assert_eq!(parse_date("2024-02-29"), NaiveDate::from_ymd_opt(2024, 2, 29));
         for bad in [
             "2023-02-29",
             "2024-13-01",

@@ -37,8 +37,7 @@ pub mod notification {
 
 /// The encoded `FileDescriptorSet` of the whole contract, for gRPC reflection
 /// and for checking that every RPC has an authorization rule.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/cpis_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cpis_descriptor.bin"));
 
 /// Every RPC of the contract as a gRPC path (`/package.Service/Method`).
 pub fn all_rpc_paths() -> Vec<String> {

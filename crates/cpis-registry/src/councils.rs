@@ -22,10 +22,7 @@ fn table() -> &'static HashMap<&'static str, String> {
 
 /// The council's name, or its code when the table does not know it.
 pub fn name_of(code: &str) -> String {
-    table()
-        .get(code)
-        .cloned()
-        .unwrap_or_else(|| code.to_string())
+    table().get(code).cloned().unwrap_or_else(|| code.to_string())
 }
 
 /// How many councils the table knows.

@@ -26,11 +26,7 @@ pub const SERVICE_NAME: &str = "cpis.registry.v1.RegistryService";
 pub const SCHEMA: &str = "registry";
 
 /// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "plans",
-    sql: include_str!("migrations.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "plans", sql: include_str!("migrations.sql") }];
 
 /// Settings of the Registry service.
 #[derive(Debug, Clone)]
@@ -42,9 +38,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            mass_end_share: 0.10,
-        }
+        Self { mass_end_share: 0.10 }
     }
 }
 
@@ -69,10 +63,7 @@ fn today() -> NaiveDate {
 fn council_of<T>(req: &Request<T>) -> Result<String, Status> {
     match caller(req)? {
         Caller::Council(code) => Ok(code),
-        other => Err(Status::permission_denied(format!(
-            "{} callers may not manage plans",
-            other.kind().as_str()
-        ))),
+        other => Err(Status::permission_denied(format!("{} callers may not manage plans", other.kind().as_str()))),
     }
 }
 
@@ -86,10 +77,8 @@ fn decode_token(token: &str) -> Option<String> {
     if !token.len().is_multiple_of(2) || token.len() > 2 * model::MAX_LOCAL_REFERENCE * 4 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
-        .collect();
+    let bytes: Option<Vec<u8>> =
+        (0..token.len()).step_by(2).map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok()).collect();
     String::from_utf8(bytes?).ok()
 }
 
@@ -102,26 +91,16 @@ impl Registry {
 
     /// The gRPC routes of this service.
     pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(pb::registry_service_server::RegistryServiceServer::new(
-            self.clone(),
-        ))
+        tonic::service::Routes::new(pb::registry_service_server::RegistryServiceServer::new(self.clone()))
     }
 
-    async fn upsert(
-        &self,
-        council: &str,
-        req: pb::UpsertPlanRequest,
-    ) -> Result<StoredPlan, ApiError> {
-        let input =
-            validate_plan(req.plan.as_ref(), "plan", today()).map_err(|v| match v.finish() {
-                Err(e) => e,
-                Ok(()) => ApiError::internal("validation failed without a reason"),
-            })?;
+    async fn upsert(&self, council: &str, req: pb::UpsertPlanRequest) -> Result<StoredPlan, ApiError> {
+        let input = validate_plan(req.plan.as_ref(), "plan", today()).map_err(|v| match v.finish() {
+            Err(e) => e,
+            Ok(()) => ApiError::internal("validation failed without a reason"),
+        })?;
         if req.expected_version < 0 {
-            return Err(ApiError::invalid(
-                "expected_version",
-                "must not be negative",
-            ));
+            return Err(ApiError::invalid("expected_version", "must not be negative"));
         }
         let by = format!("council/{council}");
         // A concurrent first insert of the same reference loses the unique
@@ -157,17 +136,14 @@ impl Registry {
                         return Ok(current);
                     }
                     let p = store::update_plan(&*tx, current.plan_id, &input).await?;
-                    store::record_change(&*tx, p.plan_id, p.version, "updated", &fields, &by)
-                        .await?;
+                    store::record_change(&*tx, p.plan_id, p.version, "updated", &fields, &by).await?;
                     p
                 }
             };
             tx.commit().await?;
             return Ok(stored);
         }
-        Err(ApiError::Aborted(
-            "concurrent changes to the same plan; retry".into(),
-        ))
+        Err(ApiError::Aborted("concurrent changes to the same plan; retry".into()))
     }
 }
 
@@ -192,15 +168,10 @@ impl pb::registry_service_server::RegistryService for Registry {
     ) -> Result<Response<pb::UpsertPlanResponse>, Status> {
         let council = council_of(&request)?;
         let plan = self.upsert(&council, request.into_inner()).await?;
-        Ok(Response::new(pb::UpsertPlanResponse {
-            plan: Some(plan.to_proto()),
-        }))
+        Ok(Response::new(pb::UpsertPlanResponse { plan: Some(plan.to_proto()) }))
     }
 
-    async fn end_plan(
-        &self,
-        request: Request<pb::EndPlanRequest>,
-    ) -> Result<Response<pb::EndPlanResponse>, Status> {
+    async fn end_plan(&self, request: Request<pb::EndPlanRequest>) -> Result<Response<pb::EndPlanResponse>, Status> {
         let council = council_of(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
@@ -212,33 +183,19 @@ impl pb::registry_service_server::RegistryService for Registry {
         let mut client = self.pool.get().await.map_err(ApiError::from)?;
         let tx = client.transaction().await.map_err(ApiError::from)?;
         store::lock_council(&*tx, &council, false).await?;
-        let current = store::find_plan(&*tx, &council, &req.local_reference, true)
-            .await?
-            .ok_or(ApiError::NotFound("plan"))?;
+        let current =
+            store::find_plan(&*tx, &council, &req.local_reference, true).await?.ok_or(ApiError::NotFound("plan"))?;
         if end < current.input.start_date {
-            return Err(
-                ApiError::invalid("end_date", "must not be before the plan's start_date").into(),
-            );
+            return Err(ApiError::invalid("end_date", "must not be before the plan's start_date").into());
         }
         if current.input.end_date == Some(end) {
-            return Ok(Response::new(pb::EndPlanResponse {
-                plan: Some(current.to_proto()),
-            }));
+            return Ok(Response::new(pb::EndPlanResponse { plan: Some(current.to_proto()) }));
         }
         let plan = store::set_end_date(&*tx, current.plan_id, end).await?;
-        store::record_change(
-            &*tx,
-            plan.plan_id,
-            plan.version,
-            "ended",
-            &["end_date"],
-            &format!("council/{council}"),
-        )
-        .await?;
+        store::record_change(&*tx, plan.plan_id, plan.version, "ended", &["end_date"], &format!("council/{council}"))
+            .await?;
         tx.commit().await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::EndPlanResponse {
-            plan: Some(plan.to_proto()),
-        }))
+        Ok(Response::new(pb::EndPlanResponse { plan: Some(plan.to_proto()) }))
     }
 
     async fn delete_plan(
@@ -253,27 +210,15 @@ impl pb::registry_service_server::RegistryService for Registry {
         let mut client = self.pool.get().await.map_err(ApiError::from)?;
         let tx = client.transaction().await.map_err(ApiError::from)?;
         store::lock_council(&*tx, &council, false).await?;
-        let current = store::find_plan(&*tx, &council, &req.local_reference, true)
-            .await?
-            .ok_or(ApiError::NotFound("plan"))?;
+        let current =
+            store::find_plan(&*tx, &council, &req.local_reference, true).await?.ok_or(ApiError::NotFound("plan"))?;
         let version = store::mark_deleted(&*tx, current.plan_id).await?;
-        store::record_change(
-            &*tx,
-            current.plan_id,
-            version,
-            "deleted",
-            &[],
-            &format!("council/{council}"),
-        )
-        .await?;
+        store::record_change(&*tx, current.plan_id, version, "deleted", &[], &format!("council/{council}")).await?;
         tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::DeletePlanResponse {}))
     }
 
-    async fn get_plan(
-        &self,
-        request: Request<pb::GetPlanRequest>,
-    ) -> Result<Response<pb::GetPlanResponse>, Status> {
+    async fn get_plan(&self, request: Request<pb::GetPlanRequest>) -> Result<Response<pb::GetPlanResponse>, Status> {
         let council = council_of(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
@@ -283,9 +228,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let plan = store::find_plan(pg(&client), &council, &req.local_reference, false)
             .await?
             .ok_or(ApiError::NotFound("plan"))?;
-        Ok(Response::new(pb::GetPlanResponse {
-            plan: Some(plan.to_proto()),
-        }))
+        Ok(Response::new(pb::GetPlanResponse { plan: Some(plan.to_proto()) }))
     }
 
     async fn list_plans(
@@ -309,21 +252,10 @@ impl pb::registry_service_server::RegistryService for Registry {
         let after = after.unwrap_or_default();
         let client = self.pool.get().await.map_err(ApiError::from)?;
         // One row more than asked tells whether another page follows.
-        let mut plans = store::list_plans(
-            pg(&client),
-            &council,
-            &after,
-            req.include_ended,
-            today(),
-            limit + 1,
-        )
-        .await?;
+        let mut plans = store::list_plans(pg(&client), &council, &after, req.include_ended, today(), limit + 1).await?;
         let next_page_token = if plans.len() as i64 > limit {
             plans.truncate(limit as usize);
-            plans
-                .last()
-                .map(|p| encode_token(&p.input.local_reference))
-                .unwrap_or_default()
+            plans.last().map(|p| encode_token(&p.input.local_reference)).unwrap_or_default()
         } else {
             String::new()
         };
@@ -359,13 +291,7 @@ impl pb::registry_service_server::RegistryService for Registry {
             return Err(status);
         }
         let outcome = upload
-            .apply(
-                &mut client,
-                &format!("council/{council}"),
-                allow_mass_end,
-                self.config.mass_end_share,
-                dry_run,
-            )
+            .apply(&mut client, &format!("council/{council}"), allow_mass_end, self.config.mass_end_share, dry_run)
             .await?;
         tracing::info!(
             council = %council,

@@ -103,9 +103,7 @@ pub fn fmt_date(d: Option<NaiveDate>) -> String {
 /// The last day a plan ending on `end` is still in scope: it stays visible
 /// while it ended less than 12 months before the day asked about.
 pub fn last_day_in_scope(end: NaiveDate) -> NaiveDate {
-    end.checked_add_months(Months::new(12))
-        .and_then(|d| d.pred_opt())
-        .unwrap_or(NaiveDate::MAX)
+    end.checked_add_months(Months::new(12)).and_then(|d| d.pred_opt()).unwrap_or(NaiveDate::MAX)
 }
 
 /// True when a plan is in scope on `day`: started, and either not ended or
@@ -133,14 +131,9 @@ fn phone(v: &mut Violations, field: &str, value: &str) {
         return;
     }
     let digits = value.chars().filter(char::is_ascii_digit).count();
-    let allowed = value
-        .chars()
-        .all(|c| c.is_ascii_digit() || " +()-".contains(c));
+    let allowed = value.chars().all(|c| c.is_ascii_digit() || " +()-".contains(c));
     if !allowed || !(6..=15).contains(&digits) {
-        v.add(
-            field,
-            "must be a telephone number: 6 to 15 digits, with spaces, +, ( ) or - only",
-        );
+        v.add(field, "must be a telephone number: 6 to 15 digits, with spaces, +, ( ) or - only");
     }
 }
 
@@ -171,11 +164,7 @@ pub fn local_reference(v: &mut Violations, field: &str, value: &str) -> bool {
 
 /// Validates a plan sent by a council; `prefix` is its field path
 /// (e.g. `plan`), `today` the day "the future" starts after.
-pub fn validate_plan(
-    plan: Option<&pb::Plan>,
-    prefix: &str,
-    today: NaiveDate,
-) -> Result<PlanInput, Violations> {
+pub fn validate_plan(plan: Option<&pb::Plan>, prefix: &str, today: NaiveDate) -> Result<PlanInput, Violations> {
     let mut v = Violations::new();
     let Some(plan) = plan else {
         v.add(prefix, "is required");
@@ -199,37 +188,27 @@ pub fn validate_plan(
     if let Some(start) = start_date {
         if start.year() < 1990 {
             v.add(f("start_date"), "must not be before 1990");
-        } else if start
-            > today
-                .checked_add_months(Months::new(12))
-                .unwrap_or(NaiveDate::MAX)
-        {
-            v.add(
-                f("start_date"),
-                "must not be more than a year in the future",
-            );
+        } else if start > today.checked_add_months(Months::new(12)).unwrap_or(NaiveDate::MAX) {
+            v.add(f("start_date"), "must not be more than a year in the future");
         }
     }
 
     match plan_type {
         Some(common::PlanType::UnbornChildProtection) => {
             if let Some(Some(_)) = dob {
-                v.add(f("date_of_birth"), "must be empty for an unborn child protection plan (the NHS number is the pregnant woman's)");
+                v.add(
+                    f("date_of_birth"),
+                    "must be empty for an unborn child protection plan (the NHS number is the pregnant woman's)",
+                );
             }
             match (edd, start_date) {
-                (Some(None), _) => v.add(
-                    f("expected_delivery_date"),
-                    "is required for an unborn child protection plan",
-                ),
+                (Some(None), _) => {
+                    v.add(f("expected_delivery_date"), "is required for an unborn child protection plan")
+                }
                 (Some(Some(edd)), Some(start)) => {
-                    let latest = start
-                        .checked_add_months(Months::new(12))
-                        .unwrap_or(NaiveDate::MAX);
+                    let latest = start.checked_add_months(Months::new(12)).unwrap_or(NaiveDate::MAX);
                     if edd < start || edd > latest {
-                        v.add(
-                            f("expected_delivery_date"),
-                            "must be within a year after start_date",
-                        );
+                        v.add(f("expected_delivery_date"), "must be within a year after start_date");
                     }
                 }
                 _ => {}
@@ -237,10 +216,7 @@ pub fn validate_plan(
         }
         Some(_) => {
             if let Some(Some(_)) = edd {
-                v.add(
-                    f("expected_delivery_date"),
-                    "must be empty unless the plan is an unborn child protection plan",
-                );
+                v.add(f("expected_delivery_date"), "must be empty unless the plan is an unborn child protection plan");
             }
             match dob {
                 Some(None) => v.add(f("date_of_birth"), "is required for this plan type"),
@@ -249,16 +225,11 @@ pub fn validate_plan(
                         v.add(f("date_of_birth"), "must not be in the future");
                     }
                     if let Some(start) = start_date {
-                        let eighteenth = dob
-                            .checked_add_months(Months::new(18 * 12))
-                            .unwrap_or(NaiveDate::MAX);
+                        let eighteenth = dob.checked_add_months(Months::new(18 * 12)).unwrap_or(NaiveDate::MAX);
                         if start < dob {
                             v.add(f("start_date"), "must not be before date_of_birth");
                         } else if start >= eighteenth {
-                            v.add(
-                                f("date_of_birth"),
-                                "the child must be under 18 at start_date",
-                            );
+                            v.add(f("date_of_birth"), "the child must be under 18 at start_date");
                         }
                     }
                 }
@@ -276,11 +247,7 @@ pub fn validate_plan(
         Some(c) => {
             v.text(&f("contact.team_name"), &c.team_name, MAX_TEAM_NAME);
             phone(&mut v, &f("contact.office_phone"), &c.office_phone);
-            phone(
-                &mut v,
-                &f("contact.emergency_duty_phone"),
-                &c.emergency_duty_phone,
-            );
+            phone(&mut v, &f("contact.emergency_duty_phone"), &c.emergency_duty_phone);
             email(&mut v, &f("contact.email"), &c.email);
             Some(Contact {
                 team_name: c.team_name.trim().to_string(),
@@ -291,16 +258,7 @@ pub fn validate_plan(
         }
     };
 
-    match (
-        v.is_empty(),
-        nhs_number,
-        plan_type,
-        start_date,
-        end_date,
-        dob,
-        edd,
-        contact,
-    ) {
+    match (v.is_empty(), nhs_number, plan_type, start_date, end_date, dob, edd, contact) {
         (
             true,
             Some(nhs_number),

@@ -23,8 +23,7 @@ pub fn plan_from_row(row: &Row) -> Result<StoredPlan, ApiError> {
         council_code: row.get(1),
         input: PlanInput {
             local_reference: row.get(2),
-            nhs_number: NhsNumber::parse(&nhs)
-                .ok_or_else(|| ApiError::internal("stored NHS number is invalid"))?,
+            nhs_number: NhsNumber::parse(&nhs).ok_or_else(|| ApiError::internal("stored NHS number is invalid"))?,
             date_of_birth: row.get(4),
             plan_type: common::PlanType::try_from(i32::from(plan_type))
                 .map_err(|_| ApiError::internal("stored plan type is invalid"))?,
@@ -45,11 +44,7 @@ pub fn plan_from_row(row: &Row) -> Result<StoredPlan, ApiError> {
 
 /// Serialises writers of one council: bulk syncs take it exclusively, single
 /// changes shared, so a sync never races an upsert of the same council.
-pub async fn lock_council(
-    tx: &impl GenericClient,
-    council: &str,
-    exclusive: bool,
-) -> Result<(), ApiError> {
+pub async fn lock_council(tx: &impl GenericClient, council: &str, exclusive: bool) -> Result<(), ApiError> {
     let sql = if exclusive {
         "SELECT pg_advisory_xact_lock(hashtext('registry-council-' || $1))"
     } else {
@@ -71,12 +66,7 @@ pub async fn find_plan(
          WHERE council_code = $1 AND local_reference = $2 AND deleted_at IS NULL{}",
         if for_update { " FOR UPDATE" } else { "" }
     );
-    client
-        .query_opt(&sql, &[&council, &reference])
-        .await?
-        .as_ref()
-        .map(plan_from_row)
-        .transpose()
+    client.query_opt(&sql, &[&council, &reference]).await?.as_ref().map(plan_from_row).transpose()
 }
 
 /// Inserts a new plan at version 1; `None` when a concurrent insert of the
@@ -120,11 +110,7 @@ pub async fn insert_plan(
 }
 
 /// Overwrites a plan's fields and bumps its version.
-pub async fn update_plan(
-    tx: &impl GenericClient,
-    plan_id: Uuid,
-    p: &PlanInput,
-) -> Result<StoredPlan, ApiError> {
+pub async fn update_plan(tx: &impl GenericClient, plan_id: Uuid, p: &PlanInput) -> Result<StoredPlan, ApiError> {
     let sql = format!(
         "UPDATE registry.plans SET nhs_number = $2, date_of_birth = $3, plan_type = $4, start_date = $5,
              end_date = $6, expected_delivery_date = $7, team_name = $8, office_phone = $9,
@@ -154,11 +140,7 @@ pub async fn update_plan(
 }
 
 /// Sets a plan's end date and bumps its version.
-pub async fn set_end_date(
-    tx: &impl GenericClient,
-    plan_id: Uuid,
-    end: NaiveDate,
-) -> Result<StoredPlan, ApiError> {
+pub async fn set_end_date(tx: &impl GenericClient, plan_id: Uuid, end: NaiveDate) -> Result<StoredPlan, ApiError> {
     let sql = format!(
         "UPDATE registry.plans SET end_date = $2, version = version + 1, updated_at = now()
          WHERE plan_id = $1 RETURNING {PLAN_COLUMNS}"
@@ -249,9 +231,7 @@ pub async fn list_plans(
          ORDER BY local_reference
          LIMIT $5"
     );
-    let rows = client
-        .query(&sql, &[&council, &after, &include_ended, &today, &limit])
-        .await?;
+    let rows = client.query(&sql, &[&council, &after, &include_ended, &today, &limit]).await?;
     rows.iter().map(plan_from_row).collect()
 }
 

@@ -71,10 +71,7 @@ impl Sync {
         self.outcome.rejected += 1;
         if self.outcome.rejections.len() < MAX_LISTED_REJECTIONS {
             self.outcome.rejections.push(pb::SyncRejection {
-                local_reference: reference
-                    .chars()
-                    .take(crate::model::MAX_LOCAL_REFERENCE)
-                    .collect(),
+                local_reference: reference.chars().take(crate::model::MAX_LOCAL_REFERENCE).collect(),
                 reason: reason.to_string(),
                 row,
                 field: field.to_string(),
@@ -83,31 +80,16 @@ impl Sync {
     }
 
     /// Validates one row and stages it when the batch is full.
-    pub async fn push(
-        &mut self,
-        client: &impl GenericClient,
-        msg: pb::SyncPlansRequest,
-    ) -> Result<(), ApiError> {
+    pub async fn push(&mut self, client: &impl GenericClient, msg: pb::SyncPlansRequest) -> Result<(), ApiError> {
         self.outcome.received += 1;
         let row = self.outcome.received;
         match validate_plan(msg.plan.as_ref(), "plan", self.today) {
             Ok(input) => self.batch.push((row, input)),
             Err(violations) => {
-                let reference = msg
-                    .plan
-                    .as_ref()
-                    .map(|p| p.local_reference.clone())
-                    .unwrap_or_default();
-                let field = violations
-                    .list()
-                    .first()
-                    .map(|v| v.field.clone())
-                    .unwrap_or_default();
-                let reason: Vec<String> = violations
-                    .list()
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect();
+                let reference = msg.plan.as_ref().map(|p| p.local_reference.clone()).unwrap_or_default();
+                let field = violations.list().first().map(|v| v.field.clone()).unwrap_or_default();
+                let reason: Vec<String> =
+                    violations.list().iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
                 self.reject(row, &reference, &field, &reason.join("; "));
                 let mut probe = cpis_core::validate::Violations::new();
                 if crate::model::local_reference(&mut probe, "plan.local_reference", &reference) {
@@ -208,16 +190,9 @@ impl Sync {
         dry_run: bool,
     ) -> Result<Outcome, ApiError> {
         self.flush(crate::pg(client)).await?;
-        let result = self
-            .apply_staged(client, by, allow_mass_end, mass_end_share, dry_run)
-            .await;
+        let result = self.apply_staged(client, by, allow_mass_end, mass_end_share, dry_run).await;
         // Staged rows are scratch data: drop them whatever happened.
-        let _ = client
-            .execute(
-                "DELETE FROM registry.sync_rows WHERE sync_id = $1",
-                &[&self.sync_id],
-            )
-            .await;
+        let _ = client.execute("DELETE FROM registry.sync_rows WHERE sync_id = $1", &[&self.sync_id]).await;
         result?;
         Ok(self.outcome)
     }
@@ -347,11 +322,6 @@ impl Sync {
 /// Removes staged rows of uploads abandoned long ago (a client that went away
 /// mid-stream on a replica that then crashed).
 pub async fn sweep_abandoned(client: &impl GenericClient) -> Result<(), ApiError> {
-    client
-        .execute(
-            "DELETE FROM registry.sync_rows WHERE started_at < now() - interval '6 hours'",
-            &[],
-        )
-        .await?;
+    client.execute("DELETE FROM registry.sync_rows WHERE started_at < now() - interval '6 hours'", &[]).await?;
     Ok(())
 }
