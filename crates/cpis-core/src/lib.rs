@@ -11,6 +11,7 @@ pub mod error;
 pub mod identity;
 pub mod pgcluster;
 pub mod pki;
+pub mod plan_csv;
 pub mod server;
 pub mod telemetry;
 pub mod time;
