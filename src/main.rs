@@ -136,6 +136,9 @@ struct ServeArgs {
     /// Seconds between readiness going NOT_SERVING and connections closing.
     #[arg(long, env = "CPIS_DRAIN_SECS", default_value_t = 5)]
     drain_secs: u64,
+    /// Serve Prometheus metrics (plain HTTP, `/metrics`) on this address.
+    #[arg(long, env = "CPIS_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Serve internal methods (LookupFlags, PublishAlert) on this address only.
     #[arg(long, env = "CPIS_INTERNAL_LISTEN")]
     internal_listen: Option<std::net::SocketAddr>,
@@ -159,7 +162,7 @@ struct ServeArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     cpis_core::tls::install_default_provider();
-    cpis_core::telemetry::init();
+    let _telemetry = cpis_core::telemetry::init("cpis");
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(args) => dev(args).await,
@@ -223,6 +226,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
         None => println!("  database      DATABASE_URL"),
     }
+    for (name, s) in
+        [("registry", &suite.registry), ("attendance", &suite.attendance), ("notification", &suite.notification)]
+    {
+        if let Some(addr) = s.metrics_addr {
+            println!("  metrics       http://{addr}/metrics  ({name})");
+        }
+    }
     println!("  CA            {}", pki.ca_path().display());
     for (kind, code) in DEV_IDENTITIES {
         let paths = pki.paths_for(&Caller::from_parts(*kind, code)?);
@@ -248,6 +258,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connection_age: (args.max_connection_age_secs > 0)
             .then(|| Duration::from_secs(args.max_connection_age_secs)),
         internal_listen: args.internal_listen,
+        metrics_listen: args.metrics_listen,
     };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;

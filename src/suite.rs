@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use cpis_core::authz::Surface;
 use cpis_core::db::DbPool;
 use cpis_core::identity::{Caller, ServiceName};
+use cpis_core::metrics::Metrics;
 use cpis_core::pki::Pki;
 use cpis_core::server::{ServeOptions, Shutdown};
 use cpis_core::tls::{ServerTls, TlsPaths};
@@ -33,6 +34,8 @@ pub struct Common {
     /// When set, internal methods (LookupFlags, PublishAlert) are served on
     /// this address only, and the main listener serves the rest.
     pub internal_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Settings of all three services.
@@ -55,6 +58,10 @@ pub struct RunningService {
     pub shutdown: Shutdown,
     /// Resolves when it has stopped.
     pub join: JoinHandle<anyhow::Result<()>>,
+    /// Its metrics.
+    pub metrics: Metrics,
+    /// Where its metrics are served, when they are.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl RunningService {
@@ -65,8 +72,8 @@ impl RunningService {
     }
 }
 
-fn options(name: &'static str, common: &Common) -> ServeOptions {
-    let mut options = ServeOptions::new(name);
+fn options(name: &'static str, component: &'static str, common: &Common, metrics: &Metrics) -> ServeOptions {
+    let mut options = ServeOptions::new(name, component, metrics.clone());
     options.drain = common.drain;
     options.max_connection_age = common.max_connection_age;
     options
@@ -79,11 +86,13 @@ async fn spawn_serving(
     common: &Common,
     routes: tonic::service::Routes,
     pool: DbPool,
-    name: &'static str,
+    (name, component): (&'static str, &'static str),
+    metrics: &Metrics,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
-    let mut opts = options(name, common);
+    metrics.watch_pool(pool.clone());
+    let mut opts = options(name, component, common, metrics);
     let Some(internal_addr) = common.internal_listen else {
         return Ok(tokio::spawn(cpis_core::server::serve(listener, tls, routes, pool, opts, shutdown)));
     };
@@ -103,6 +112,15 @@ fn pool(common: &Common) -> anyhow::Result<DbPool> {
     cpis_core::db::pool(&common.database_url, common.pool_size)
 }
 
+/// Serves `metrics` on the configured address until the service stops.
+async fn spawn_metrics(common: &Common, metrics: &Metrics, shutdown: &Shutdown) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = common.metrics_listen else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(cpis_core::metrics::serve(listener, metrics.clone(), shutdown.stopping().clone()));
+    Ok(Some(local))
+}
+
 /// Starts the Registry service on `listener`.
 pub async fn start_registry(
     listener: TcpListener,
@@ -113,9 +131,19 @@ pub async fn start_registry(
     let service = cpis_registry::Registry::new(config, pool.clone()).await?;
     let addr = listener.local_addr()?;
     let shutdown = Shutdown::new();
-    let join =
-        spawn_serving(listener, common, service.routes(), pool, cpis_registry::SERVICE_NAME, shutdown.clone()).await?;
-    Ok(RunningService { addr, shutdown, join })
+    let metrics = Metrics::new("registry");
+    let join = spawn_serving(
+        listener,
+        common,
+        service.routes(),
+        pool,
+        (cpis_registry::SERVICE_NAME, "registry"),
+        &metrics,
+        shutdown.clone(),
+    )
+    .await?;
+    let metrics_addr = spawn_metrics(common, &metrics, &shutdown).await?;
+    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr })
 }
 
 /// Starts the Notification service on `listener`.
@@ -132,10 +160,19 @@ pub async fn start_notification(
     }
     let service = cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
     let addr = listener.local_addr()?;
-    let join =
-        spawn_serving(listener, common, service.routes(), pool, cpis_notification::SERVICE_NAME, shutdown.clone())
-            .await?;
-    Ok(RunningService { addr, shutdown, join })
+    let metrics = Metrics::new("notification");
+    let join = spawn_serving(
+        listener,
+        common,
+        service.routes(),
+        pool,
+        (cpis_notification::SERVICE_NAME, "notification"),
+        &metrics,
+        shutdown.clone(),
+    )
+    .await?;
+    let metrics_addr = spawn_metrics(common, &metrics, &shutdown).await?;
+    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr })
 }
 
 /// Starts the Attendance service on `listener`, calling the Registry and
@@ -154,9 +191,19 @@ pub async fn start_attendance(
     let service =
         cpis_attendance::Attendance::new(config, pool.clone(), registry, notification, shutdown.clone()).await?;
     let addr = listener.local_addr()?;
-    let join = spawn_serving(listener, common, service.routes(), pool, cpis_attendance::SERVICE_NAME, shutdown.clone())
-        .await?;
-    Ok(RunningService { addr, shutdown, join })
+    let metrics = Metrics::new("attendance");
+    let join = spawn_serving(
+        listener,
+        common,
+        service.routes(),
+        pool,
+        (cpis_attendance::SERVICE_NAME, "attendance"),
+        &metrics,
+        shutdown.clone(),
+    )
+    .await?;
+    let metrics_addr = spawn_metrics(common, &metrics, &shutdown).await?;
+    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr })
 }
 
 /// Where and how to run the whole suite on 127.0.0.1.
@@ -198,6 +245,7 @@ pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url
         drain: Duration::ZERO,
         max_connection_age: None,
         internal_listen: None,
+        metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
     })
 }
 

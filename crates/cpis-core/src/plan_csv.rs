@@ -62,7 +62,9 @@ impl<R: BufRead> PlanReader<R> {
         let mut line = 0;
         let header = loop {
             match read_record(&mut input, &mut line)? {
-                None => return Err(CsvError { line: 1, message: "the file is empty: a header row is required".into() }),
+                None => {
+                    return Err(CsvError { line: 1, message: "the file is empty: a header row is required".into() })
+                }
                 Some((_, fields)) if fields.iter().all(|f| f.trim().is_empty()) => continue,
                 Some((_, fields)) => break fields,
             }

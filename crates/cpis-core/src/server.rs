@@ -216,13 +216,19 @@ pub struct ServeOptions {
     pub health_interval: Duration,
     /// Which methods this listener serves.
     pub surface: crate::authz::Surface,
+    /// The short name of the service (`registry`, ...) for spans.
+    pub component: &'static str,
+    /// Where request metrics are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl ServeOptions {
     /// Defaults for a service: no drain delay, 30 s keepalive, no age limit.
-    pub fn new(service_name: &'static str) -> Self {
+    pub fn new(service_name: &'static str, component: &'static str, metrics: crate::metrics::Metrics) -> Self {
         Self {
             service_name,
+            component,
+            metrics,
             drain: Duration::ZERO,
             http2_keepalive: Duration::from_secs(30),
             max_connection_age: None,
@@ -278,6 +284,7 @@ pub async fn serve(
     }
     let stopping = shutdown.stopping().clone();
     builder
+        .layer(crate::telemetry::GrpcTraceLayer::new(options.component, options.metrics.clone()))
         .layer(AuthzLayer::new(options.surface))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
