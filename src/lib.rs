@@ -1,4 +1,6 @@
 //! The `cpis` program as a library: the suite launcher shared by `cpis dev`,
 //! `cpis serve`, the end-to-end tests and the benchmarks.
 
+pub mod client;
+pub mod demo;
 pub mod suite;

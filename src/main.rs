@@ -38,6 +38,16 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Council: keep the register (sync a CSV, list, get, end, delete).
+    Plans(cpis::client::PlansArgs),
+    /// Setting: check a person in and print what the clinician sees.
+    CheckIn(cpis::client::CheckInArgs),
+    /// Council: print alerts as JSON lines, acknowledge them, resume after restarts.
+    Subscribe(cpis::client::SubscribeArgs),
+    /// Council: the history of accesses to its children's flags.
+    Audit(cpis::client::AuditArgs),
+    /// Against a running `cpis dev`: the whole story, end to end, narrated.
+    Demo(cpis::client::Connection),
     /// Check a service's gRPC health over mutual TLS: exit 0 when SERVING
     /// (Kubernetes exec probes: kubelet's own gRPC probes cannot present a
     /// client certificate).
@@ -160,7 +170,17 @@ struct ServeArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     cpis_core::tls::install_default_provider();
     let _telemetry = cpis_core::telemetry::init("cpis");
     let cli = Cli::parse();
@@ -170,6 +190,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Certs { command } => certs(command),
         Command::Migrate { service, database_url } => migrate(&service, &database_url).await,
         Command::Probe(args) => probe(args).await,
+        Command::Plans(args) => cpis::client::plans(args).await,
+        Command::CheckIn(args) => cpis::client::check_in(args).await,
+        Command::Subscribe(args) => cpis::client::subscribe(args).await,
+        Command::Audit(args) => cpis::client::audit(args).await,
+        Command::Demo(conn) => cpis::demo::run(conn).await,
     }
 }
 

@@ -1,0 +1,230 @@
+//! `cpis demo`: the story of DOMAIN.md, end to end against a running suite,
+//! narrated as each party sees it. Exits non-zero unless every step saw what
+//! it should.
+
+use crate::client::{alert_json, check_in_once, describe_check_in, Connection};
+use anyhow::{bail, ensure, Context as _};
+use cpis_core::identity::{Caller, CallerKind};
+use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
+use cpis_proto::notification::v1::{
+    notification_service_client::NotificationServiceClient, subscribe_response::Event, Alert, AlertPriority,
+    SubscribeRequest,
+};
+use cpis_proto::registry::v1::{registry_service_client::RegistryServiceClient, Plan, UpsertPlanRequest};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const MANCHESTER: &str = "E08000003";
+const LIVERPOOL: &str = "E08000012";
+const KENT: &str = "E10000016";
+
+/// A fresh valid NHS number in the test range (999...), different on every run.
+fn fresh_nhs_number(salt: u64) -> String {
+    let base = (chrono::Utc::now().timestamp_micros() as u64).wrapping_add(salt * 7919);
+    for i in 0..20u64 {
+        let nine = format!("999{:06}", (base + i) % 1_000_000);
+        let sum: u32 = nine.bytes().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
+        match 11 - sum % 11 {
+            10 => continue,
+            11 => return format!("{nine}0"),
+            c => return format!("{nine}{c}"),
+        }
+    }
+    unreachable!("a check digit exists for one of any two consecutive numbers")
+}
+
+fn contact(team: &str, office: &str, duty: &str, email: &str) -> Option<ContactDetails> {
+    Some(ContactDetails {
+        team_name: team.into(),
+        office_phone: office.into(),
+        emergency_duty_phone: duty.into(),
+        email: email.into(),
+    })
+}
+
+async fn register(conn: &Connection, council: &str, plan: Plan) -> anyhow::Result<()> {
+    let me = Caller::from_parts(CallerKind::Council, council)?;
+    let mut client = RegistryServiceClient::new(conn.channel(0, &me)?);
+    client
+        .upsert_plan(UpsertPlanRequest { plan: Some(plan), expected_version: 0 })
+        .await
+        .map_err(|e| anyhow::anyhow!("registering a plan failed: {:?}: {}", e.code(), e.message()))?;
+    Ok(())
+}
+
+/// Holds Manchester's subscription open and hands over alerts as they arrive.
+async fn subscribe(conn: &Connection, council: &str) -> anyhow::Result<mpsc::Receiver<Alert>> {
+    let me = Caller::from_parts(CallerKind::Council, council)?;
+    let mut client = NotificationServiceClient::new(conn.channel(2, &me)?);
+    let mut stream = client.subscribe(SubscribeRequest { after_sequence: 0 }).await?.into_inner();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = stream.message().await {
+            if let Some(Event::Alert(a)) = msg.event {
+                if tx.send(a).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Waits for the alert about `nhs_number`, skipping older ones.
+async fn alert_for(rx: &mut mpsc::Receiver<Alert>, nhs_number: &str) -> anyhow::Result<Alert> {
+    let wait = async {
+        while let Some(a) = rx.recv().await {
+            if a.nhs_number == nhs_number {
+                return Some(a);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .context("no alert arrived within 20 s")?
+        .context("the subscription closed")
+}
+
+fn say(party: &str, text: &str) {
+    println!("\n[{party}] {text}");
+}
+
+/// Runs the story.
+pub async fn run(conn: Connection) -> anyhow::Result<()> {
+    let child = fresh_nhs_number(1);
+    let other_child = fresh_nhs_number(2);
+    let mother = fresh_nhs_number(3);
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+
+    say("Manchester", &format!("registers a child on a child protection plan (NHS number {child})."));
+    register(
+        &conn,
+        MANCHESTER,
+        Plan {
+            local_reference: format!("MCR-DEMO-{run_id}"),
+            nhs_number: child.clone(),
+            date_of_birth: "2019-05-14".into(),
+            plan_type: PlanType::ChildProtection as i32,
+            start_date: "2026-02-02".into(),
+            contact: contact(
+                "Manchester Children's Services Front Door",
+                "0161 234 5001",
+                "0161 255 8250",
+                "mcsreply@manchester.example.gov.uk",
+            ),
+            ..Default::default()
+        },
+    )
+    .await?;
+    say("Liverpool", &format!("registers a looked-after child (NHS number {other_child})."));
+    register(
+        &conn,
+        LIVERPOOL,
+        Plan {
+            local_reference: format!("LPL-DEMO-{run_id}"),
+            nhs_number: other_child.clone(),
+            date_of_birth: "2012-11-03".into(),
+            plan_type: PlanType::LookedAfter as i32,
+            start_date: "2025-09-01".into(),
+            contact: contact(
+                "Liverpool Careline",
+                "0151 233 3700",
+                "0151 233 3700",
+                "careline@liverpool.example.gov.uk",
+            ),
+            ..Default::default()
+        },
+    )
+    .await?;
+    say(
+        "Kent",
+        &format!("registers an unborn child protection plan against a pregnant woman's NHS number ({mother})."),
+    );
+    register(
+        &conn,
+        KENT,
+        Plan {
+            local_reference: format!("KNT-DEMO-{run_id}"),
+            nhs_number: mother.clone(),
+            plan_type: PlanType::UnbornChildProtection as i32,
+            start_date: "2026-08-20".into(),
+            expected_delivery_date: "2027-02-10".into(),
+            contact: contact(
+                "Kent Integrated Children's Services",
+                "03000 41 11 11",
+                "03000 41 91 91",
+                "social.services@kent.example.gov.uk",
+            ),
+            ..Default::default()
+        },
+    )
+    .await?;
+
+    say("Manchester", "holds its alert subscription open.");
+    let mut alerts = subscribe(&conn, MANCHESTER).await?;
+
+    say("Liverpool emergency department (REM01)", "checks in the Manchester child. The receptionist sees:");
+    let first = check_in_once(&conn, "REM01", &child, SettingType::EmergencyDepartment, "reception-1", None).await?;
+    print!("{}", describe_check_in(&first));
+    ensure!(first.flagged, "the child should be flagged");
+    ensure!(
+        first.flags.iter().any(|f| f.council_code == MANCHESTER && f.council_name == "Manchester"),
+        "the flag should name Manchester"
+    );
+
+    let alert = alert_for(&mut alerts, &child).await?;
+    say("Manchester", "its case system receives the alert:");
+    println!("{}", serde_json::to_string_pretty(&alert_json(&alert))?);
+    ensure!(alert.priority == AlertPriority::Routine as i32, "the first attendance is routine");
+    ensure!(alert.episode.as_ref().is_some_and(|e| e.setting_code == "REM01"), "the alert should say where");
+
+    say("Urgent treatment centre (RWJ01)", "two weeks later in real life, seconds here: the same child again.");
+    let second = check_in_once(&conn, "RWJ01", &child, SettingType::UrgentTreatmentCentre, "triage-7", None).await?;
+    ensure!(second.previous_episodes.len() == 1, "the UTC should see the ED visit");
+    print!("{}", describe_check_in(&second));
+    let alert2 = alert_for(&mut alerts, &child).await?;
+    println!(
+        "[Manchester] alert {} priority {}",
+        alert2.sequence,
+        AlertPriority::try_from(alert2.priority).map(|p| p.as_str_name()).unwrap_or("?")
+    );
+
+    say("Minor injury unit (RVY01)", "and a third time, at a third place.");
+    let third = check_in_once(&conn, "RVY01", &child, SettingType::MinorInjuryUnit, "nurse-3", None).await?;
+    ensure!(third.previous_episodes.len() == 2, "the MIU should see both earlier visits");
+    print!("{}", describe_check_in(&third));
+    let alert3 = alert_for(&mut alerts, &child).await?;
+    say("Manchester", "receives a REPEAT ATTENDANCE alert: three attendances in 30 days, three places.");
+    println!("{}", serde_json::to_string_pretty(&alert_json(&alert3))?);
+    ensure!(
+        alert3.priority == AlertPriority::RepeatAttendance as i32,
+        "the third attendance should raise a repeat-attendance alert"
+    );
+
+    say("Walk-in centre (RBQ01)", "an unconscious young woman is brought in. Checking her in shows:");
+    let unborn = check_in_once(&conn, "RBQ01", &mother, SettingType::WalkInCentre, "reception-2", None).await?;
+    print!("{}", describe_check_in(&unborn));
+    let flag = unborn
+        .flags
+        .iter()
+        .find(|f| f.plan_type == PlanType::UnbornChildProtection as i32)
+        .context("the unborn child protection flag should be shown")?;
+    ensure!(
+        flag.council_name == "Kent" && flag.expected_delivery_date == "2027-02-10",
+        "the flag should name Kent and the due date"
+    );
+    say(
+        "Clinician",
+        "she is pregnant, and her baby is on a protection plan: the treatment changes, and Kent is alerted.",
+    );
+
+    let not_flagged =
+        check_in_once(&conn, "RBQ01", &fresh_nhs_number(4), SettingType::WalkInCentre, "reception-2", None).await?;
+    if not_flagged.flagged {
+        bail!("a person with no plan must not be flagged");
+    }
+    say("Walk-in centre (RBQ01)", "a person with no plan: no flag, and nothing about them is stored.");
+    println!("\ndemo complete: every step saw what it should");
+    Ok(())
+}
