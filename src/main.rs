@@ -46,6 +46,8 @@ enum Command {
     Subscribe(cpis::client::SubscribeArgs),
     /// Council: the history of accesses to its children's flags.
     Audit(cpis::client::AuditArgs),
+    /// Measure the suite against the framework's and the database's ceilings.
+    Bench(cpis::bench::BenchArgs),
     /// Against a running `cpis dev`: the whole story, end to end, narrated.
     Demo(cpis::client::Connection),
     /// Check a service's gRPC health over mutual TLS: exit 0 when SERVING
@@ -195,6 +197,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Subscribe(args) => cpis::client::subscribe(args).await,
         Command::Audit(args) => cpis::client::audit(args).await,
         Command::Demo(conn) => cpis::demo::run(conn).await,
+        Command::Bench(args) => cpis::bench::run(args).await,
     }
 }
 
