@@ -1,9 +1,26 @@
 //! The Attendance service: a setting checks a person in and sees their flags;
 //! the responsible councils are alerted through a durable outbox.
+//!
+//! Data flow: `CheckIn` -> Registry `LookupFlags` -> (flagged) one transaction
+//! storing the episode, the access audit and the outbox rows -> the relay
+//! publishes each outbox row to Notification `PublishAlert`.
+
+mod checkin;
+mod page;
+mod registry;
+mod relay;
+mod store;
 
 use cpis_core::db::{DbPool, Migration};
 use cpis_core::server::Shutdown;
+use cpis_core::validate::{NhsNumber, Violations};
+use cpis_core::{ApiError, Caller};
 use cpis_proto::attendance::v1 as pb;
+use page::{paginate, Cursor};
+use registry::{CallerDeadline, FlagLookup};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -14,30 +31,64 @@ pub const SERVICE_NAME: &str = "cpis.attendance.v1.AttendanceService";
 pub const SCHEMA: &str = "attendance";
 
 /// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = store::MIGRATIONS;
 
 /// Settings of the Attendance service.
-#[derive(Debug, Clone, Default)]
-pub struct Config {}
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This many episodes of a person within `repeat_window` (the new one
+    /// included) make its alerts `ALERT_PRIORITY_REPEAT_ATTENDANCE`.
+    pub repeat_threshold: u32,
+    /// The window counted for repeat attendances.
+    pub repeat_window: Duration,
+    /// Check-ins of one person at one setting closer than this are one episode.
+    pub same_episode_window: Duration,
+    /// Longest wait for the Registry's `LookupFlags` (shortened further to the
+    /// caller's own deadline).
+    pub registry_timeout: Duration,
+    /// Deadline of one `PublishAlert` call by the relay.
+    pub publish_timeout: Duration,
+    /// Outbox rows the relay claims at a time.
+    pub relay_batch_size: i64,
+    /// Delay before the first retry of an undelivered alert; doubles per failure.
+    pub retry_initial: Duration,
+    /// Longest delay between retries of an undelivered alert.
+    pub retry_max: Duration,
+    /// How often the relay looks at the outbox when nothing wakes it (other
+    /// replicas' check-ins, retries).
+    pub relay_poll_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            repeat_threshold: 3,
+            repeat_window: Duration::from_secs(30 * 24 * 3600),
+            same_episode_window: Duration::from_secs(24 * 3600),
+            registry_timeout: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(5),
+            relay_batch_size: 100,
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            relay_poll_interval: Duration::from_secs(1),
+        }
+    }
+}
 
 /// The Attendance service.
 #[derive(Debug, Clone)]
 pub struct Attendance {
-    #[allow(dead_code)]
     pool: DbPool,
-    #[allow(dead_code)]
     config: Config,
-    #[allow(dead_code)]
-    registry: Channel,
-    #[allow(dead_code)]
-    notification: Channel,
-    #[allow(dead_code)]
-    shutdown: Shutdown,
+    flags: FlagLookup,
+    /// Wakes the relay as soon as a check-in has queued alerts.
+    wake_relay: Arc<Notify>,
 }
 
 impl Attendance {
-    /// Migrates the schema and builds the service. `registry` and
-    /// `notification` are mutual-TLS channels presenting the attendance identity.
+    /// Migrates the schema, starts the outbox relay (until `shutdown` is
+    /// stopping) and builds the service. `registry` and `notification` are
+    /// mutual-TLS channels presenting the attendance identity.
     pub async fn new(
         config: Config,
         pool: DbPool,
@@ -46,41 +97,139 @@ impl Attendance {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
-        Ok(Self {
-            pool,
-            config,
-            registry,
+        let wake_relay = Arc::new(Notify::new());
+        relay::Relay::new(
+            pool.clone(),
             notification,
-            shutdown,
-        })
+            relay::RelaySettings {
+                batch_size: config.relay_batch_size.max(1),
+                publish_timeout: config.publish_timeout,
+                retry_initial: config.retry_initial,
+                retry_max: config.retry_max,
+                poll_interval: config.relay_poll_interval,
+            },
+            wake_relay.clone(),
+        )
+        .spawn(shutdown.stopping().clone());
+        Ok(Self { pool, flags: FlagLookup::new(registry, config.registry_timeout), config, wake_relay })
     }
 
     /// The gRPC routes of this service.
     pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(pb::attendance_service_server::AttendanceServiceServer::new(
-            self.clone(),
-        ))
+        tonic::service::Routes::new(pb::attendance_service_server::AttendanceServiceServer::new(self.clone()))
     }
+
+    fn rules(&self) -> store::EpisodeRules {
+        store::EpisodeRules {
+            same_episode_window: self.config.same_episode_window,
+            repeat_window: self.config.repeat_window,
+            repeat_threshold: i64::from(self.config.repeat_threshold),
+        }
+    }
+
+    async fn list_episodes(
+        &self,
+        caller: &Caller,
+        req: &pb::ListEpisodesRequest,
+        deadline: CallerDeadline,
+    ) -> Result<pb::ListEpisodesResponse, ApiError> {
+        let mut v = Violations::new();
+        let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
+        let size = v.page_size("page_size", req.page_size, 25, 100);
+        let after = page_token(&mut v, &req.page_token);
+        v.finish()?;
+        let nhs_number = nhs_number.ok_or_else(|| ApiError::internal("validated NHS number"))?;
+
+        match caller {
+            Caller::Setting(_) => {}
+            // A council sees a person's history only while it holds a flag
+            // for them: asked of the Registry on every call, never cached.
+            Caller::Council(code) => {
+                let found = self.flags.lookup(&nhs_number, None, deadline).await?;
+                if !found.flags.iter().any(|f| &f.council_code == code) {
+                    return Err(ApiError::PermissionDenied(
+                        "the calling council holds no flag in scope for this person".into(),
+                    ));
+                }
+            }
+            Caller::Service(_) => return Err(ApiError::PermissionDenied("services may not list episodes".into())),
+        }
+
+        let db = self.pool.get().await?;
+        let rows = store::list_episodes(&db, nhs_number.as_str(), after.as_ref(), size + 1).await?;
+        let (episodes, next_page_token) = paginate(rows, size);
+        Ok(pb::ListEpisodesResponse { episodes, next_page_token })
+    }
+
+    async fn list_accesses(
+        &self,
+        caller: &Caller,
+        req: &pb::ListAccessesRequest,
+    ) -> Result<pb::ListAccessesResponse, ApiError> {
+        let Caller::Council(council) = caller else {
+            return Err(ApiError::PermissionDenied("only councils may list accesses".into()));
+        };
+        let mut v = Violations::new();
+        let nhs_number: Option<NhsNumber> =
+            if req.nhs_number.is_empty() { None } else { v.nhs_number("nhs_number", &req.nhs_number) };
+        let size = v.page_size("page_size", req.page_size, 100, 1000);
+        let after = page_token(&mut v, &req.page_token);
+        v.finish()?;
+
+        let db = self.pool.get().await?;
+        let rows =
+            store::list_accesses(&db, council, nhs_number.as_ref().map(NhsNumber::as_str), after.as_ref(), size + 1)
+                .await?;
+        let (accesses, next_page_token) = paginate(rows, size);
+        Ok(pb::ListAccessesResponse { accesses, next_page_token })
+    }
+}
+
+/// Reads an optional page token, recording a violation when it is not ours.
+fn page_token(v: &mut Violations, token: &str) -> Option<Cursor> {
+    if token.is_empty() {
+        return None;
+    }
+    let cursor = Cursor::decode(token);
+    if cursor.is_none() {
+        v.add("page_token", "is not a token from a previous page");
+    }
+    cursor
 }
 
 #[tonic::async_trait]
 impl pb::attendance_service_server::AttendanceService for Attendance {
-    async fn check_in(
-        &self,
-        _r: Request<pb::CheckInRequest>,
-    ) -> Result<Response<pb::CheckInResponse>, Status> {
-        Err(Status::unimplemented("CheckIn is not implemented yet"))
+    #[tracing::instrument(skip_all, fields(rpc = "CheckIn", setting, request_id))]
+    async fn check_in(&self, request: Request<pb::CheckInRequest>) -> Result<Response<pb::CheckInResponse>, Status> {
+        let deadline = CallerDeadline::of(&request);
+        let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
+            return Err(ApiError::PermissionDenied("only settings may check people in".into()).into());
+        };
+        let span = tracing::Span::current();
+        span.record("setting", setting.as_str());
+        // The client's key identifies the request in logs; the person never does.
+        span.record("request_id", request.get_ref().request_id.as_str());
+        checkin::check_in(self, &setting, request.into_inner(), deadline).await.map(Response::new).map_err(Status::from)
     }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListEpisodes", caller))]
     async fn list_episodes(
         &self,
-        _r: Request<pb::ListEpisodesRequest>,
+        request: Request<pb::ListEpisodesRequest>,
     ) -> Result<Response<pb::ListEpisodesResponse>, Status> {
-        Err(Status::unimplemented("ListEpisodes is not implemented yet"))
+        let deadline = CallerDeadline::of(&request);
+        let caller = cpis_core::authz::caller(&request)?;
+        tracing::Span::current().record("caller", caller.to_string());
+        self.list_episodes(&caller, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListAccesses", caller))]
     async fn list_accesses(
         &self,
-        _r: Request<pb::ListAccessesRequest>,
+        request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
-        Err(Status::unimplemented("ListAccesses is not implemented yet"))
+        let caller = cpis_core::authz::caller(&request)?;
+        tracing::Span::current().record("caller", caller.to_string());
+        self.list_accesses(&caller, request.get_ref()).await.map(Response::new).map_err(Status::from)
     }
 }

@@ -1,0 +1,508 @@
+//! The `attendance` schema and every SQL statement of the service: episodes,
+//! the access audit, check-in requests kept for idempotency, and the outbox
+//! of alerts waiting to be published.
+//!
+//! Only flagged people are ever written here: an unflagged check-in never
+//! reaches this module.
+
+use crate::page::Cursor;
+use chrono::{DateTime, Utc};
+use cpis_core::db::Migration;
+use cpis_core::time::to_timestamp;
+use cpis_core::ApiError;
+use cpis_proto::attendance::v1 as pb;
+use cpis_proto::common::v1::{Episode, Flag};
+use prost::Message;
+use std::time::Duration;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+/// The schema, created once at start-up. Every name is qualified with
+/// `attendance.` because services never rely on `search_path`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "episodes, accesses, check-in requests, outbox",
+    sql: r#"
+CREATE TABLE attendance.episodes (
+    episode_id   uuid PRIMARY KEY,
+    nhs_number   text NOT NULL,
+    setting_code text NOT NULL,
+    setting_type integer NOT NULL,
+    arrived_at   timestamptz NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+-- A person's history, most recent first (CheckIn, ListEpisodes, repeat count).
+CREATE INDEX episodes_by_person
+    ON attendance.episodes (nhs_number, arrived_at DESC, episode_id DESC);
+
+-- Every time a flag was shown: who, where, when, and which councils held a
+-- flag at that moment (they may list it later, even after the plan ends).
+CREATE TABLE attendance.accesses (
+    access_id     uuid PRIMARY KEY,
+    episode_id    uuid NOT NULL REFERENCES attendance.episodes (episode_id),
+    nhs_number    text NOT NULL,
+    setting_code  text NOT NULL,
+    setting_type  integer NOT NULL,
+    user_id       text NOT NULL,
+    accessed_at   timestamptz NOT NULL DEFAULT now(),
+    council_codes text[] NOT NULL
+);
+CREATE INDEX accesses_by_council ON attendance.accesses USING gin (council_codes);
+CREATE INDEX accesses_by_time ON attendance.accesses (accessed_at DESC, access_id DESC);
+CREATE INDEX accesses_by_person
+    ON attendance.accesses (nhs_number, accessed_at DESC, access_id DESC);
+
+-- The first answer to each (setting, request_id), replayed on retries.
+-- fingerprint is a SHA-256 of the request body without its request_id.
+CREATE TABLE attendance.check_in_requests (
+    setting_code text NOT NULL,
+    request_id   text NOT NULL,
+    fingerprint  bytea NOT NULL,
+    response     bytea NOT NULL,
+    episode_id   uuid NOT NULL REFERENCES attendance.episodes (episode_id),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (setting_code, request_id)
+);
+
+-- Alerts waiting for the Notification service: one row per council per episode.
+-- last_error holds a status code only, never personal data.
+CREATE TABLE attendance.outbox (
+    outbox_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    council_code    text NOT NULL,
+    nhs_number      text NOT NULL,
+    plan_type       integer NOT NULL,
+    local_reference text NOT NULL,
+    episode_id      uuid NOT NULL REFERENCES attendance.episodes (episode_id),
+    setting_code    text NOT NULL,
+    setting_type    integer NOT NULL,
+    arrived_at      timestamptz NOT NULL,
+    priority        integer NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz,
+    UNIQUE (episode_id, council_code)
+);
+CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
+    WHERE delivered_at IS NULL;
+"#,
+}];
+
+/// The most previous episodes a check-in answer carries (the contract's 25).
+pub const PREVIOUS_EPISODES: i64 = 25;
+
+/// A stored first answer to a check-in request.
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    /// SHA-256 of the first request's body (without its request_id).
+    pub fingerprint: Vec<u8>,
+    /// The prost-encoded `CheckInResponse` given the first time.
+    pub response: Vec<u8>,
+}
+
+impl StoredRequest {
+    /// The first answer again, if `fingerprint` is the same request body.
+    pub fn replay(&self, fingerprint: &[u8]) -> Result<pb::CheckInResponse, ApiError> {
+        if self.fingerprint != fingerprint {
+            return Err(ApiError::invalid("request_id", "was already used by this setting for a different check-in"));
+        }
+        pb::CheckInResponse::decode(self.response.as_slice())
+            .map_err(|e| ApiError::internal(format!("stored check-in response: {e}")))
+    }
+}
+
+/// The stored answer to `(setting_code, request_id)`, if any.
+pub async fn find_request(
+    db: &impl GenericClient,
+    setting_code: &str,
+    request_id: &str,
+) -> Result<Option<StoredRequest>, ApiError> {
+    let row = db
+        .query_opt(
+            "SELECT fingerprint, response FROM attendance.check_in_requests
+             WHERE setting_code = $1 AND request_id = $2",
+            &[&setting_code, &request_id],
+        )
+        .await?;
+    Ok(row.map(|r| StoredRequest { fingerprint: r.get(0), response: r.get(1) }))
+}
+
+/// One council to alert about a flagged arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertTarget {
+    /// The council holding the flag.
+    pub council_code: String,
+    /// The kind of the council's plan.
+    pub plan_type: i32,
+    /// The council's case reference of the plan.
+    pub local_reference: String,
+}
+
+/// Everything needed to record one flagged check-in.
+#[derive(Debug, Clone)]
+pub struct FlaggedCheckIn<'a> {
+    /// ODS code of the calling setting.
+    pub setting_code: &'a str,
+    /// The client's idempotency key.
+    pub request_id: &'a str,
+    /// SHA-256 of the request body without its request_id.
+    pub fingerprint: &'a [u8],
+    /// The person's NHS number (validated).
+    pub nhs_number: &'a str,
+    /// The kind of setting.
+    pub setting_type: i32,
+    /// When the person arrived.
+    pub arrived_at: DateTime<Utc>,
+    /// Who at the setting is shown the flags.
+    pub user_id: &'a str,
+    /// The flags shown, as the Registry returned them.
+    pub flags: &'a [Flag],
+    /// One entry per distinct council holding a flag.
+    pub alerts: &'a [AlertTarget],
+}
+
+/// The rules that decide episodes and priorities.
+#[derive(Debug, Clone, Copy)]
+pub struct EpisodeRules {
+    /// Arrivals at one setting closer than this are one episode.
+    pub same_episode_window: Duration,
+    /// Episodes within this window are counted for a repeat attendance.
+    pub repeat_window: Duration,
+    /// This many episodes within the window make a repeat attendance.
+    pub repeat_threshold: i64,
+}
+
+/// What recording a flagged check-in did.
+#[derive(Debug)]
+pub enum Recorded {
+    /// Stored now; `alerts_queued` outbox rows were added.
+    New {
+        /// The answer, also stored for replays.
+        response: pb::CheckInResponse,
+        /// How many alerts are waiting for the relay.
+        alerts_queued: u64,
+    },
+    /// Another call with the same request_id got there first.
+    Earlier(StoredRequest),
+}
+
+/// Records a flagged check-in in one transaction: the episode (new, or the
+/// person's episode at this setting within the same-episode window), an
+/// access audit row, an outbox row for each council not yet alerted about
+/// the episode, and the answer for replays.
+pub async fn record_flagged(
+    db: &mut deadpool_postgres::Object,
+    c: &FlaggedCheckIn<'_>,
+    rules: EpisodeRules,
+) -> Result<Recorded, ApiError> {
+    let tx = db.transaction().await?;
+    // Serialise check-ins of one person at one setting, so that two staff
+    // checking the same child in at once make one episode and one alert.
+    // A hash collision only serialises two unrelated check-ins.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0::bigint))",
+        &[&format!("attendance-episode:{}:{}", c.setting_code, c.nhs_number)],
+    )
+    .await?;
+    if let Some(earlier) = find_request(&*tx, c.setting_code, c.request_id).await? {
+        tx.rollback().await?;
+        return Ok(Recorded::Earlier(earlier));
+    }
+
+    let same_episode = secs(rules.same_episode_window);
+    let existing = tx
+        .query_opt(
+            "SELECT episode_id, arrived_at FROM attendance.episodes
+             WHERE nhs_number = $1 AND setting_code = $2
+               AND arrived_at > $3::timestamptz - make_interval(secs => $4::float8)
+               AND arrived_at < $3::timestamptz + make_interval(secs => $4::float8)
+             ORDER BY arrived_at DESC, episode_id DESC
+             LIMIT 1",
+            &[&c.nhs_number, &c.setting_code, &c.arrived_at, &same_episode],
+        )
+        .await?;
+    let (episode_id, episode_arrived_at) = match existing {
+        Some(row) => (row.get::<_, Uuid>(0), row.get::<_, DateTime<Utc>>(1)),
+        None => {
+            let id = Uuid::now_v7();
+            tx.execute(
+                "INSERT INTO attendance.episodes
+                     (episode_id, nhs_number, setting_code, setting_type, arrived_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&id, &c.nhs_number, &c.setting_code, &c.setting_type, &c.arrived_at],
+            )
+            .await?;
+            (id, c.arrived_at)
+        }
+    };
+
+    let councils: Vec<&str> = c.alerts.iter().map(|a| a.council_code.as_str()).collect();
+    tx.execute(
+        "INSERT INTO attendance.accesses
+             (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&Uuid::now_v7(), &episode_id, &c.nhs_number, &c.setting_code, &c.setting_type, &c.user_id, &councils],
+    )
+    .await?;
+
+    // The repeat count includes this episode and nothing after it.
+    let recent: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM attendance.episodes
+             WHERE nhs_number = $1
+               AND arrived_at > $2::timestamptz - make_interval(secs => $3::float8)
+               AND arrived_at <= $2::timestamptz",
+            &[&c.nhs_number, &episode_arrived_at, &secs(rules.repeat_window)],
+        )
+        .await?
+        .get(0);
+    let priority = if recent >= rules.repeat_threshold {
+        cpis_proto::notification::v1::AlertPriority::RepeatAttendance
+    } else {
+        cpis_proto::notification::v1::AlertPriority::Routine
+    } as i32;
+
+    // A council already alerted about this episode is not alerted again (the
+    // 24-hour rule); a council that took a flag on since is.
+    let mut alerts_queued = 0;
+    for a in c.alerts {
+        alerts_queued += tx
+            .execute(
+                "INSERT INTO attendance.outbox
+                     (council_code, nhs_number, plan_type, local_reference, episode_id,
+                      setting_code, setting_type, arrived_at, priority)
+                 SELECT $1, $2, $3, $4, e.episode_id, e.setting_code, e.setting_type,
+                        e.arrived_at, $6
+                 FROM attendance.episodes e WHERE e.episode_id = $5
+                 ON CONFLICT (episode_id, council_code) DO NOTHING",
+                &[&a.council_code, &c.nhs_number, &a.plan_type, &a.local_reference, &episode_id, &priority],
+            )
+            .await?;
+    }
+
+    let previous = tx
+        .query(
+            "SELECT episode_id, setting_code, setting_type, arrived_at FROM attendance.episodes
+             WHERE nhs_number = $1 AND episode_id <> $2
+             ORDER BY arrived_at DESC, episode_id DESC
+             LIMIT $3",
+            &[&c.nhs_number, &episode_id, &PREVIOUS_EPISODES],
+        )
+        .await?;
+    let response = pb::CheckInResponse {
+        flagged: true,
+        flags: c.flags.to_vec(),
+        episode_id: episode_id.to_string(),
+        previous_episodes: previous.iter().map(episode).collect(),
+    };
+
+    let stored = tx
+        .execute(
+            "INSERT INTO attendance.check_in_requests
+                 (setting_code, request_id, fingerprint, response, episode_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (setting_code, request_id) DO NOTHING",
+            &[&c.setting_code, &c.request_id, &c.fingerprint, &response.encode_to_vec(), &episode_id],
+        )
+        .await?;
+    if stored == 0 {
+        // The same request_id was used concurrently for another person (the
+        // advisory lock covers the same person): the first one wins.
+        tx.rollback().await?;
+        return match find_request(&***db, c.setting_code, c.request_id).await? {
+            Some(earlier) => Ok(Recorded::Earlier(earlier)),
+            None => Err(ApiError::Aborted("a concurrent check-in with this request_id did not complete; retry".into())),
+        };
+    }
+    tx.commit().await?;
+    Ok(Recorded::New { response, alerts_queued })
+}
+
+/// One page of a person's episodes, most recent first.
+pub async fn list_episodes(
+    db: &tokio_postgres::Client,
+    nhs_number: &str,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<(Episode, Cursor)>, ApiError> {
+    let (at, id) = split(after);
+    let rows = db
+        .query(
+            "SELECT episode_id, setting_code, setting_type, arrived_at FROM attendance.episodes
+             WHERE nhs_number = $1
+               AND ($2::timestamptz IS NULL OR (arrived_at, episode_id) < ($2, $3::uuid))
+             ORDER BY arrived_at DESC, episode_id DESC
+             LIMIT $4",
+            &[&nhs_number, &at, &id, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (episode(r), Cursor::new(r.get(3), r.get(0)))).collect())
+}
+
+/// One page of the accesses to flags `council_code` held at the time,
+/// optionally of one person, most recent first.
+pub async fn list_accesses(
+    db: &tokio_postgres::Client,
+    council_code: &str,
+    nhs_number: Option<&str>,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<(pb::AccessRecord, Cursor)>, ApiError> {
+    let (at, id) = split(after);
+    let rows = db
+        .query(
+            "SELECT access_id, episode_id, nhs_number, setting_code, setting_type, user_id,
+                    accessed_at
+             FROM attendance.accesses
+             WHERE council_codes @> ARRAY[$1::text]
+               AND ($2::text IS NULL OR nhs_number = $2)
+               AND ($3::timestamptz IS NULL OR (accessed_at, access_id) < ($3, $4::uuid))
+             ORDER BY accessed_at DESC, access_id DESC
+             LIMIT $5",
+            &[&council_code, &nhs_number, &at, &id, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let access_id: Uuid = r.get(0);
+            let episode_id: Uuid = r.get(1);
+            let accessed_at: DateTime<Utc> = r.get(6);
+            let record = pb::AccessRecord {
+                access_id: access_id.to_string(),
+                episode_id: episode_id.to_string(),
+                nhs_number: r.get(2),
+                setting_code: r.get(3),
+                setting_type: r.get(4),
+                user_id: r.get(5),
+                accessed_at: Some(to_timestamp(accessed_at)),
+            };
+            (record, Cursor::new(accessed_at, access_id))
+        })
+        .collect())
+}
+
+/// One outbox row claimed for publishing.
+#[derive(Debug, Clone)]
+pub struct PendingAlert {
+    /// The row's id.
+    pub outbox_id: i64,
+    /// Failed attempts so far.
+    pub attempts: i32,
+    /// What to publish.
+    pub request: cpis_proto::notification::v1::PublishAlertRequest,
+}
+
+/// Locks up to `limit` due outbox rows, oldest first, skipping rows another
+/// relay (another replica) holds, so no alert is being sent twice at once.
+/// The locks last until `tx` ends.
+pub async fn claim_due_alerts(
+    tx: &tokio_postgres::Transaction<'_>,
+    limit: i64,
+) -> Result<Vec<PendingAlert>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT outbox_id, attempts, council_code, nhs_number, plan_type, local_reference,
+                    episode_id, setting_code, setting_type, arrived_at, priority
+             FROM attendance.outbox
+             WHERE delivered_at IS NULL AND next_attempt_at <= now()
+             ORDER BY outbox_id
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let episode_id: Uuid = r.get(6);
+            let arrived_at: DateTime<Utc> = r.get(9);
+            PendingAlert {
+                outbox_id: r.get(0),
+                attempts: r.get(1),
+                request: cpis_proto::notification::v1::PublishAlertRequest {
+                    council_code: r.get(2),
+                    nhs_number: r.get(3),
+                    plan_type: r.get(4),
+                    local_reference: r.get(5),
+                    episode: Some(Episode {
+                        episode_id: episode_id.to_string(),
+                        setting_code: r.get(7),
+                        setting_type: r.get(8),
+                        arrived_at: Some(to_timestamp(arrived_at)),
+                    }),
+                    priority: r.get(10),
+                },
+            }
+        })
+        .collect())
+}
+
+/// Marks an outbox row delivered: the Notification service has stored it.
+pub async fn mark_delivered(tx: &tokio_postgres::Transaction<'_>, outbox_id: i64) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE attendance.outbox
+         SET delivered_at = now(), attempts = attempts + 1, last_error = NULL
+         WHERE outbox_id = $1",
+        &[&outbox_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt and when to try again. `error` must hold no
+/// personal data.
+pub async fn mark_failed(
+    tx: &tokio_postgres::Transaction<'_>,
+    outbox_id: i64,
+    retry_in: Duration,
+    error: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE attendance.outbox
+         SET attempts = attempts + 1,
+             next_attempt_at = now() + make_interval(secs => $2::float8),
+             last_error = $3
+         WHERE outbox_id = $1",
+        &[&outbox_id, &secs(retry_in), &error],
+    )
+    .await?;
+    Ok(())
+}
+
+/// How long until the next undelivered alert is due (zero when one is due
+/// now), or `None` when none is waiting.
+pub async fn next_due_in(db: &tokio_postgres::Client) -> Result<Option<Duration>, tokio_postgres::Error> {
+    let row = db
+        .query_one(
+            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+             FROM attendance.outbox WHERE delivered_at IS NULL",
+            &[],
+        )
+        .await?;
+    let secs: Option<f64> = row.get(0);
+    Ok(secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)))
+}
+
+fn episode(r: &Row) -> Episode {
+    let id: Uuid = r.get(0);
+    let arrived_at: DateTime<Utc> = r.get(3);
+    Episode {
+        episode_id: id.to_string(),
+        setting_code: r.get(1),
+        setting_type: r.get(2),
+        arrived_at: Some(to_timestamp(arrived_at)),
+    }
+}
+
+fn split(cursor: Option<&Cursor>) -> (Option<DateTime<Utc>>, Option<Uuid>) {
+    match cursor {
+        Some(c) => (Some(c.at), Some(c.id)),
+        None => (None, None),
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
