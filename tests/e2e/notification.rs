@@ -1,1 +1,679 @@
-//! End-to-end tests of the Notification service.
+//! End-to-end tests of the Notification service: durable, ordered,
+//! resumable alert streams per council, on one or several instances.
+
+use crate::harness::*;
+use cpis_core::identity::ServiceName;
+use cpis_proto::common::v1::{Episode, PlanType, SettingType};
+use cpis_proto::notification::v1::{
+    notification_service_client::NotificationServiceClient, subscribe_response::Event, AckAlertsRequest, Alert,
+    AlertPriority, Heartbeat, ListAlertsRequest, PublishAlertRequest, PublishAlertResponse, SubscribeRequest,
+    SubscribeResponse,
+};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::{timeout, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+use tonic_types::StatusExt;
+
+/// Longest wait for anything a test expects to happen.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A valid alert for `council`; `serial` picks the person and the episode.
+fn alert_for(council: &str, serial: u32) -> PublishAlertRequest {
+    PublishAlertRequest {
+        council_code: council.into(),
+        nhs_number: nhs(serial),
+        plan_type: PlanType::ChildProtection as i32,
+        local_reference: format!("REF-{serial}"),
+        episode: Some(Episode {
+            episode_id: format!("episode-{council}-{serial}"),
+            setting_code: ALDER_HEY.into(),
+            setting_type: SettingType::EmergencyDepartment as i32,
+            arrived_at: Some(prost_types::Timestamp { seconds: 1_760_000_000 + i64::from(serial), nanos: 0 }),
+        }),
+        priority: AlertPriority::Routine as i32,
+    }
+}
+
+/// The Attendance service's client, the only identity allowed to publish.
+fn publisher(ts: &TestSuite) -> NotificationServiceClient<Channel> {
+    ts.notification(&service(ServiceName::Attendance))
+}
+
+async fn publish(
+    client: &mut NotificationServiceClient<Channel>,
+    request: PublishAlertRequest,
+) -> PublishAlertResponse {
+    timeout(PATIENCE, client.publish_alert(request)).await.expect("publish timed out").expect("publish").into_inner()
+}
+
+/// Publishes alerts `serials` for `council` one after another.
+async fn publish_many(ts: &TestSuite, council: &str, serials: std::ops::Range<u32>) {
+    let mut client = publisher(ts);
+    for serial in serials {
+        publish(&mut client, alert_for(council, serial)).await;
+    }
+}
+
+/// Publishes alerts `0..count` for `council` from `publishers` concurrent
+/// clients; returns the sequences the service answered.
+async fn publish_concurrently(ts: &TestSuite, council: &str, count: u32, publishers: u32) -> Vec<i64> {
+    let tasks: Vec<_> = (0..publishers)
+        .map(|p| {
+            let mut client = publisher(ts);
+            let council = council.to_string();
+            tokio::spawn(async move {
+                let mut sequences = Vec::new();
+                for serial in (p..count).step_by(publishers as usize) {
+                    sequences.push(publish(&mut client, alert_for(&council, serial)).await.sequence);
+                }
+                sequences
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("publisher task"));
+    }
+    all
+}
+
+async fn subscribe_on(
+    client: &mut NotificationServiceClient<Channel>,
+    after_sequence: i64,
+) -> Streaming<SubscribeResponse> {
+    timeout(PATIENCE, client.subscribe(SubscribeRequest { after_sequence }))
+        .await
+        .expect("subscribe timed out")
+        .expect("subscribe")
+        .into_inner()
+}
+
+async fn subscribe(ts: &TestSuite, council_code: &str, after: i64) -> Streaming<SubscribeResponse> {
+    subscribe_on(&mut ts.notification(&council(council_code)), after).await
+}
+
+/// The next event of a stream (heartbeats included).
+async fn next_event(stream: &mut Streaming<SubscribeResponse>) -> Event {
+    timeout(PATIENCE, stream.message())
+        .await
+        .expect("no event in time")
+        .expect("stream failed")
+        .expect("stream ended")
+        .event
+        .expect("empty event")
+}
+
+/// The next alert of a stream, skipping heartbeats.
+async fn next_alert(stream: &mut Streaming<SubscribeResponse>) -> Alert {
+    loop {
+        match next_event(stream).await {
+            Event::Alert(alert) => return alert,
+            Event::Heartbeat(_) => continue,
+        }
+    }
+}
+
+/// The next heartbeat, failing if an alert comes first.
+async fn next_heartbeat(stream: &mut Streaming<SubscribeResponse>) -> Heartbeat {
+    match next_event(stream).await {
+        Event::Heartbeat(h) => h,
+        Event::Alert(a) => panic!("expected a heartbeat, got alert {}", a.sequence),
+    }
+}
+
+async fn next_sequences(stream: &mut Streaming<SubscribeResponse>, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(next_alert(stream).await.sequence);
+    }
+    out
+}
+
+fn seqs(range: std::ops::RangeInclusive<i64>) -> Vec<i64> {
+    range.collect()
+}
+
+async fn list(
+    ts: &TestSuite,
+    council_code: &str,
+    after_sequence: i64,
+    page_size: i32,
+) -> Result<(Vec<i64>, bool), tonic::Status> {
+    let page = ts
+        .notification(&council(council_code))
+        .list_alerts(ListAlertsRequest { after_sequence, page_size })
+        .await?
+        .into_inner();
+    Ok((page.alerts.iter().map(|a| a.sequence).collect(), page.has_more))
+}
+
+async fn ack(ts: &TestSuite, council_code: &str, up_to_sequence: i64) -> Result<i64, tonic::Status> {
+    Ok(ts
+        .notification(&council(council_code))
+        .ack_alerts(AckAlertsRequest { up_to_sequence })
+        .await?
+        .into_inner()
+        .acknowledged_through)
+}
+
+async fn stored_alerts(ts: &TestSuite) -> i64 {
+    ts.db().await.query_one("SELECT count(*) FROM notification.alerts", &[]).await.expect("count").get(0)
+}
+
+/// The field paths of an `INVALID_ARGUMENT`'s `BadRequest` details.
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .expect("BadRequest details")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn backlog_is_replayed_then_live_alerts_follow_in_order() {
+    let ts = TestSuite::start().await;
+    let mut client = publisher(&ts);
+    let mut published = Vec::new();
+    for serial in 0..5 {
+        published.push(publish(&mut client, alert_for(MANCHESTER, serial)).await);
+    }
+
+    let mut stream = subscribe(&ts, MANCHESTER, 0).await;
+    for (serial, answer) in published.iter().enumerate() {
+        let alert = next_alert(&mut stream).await;
+        let sent = alert_for(MANCHESTER, serial as u32);
+        assert_eq!(alert.sequence, serial as i64 + 1);
+        assert_eq!(alert.sequence, answer.sequence);
+        assert_eq!(alert.alert_id, answer.alert_id);
+        assert_eq!(alert.council_code, MANCHESTER);
+        assert_eq!(alert.nhs_number, sent.nhs_number);
+        assert_eq!(alert.plan_type, sent.plan_type);
+        assert_eq!(alert.local_reference, sent.local_reference);
+        assert_eq!(alert.episode, sent.episode);
+        assert_eq!(alert.priority, sent.priority);
+        assert!(alert.created_at.is_some());
+    }
+
+    // Live: published after the replay, delivered on the same stream.
+    for serial in 5..8 {
+        publish(&mut client, alert_for(MANCHESTER, serial)).await;
+    }
+    assert_eq!(next_sequences(&mut stream, 3).await, seqs(6..=8));
+    // Nothing else: the next event is a heartbeat saying 8 is the latest.
+    assert_eq!(next_heartbeat(&mut stream).await.latest_sequence, 8);
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn resuming_after_a_disconnect_delivers_exactly_the_missing_alerts() {
+    let ts = TestSuite::start().await;
+    publish_many(&ts, MANCHESTER, 0..3).await;
+    let mut stream = subscribe(&ts, MANCHESTER, 0).await;
+    assert_eq!(next_sequences(&mut stream, 3).await, seqs(1..=3));
+    drop(stream);
+
+    // Published while the council is away.
+    publish_many(&ts, MANCHESTER, 3..7).await;
+
+    let mut stream = subscribe(&ts, MANCHESTER, 3).await;
+    assert_eq!(next_sequences(&mut stream, 4).await, seqs(4..=7));
+    assert_eq!(next_heartbeat(&mut stream).await.latest_sequence, 7);
+
+    // Resuming from the middle works too.
+    let mut stream = subscribe(&ts, MANCHESTER, 5).await;
+    assert_eq!(next_sequences(&mut stream, 2).await, seqs(6..=7));
+    assert_eq!(next_heartbeat(&mut stream).await.latest_sequence, 7);
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_an_ack_subscribing_from_zero_resumes_after_it_and_acks_never_go_back() {
+    let ts = TestSuite::start().await;
+    publish_many(&ts, MANCHESTER, 0..5).await;
+
+    assert_eq!(ack(&ts, MANCHESTER, 0).await.unwrap(), 0);
+    assert_eq!(ack(&ts, MANCHESTER, 3).await.unwrap(), 3);
+    // Monotonic: a lower (late, duplicated) ack changes nothing.
+    assert_eq!(ack(&ts, MANCHESTER, 2).await.unwrap(), 3);
+    assert_eq!(ack(&ts, MANCHESTER, 0).await.unwrap(), 3);
+
+    let mut stream = subscribe(&ts, MANCHESTER, 0).await;
+    assert_eq!(next_sequences(&mut stream, 2).await, seqs(4..=5));
+    assert_eq!(next_heartbeat(&mut stream).await.latest_sequence, 5);
+    assert_eq!(list(&ts, MANCHESTER, 0, 0).await.unwrap(), (seqs(4..=5), false));
+    // An explicit sequence still reaches behind the ack.
+    assert_eq!(list(&ts, MANCHESTER, 1, 0).await.unwrap(), (seqs(2..=5), false));
+
+    // Out of range acks are refused and change nothing.
+    for bad in [-1, 6] {
+        let err = ack(&ts, MANCHESTER, bad).await.expect_err("out of range");
+        assert_eq!(violated_fields(&err), ["up_to_sequence"]);
+    }
+    // Another council's alerts do not make room for Liverpool's acks.
+    let err = ack(&ts, LIVERPOOL, 1).await.expect_err("nothing to ack");
+    assert_eq!(violated_fields(&err), ["up_to_sequence"]);
+    assert_eq!(ack(&ts, MANCHESTER, 5).await.unwrap(), 5);
+
+    // Everything acknowledged: a fresh stream starts with live alerts only.
+    let mut stream = subscribe(&ts, MANCHESTER, 0).await;
+    assert_eq!(next_heartbeat(&mut stream).await.latest_sequence, 5);
+    publish_many(&ts, MANCHESTER, 5..6).await;
+    assert_eq!(next_alert(&mut stream).await.sequence, 6);
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_council_only_ever_sees_its_own_alerts() {
+    let ts = TestSuite::start().await;
+    let mut liverpool = subscribe(&ts, LIVERPOOL, 0).await;
+    let mut manchester = subscribe(&ts, MANCHESTER, 0).await;
+    publish_many(&ts, MANCHESTER, 0..3).await;
+    publish_many(&ts, LIVERPOOL, 100..101).await;
+    publish_many(&ts, MANCHESTER, 3..5).await;
+
+    // Sequences are per council: Liverpool's first alert is its number 1.
+    let alert = next_alert(&mut liverpool).await;
+    assert_eq!((alert.council_code.as_str(), alert.sequence), (LIVERPOOL, 1));
+    assert_eq!(alert.nhs_number, nhs(100));
+    // Then only heartbeats, for a while.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(next_heartbeat(&mut liverpool).await.latest_sequence, 1);
+    }
+    for expected in 1..=5 {
+        let alert = next_alert(&mut manchester).await;
+        assert_eq!((alert.council_code.as_str(), alert.sequence), (MANCHESTER, expected));
+    }
+    assert_eq!(list(&ts, LIVERPOOL, 0, 0).await.unwrap(), (vec![1], false));
+    let err = list(&ts, LIVERPOOL, 2, 0).await.expect_err("beyond Liverpool's log");
+    assert_eq!(violated_fields(&err), ["after_sequence"]);
+
+    // Neither settings nor services can read a council's alerts, and
+    // councils cannot publish.
+    let err = ts
+        .notification(&setting(ALDER_HEY))
+        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .await
+        .expect_err("a setting may not subscribe");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err =
+        publisher(&ts).list_alerts(ListAlertsRequest::default()).await.expect_err("a service may not list alerts");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = ts
+        .notification(&council(LIVERPOOL))
+        .publish_alert(alert_for(LIVERPOOL, 7))
+        .await
+        .expect_err("a council may not publish");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_alert_published_on_one_instance_reaches_a_subscriber_on_another() {
+    let ts = TestSuite::start().await;
+    // A long heartbeat on the second instance, so only a wake-up through
+    // PostgreSQL (not the heartbeat's or the timer's re-read, 5 s) can bring
+    // the alert within the time allowed below.
+    let common = cpis::suite::dev_common(&ts.pki, ServiceName::Notification, TRUST_DOMAIN, &ts.database_url).unwrap();
+    let second = cpis::suite::start_notification(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        &common,
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let mut on_second = NotificationServiceClient::new(ts.channel(second.addr.port(), &council(MANCHESTER)));
+    let mut on_first = ts.notification(&council(MANCHESTER));
+
+    let mut second_stream = subscribe_on(&mut on_second, 0).await;
+    let mut first_stream = subscribe_on(&mut on_first, 0).await;
+    // Give the second instance's LISTEN connection time to be established.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let quick = Duration::from_millis(2500);
+    for serial in 0..3 {
+        let published = Instant::now();
+        let answer = publish(&mut publisher(&ts), alert_for(MANCHESTER, serial)).await;
+        let alert = timeout(quick, next_alert(&mut second_stream))
+            .await
+            .expect("alert from the first instance reaches the second promptly");
+        assert_eq!(alert.alert_id, answer.alert_id);
+        assert_eq!(alert.sequence, i64::from(serial) + 1);
+        assert!(published.elapsed() < quick);
+        assert_eq!(next_alert(&mut first_stream).await.alert_id, answer.alert_id);
+    }
+
+    // And the other way round: published on the second, read on the first.
+    let mut publisher_second =
+        NotificationServiceClient::new(ts.channel(second.addr.port(), &service(ServiceName::Attendance)));
+    let answer = publish(&mut publisher_second, alert_for(MANCHESTER, 3)).await;
+    assert_eq!(answer.sequence, 4);
+    assert_eq!(next_alert(&mut first_stream).await.alert_id, answer.alert_id);
+    assert_eq!(next_alert(&mut second_stream).await.alert_id, answer.alert_id);
+
+    // The second instance ends its streams when it stops.
+    second.stop().await.unwrap();
+    let end = timeout(PATIENCE, async {
+        loop {
+            match second_stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends when its instance stops");
+    assert!(matches!(end, None | Some(Code::Unavailable)), "{end:?}");
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_alerts_arrive_numbered_1_to_1000_on_every_stream() {
+    let ts = TestSuite::start().await;
+    // Two subscriptions of one council (two case-system nodes): each gets it all.
+    let streams = [subscribe(&ts, MANCHESTER, 0).await, subscribe(&ts, MANCHESTER, 0).await];
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| tokio::spawn(async move { next_sequences(&mut stream, 1000).await }))
+        .collect();
+
+    let mut answered = publish_concurrently(&ts, MANCHESTER, 1000, 16).await;
+    answered.sort_unstable();
+    assert_eq!(answered, seqs(1..=1000), "gapless, each sequence once");
+
+    for reader in readers {
+        let received =
+            timeout(Duration::from_secs(60), reader).await.expect("all alerts in time").expect("reader task");
+        assert_eq!(received, seqs(1..=1000), "in order, no gaps, no repeats");
+    }
+    assert_eq!(stored_alerts(&ts).await, 1000);
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn publishing_an_episode_twice_returns_the_original_alert() {
+    let ts = TestSuite::start().await;
+    let mut client = publisher(&ts);
+    let first = publish(&mut client, alert_for(MANCHESTER, 1)).await;
+    let again = publish(&mut client, alert_for(MANCHESTER, 1)).await;
+    assert_eq!((first.sequence, &first.alert_id), (1, &again.alert_id));
+    assert_eq!(again.sequence, 1);
+
+    // Concurrent repeats of a new episode all get one alert.
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let mut client = publisher(&ts);
+            tokio::spawn(async move { publish(&mut client, alert_for(MANCHESTER, 2)).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    assert!(answers.iter().all(|a| a.alert_id == answers[0].alert_id && a.sequence == 2));
+    assert_eq!(stored_alerts(&ts).await, 2);
+
+    // The repeats left no gap behind them.
+    assert_eq!(publish(&mut client, alert_for(MANCHESTER, 3)).await.sequence, 3);
+    // The same episode id for another council is another alert.
+    let mut other = alert_for(LIVERPOOL, 1);
+    other.episode = alert_for(MANCHESTER, 1).episode;
+    let liverpool = publish(&mut client, other).await;
+    assert_eq!(liverpool.sequence, 1);
+    assert_ne!(liverpool.alert_id, first.alert_id);
+    assert_eq!(list(&ts, MANCHESTER, 0, 0).await.unwrap(), (seqs(1..=3), false));
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_does_not_delay_another_councils_alerts() {
+    let ts = TestSuite::start().await;
+    // A Manchester system that opens a stream and stops reading. A tiny
+    // HTTP/2 window makes the stall reach the server at once, so its buffer
+    // fills and its task waits, as a real stalled client's would.
+    let stalled_channel = cpis_core::client::endpoint(
+        &format!("https://localhost:{}", ts.notification_port()),
+        &ts.identity(&council(MANCHESTER)),
+        None,
+    )
+    .unwrap()
+    .initial_stream_window_size(Some(1024))
+    .connect_lazy();
+    let mut stalled = subscribe_on(&mut NotificationServiceClient::new(stalled_channel), 0).await;
+    let mut liverpool = subscribe(&ts, LIVERPOOL, 0).await;
+
+    let flood = publish_concurrently(&ts, MANCHESTER, 600, 8).await;
+    assert_eq!(flood.len(), 600);
+
+    // Liverpool's alerts still flow promptly, one after another.
+    let mut client = publisher(&ts);
+    for serial in 0..5 {
+        let started = Instant::now();
+        publish(&mut client, alert_for(LIVERPOOL, 1000 + serial)).await;
+        let alert = timeout(Duration::from_secs(2), next_alert(&mut liverpool))
+            .await
+            .expect("Liverpool's alert is not held up by Manchester's stalled stream");
+        assert_eq!(alert.sequence, i64::from(serial) + 1);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    // When the stalled system reads again it gets everything, in order: the
+    // stream caught up from the table rather than from a queue.
+    assert_eq!(next_sequences(&mut stalled, 600).await, seqs(1..=600));
+    assert_eq!(next_heartbeat(&mut stalled).await.latest_sequence, 600);
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn heartbeats_arrive_while_idle() {
+    let ts = TestSuite::start().await;
+    let mut stream = subscribe(&ts, MANCHESTER, 0).await;
+    let started = Instant::now();
+    for _ in 0..3 {
+        let beat = next_heartbeat(&mut stream).await;
+        assert_eq!(beat.latest_sequence, 0);
+        let sent_at = beat.sent_at.expect("sent_at");
+        let now = chrono::Utc::now().timestamp();
+        assert!((sent_at.seconds - now).abs() <= 5, "sent_at is the current time");
+    }
+    // The harness configures 500 ms: three beats take about 1.5 s.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    publish_many(&ts, MANCHESTER, 0..1).await;
+    assert_eq!(next_alert(&mut stream).await.sequence, 1);
+    assert_eq!(next_heartbeat(&mut stream).await.latest_sequence, 1);
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_requests_are_refused_with_field_paths_and_store_nothing() {
+    let ts = TestSuite::start().await;
+    let mut client = publisher(&ts);
+    let bad_nhs = {
+        let good = nhs(5);
+        let last = good.as_bytes()[9] - b'0';
+        format!("{}{}", &good[..9], (last + 1) % 10)
+    };
+    let cases: Vec<(PublishAlertRequest, &[&str])> = vec![
+        (PublishAlertRequest { council_code: "W06000001".into(), ..alert_for(MANCHESTER, 1) }, &["council_code"]),
+        (PublishAlertRequest { council_code: String::new(), ..alert_for(MANCHESTER, 1) }, &["council_code"]),
+        (PublishAlertRequest { nhs_number: bad_nhs.clone(), ..alert_for(MANCHESTER, 1) }, &["nhs_number"]),
+        (
+            PublishAlertRequest { plan_type: PlanType::Unspecified as i32, priority: 99, ..alert_for(MANCHESTER, 1) },
+            &["plan_type", "priority"],
+        ),
+        (PublishAlertRequest { local_reference: "R".repeat(65), ..alert_for(MANCHESTER, 1) }, &["local_reference"]),
+        (PublishAlertRequest { episode: None, ..alert_for(MANCHESTER, 1) }, &["episode"]),
+        (
+            PublishAlertRequest {
+                episode: Some(Episode {
+                    episode_id: String::new(),
+                    setting_code: "rbq01".into(),
+                    setting_type: SettingType::Unspecified as i32,
+                    arrived_at: None,
+                }),
+                ..alert_for(MANCHESTER, 1)
+            },
+            &["episode.episode_id", "episode.setting_code", "episode.setting_type", "episode.arrived_at"],
+        ),
+        (
+            PublishAlertRequest {
+                episode: Some(Episode {
+                    arrived_at: Some(prost_types::Timestamp { seconds: 0, nanos: -1 }),
+                    ..alert_for(MANCHESTER, 1).episode.unwrap()
+                }),
+                ..alert_for(MANCHESTER, 1)
+            },
+            &["episode.arrived_at"],
+        ),
+    ];
+    for (request, expected) in cases {
+        let err = client.publish_alert(request).await.expect_err("invalid alert accepted");
+        assert_eq!(violated_fields(&err), expected);
+        assert!(!err.message().contains(&bad_nhs), "{}", err.message());
+    }
+    assert_eq!(stored_alerts(&ts).await, 0);
+    assert_eq!(list(&ts, MANCHESTER, 0, 0).await.unwrap(), (vec![], false));
+
+    // Requests of councils are checked too.
+    for page_size in [-1, 1001] {
+        let err = list(&ts, MANCHESTER, 0, page_size).await.expect_err("page size");
+        assert_eq!(violated_fields(&err), ["page_size"]);
+    }
+    let err = list(&ts, MANCHESTER, -1, 0).await.expect_err("negative");
+    assert_eq!(violated_fields(&err), ["after_sequence"]);
+    for after_sequence in [-1, 1] {
+        let err = ts
+            .notification(&council(MANCHESTER))
+            .subscribe(SubscribeRequest { after_sequence })
+            .await
+            .expect_err("out of range");
+        assert_eq!(violated_fields(&err), ["after_sequence"]);
+    }
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn list_alerts_pages_through_the_log() {
+    let ts = TestSuite::start().await;
+    publish_concurrently(&ts, MANCHESTER, 250, 4).await;
+
+    let (page, more) = list(&ts, MANCHESTER, 0, 0).await.unwrap();
+    assert_eq!((page, more), (seqs(1..=100), true), "0 means 100");
+    let (page, more) = list(&ts, MANCHESTER, 100, 100).await.unwrap();
+    assert_eq!((page, more), (seqs(101..=200), true));
+    let (page, more) = list(&ts, MANCHESTER, 200, 100).await.unwrap();
+    assert_eq!((page, more), (seqs(201..=250), false));
+    let (page, more) = list(&ts, MANCHESTER, 200, 50).await.unwrap();
+    assert_eq!((page, more), (seqs(201..=250), false), "an exact fit has no more");
+    let (page, more) = list(&ts, MANCHESTER, 0, 1000).await.unwrap();
+    assert_eq!((page, more), (seqs(1..=250), false));
+    assert_eq!(list(&ts, MANCHESTER, 250, 10).await.unwrap(), (vec![], false));
+
+    // Pull mode with acks: 0 starts after the acknowledgement.
+    assert_eq!(ack(&ts, MANCHESTER, 240).await.unwrap(), 240);
+    assert_eq!(list(&ts, MANCHESTER, 0, 5).await.unwrap(), (seqs(241..=245), true));
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn open_streams_end_when_the_service_stops() {
+    let ts = TestSuite::start().await;
+    let mut stream = subscribe(&ts, MANCHESTER, 0).await;
+    next_heartbeat(&mut stream).await;
+    let stopping = tokio::spawn(ts.suite.stop());
+    let end = timeout(PATIENCE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends on shutdown");
+    // UNAVAILABLE tells the client to reconnect and resume.
+    assert_eq!(end, Some(Code::Unavailable));
+    timeout(PATIENCE, stopping).await.expect("shutdown completes").unwrap().unwrap();
+}
+
+/// How many LISTEN connections of Notification instances this test's database has.
+async fn listeners(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE application_name = 'cpis-notification-listen' AND datname = current_database()",
+        &[],
+    )
+    .await
+    .expect("pg_stat_activity")
+    .get(0)
+}
+
+async fn wait_for_listeners(db: &tokio_postgres::Client, n: i64) {
+    timeout(PATIENCE, async {
+        while listeners(db).await != n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("LISTEN connections established");
+}
+
+#[tokio::test]
+async fn a_lost_listen_connection_is_re_established_and_no_alert_is_missed() {
+    let ts = TestSuite::start().await;
+    // Subscribe on an instance with a long heartbeat, so only the LISTEN
+    // path (not the heartbeat's or the 5 s timer's re-read) can be quick.
+    let common = cpis::suite::dev_common(&ts.pki, ServiceName::Notification, TRUST_DOMAIN, &ts.database_url).unwrap();
+    let second = cpis::suite::start_notification(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        &common,
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let mut stream =
+        subscribe_on(&mut NotificationServiceClient::new(ts.channel(second.addr.port(), &council(MANCHESTER))), 0)
+            .await;
+    let db = ts.db().await;
+    wait_for_listeners(&db, 2).await;
+
+    // Cut both instances' LISTEN connections and publish at once: the alert
+    // may be stored while nobody listens, and must still arrive promptly
+    // (every stream re-reads after the reconnection).
+    let cut: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'cpis-notification-listen'
+               AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 2);
+    let quick = Duration::from_millis(2500);
+    let mut client = publisher(&ts);
+    publish(&mut client, alert_for(MANCHESTER, 0)).await;
+    let alert = timeout(quick, next_alert(&mut stream)).await.expect("the alert arrives after the reconnection");
+    assert_eq!(alert.sequence, 1);
+
+    // Listening again: the next alert comes through NOTIFY.
+    wait_for_listeners(&db, 2).await;
+    publish(&mut client, alert_for(MANCHESTER, 1)).await;
+    let alert = timeout(quick, next_alert(&mut stream)).await.expect("NOTIFY works on the new connection");
+    assert_eq!(alert.sequence, 2);
+
+    second.stop().await.unwrap();
+    ts.suite.stop().await.unwrap();
+}

@@ -1,12 +1,60 @@
 //! The Notification service: a durable, ordered alert log per council, and
 //! resumable server-streaming subscriptions fed from it.
+//!
+//! How an alert travels: `PublishAlert` (the Attendance service only) stores
+//! it with the council's next gapless sequence and sends `NOTIFY` with the
+//! council code in the same transaction ([`store`]). Every instance holds
+//! one `LISTEN` connection and wakes its streams of that council ([`fanout`]);
+//! each stream reads the table after its own cursor and feeds a bounded
+//! channel ([`stream`]). The table is the truth, the notification only a
+//! wake-up, so any number of replicas can serve any council.
+//!
+//! # Long-lived streams behind load balancers
+//!
+//! Idle TCP connections are cut by load balancers (AWS NLB after about
+//! 350 s, classic ELB after 60 s), and Kubernetes only rebalances on new
+//! connections. The settings for this live where the connections are made:
+//!
+//! - server side, [`cpis_core::server::serve`] with
+//!   [`cpis_core::server::ServeOptions`]: HTTP/2 keepalive pings every 30 s
+//!   (`http2_keepalive`, 20 s timeout), TCP keepalive on every accepted
+//!   socket (idle 60 s, probes every 15 s), and `max_connection_age` from
+//!   `CPIS_MAX_CONNECTION_AGE_SECS` (off by default; 1800 s is a sensible
+//!   production value) with a 30 s grace, after which streams end and
+//!   clients reconnect, possibly to a new replica;
+//! - client side, [`cpis_core::client::endpoint`]: TCP keepalive 60 s,
+//!   HTTP/2 keepalive 30 s with a 20 s timeout, also while idle;
+//! - in the stream itself, a heartbeat every [`Config::heartbeat`] (default
+//!   15 s) while idle, so proxies that ignore HTTP/2 pings still see traffic
+//!   and a client that misses two or three heartbeats knows to reconnect.
+//!
+//! A client that reconnects (after a deploy, a `max_connection_age` cut, a
+//! shutdown ending its stream with `UNAVAILABLE`, or a database failure)
+//! resumes with `after_sequence` = the last sequence it holds, or 0 after
+//! acknowledging, and loses nothing.
 
-use cpis_core::db::{DbPool, Migration};
+pub mod alert;
+pub mod fanout;
+pub mod store;
+pub mod stream;
+
+use crate::alert::NewAlert;
+use crate::fanout::{Fanout, ListenerConfig};
+use crate::store::{AckError, Store};
+use crate::stream::{StreamSettings, Subscription};
+use cpis_core::db::DbPool;
+use cpis_core::identity::Caller;
 use cpis_core::server::Shutdown;
+use cpis_core::validate::Violations;
+use cpis_core::ApiError;
 use cpis_proto::notification::v1 as pb;
 use std::pin::Pin;
 use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+pub use crate::store::MIGRATIONS;
 
 /// The gRPC name of this service (readiness is reported under it).
 pub const SERVICE_NAME: &str = "cpis.notification.v1.NotificationService";
@@ -14,84 +62,208 @@ pub const SERVICE_NAME: &str = "cpis.notification.v1.NotificationService";
 /// The schema this service owns.
 pub const SCHEMA: &str = "notification";
 
-/// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[];
+/// `ListAlerts` page size when the request says 0.
+const DEFAULT_LIST_PAGE: i32 = 100;
+
+/// Largest `ListAlerts` page.
+const MAX_LIST_PAGE: i32 = 1000;
 
 /// Settings of the Notification service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Heartbeat interval on idle subscriptions.
     pub heartbeat: Duration,
     /// Connection string for the dedicated LISTEN connection.
     pub database_url: String,
+    /// Alerts buffered per subscription before the stream stops reading the
+    /// table and waits for the client.
+    pub stream_buffer: usize,
+    /// Each stream re-reads the table this often even without a wake-up.
+    pub poll_interval: Duration,
+    /// Longest wait between attempts to re-establish the LISTEN connection.
+    pub reconnect_backoff_max: Duration,
 }
 
 impl Config {
     /// Defaults, with the LISTEN connection going to `database_url`.
     pub fn new(database_url: impl Into<String>) -> Self {
-        Self { heartbeat: Duration::from_secs(15), database_url: database_url.into() }
+        Self {
+            heartbeat: Duration::from_secs(15),
+            database_url: database_url.into(),
+            stream_buffer: 64,
+            poll_interval: Duration::from_secs(5),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    // The connection string may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("heartbeat", &self.heartbeat)
+            .field("database_url", &"<redacted>")
+            .field("stream_buffer", &self.stream_buffer)
+            .field("poll_interval", &self.poll_interval)
+            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
+            .finish()
     }
 }
 
 /// The Notification service.
 #[derive(Debug, Clone)]
 pub struct Notification {
-    #[allow(dead_code)]
-    pool: DbPool,
-    #[allow(dead_code)]
+    store: Store,
+    fanout: Fanout,
     config: Config,
-    #[allow(dead_code)]
     shutdown: Shutdown,
 }
 
 impl Notification {
-    /// Migrates the schema and builds the service.
+    /// Migrates the schema, starts this instance's LISTEN connection (which
+    /// runs until `shutdown` stops the service) and builds the service.
     pub async fn new(config: Config, pool: DbPool, shutdown: Shutdown) -> anyhow::Result<Self> {
         cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
-        Ok(Self {
-            pool,
-            config,
-            shutdown,
-        })
+        // Parsed here so a bad URL fails start-up instead of looping in the listener.
+        let listener = ListenerConfig::new(&config.database_url, config.reconnect_backoff_max)?;
+        let fanout = Fanout::new();
+        tokio::spawn(
+            fanout::listen(listener, fanout.clone(), shutdown.stopping().clone())
+                .instrument(tracing::info_span!("alert_listener")),
+        );
+        Ok(Self { store: Store::new(pool), fanout, config, shutdown })
     }
 
     /// The gRPC routes of this service.
     pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(
-            pb::notification_service_server::NotificationServiceServer::new(self.clone()),
-        )
+        tonic::service::Routes::new(pb::notification_service_server::NotificationServiceServer::new(self.clone()))
+    }
+
+    /// How many councils have an open stream on this instance.
+    pub fn councils_streaming(&self) -> usize {
+        self.fanout.councils_watched()
+    }
+
+    /// The sequence to read after: `after` itself, or the council's
+    /// acknowledgement when it is 0. Refuses negative values and values
+    /// beyond the latest sequence (a client ahead of the log has lost track,
+    /// e.g. after a database restore, and must not silently skip alerts).
+    async fn start_after(&self, council: &str, after: i64) -> Result<i64, ApiError> {
+        if after < 0 {
+            return Err(ApiError::invalid("after_sequence", "must not be negative"));
+        }
+        if after == 0 {
+            return self.store.acknowledged(council).await;
+        }
+        let latest = self.store.latest_sequence(council).await?;
+        if after > latest {
+            return Err(ApiError::invalid("after_sequence", format!("is beyond the latest sequence ({latest})")));
+        }
+        Ok(after)
+    }
+
+    async fn do_subscribe(&self, council: String, r: pb::SubscribeRequest) -> Result<EventStream, ApiError> {
+        let cursor = self.start_after(&council, r.after_sequence).await?;
+        // Registered before the task's first read, so no wake-up falls between.
+        let wakeups = self.fanout.subscribe(&council);
+        let (tx, rx) = tokio::sync::mpsc::channel(self.config.stream_buffer.max(1));
+        let settings = StreamSettings {
+            heartbeat: self.config.heartbeat,
+            poll_interval: self.config.poll_interval,
+            page_size: self.config.stream_buffer.max(1) as i64,
+        };
+        let span = tracing::info_span!(
+            "subscription",
+            council = %council,
+            stream = %uuid::Uuid::new_v4(),
+            from = cursor
+        );
+        span.in_scope(|| tracing::debug!("subscribed"));
+        let subscription = Subscription { council, cursor, wakeups };
+        tokio::spawn(
+            stream::run(self.store.clone(), subscription, settings, tx, self.shutdown.stopping().clone())
+                .instrument(span),
+        );
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn do_ack(&self, council: &str, r: pb::AckAlertsRequest) -> Result<i64, ApiError> {
+        if r.up_to_sequence < 0 {
+            return Err(ApiError::invalid("up_to_sequence", "must not be negative"));
+        }
+        match self.store.acknowledge(council, r.up_to_sequence).await {
+            Ok(through) => Ok(through),
+            Err(e @ AckError::BeyondLatest { .. }) => Err(ApiError::invalid("up_to_sequence", e.to_string())),
+            Err(AckError::Api(e)) => Err(e),
+        }
+    }
+
+    async fn do_list(&self, council: &str, r: pb::ListAlertsRequest) -> Result<pb::ListAlertsResponse, ApiError> {
+        let mut v = Violations::new();
+        let page_size = v.page_size("page_size", r.page_size, DEFAULT_LIST_PAGE, MAX_LIST_PAGE);
+        if r.after_sequence < 0 {
+            v.add("after_sequence", "must not be negative");
+        }
+        v.finish()?;
+        let after = self.start_after(council, r.after_sequence).await?;
+        // One more than asked tells whether more follow.
+        let mut alerts = self.store.alerts_after(council, after, page_size + 1).await?;
+        let has_more = alerts.len() as i64 > page_size;
+        alerts.truncate(page_size as usize);
+        Ok(pb::ListAlertsResponse { alerts, has_more })
+    }
+
+    async fn do_publish(&self, r: pb::PublishAlertRequest) -> Result<pb::PublishAlertResponse, ApiError> {
+        let alert = NewAlert::from_request(&r)?;
+        let published = self.store.publish(&alert).await?;
+        tracing::info!(
+            council = %alert.council_code,
+            episode = %alert.episode_id,
+            alert_id = %published.alert_id,
+            sequence = published.sequence,
+            repeat = !published.created,
+            "alert published"
+        );
+        Ok(pb::PublishAlertResponse { alert_id: published.alert_id.to_string(), sequence: published.sequence })
     }
 }
 
-type EventStream =
-    Pin<Box<dyn futures::Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+/// The calling council, from the identity the authorization layer verified.
+fn council_of<T>(request: &Request<T>) -> Result<String, Status> {
+    match cpis_core::authz::caller(request)? {
+        Caller::Council(code) => Ok(code),
+        other => Err(Status::permission_denied(format!("{} callers have no alerts", other.kind().as_str()))),
+    }
+}
+
+/// The stream type of `Subscribe`.
+type EventStream = Pin<Box<dyn futures::Stream<Item = stream::Item> + Send>>;
 
 #[tonic::async_trait]
 impl pb::notification_service_server::NotificationService for Notification {
     type SubscribeStream = EventStream;
 
-    async fn subscribe(
-        &self,
-        _r: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented("Subscribe is not implemented yet"))
+    async fn subscribe(&self, r: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let council = council_of(&r)?;
+        let stream = self.do_subscribe(council, r.into_inner()).await?;
+        Ok(Response::new(stream))
     }
-    async fn ack_alerts(
-        &self,
-        _r: Request<pb::AckAlertsRequest>,
-    ) -> Result<Response<pb::AckAlertsResponse>, Status> {
-        Err(Status::unimplemented("AckAlerts is not implemented yet"))
+
+    async fn ack_alerts(&self, r: Request<pb::AckAlertsRequest>) -> Result<Response<pb::AckAlertsResponse>, Status> {
+        let council = council_of(&r)?;
+        let acknowledged_through = self.do_ack(&council, r.into_inner()).await?;
+        Ok(Response::new(pb::AckAlertsResponse { acknowledged_through }))
     }
-    async fn list_alerts(
-        &self,
-        _r: Request<pb::ListAlertsRequest>,
-    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
-        Err(Status::unimplemented("ListAlerts is not implemented yet"))
+
+    async fn list_alerts(&self, r: Request<pb::ListAlertsRequest>) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        let council = council_of(&r)?;
+        Ok(Response::new(self.do_list(&council, r.into_inner()).await?))
     }
+
     async fn publish_alert(
         &self,
-        _r: Request<pb::PublishAlertRequest>,
+        r: Request<pb::PublishAlertRequest>,
     ) -> Result<Response<pb::PublishAlertResponse>, Status> {
-        Err(Status::unimplemented("PublishAlert is not implemented yet"))
+        Ok(Response::new(self.do_publish(r.into_inner()).await?))
     }
 }

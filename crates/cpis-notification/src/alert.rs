@@ -1,0 +1,186 @@
+//! What an alert is: a validated `PublishAlert` request, ready to store.
+
+use chrono::{DateTime, Utc};
+use cpis_core::validate::{is_council_code, is_setting_code, NhsNumber, Violations};
+use cpis_core::ApiError;
+use cpis_proto::common::v1::{PlanType, SettingType};
+use cpis_proto::notification::v1 as pb;
+
+/// Longest accepted episode id (the Attendance service sends UUIDs).
+const MAX_EPISODE_ID: usize = 128;
+
+/// Longest accepted case reference (the Registry allows 1 to 64 characters).
+const MAX_LOCAL_REFERENCE: usize = 64;
+
+/// One alert to store, every field checked. Its `Debug` never shows the NHS
+/// number (see [`NhsNumber`]).
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    /// The council alerted.
+    pub council_code: String,
+    /// The person who attended.
+    pub nhs_number: NhsNumber,
+    /// The kind of the council's plan (a known, specified `PlanType`).
+    pub plan_type: i32,
+    /// The council's case reference; may be empty.
+    pub local_reference: String,
+    /// The idempotency key, together with the council.
+    pub episode_id: String,
+    /// ODS code of the setting attended.
+    pub setting_code: String,
+    /// The kind of setting (a known, specified `SettingType`).
+    pub setting_type: i32,
+    /// When the person arrived.
+    pub arrived_at: DateTime<Utc>,
+    /// How urgently to look (a known, specified `AlertPriority`).
+    pub priority: i32,
+}
+
+impl NewAlert {
+    /// Checks every field of a request, reporting all violations at once.
+    pub fn from_request(r: &pb::PublishAlertRequest) -> Result<NewAlert, ApiError> {
+        let mut v = Violations::new();
+        if r.council_code.is_empty() {
+            v.add("council_code", "is required");
+        } else if !is_council_code(&r.council_code) {
+            v.add(
+                "council_code",
+                "must be an ONS GSS code of an English upper-tier authority (E06, E08, E09 or E10 and six digits)",
+            );
+        }
+        let nhs_number = v.nhs_number("nhs_number", &r.nhs_number);
+        match PlanType::try_from(r.plan_type) {
+            Ok(PlanType::Unspecified) => v.add("plan_type", "is required"),
+            Ok(_) => {}
+            Err(_) => v.add("plan_type", "is not a known plan type"),
+        }
+        v.bounded("local_reference", &r.local_reference, MAX_LOCAL_REFERENCE);
+        match pb::AlertPriority::try_from(r.priority) {
+            Ok(pb::AlertPriority::Unspecified) => v.add("priority", "is required"),
+            Ok(_) => {}
+            Err(_) => v.add("priority", "is not a known alert priority"),
+        }
+        let mut arrived_at = None;
+        match &r.episode {
+            None => v.add("episode", "is required"),
+            Some(e) => {
+                v.text("episode.episode_id", &e.episode_id, MAX_EPISODE_ID);
+                if e.setting_code.is_empty() {
+                    v.add("episode.setting_code", "is required");
+                } else if !is_setting_code(&e.setting_code) {
+                    v.add("episode.setting_code", "must be an ODS site code: 3 to 6 upper-case letters and digits");
+                }
+                match SettingType::try_from(e.setting_type) {
+                    Ok(SettingType::Unspecified) => v.add("episode.setting_type", "is required"),
+                    Ok(_) => {}
+                    Err(_) => v.add("episode.setting_type", "is not a known setting type"),
+                }
+                match &e.arrived_at {
+                    None => v.add("episode.arrived_at", "is required"),
+                    Some(t) => {
+                        arrived_at = cpis_core::time::from_timestamp(t);
+                        if arrived_at.is_none() {
+                            v.add("episode.arrived_at", "is not a valid timestamp");
+                        }
+                    }
+                }
+            }
+        }
+        v.finish()?;
+        // `finish` succeeded, so every optional above is filled in.
+        let (Some(nhs_number), Some(episode), Some(arrived_at)) = (nhs_number, r.episode.as_ref(), arrived_at) else {
+            return Err(ApiError::internal("validated alert lost a field"));
+        };
+        Ok(NewAlert {
+            council_code: r.council_code.clone(),
+            nhs_number,
+            plan_type: r.plan_type,
+            local_reference: r.local_reference.clone(),
+            episode_id: episode.episode_id.clone(),
+            setting_code: episode.setting_code.clone(),
+            setting_type: episode.setting_type,
+            arrived_at,
+            priority: r.priority,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpis_core::FieldViolation;
+    use cpis_proto::common::v1::Episode;
+
+    fn valid() -> pb::PublishAlertRequest {
+        pb::PublishAlertRequest {
+            council_code: "E08000003".into(),
+            nhs_number: "9434765919".into(),
+            plan_type: PlanType::ChildProtection as i32,
+            local_reference: "MCR-1".into(),
+            episode: Some(Episode {
+                episode_id: "ep-1".into(),
+                setting_code: "RBQ01".into(),
+                setting_type: SettingType::EmergencyDepartment as i32,
+                arrived_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            }),
+            priority: pb::AlertPriority::Routine as i32,
+        }
+    }
+
+    fn fields(r: &pb::PublishAlertRequest) -> Vec<String> {
+        match NewAlert::from_request(r) {
+            Err(ApiError::InvalidArgument(v)) => v.into_iter().map(|f: FieldViolation| f.field).collect(),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn a_valid_request_passes() {
+        let a = NewAlert::from_request(&valid()).expect("valid");
+        assert_eq!(a.episode_id, "ep-1");
+        assert!(!format!("{a:?}").contains("9434765919"));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let mut r = valid();
+        r.council_code = "W06000001".into();
+        r.nhs_number = "9434765918".into();
+        r.plan_type = 0;
+        r.priority = 9;
+        r.local_reference = "x".repeat(65);
+        r.episode = Some(Episode {
+            episode_id: String::new(),
+            setting_code: "rbq01".into(),
+            setting_type: 42,
+            arrived_at: None,
+        });
+        assert_eq!(
+            fields(&r),
+            [
+                "council_code",
+                "nhs_number",
+                "plan_type",
+                "local_reference",
+                "priority",
+                "episode.episode_id",
+                "episode.setting_code",
+                "episode.setting_type",
+                "episode.arrived_at",
+            ]
+        );
+        r.episode = None;
+        assert!(fields(&r).contains(&"episode".to_string()));
+    }
+
+    #[test]
+    fn messages_never_echo_the_nhs_number() {
+        let mut r = valid();
+        r.nhs_number = "9434765918".into();
+        let Err(ApiError::InvalidArgument(v)) = NewAlert::from_request(&r) else {
+            panic!("must fail");
+        };
+        assert!(v.iter().all(|f| !f.description.contains("9434765918")));
+    }
+}

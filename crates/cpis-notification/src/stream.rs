@@ -1,0 +1,165 @@
+//! One subscriber's stream: a task that reads the council's alerts from the
+//! table after its cursor and feeds them into a bounded channel.
+//!
+//! The cursor is the whole state. Backlog and live alerts take the same path
+//! (`sequence > cursor ORDER BY sequence`), so the hand-over from replay to
+//! live can neither skip nor repeat an alert. The task reads the next page
+//! only when the channel has room for it: a stalled subscriber costs one
+//! parked task and a cursor, never a growing queue, and never holds up
+//! anyone else.
+
+use crate::fanout::Wakeups;
+use crate::store::Store;
+use cpis_core::server::CancellationToken;
+use cpis_core::ApiError;
+use cpis_proto::notification::v1 as pb;
+use pb::subscribe_response::Event;
+use std::time::Duration;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::Instant;
+use tonic::Status;
+
+/// What the channel carries to tonic.
+pub type Item = Result<pb::SubscribeResponse, Status>;
+
+/// Timing and sizing of one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// A heartbeat is sent after this long without anything sent.
+    pub heartbeat: Duration,
+    /// Re-read the table this often even without a wake-up.
+    pub poll_interval: Duration,
+    /// Most alerts read from the table at once.
+    pub page_size: i64,
+}
+
+/// One subscription, ready to run.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The caller's council: the only alerts this stream ever reads.
+    pub council: String,
+    /// The last sequence delivered (or skipped on request).
+    pub cursor: i64,
+    /// Wake-ups for the council, registered before the first read.
+    pub wakeups: Wakeups,
+}
+
+/// Why a stream ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client went away.
+    ClientGone,
+    /// The service is shutting down.
+    Stopping,
+}
+
+/// Feeds `tx` until the client goes away, the service stops or the database
+/// fails; the stream then ends (with `UNAVAILABLE` when the client should
+/// reconnect and resume from its last sequence).
+pub async fn run(
+    store: Store,
+    mut sub: Subscription,
+    settings: StreamSettings,
+    tx: mpsc::Sender<Item>,
+    stop: CancellationToken,
+) {
+    let ending = match pump(&store, &mut sub, settings, &tx, &stop).await {
+        Ok(End::ClientGone) => {
+            tracing::debug!(cursor = sub.cursor, "subscriber left");
+            return;
+        }
+        Ok(End::Stopping) => {
+            tracing::debug!(cursor = sub.cursor, "subscription ended by shutdown");
+            Status::unavailable("the service is shutting down; reconnect and resume from your last sequence")
+        }
+        Err(e) => {
+            tracing::warn!(cursor = sub.cursor, error = %e, "subscription failed");
+            Status::from(e)
+        }
+    };
+    // Best effort: a stalled client has no room for it, and the stream ends anyway.
+    let _ = tx.try_send(Err(ending));
+}
+
+async fn pump(
+    store: &Store,
+    sub: &mut Subscription,
+    settings: StreamSettings,
+    tx: &mpsc::Sender<Item>,
+    stop: &CancellationToken,
+) -> Result<End, ApiError> {
+    let mut last_sent = Instant::now();
+    let mut poll = tokio::time::interval_at(Instant::now() + settings.poll_interval, settings.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Catch up: one page at a time, each no bigger than the room left.
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(End::Stopping),
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return Ok(End::ClientGone),
+                },
+            };
+            // This task is the only sender, so the room cannot shrink meanwhile.
+            let limit = settings.page_size.min(tx.capacity() as i64 + 1);
+            let page = store.alerts_after(&sub.council, sub.cursor, limit).await?;
+            let full = page.len() as i64 == limit;
+            let mut alerts = page.into_iter();
+            let Some(first) = alerts.next() else {
+                break;
+            };
+            sub.cursor = first.sequence;
+            permit.send(Ok(event(Event::Alert(first))));
+            for alert in alerts {
+                sub.cursor = alert.sequence;
+                match tx.try_send(Ok(event(Event::Alert(alert)))) {
+                    Ok(()) => {}
+                    Err(TrySendError::Closed(_)) => return Ok(End::ClientGone),
+                    // Cannot happen (see above); waiting is still correct.
+                    Err(TrySendError::Full(item)) => {
+                        if tx.send(item).await.is_err() {
+                            return Ok(End::ClientGone);
+                        }
+                    }
+                }
+            }
+            last_sent = Instant::now();
+            if !full {
+                break;
+            }
+        }
+
+        // Caught up: wait for a reason to look again.
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(End::Stopping),
+            _ = tx.closed() => return Ok(End::ClientGone),
+            _ = sub.wakeups.wait() => {}
+            _ = poll.tick() => {}
+            _ = tokio::time::sleep_until(last_sent + settings.heartbeat) => {
+                let latest = store.latest_sequence(&sub.council).await?;
+                // Something arrived without a wake-up reaching us: deliver it
+                // instead of a heartbeat that would announce it.
+                if latest > sub.cursor {
+                    continue;
+                }
+                let heartbeat = pb::Heartbeat {
+                    sent_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+                    latest_sequence: latest,
+                };
+                match tx.try_send(Ok(event(Event::Heartbeat(heartbeat)))) {
+                    // A full buffer means the client is not reading: nothing
+                    // to prove to it right now.
+                    Ok(()) | Err(TrySendError::Full(_)) => last_sent = Instant::now(),
+                    Err(TrySendError::Closed(_)) => return Ok(End::ClientGone),
+                }
+            }
+        }
+    }
+}
+
+fn event(event: Event) -> pb::SubscribeResponse {
+    pb::SubscribeResponse { event: Some(event) }
+}
