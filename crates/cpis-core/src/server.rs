@@ -216,6 +216,9 @@ pub struct ServeOptions {
     pub health_interval: Duration,
     /// Which methods this listener serves.
     pub surface: crate::authz::Surface,
+    /// How long in-flight calls may take to finish once stopping, before
+    /// the remaining connections are closed.
+    pub shutdown_grace: Duration,
     /// The short name of the service (`registry`, ...) for spans.
     pub component: &'static str,
     /// Where request metrics are counted.
@@ -234,6 +237,7 @@ impl ServeOptions {
             max_connection_age: None,
             health_interval: Duration::from_secs(2),
             surface: crate::authz::Surface::Combined,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -283,12 +287,22 @@ pub async fn serve(
         builder = builder.max_connection_age(age).max_connection_age_grace(Duration::from_secs(30));
     }
     let stopping = shutdown.stopping().clone();
-    builder
+    let server = builder
         .layer(crate::telemetry::GrpcTraceLayer::new(options.component, options.metrics.clone()))
         .layer(AuthzLayer::new(options.surface))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
-        .await?;
+        .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await });
+    // Graceful shutdown waits for every connection to finish; a client that
+    // stopped reading would hold it forever. After the grace period the
+    // remaining connections are dropped (streams resume by sequence).
+    let stopping = shutdown.stopping().clone();
+    let grace = options.shutdown_grace;
+    tokio::select! {
+        result = server => result?,
+        _ = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(service = options.service_name, "connections still open after the shutdown grace period; closing them");
+        }
+    }
     Ok(())
 }
 
