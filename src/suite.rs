@@ -161,6 +161,7 @@ pub async fn start_notification(
     let service = cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
     let addr = listener.local_addr()?;
     let metrics = Metrics::new("notification");
+    service.register_metrics(&metrics);
     let join = spawn_serving(
         listener,
         common,
@@ -192,6 +193,7 @@ pub async fn start_attendance(
         cpis_attendance::Attendance::new(config, pool.clone(), registry, notification, shutdown.clone()).await?;
     let addr = listener.local_addr()?;
     let metrics = Metrics::new("attendance");
+    service.register_metrics(&metrics);
     let join = spawn_serving(
         listener,
         common,

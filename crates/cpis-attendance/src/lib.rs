@@ -83,6 +83,8 @@ pub struct Attendance {
     flags: FlagLookup,
     /// Wakes the relay as soon as a check-in has queued alerts.
     wake_relay: Arc<Notify>,
+    /// The outbox's metrics, shared with the relay.
+    relay_metrics: relay::RelayMetrics,
 }
 
 impl Attendance {
@@ -98,6 +100,7 @@ impl Attendance {
     ) -> anyhow::Result<Self> {
         cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
         let wake_relay = Arc::new(Notify::new());
+        let relay_metrics = relay::RelayMetrics::new();
         relay::Relay::new(
             pool.clone(),
             notification,
@@ -109,9 +112,15 @@ impl Attendance {
                 poll_interval: config.relay_poll_interval,
             },
             wake_relay.clone(),
+            relay_metrics.clone(),
         )
         .spawn(shutdown.stopping().clone());
-        Ok(Self { pool, flags: FlagLookup::new(registry, config.registry_timeout), config, wake_relay })
+        Ok(Self { pool, flags: FlagLookup::new(registry, config.registry_timeout), config, wake_relay, relay_metrics })
+    }
+
+    /// Registers this service's own metrics (outbox depth and age, relay counts).
+    pub fn register_metrics(&self, metrics: &cpis_core::metrics::Metrics) {
+        self.relay_metrics.register(metrics);
     }
 
     /// The gRPC routes of this service.

@@ -93,6 +93,7 @@ impl FlagLookup {
         // The header tells the Registry; the local timer also bounds
         // connecting, which the header does not.
         request.set_timeout(budget);
+        cpis_core::telemetry::inject_context(&mut request);
         let mut client = self.client.clone();
         match tokio::time::timeout(budget, client.lookup_flags(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::Code;
+use tracing::Instrument;
 
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
@@ -35,6 +36,58 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
 }
 
+/// Metrics of the outbox and its relay.
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    /// Undelivered outbox rows.
+    pub depth: prometheus::IntGauge,
+    /// Age in seconds of the oldest undelivered row.
+    pub oldest_age: prometheus::Gauge,
+    /// Alerts the Notification service has stored.
+    pub delivered: prometheus::IntCounter,
+    /// Failed publish attempts (each retried later).
+    pub failed: prometheus::IntCounter,
+}
+
+impl RelayMetrics {
+    /// Fresh, unregistered metrics.
+    pub fn new() -> Self {
+        Self {
+            depth: prometheus::IntGauge::new("attendance_outbox_depth", "Alerts waiting in the outbox")
+                .expect("static metric"),
+            oldest_age: prometheus::Gauge::new(
+                "attendance_outbox_oldest_age_seconds",
+                "Age of the oldest alert waiting in the outbox",
+            )
+            .expect("static metric"),
+            delivered: prometheus::IntCounter::new(
+                "attendance_alerts_relayed_total",
+                "Alerts relayed to the Notification service",
+            )
+            .expect("static metric"),
+            failed: prometheus::IntCounter::new(
+                "attendance_alert_relay_failures_total",
+                "Failed attempts to relay an alert (retried)",
+            )
+            .expect("static metric"),
+        }
+    }
+
+    /// Registers every metric with `metrics`.
+    pub fn register(&self, metrics: &cpis_core::metrics::Metrics) {
+        metrics.register(self.depth.clone());
+        metrics.register(self.oldest_age.clone());
+        metrics.register(self.delivered.clone());
+        metrics.register(self.failed.clone());
+    }
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The background worker.
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -42,13 +95,20 @@ pub struct Relay {
     client: NotificationServiceClient<Channel>,
     settings: RelaySettings,
     wake: Arc<Notify>,
+    metrics: RelayMetrics,
 }
 
 impl Relay {
     /// A relay publishing over `channel`; `wake` is notified after a check-in
     /// queues alerts.
-    pub fn new(pool: DbPool, channel: Channel, settings: RelaySettings, wake: Arc<Notify>) -> Self {
-        Self { pool, client: NotificationServiceClient::new(channel), settings, wake }
+    pub fn new(
+        pool: DbPool,
+        channel: Channel,
+        settings: RelaySettings,
+        wake: Arc<Notify>,
+        metrics: RelayMetrics,
+    ) -> Self {
+        Self { pool, client: NotificationServiceClient::new(channel), settings, wake, metrics }
     }
 
     /// Runs until `stop` fires. An interrupted publish leaves its row queued.
@@ -88,6 +148,9 @@ impl Relay {
             }
         }
         let db = self.pool.get().await?;
+        let (depth, oldest) = store::outbox_backlog(&db).await?;
+        self.metrics.depth.set(depth);
+        self.metrics.oldest_age.set(oldest);
         Ok(store::next_due_in(&db).await?)
     }
 
@@ -105,11 +168,18 @@ impl Relay {
                 Some(failure) => {
                     Err(Failure { error: format!("not attempted after: {}", failure.error), outage: true })
                 }
-                None => self.publish(alert).await,
+                None => {
+                    // The relay continues the check-in's trace.
+                    let span =
+                        tracing::info_span!("outbox.relay", otel.name = "relay alert", outbox_id = alert.outbox_id);
+                    cpis_core::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+                    self.publish(alert).instrument(span).await
+                }
             };
             match result {
                 Ok(sequence) => {
                     store::mark_delivered(&tx, alert.outbox_id).await?;
+                    self.metrics.delivered.inc();
                     tracing::info!(
                         outbox_id = alert.outbox_id,
                         council = %alert.request.council_code,
@@ -118,6 +188,7 @@ impl Relay {
                     );
                 }
                 Err(failure) => {
+                    self.metrics.failed.inc();
                     let retry_in =
                         backoff(alert.attempts + 1, self.settings.retry_initial, self.settings.retry_max, jitter());
                     store::mark_failed(&tx, alert.outbox_id, retry_in, &failure.error).await?;
@@ -145,6 +216,7 @@ impl Relay {
         let timeout = self.settings.publish_timeout;
         let mut request = tonic::Request::new(alert.request.clone());
         request.set_timeout(timeout);
+        cpis_core::telemetry::inject_context(&mut request);
         let mut client = self.client.clone();
         match tokio::time::timeout(timeout, client.publish_alert(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner().sequence),

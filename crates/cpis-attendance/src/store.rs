@@ -19,10 +19,11 @@ use uuid::Uuid;
 
 /// The schema, created once at start-up. Every name is qualified with
 /// `attendance.` because services never rely on `search_path`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "episodes, accesses, check-in requests, outbox",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "episodes, accesses, check-in requests, outbox",
+        sql: r#"
 CREATE TABLE attendance.episodes (
     episode_id   uuid PRIMARY KEY,
     nhs_number   text NOT NULL,
@@ -87,7 +88,15 @@ CREATE TABLE attendance.outbox (
 CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
     WHERE delivered_at IS NULL;
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "trace context of outbox rows",
+        // The W3C traceparent of the check-in, so the relay's publish joins the
+        // check-in's trace. Ids only: no personal data.
+        sql: "ALTER TABLE attendance.outbox ADD COLUMN traceparent text;",
+    },
+];
 
 /// The most previous episodes a check-in answer carries (the contract's 25).
 pub const PREVIOUS_EPISODES: i64 = 25;
@@ -271,12 +280,20 @@ pub async fn record_flagged(
             .execute(
                 "INSERT INTO attendance.outbox
                      (council_code, nhs_number, plan_type, local_reference, episode_id,
-                      setting_code, setting_type, arrived_at, priority)
+                      setting_code, setting_type, arrived_at, priority, traceparent)
                  SELECT $1, $2, $3, $4, e.episode_id, e.setting_code, e.setting_type,
-                        e.arrived_at, $6
+                        e.arrived_at, $6, $7
                  FROM attendance.episodes e WHERE e.episode_id = $5
                  ON CONFLICT (episode_id, council_code) DO NOTHING",
-                &[&a.council_code, &c.nhs_number, &a.plan_type, &a.local_reference, &episode_id, &priority],
+                &[
+                    &a.council_code,
+                    &c.nhs_number,
+                    &a.plan_type,
+                    &a.local_reference,
+                    &episode_id,
+                    &priority,
+                    &cpis_core::telemetry::current_traceparent(),
+                ],
             )
             .await?;
     }
@@ -392,6 +409,8 @@ pub struct PendingAlert {
     pub attempts: i32,
     /// What to publish.
     pub request: cpis_proto::notification::v1::PublishAlertRequest,
+    /// The check-in's trace context.
+    pub traceparent: Option<String>,
 }
 
 /// Locks up to `limit` due outbox rows, oldest first, skipping rows another
@@ -404,7 +423,7 @@ pub async fn claim_due_alerts(
     let rows = tx
         .query(
             "SELECT outbox_id, attempts, council_code, nhs_number, plan_type, local_reference,
-                    episode_id, setting_code, setting_type, arrived_at, priority
+                    episode_id, setting_code, setting_type, arrived_at, priority, traceparent
              FROM attendance.outbox
              WHERE delivered_at IS NULL AND next_attempt_at <= now()
              ORDER BY outbox_id
@@ -434,6 +453,7 @@ pub async fn claim_due_alerts(
                     }),
                     priority: r.get(10),
                 },
+                traceparent: r.get(11),
             }
         })
         .collect())
@@ -469,6 +489,18 @@ pub async fn mark_failed(
     )
     .await?;
     Ok(())
+}
+
+/// Undelivered outbox rows, and the age in seconds of the oldest (0 when none).
+pub async fn outbox_backlog(db: &tokio_postgres::Client) -> Result<(i64, f64), tokio_postgres::Error> {
+    let row = db
+        .query_one(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+             FROM attendance.outbox WHERE delivered_at IS NULL",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// How long until the next undelivered alert is due (zero when one is due

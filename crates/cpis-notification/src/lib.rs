@@ -117,6 +117,7 @@ pub struct Notification {
     fanout: Fanout,
     config: Config,
     shutdown: Shutdown,
+    metrics: stream::StreamMetrics,
 }
 
 impl Notification {
@@ -131,7 +132,14 @@ impl Notification {
             fanout::listen(listener, fanout.clone(), shutdown.stopping().clone())
                 .instrument(tracing::info_span!("alert_listener")),
         );
-        Ok(Self { store: Store::new(pool), fanout, config, shutdown })
+        Ok(Self { store: Store::new(pool), fanout, config, shutdown, metrics: stream::StreamMetrics::new() })
+    }
+
+    /// Registers this service's own metrics (open subscriptions, delivery lag).
+    pub fn register_metrics(&self, metrics: &cpis_core::metrics::Metrics) {
+        metrics.register(self.metrics.open.clone());
+        metrics.register(self.metrics.delivered.clone());
+        metrics.register(self.metrics.delivery_lag.clone());
     }
 
     /// The gRPC routes of this service.
@@ -181,8 +189,15 @@ impl Notification {
         span.in_scope(|| tracing::debug!("subscribed"));
         let subscription = Subscription { council, cursor, wakeups };
         tokio::spawn(
-            stream::run(self.store.clone(), subscription, settings, tx, self.shutdown.stopping().clone())
-                .instrument(span),
+            stream::run(
+                self.store.clone(),
+                subscription,
+                settings,
+                tx,
+                self.shutdown.stopping().clone(),
+                self.metrics.clone(),
+            )
+            .instrument(span),
         );
         Ok(Box::pin(ReceiverStream::new(rx)))
     }

@@ -18,10 +18,11 @@ use uuid::Uuid;
 pub const CHANNEL: &str = "cpis_notification_alert";
 
 /// Schema migrations of the `notification` schema, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "alert log, counters and acknowledgements",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "alert log, counters and acknowledgements",
+        sql: "
         -- One row per council: the last sequence handed out. Updating it takes
         -- the row lock that serialises publishers of one council.
         CREATE TABLE notification.council_sequences (
@@ -55,7 +56,15 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             updated_at           timestamptz NOT NULL DEFAULT now()
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "trace context of each alert",
+        // The W3C traceparent of the PublishAlert call, so the stream send to
+        // the council joins the check-in's trace. Ids only: no personal data.
+        sql: "ALTER TABLE notification.alerts ADD COLUMN traceparent text;",
+    },
+];
 
 /// The identity of a stored alert, as `PublishAlert` answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +98,7 @@ pub struct Store {
 }
 
 const SELECT_ALERT: &str = "SELECT council_code, sequence, alert_id, episode_id, nhs_number,
-        plan_type, local_reference, setting_code, setting_type, arrived_at, priority, created_at
+        plan_type, local_reference, setting_code, setting_type, arrived_at, priority, created_at, traceparent
     FROM notification.alerts";
 
 impl Store {
@@ -126,8 +135,8 @@ impl Store {
             .query_opt(
                 "INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id,
                      nhs_number, plan_type, local_reference, setting_code, setting_type,
-                     arrived_at, priority)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     arrived_at, priority, traceparent)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT ON CONSTRAINT alerts_council_episode_key DO NOTHING
                  RETURNING alert_id",
                 &[
@@ -142,6 +151,7 @@ impl Store {
                     &alert.setting_type,
                     &alert.arrived_at,
                     &alert.priority,
+                    &cpis_core::telemetry::current_traceparent(),
                 ],
             )
             .await;
@@ -177,6 +187,16 @@ impl Store {
 
     /// Up to `limit` alerts of `council` with a sequence above `after`, in order.
     pub async fn alerts_after(&self, council: &str, after: i64, limit: i64) -> Result<Vec<pb::Alert>, ApiError> {
+        Ok(self.traced_alerts_after(council, after, limit).await?.into_iter().map(|(a, _)| a).collect())
+    }
+
+    /// Like [`Store::alerts_after`], with each alert's stored trace context.
+    pub async fn traced_alerts_after(
+        &self,
+        council: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(pb::Alert, Option<String>)>, ApiError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -187,7 +207,7 @@ impl Store {
                 &[&council, &after, &limit],
             )
             .await?;
-        Ok(rows.iter().map(alert_from_row).collect())
+        Ok(rows.iter().map(|r| (alert_from_row(r), r.get("traceparent"))).collect())
     }
 
     /// The council's latest sequence (0 before its first alert).

@@ -62,8 +62,11 @@ pub async fn run(
     settings: StreamSettings,
     tx: mpsc::Sender<Item>,
     stop: CancellationToken,
+    metrics: StreamMetrics,
 ) {
-    let ending = match pump(&store, &mut sub, settings, &tx, &stop).await {
+    metrics.open.inc();
+    let _open = OpenGuard(metrics.open.clone());
+    let ending = match pump(&store, &mut sub, settings, &tx, &stop, &metrics).await {
         Ok(End::ClientGone) => {
             tracing::debug!(cursor = sub.cursor, "subscriber left");
             return;
@@ -87,6 +90,7 @@ async fn pump(
     settings: StreamSettings,
     tx: &mpsc::Sender<Item>,
     stop: &CancellationToken,
+    metrics: &StreamMetrics,
 ) -> Result<End, ApiError> {
     let mut last_sent = Instant::now();
     let mut poll = tokio::time::interval_at(Instant::now() + settings.poll_interval, settings.poll_interval);
@@ -104,9 +108,12 @@ async fn pump(
             };
             // This task is the only sender, so the room cannot shrink meanwhile.
             let limit = settings.page_size.min(tx.capacity() as i64 + 1);
-            let page = store.alerts_after(&sub.council, sub.cursor, limit).await?;
+            let page = store.traced_alerts_after(&sub.council, sub.cursor, limit).await?;
             let full = page.len() as i64 == limit;
-            let mut alerts = page.into_iter();
+            let mut alerts = page.into_iter().map(|(alert, traceparent)| {
+                sent(&alert, traceparent.as_deref(), metrics);
+                alert
+            });
             let Some(first) = alerts.next() else {
                 break;
             };
@@ -157,6 +164,71 @@ async fn pump(
                 }
             }
         }
+    }
+}
+
+/// Records one alert handed to a subscriber's stream: a span in the
+/// check-in's trace, and the delivery lag since the alert was stored.
+fn sent(alert: &pb::Alert, traceparent: Option<&str>, metrics: &StreamMetrics) {
+    let span = tracing::info_span!("alert.stream_send", otel.name = "stream send", sequence = alert.sequence);
+    cpis_core::telemetry::continue_trace(&span, traceparent);
+    let _entered = span.enter();
+    if let Some(created) = alert.created_at.as_ref().and_then(cpis_core::time::from_timestamp) {
+        let lag = (chrono::Utc::now() - created).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+        metrics.delivery_lag.observe(lag);
+    }
+    metrics.delivered.inc();
+}
+
+/// Metrics of the streams of one instance.
+#[derive(Debug, Clone)]
+pub struct StreamMetrics {
+    /// Subscriptions open now.
+    pub open: prometheus::IntGauge,
+    /// Alerts handed to streams.
+    pub delivered: prometheus::IntCounter,
+    /// Seconds from an alert being stored to its being handed to a stream.
+    pub delivery_lag: prometheus::Histogram,
+}
+
+impl StreamMetrics {
+    /// Fresh, unregistered metrics.
+    pub fn new() -> Self {
+        Self {
+            open: prometheus::IntGauge::new(
+                "notification_open_subscriptions",
+                "Subscribe streams open on this instance",
+            )
+            .expect("static metric"),
+            delivered: prometheus::IntCounter::new(
+                "notification_alerts_streamed_total",
+                "Alerts handed to subscriber streams",
+            )
+            .expect("static metric"),
+            delivery_lag: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "notification_alert_delivery_lag_seconds",
+                    "Time from an alert being stored to its being handed to a subscriber stream",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0]),
+            )
+            .expect("static metric"),
+        }
+    }
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts an open subscription for as long as it lives.
+struct OpenGuard(prometheus::IntGauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
