@@ -5,7 +5,6 @@
 //! A separate test binary: the tracing subscriber and tracer are global.
 
 #[path = "e2e/harness.rs"]
-#[allow(dead_code)]
 mod harness;
 
 use cpis_core::identity::ServiceName;
