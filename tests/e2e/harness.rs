@@ -88,9 +88,14 @@ impl TestSuite {
 
     /// A fresh database, PKI and suite with the given settings.
     pub async fn start_with(configs: ServiceConfigs) -> TestSuite {
+        let database_url = fresh_database().await;
+        Self::start_on(database_url, configs).await
+    }
+
+    /// A fresh PKI and suite on the given database.
+    pub async fn start_on(database_url: String, configs: ServiceConfigs) -> TestSuite {
         cpis_core::tls::install_default_provider();
         let state = tempfile::Builder::new().prefix("cpis-test").tempdir().expect("tempdir");
-        let database_url = fresh_database().await;
         let suite = Suite::start(SuiteOptions {
             state_dir: state.path().to_path_buf(),
             port_base: 0,
@@ -237,4 +242,47 @@ pub fn nhs(serial: u32) -> String {
         }
     }
     unreachable!("one of ten free digits always gives a check digit")
+}
+
+/// The readiness status of the service on `port` (1 SERVING, 2 NOT_SERVING),
+/// or `None` when it cannot be asked.
+pub async fn readiness(ts: &TestSuite, port: u16, name: &str) -> Option<i32> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let mut client = HealthClient::new(ts.channel(port, &Caller::Service(ServiceName::Registry)));
+    let mut request = tonic::Request::new(HealthCheckRequest { service: name.into() });
+    request.set_timeout(Duration::from_secs(2));
+    client.check(request).await.ok().map(|r| r.into_inner().status)
+}
+
+/// Waits up to `secs` for `check` to hold.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Prometheus text of a metrics endpoint, fetched over plain HTTP/1.1.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("metrics port");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// The value of one sample line (`name{labels} value`) in a scrape, summed
+/// over every line whose name and labels contain all of `parts`.
+pub fn sample(text: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -7,4 +7,5 @@ mod harness;
 mod attendance;
 mod foundation;
 mod notification;
+mod platform;
 mod registry;
