@@ -148,6 +148,12 @@ struct ServeArgs {
     /// Seconds between readiness going NOT_SERVING and connections closing.
     #[arg(long, env = "CPIS_DRAIN_SECS", default_value_t = 5)]
     drain_secs: u64,
+    /// Requests and streams one council or setting may have in flight.
+    #[arg(long, env = "CPIS_MAX_IN_FLIGHT_PER_CALLER", default_value_t = 64)]
+    max_in_flight_per_caller: usize,
+    /// Requests and streams this service may have in flight in all.
+    #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = 20_000)]
+    max_in_flight: usize,
     /// Serve Prometheus metrics (plain HTTP, `/metrics`) on this address.
     #[arg(long, env = "CPIS_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -287,6 +293,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .then(|| Duration::from_secs(args.max_connection_age_secs)),
         internal_listen: args.internal_listen,
         metrics_listen: args.metrics_listen,
+        limits: cpis_core::limits::Limits { per_caller: args.max_in_flight_per_caller, total: args.max_in_flight },
     };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;

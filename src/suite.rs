@@ -36,6 +36,8 @@ pub struct Common {
     pub internal_listen: Option<SocketAddr>,
     /// Where to serve Prometheus metrics (`/metrics`); none when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Caps on requests in flight, per caller and in all.
+    pub limits: cpis_core::limits::Limits,
 }
 
 /// Settings of all three services.
@@ -47,6 +49,8 @@ pub struct ServiceConfigs {
     pub attendance: cpis_attendance::Config,
     /// Notification settings (the database URL is filled in by the launcher).
     pub heartbeat: Option<Duration>,
+    /// Caps on requests in flight (per caller and in all) for every service.
+    pub limits: cpis_core::limits::Limits,
 }
 
 /// One running service.
@@ -76,6 +80,7 @@ fn options(name: &'static str, component: &'static str, common: &Common, metrics
     let mut options = ServeOptions::new(name, component, metrics.clone());
     options.drain = common.drain;
     options.max_connection_age = common.max_connection_age;
+    options.limits = common.limits;
     options
 }
 
@@ -248,7 +253,13 @@ pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url
         max_connection_age: None,
         internal_listen: None,
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        limits: cpis_core::limits::Limits::default(),
     })
+}
+
+fn with_limits(mut common: Common, options: &SuiteOptions) -> Common {
+    common.limits = options.configs.limits;
+    common
 }
 
 async fn bind(port_base: u16, offset: u16) -> anyhow::Result<TcpListener> {
@@ -269,19 +280,19 @@ impl Suite {
 
         let registry = start_registry(
             registry_l,
-            &dev_common(&pki, ServiceName::Registry, td, db)?,
+            &with_limits(dev_common(&pki, ServiceName::Registry, td, db)?, &options),
             options.configs.registry.clone(),
         )
         .await?;
         let notification = start_notification(
             notification_l,
-            &dev_common(&pki, ServiceName::Notification, td, db)?,
+            &with_limits(dev_common(&pki, ServiceName::Notification, td, db)?, &options),
             options.configs.heartbeat,
         )
         .await?;
         let attendance = start_attendance(
             attendance_l,
-            &dev_common(&pki, ServiceName::Attendance, td, db)?,
+            &with_limits(dev_common(&pki, ServiceName::Attendance, td, db)?, &options),
             options.configs.attendance.clone(),
             &format!("https://localhost:{}", registry.addr.port()),
             &format!("https://localhost:{}", notification.addr.port()),

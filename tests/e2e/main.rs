@@ -9,3 +9,4 @@ mod foundation;
 mod notification;
 mod platform;
 mod registry;
+mod authz_matrix;

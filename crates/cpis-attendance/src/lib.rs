@@ -125,7 +125,10 @@ impl Attendance {
 
     /// The gRPC routes of this service.
     pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(pb::attendance_service_server::AttendanceServiceServer::new(self.clone()))
+        tonic::service::Routes::new(
+            pb::attendance_service_server::AttendanceServiceServer::new(self.clone())
+                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+        )
     }
 
     fn rules(&self) -> store::EpisodeRules {

@@ -9,6 +9,7 @@ pub mod client;
 pub mod db;
 pub mod error;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod pgcluster;
 pub mod pki;

@@ -223,6 +223,8 @@ pub struct ServeOptions {
     pub component: &'static str,
     /// Where request metrics are counted.
     pub metrics: crate::metrics::Metrics,
+    /// Caps on requests in flight, per caller and in all.
+    pub limits: crate::limits::Limits,
 }
 
 impl ServeOptions {
@@ -232,6 +234,7 @@ impl ServeOptions {
             service_name,
             component,
             metrics,
+            limits: crate::limits::Limits::default(),
             drain: Duration::ZERO,
             http2_keepalive: Duration::from_secs(30),
             max_connection_age: None,
@@ -290,6 +293,7 @@ pub async fn serve(
     let server = builder
         .layer(crate::telemetry::GrpcTraceLayer::new(options.component, options.metrics.clone()))
         .layer(AuthzLayer::new(options.surface))
+        .layer(crate::limits::LimitLayer::new(options.limits))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await });
     // Graceful shutdown waits for every connection to finish; a client that

@@ -144,7 +144,10 @@ impl Notification {
 
     /// The gRPC routes of this service.
     pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(pb::notification_service_server::NotificationServiceServer::new(self.clone()))
+        tonic::service::Routes::new(
+            pb::notification_service_server::NotificationServiceServer::new(self.clone())
+                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+        )
     }
 
     /// How many councils have an open stream on this instance.

@@ -91,7 +91,10 @@ impl Registry {
 
     /// The gRPC routes of this service.
     pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(pb::registry_service_server::RegistryServiceServer::new(self.clone()))
+        tonic::service::Routes::new(
+            pb::registry_service_server::RegistryServiceServer::new(self.clone())
+                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+        )
     }
 
     async fn upsert(&self, council: &str, req: pb::UpsertPlanRequest) -> Result<StoredPlan, ApiError> {
