@@ -10,3 +10,4 @@ mod notification;
 mod platform;
 mod registry;
 mod authz_matrix;
+mod hostile;
