@@ -11,3 +11,4 @@ mod platform;
 mod registry;
 mod authz_matrix;
 mod hostile;
+mod faults;
