@@ -438,14 +438,13 @@ async fn a_stalled_subscriber_does_not_delay_another_councils_alerts() {
     // A Manchester system that opens a stream and stops reading. A tiny
     // HTTP/2 window makes the stall reach the server at once, so its buffer
     // fills and its task waits, as a real stalled client's would.
-    let stalled_channel = cpis_core::client::endpoint(
+    let (endpoint, connector) = cpis_core::client::endpoint(
         &format!("https://localhost:{}", ts.notification_port()),
         &ts.identity(&council(MANCHESTER)),
         None,
     )
-    .unwrap()
-    .initial_stream_window_size(Some(1024))
-    .connect_lazy();
+    .unwrap();
+    let stalled_channel = endpoint.initial_stream_window_size(Some(1024)).connect_with_connector_lazy(connector);
     let mut stalled = subscribe_on(&mut NotificationServiceClient::new(stalled_channel), 0).await;
     let mut liverpool = subscribe(&ts, LIVERPOOL, 0).await;
 

@@ -1,27 +1,144 @@
-//! Outgoing gRPC channels over mutual TLS, with keepalives suited to
+//! Outgoing gRPC channels over mutual TLS 1.3, with keepalives suited to
 //! long-lived streams behind load balancers.
+//!
+//! The channel does its own TLS (a small connector instead of tonic's) so
+//! that every new connection presents the certificate currently on disk:
+//! when cert-manager renews a service's certificate, the service's outgoing
+//! calls pick it up on their next connection, with no restart.
 
-use crate::tls::{client_tls, TlsPaths};
+use crate::tls::{read_certs, read_key, TlsPaths};
 use anyhow::Context as _;
-use std::time::Duration;
+use futures::future::BoxFuture;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 /// A lazily connecting channel to `url` (`https://host:port`), presenting
 /// the certificate in `tls`. `domain` overrides the name checked in the
 /// server's certificate (defaults to the URL's host).
 pub fn channel(url: &str, tls: &TlsPaths, domain: Option<&str>) -> anyhow::Result<Channel> {
-    Ok(endpoint(url, tls, domain)?.connect_lazy())
+    let (endpoint, connector) = endpoint(url, tls, domain)?;
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
-/// The endpoint behind [`channel`], for callers that tune it further.
-pub fn endpoint(url: &str, tls: &TlsPaths, domain: Option<&str>) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("bad endpoint {url}"))?
-        .tls_config(client_tls(tls, domain)?)?
+/// The endpoint behind [`channel`] and the connector that secures it.
+pub fn endpoint(url: &str, tls: &TlsPaths, domain: Option<&str>) -> anyhow::Result<(Endpoint, MtlsConnector)> {
+    let uri: http::Uri = url.parse().with_context(|| format!("bad endpoint {url}"))?;
+    anyhow::ensure!(uri.scheme_str() == Some("https"), "endpoint {url} must be https://");
+    let host = uri.host().context("endpoint has no host")?.trim_matches(|c| c == '[' || c == ']').to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    // The connector always speaks TLS; tonic is told "http" so that it does
+    // not try to add its own TLS on top.
+    let inner = format!("http://{}:{port}", uri.host().unwrap_or_default());
+    let connector = MtlsConnector {
+        config: Arc::new(ReloadingClientConfig::new(tls.clone())?),
+        server_name: domain.map(str::to_string).unwrap_or(host),
+    };
+    let endpoint = Endpoint::from_shared(inner)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
-        .tcp_keepalive(Some(Duration::from_secs(60)))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    Ok((endpoint, connector))
+}
+
+/// Connects over TCP, then TLS 1.3 with the current client certificate.
+#[derive(Clone)]
+pub struct MtlsConnector {
+    config: Arc<ReloadingClientConfig>,
+    server_name: String,
+}
+
+impl tower::Service<http::Uri> for MtlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.config.current();
+        let server_name = self.server_name.clone();
+        Box::pin(async move {
+            let config = config?;
+            let host = uri.host().ok_or("no host")?.trim_matches(|c| c == '[' || c == ']').to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let keepalive =
+                socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15));
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+            let name = ServerName::try_from(server_name)?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+/// The client TLS configuration, rebuilt (at most every few seconds) when
+/// the certificate, key or CA files change. A bad new set is logged and the
+/// old one kept.
+struct ReloadingClientConfig {
+    paths: TlsPaths,
+    state: Mutex<(Instant, Vec<Option<SystemTime>>, Arc<ClientConfig>)>,
+}
+
+const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl ReloadingClientConfig {
+    fn new(paths: TlsPaths) -> anyhow::Result<Self> {
+        let config = build_client_config(&paths)?;
+        let stamps = Self::stamps(&paths);
+        Ok(Self { paths, state: Mutex::new((Instant::now(), stamps, config)) })
+    }
+
+    fn stamps(paths: &TlsPaths) -> Vec<Option<SystemTime>> {
+        vec![mtime(&paths.ca), mtime(&paths.cert), mtime(&paths.key)]
+    }
+
+    fn current(&self) -> Result<Arc<ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
+        let mut state = self.state.lock().map_err(|_| "client TLS state poisoned")?;
+        if state.0.elapsed() >= RELOAD_CHECK_INTERVAL {
+            state.0 = Instant::now();
+            let stamps = Self::stamps(&self.paths);
+            if stamps != state.1 {
+                match build_client_config(&self.paths) {
+                    Ok(config) => {
+                        tracing::info!(cert = %self.paths.cert.display(), "reloaded client certificate");
+                        state.1 = stamps;
+                        state.2 = config;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "new client certificate not usable yet; keeping the old one"),
+                }
+            }
+        }
+        Ok(state.2.clone())
+    }
+}
+
+/// TLS 1.3 only, ALPN `h2`, our CA as the only root, our certificate.
+fn build_client_config(paths: &TlsPaths) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(&paths.ca)? {
+        roots.add(cert).context("adding CA certificate")?;
+    }
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(read_certs(&paths.cert)?, read_key(&paths.key)?)
+        .context("loading the client certificate and key")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }

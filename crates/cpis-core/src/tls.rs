@@ -259,17 +259,3 @@ fn load_certified_key(paths: &TlsPaths, provider: &CryptoProvider) -> anyhow::Re
     certified.keys_match().context("certificate and key do not match")?;
     Ok(certified)
 }
-
-/// The client side of mutual TLS, for tonic channels.
-pub fn client_tls(paths: &TlsPaths, domain: Option<&str>) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
-    let ca = std::fs::read(&paths.ca).with_context(|| format!("reading {}", paths.ca.display()))?;
-    let cert = std::fs::read(&paths.cert).with_context(|| format!("reading {}", paths.cert.display()))?;
-    let key = std::fs::read(&paths.key).with_context(|| format!("reading {}", paths.key.display()))?;
-    let mut config = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .identity(tonic::transport::Identity::from_pem(cert, key));
-    if let Some(domain) = domain {
-        config = config.domain_name(domain);
-    }
-    Ok(config)
-}
