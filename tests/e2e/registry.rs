@@ -522,3 +522,36 @@ async fn sync_plans_reconciles_counts_rejections_and_refuses_mass_ends() {
     assert_eq!(staged, 0, "no staging rows left behind");
     ts.suite.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn lookup_flags_is_one_index_probe_however_large_the_register() {
+    let ts = TestSuite::start().await;
+    upsert(&ts, MANCHESTER, plan("MCR-IDX", &nhs(40))).await.unwrap();
+    let db = ts.db().await;
+    // 200,000 more plans (setup only: straight into the table).
+    db.batch_execute(
+        "INSERT INTO registry.plans (plan_id, council_code, local_reference, nhs_number, date_of_birth, plan_type,
+             start_date, team_name, office_phone, emergency_duty_phone, email, version)
+         SELECT gen_random_uuid(), 'E08000012', 'BULK-' || g, lpad(g::text, 10, '0'), '2015-01-01', 1,
+             '2025-01-01', 'T', '0151 000 0000', '0151 000 0000', 't@example.gov.uk', 1
+         FROM generate_series(1, 200000) AS g;
+         ANALYZE registry.plans;",
+    )
+    .await
+    .unwrap();
+    let plan_text: Vec<String> = db
+        .query(
+            &format!("EXPLAIN {}", cpis_registry::store::LOOKUP_FLAGS_SQL),
+            &[&nhs(40), &chrono::Utc::now().date_naive()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan_text = plan_text.join("\n");
+    assert!(plan_text.contains("plans_nhs_number"), "LookupFlags must use the NHS number index:\n{plan_text}");
+    assert!(!plan_text.contains("Seq Scan"), "no sequential scan:\n{plan_text}");
+    assert_eq!(lookup(&ts, &nhs(40), "").await.flags.len(), 1);
+    ts.suite.stop().await.unwrap();
+}

@@ -254,6 +254,15 @@ pub struct FoundFlag {
     pub contact: Contact,
 }
 
+/// The query of [`lookup_flags`] (`$1` NHS number, `$2` the day): plans in
+/// scope are active, or ended less than 12 months before the day.
+pub const LOOKUP_FLAGS_SQL: &str = "SELECT council_code, local_reference, plan_type, start_date, end_date,
+        expected_delivery_date, team_name, office_phone, emergency_duty_phone, email
+     FROM registry.plans
+     WHERE nhs_number = $1 AND deleted_at IS NULL AND start_date <= $2
+       AND (end_date IS NULL OR $2 < (end_date + interval '12 months')::date)
+     ORDER BY council_code, start_date, local_reference";
+
 /// Every plan in scope for `nhs_number` on `day`, across all councils: one
 /// probe of the `plans_nhs_number` index.
 pub async fn lookup_flags(
@@ -261,17 +270,7 @@ pub async fn lookup_flags(
     nhs_number: &str,
     day: NaiveDate,
 ) -> Result<Vec<FoundFlag>, ApiError> {
-    let rows = client
-        .query(
-            "SELECT council_code, local_reference, plan_type, start_date, end_date, expected_delivery_date,
-                    team_name, office_phone, emergency_duty_phone, email
-             FROM registry.plans
-             WHERE nhs_number = $1 AND deleted_at IS NULL AND start_date <= $2
-               AND (end_date IS NULL OR $2 < (end_date + interval '12 months')::date)
-             ORDER BY council_code, start_date, local_reference",
-            &[&nhs_number, &day],
-        )
-        .await?;
+    let rows = client.query(LOOKUP_FLAGS_SQL, &[&nhs_number, &day]).await?;
     Ok(rows
         .iter()
         .map(|r| FoundFlag {
