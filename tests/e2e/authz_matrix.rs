@@ -8,14 +8,14 @@ use cpis_core::tls::TlsPaths;
 use cpis_proto::attendance::v1::{
     attendance_service_client::AttendanceServiceClient, CheckInRequest, ListAccessesRequest, ListEpisodesRequest,
 };
-use cpis_proto::common::v1::{ContactDetails, Episode, PlanType, SettingType};
+use cpis_proto::common::v1::{Episode, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, AckAlertsRequest, AlertPriority, ListAlertsRequest,
     PublishAlertRequest, SubscribeRequest,
 };
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, DeletePlanRequest, EndPlanRequest, GetPlanRequest,
-    ListPlansRequest, LookupFlagsRequest, Plan, SyncPlansRequest, UpsertPlanRequest,
+    ListPlansRequest, LookupFlagsRequest, SyncPlansRequest, UpsertPlanRequest,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -85,23 +85,6 @@ const MATRIX: &[(&str, [Code; 11])] = &[
 
 const CHILD_REF: &str = "MCR-MATRIX";
 const DELETE_REF: &str = "MCR-MATRIX-DEL";
-
-fn plan(reference: &str, nhs_number: &str) -> Plan {
-    Plan {
-        local_reference: reference.into(),
-        nhs_number: nhs_number.into(),
-        date_of_birth: "2015-06-30".into(),
-        plan_type: PlanType::ChildProtection as i32,
-        start_date: "2025-11-01".into(),
-        contact: Some(ContactDetails {
-            team_name: "Front Door".into(),
-            office_phone: "0161 234 5000".into(),
-            emergency_duty_phone: "0161 255 8250".into(),
-            email: "team@example.gov.uk".into(),
-        }),
-        ..Default::default()
-    }
-}
 
 struct Identities {
     foreign: TlsPaths,

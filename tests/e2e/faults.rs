@@ -3,40 +3,11 @@
 
 use crate::harness::*;
 use cpis_core::identity::ServiceName;
-use cpis_proto::attendance::v1::CheckInRequest;
-use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::{subscribe_response::Event, Alert, ListAlertsRequest, SubscribeRequest};
-use cpis_proto::registry::v1::{Plan, UpsertPlanRequest};
+use cpis_proto::registry::v1::UpsertPlanRequest;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tonic::Code;
-
-fn plan(reference: &str, nhs_number: &str) -> Plan {
-    Plan {
-        local_reference: reference.into(),
-        nhs_number: nhs_number.into(),
-        date_of_birth: "2014-09-09".into(),
-        plan_type: PlanType::LookedAfter as i32,
-        start_date: "2025-12-01".into(),
-        contact: Some(ContactDetails {
-            team_name: "Careline".into(),
-            office_phone: "0151 233 3700".into(),
-            emergency_duty_phone: "0151 233 3700".into(),
-            email: "careline@example.gov.uk".into(),
-        }),
-        ..Default::default()
-    }
-}
-
-fn arrival(nhs_number: &str) -> CheckInRequest {
-    CheckInRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        nhs_number: nhs_number.into(),
-        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
-        setting_type: SettingType::UrgentTreatmentCentre as i32,
-        user_id: "triage".into(),
-    }
-}
 
 async fn all_alerts(ts: &TestSuite, council_code: &str) -> Vec<Alert> {
     let mut client = ts.notification(&council(council_code));

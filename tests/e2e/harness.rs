@@ -9,8 +9,11 @@ use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
 use cpis_core::pki::{IssueOptions, Pki};
 use cpis_core::tls::TlsPaths;
 use cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient;
+use cpis_proto::attendance::v1::CheckInRequest;
+use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use cpis_proto::registry::v1::registry_service_client::RegistryServiceClient;
+use cpis_proto::registry::v1::Plan;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -285,4 +288,33 @@ pub fn sample(text: &str, parts: &[&str]) -> f64 {
         .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A valid child protection plan for `nhs_number` (born 2016-04-02, from 2025-01-10).
+pub fn plan(reference: &str, nhs_number: &str) -> Plan {
+    Plan {
+        local_reference: reference.into(),
+        nhs_number: nhs_number.into(),
+        date_of_birth: "2016-04-02".into(),
+        plan_type: PlanType::ChildProtection as i32,
+        start_date: "2025-01-10".into(),
+        contact: Some(ContactDetails {
+            team_name: "Children's Services Front Door".into(),
+            office_phone: "0161 234 5000".into(),
+            emergency_duty_phone: "0161 255 8250".into(),
+            email: "mash@example.gov.uk".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A valid check-in of `nhs_number` at an emergency department, now, with a fresh request id.
+pub fn arrival(nhs_number: &str) -> CheckInRequest {
+    CheckInRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        nhs_number: nhs_number.into(),
+        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+        setting_type: SettingType::EmergencyDepartment as i32,
+        user_id: "clinician-1".into(),
+    }
 }

@@ -5,10 +5,10 @@
 mod harness;
 
 mod attendance;
+mod authz_matrix;
+mod faults;
 mod foundation;
+mod hostile;
 mod notification;
 mod platform;
 mod registry;
-mod authz_matrix;
-mod hostile;
-mod faults;

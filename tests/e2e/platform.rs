@@ -4,39 +4,10 @@
 use crate::harness::*;
 use cpis::suite::ServiceConfigs;
 use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
-use cpis_proto::attendance::v1::CheckInRequest;
-use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::{subscribe_response::Event, SubscribeRequest};
-use cpis_proto::registry::v1::{GetPlanRequest, Plan, UpsertPlanRequest};
+use cpis_proto::registry::v1::{GetPlanRequest, UpsertPlanRequest};
 use std::time::Duration;
 use tonic::Code;
-
-fn plan(reference: &str, nhs_number: &str) -> Plan {
-    Plan {
-        local_reference: reference.into(),
-        nhs_number: nhs_number.into(),
-        date_of_birth: "2018-02-11".into(),
-        plan_type: PlanType::ChildProtection as i32,
-        start_date: "2026-01-05".into(),
-        contact: Some(ContactDetails {
-            team_name: "Front Door".into(),
-            office_phone: "0161 234 5000".into(),
-            emergency_duty_phone: "0161 255 8250".into(),
-            email: "team@example.gov.uk".into(),
-        }),
-        ..Default::default()
-    }
-}
-
-fn arrival(nhs_number: &str) -> CheckInRequest {
-    CheckInRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        nhs_number: nhs_number.into(),
-        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
-        setting_type: SettingType::EmergencyDepartment as i32,
-        user_id: "clinician-1".into(),
-    }
-}
 
 #[tokio::test]
 async fn metrics_move_during_a_scenario() {

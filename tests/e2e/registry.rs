@@ -3,29 +3,11 @@
 
 use crate::harness::*;
 use cpis_core::identity::ServiceName;
-use cpis_proto::common::v1::{ContactDetails, PlanType};
+use cpis_proto::common::v1::PlanType;
 use cpis_proto::registry::v1::*;
 use std::collections::HashSet;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-/// A valid child protection plan for `nhs`.
-pub fn plan(reference: &str, nhs_number: &str) -> Plan {
-    Plan {
-        local_reference: reference.into(),
-        nhs_number: nhs_number.into(),
-        date_of_birth: "2016-04-02".into(),
-        plan_type: PlanType::ChildProtection as i32,
-        start_date: "2025-01-10".into(),
-        contact: Some(ContactDetails {
-            team_name: "Children's Services Front Door".into(),
-            office_phone: "0161 234 5000".into(),
-            emergency_duty_phone: "0161 255 8250".into(),
-            email: "mash@example.gov.uk".into(),
-        }),
-        ..Default::default()
-    }
-}
 
 /// A valid unborn child protection plan held against `nhs`.
 pub fn unborn_plan(reference: &str, nhs_number: &str) -> Plan {
