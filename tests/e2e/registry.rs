@@ -537,3 +537,31 @@ async fn lookup_flags_is_one_index_probe_however_large_the_register() {
     assert_eq!(lookup(&ts, &nhs(40), "").await.flags.len(), 1);
     ts.suite.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_upload_that_breaks_off_changes_nothing() {
+    let ts = TestSuite::start().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut client = ts.registry(&council(MANCHESTER));
+    let call = tokio::spawn(async move { client.sync_plans(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    // More than a batch, so that rows are staged before the stream ends.
+    for i in 0..1500u32 {
+        let row = SyncPlansRequest { plan: Some(plan(&format!("CUT-{i}"), &nhs(4000 + i))), ..Default::default() };
+        tx.send(row).await.unwrap();
+    }
+    let db = ts.db().await;
+    eventually(5, "a batch is staged", || async {
+        db.query_one("SELECT count(*) FROM registry.sync_rows", &[]).await.unwrap().get::<_, i64>(0) > 0
+    })
+    .await;
+    // The client goes away mid-upload (its process died, its network broke).
+    call.abort();
+    drop(tx);
+    eventually(5, "the staged rows are dropped", || async {
+        db.query_one("SELECT count(*) FROM registry.sync_rows", &[]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    let plans: i64 = db.query_one("SELECT count(*) FROM registry.plans", &[]).await.unwrap().get(0);
+    assert_eq!(plans, 0, "a broken-off upload applies nothing");
+    ts.suite.stop().await.unwrap();
+}

@@ -277,6 +277,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let mut client = self.pool.get().await.map_err(ApiError::from)?;
         sync::sweep_abandoned(pg(&client)).await?;
         let mut upload = sync::Sync::new(&council, today());
+        let _staged = upload.staging_guard(self.pool.clone());
         let mut options = None;
         let staged = async {
             while let Some(msg) = stream.message().await? {
@@ -290,7 +291,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         .await;
         let (allow_mass_end, dry_run) = options.unwrap_or((false, false));
         if let Err(status) = staged {
-            let _ = upload.apply(&mut client, "", false, 0.0, true).await;
+            // Nothing of a broken-off upload is applied; `_staged` drops its rows.
             return Err(status);
         }
         let outcome = upload

@@ -319,6 +319,35 @@ impl Sync {
     }
 }
 
+impl Sync {
+    /// A guard that drops this upload's staged rows if the upload never
+    /// completes — including when the handler itself is cancelled because
+    /// the client went away, which runs no code after the current `.await`.
+    pub fn staging_guard(&self, pool: deadpool_postgres::Pool) -> StagingGuard {
+        StagingGuard { pool, sync_id: self.sync_id }
+    }
+}
+
+/// See [`Sync::staging_guard`]. Dropping it removes the upload's staged rows
+/// in the background (a no-op once the upload was applied).
+pub struct StagingGuard {
+    pool: deadpool_postgres::Pool,
+    sync_id: Uuid,
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        let (pool, sync_id) = (self.pool.clone(), self.sync_id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(client) = pool.get().await {
+                    let _ = client.execute("DELETE FROM registry.sync_rows WHERE sync_id = $1", &[&sync_id]).await;
+                }
+            });
+        }
+    }
+}
+
 /// Removes staged rows of uploads abandoned long ago (a client that went away
 /// mid-stream on a replica that then crashed).
 pub async fn sweep_abandoned(client: &impl GenericClient) -> Result<(), ApiError> {
