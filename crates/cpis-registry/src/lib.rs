@@ -290,10 +290,8 @@ impl pb::registry_service_server::RegistryService for Registry {
         }
         .await;
         let (allow_mass_end, dry_run) = options.unwrap_or((false, false));
-        if let Err(status) = staged {
-            // Nothing of a broken-off upload is applied; `_staged` drops its rows.
-            return Err(status);
-        }
+        // Nothing of a broken-off upload is applied; `_staged` drops its rows.
+        staged?;
         let outcome = upload
             .apply(&mut client, &format!("council/{council}"), allow_mass_end, self.config.mass_end_share, dry_run)
             .await?;
