@@ -1,0 +1,486 @@
+//! The services under test, each in its own process (`cpis serve <name>`,
+//! the very code path of a container and of `cpis dev`), so that the memory
+//! of each one can be read from `/proc/<pid>/status` without the load
+//! generator's.
+
+use anyhow::{bail, Context as _};
+use cpis_core::identity::{Caller, ServiceName};
+use cpis_core::pki::Pki;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One service process.
+#[derive(Debug)]
+pub struct ServiceProc {
+    /// `registry`, `attendance` or `notification`.
+    pub name: &'static str,
+    /// Its gRPC port on 127.0.0.1.
+    pub port: u16,
+    /// Its gRPC service name (readiness is reported under it).
+    pub grpc_name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ServiceProc {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident set size now, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.pid().and_then(|pid| status_kib(pid, "VmRSS"))
+    }
+
+    /// Peak resident set size since start (or since [`Self::reset_peak`]), in KiB.
+    pub fn peak_kib(&self) -> Option<u64> {
+        self.pid().and_then(|pid| status_kib(pid, "VmHWM"))
+    }
+
+    /// Resets the kernel's peak-RSS mark (`/proc/<pid>/clear_refs` = 5);
+    /// false when the kernel refused.
+    pub fn reset_peak(&self) -> bool {
+        self.pid().is_some_and(|pid| std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok())
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fails when the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        let exited = match self.child.as_mut() {
+            Some(child) => child.try_wait()?,
+            None => bail!("{} is not running", self.name),
+        };
+        if let Some(status) = exited {
+            self.child = None;
+            bail!("{} exited ({status}); its log ends:\n{}", self.name, self.log_tail(20));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; waits for the process.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: a signal to our own child process, whose id we hold.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// The three services.
+#[derive(Debug)]
+pub struct Services {
+    /// Registry.
+    pub registry: ServiceProc,
+    /// Attendance.
+    pub attendance: ServiceProc,
+    /// Notification.
+    pub notification: ServiceProc,
+}
+
+/// How to start the services.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The `cpis` executable.
+    pub exe: PathBuf,
+    /// Where logs go.
+    pub dir: PathBuf,
+    /// PostgreSQL connection string.
+    pub database_url: String,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Notification heartbeat interval, in whole seconds.
+    pub heartbeat_secs: u64,
+}
+
+/// A port nobody listens on right now (the kernel's choice).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Services {
+    /// Starts registry, notification and attendance (which calls the other
+    /// two) on free ports, each as `cpis serve <name>` with the settings
+    /// `cpis dev` gives it, and waits until each reports ready.
+    pub async fn start(launch: &Launch, pki: &Pki) -> anyhow::Result<Services> {
+        let ports = [free_port()?, free_port()?, free_port()?];
+        let [registry_port, attendance_port, notification_port] = ports;
+        let url = |port: u16| format!("https://localhost:{port}");
+        let spawn = |name: ServiceName, port: u16, grpc_name: &'static str, extra: Vec<String>| {
+            spawn_service(launch, pki, name, port, grpc_name, extra)
+        };
+        let registry = spawn(ServiceName::Registry, registry_port, cpis_registry::SERVICE_NAME, vec![])?;
+        let notification = spawn(
+            ServiceName::Notification,
+            notification_port,
+            cpis_notification::SERVICE_NAME,
+            vec!["--heartbeat-secs".into(), launch.heartbeat_secs.to_string()],
+        )?;
+        let attendance = spawn(
+            ServiceName::Attendance,
+            attendance_port,
+            cpis_attendance::SERVICE_NAME,
+            vec!["--registry-url".into(), url(registry_port), "--notification-url".into(), url(notification_port)],
+        )?;
+        let mut services = Services { registry, attendance, notification };
+        let me = Caller::Service(ServiceName::Registry);
+        let tls = pki.ensure(&me, &launch.trust_domain)?;
+        for s in services.all_mut() {
+            wait_ready(s, &tls).await?;
+        }
+        Ok(services)
+    }
+
+    /// All three, registry first.
+    pub fn all(&self) -> [&ServiceProc; 3] {
+        [&self.registry, &self.attendance, &self.notification]
+    }
+
+    fn all_mut(&mut self) -> [&mut ServiceProc; 3] {
+        [&mut self.registry, &mut self.attendance, &mut self.notification]
+    }
+
+    /// Fails when any of them has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for s in self.all_mut() {
+            s.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Resident set sizes now, in KiB.
+    pub fn rss_kib(&self) -> Rss {
+        Rss::read(self, ServiceProc::rss_kib)
+    }
+
+    /// Stops attendance first (it calls the others), then the other two.
+    pub fn stop(&mut self) {
+        self.attendance.stop(Duration::from_secs(15));
+        self.registry.stop(Duration::from_secs(15));
+        self.notification.stop(Duration::from_secs(15));
+    }
+}
+
+fn spawn_service(
+    launch: &Launch,
+    pki: &Pki,
+    name: ServiceName,
+    port: u16,
+    grpc_name: &'static str,
+    extra: Vec<String>,
+) -> anyhow::Result<ServiceProc> {
+    let tls = pki.ensure(&Caller::Service(name), &launch.trust_domain)?;
+    let log = launch.dir.join(format!("{}.log", name.as_str()));
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let path = |p: &Path| p.display().to_string();
+    let mut cmd = Command::new(&launch.exe);
+    cmd.arg("serve")
+        .arg(name.as_str())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--ca", &path(&tls.ca), "--cert", &path(&tls.cert), "--key", &path(&tls.key)])
+        .args(["--trust-domain", &launch.trust_domain])
+        .args(["--database-url", &launch.database_url])
+        // What `cpis dev` gives each service (suite::dev_common): 16 pooled
+        // connections, no drain delay, metrics on a port of their own.
+        .args(["--pool-size", "16", "--drain-secs", "0"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port()?)])
+        .args(extra)
+        // Settings from the caller's environment would skew the comparison.
+        .env_remove("CPIS_INTERNAL_LISTEN")
+        .env_remove("CPIS_MAX_CONNECTION_AGE_SECS")
+        .env_remove("CPIS_MASS_END_SHARE")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // The service goes when the benchmark does, even if it is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {} serve {}", launch.exe.display(), name.as_str()))?;
+    Ok(ServiceProc { name: name.as_str(), port, grpc_name, child: Some(child), log })
+}
+
+async fn wait_ready(s: &mut ServiceProc, tls: &cpis_core::tls::TlsPaths) -> anyhow::Result<()> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = cpis_core::client::channel(&format!("https://localhost:{}", s.port), tls, None)?;
+    let mut client = HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        s.check_alive()?;
+        let ok = client
+            .check(HealthCheckRequest { service: s.grpc_name.into() })
+            .await
+            .map(|r| r.into_inner().status == 1)
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} was not ready within 60 s; its log ends:\n{}", s.name, s.log_tail(20));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Memory of the three services, in KiB (0 when unreadable).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Rss {
+    /// Registry.
+    pub registry_kib: u64,
+    /// Attendance.
+    pub attendance_kib: u64,
+    /// Notification.
+    pub notification_kib: u64,
+}
+
+impl Rss {
+    fn read(s: &Services, f: impl Fn(&ServiceProc) -> Option<u64>) -> Rss {
+        Rss {
+            registry_kib: f(&s.registry).unwrap_or(0),
+            attendance_kib: f(&s.attendance).unwrap_or(0),
+            notification_kib: f(&s.notification).unwrap_or(0),
+        }
+    }
+
+    fn max(self, o: Rss) -> Rss {
+        Rss {
+            registry_kib: self.registry_kib.max(o.registry_kib),
+            attendance_kib: self.attendance_kib.max(o.attendance_kib),
+            notification_kib: self.notification_kib.max(o.notification_kib),
+        }
+    }
+}
+
+/// Samples the services' RSS in the background and keeps the largest values.
+#[derive(Debug)]
+pub struct RssSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Rss>,
+}
+
+impl RssSampler {
+    /// Starts sampling every `every`.
+    pub fn start(s: &Services, every: Duration) -> RssSampler {
+        let pids = [s.registry.pid(), s.attendance.pid(), s.notification.pid()];
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let read = |pid: Option<u32>| pid.and_then(|p| status_kib(p, "VmRSS")).unwrap_or(0);
+            let mut max = Rss::default();
+            loop {
+                let now =
+                    Rss { registry_kib: read(pids[0]), attendance_kib: read(pids[1]), notification_kib: read(pids[2]) };
+                max = max.max(now);
+                tokio::select! {
+                    _ = &mut stopped => return max,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        RssSampler { stop, task }
+    }
+
+    /// Stops and returns the largest values seen.
+    pub async fn finish(self) -> Rss {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// CPU use during one phase, as shares of the machine's capacity (all CPUs).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuShare {
+    /// Wall-clock seconds observed.
+    pub seconds: f64,
+    /// Share of capacity in use by anything.
+    pub busy_pct: f64,
+    /// Share used by this benchmark, its services and its PostgreSQL.
+    pub ours_pct: f64,
+    /// Share used by every other process on the machine: noise.
+    pub others_pct: f64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Ticks {
+    total: u64,
+    busy: u64,
+    ours: u64,
+}
+
+/// Measures, phase by phase, how much CPU this benchmark's process tree
+/// used and how much everything else on the machine did (`/proc/stat` and
+/// `/proc/<pid>/stat`), so that a figure taken while another job was
+/// busy can be recognised.
+#[derive(Debug)]
+pub struct CpuMeter {
+    phase: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<(String, CpuShare)>>,
+}
+
+impl CpuMeter {
+    /// Starts measuring, attributing time to `phase` until [`Self::phase`] changes it.
+    pub fn start(phase: &str) -> CpuMeter {
+        let label = std::sync::Arc::new(std::sync::Mutex::new(phase.to_string()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let current = label.clone();
+        let task = tokio::spawn(async move {
+            let me = std::process::id();
+            let mut per_pid = HashMapU32::new();
+            let mut last = sample(me, &mut per_pid);
+            let mut last_at = Instant::now();
+            let mut phases: Vec<(String, Ticks, f64)> = Vec::new();
+            loop {
+                let done = tokio::select! {
+                    _ = &mut stopped => true,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+                };
+                let now = sample(me, &mut per_pid);
+                let elapsed = last_at.elapsed().as_secs_f64();
+                last_at = Instant::now();
+                let name = current.lock().map(|p| p.clone()).unwrap_or_default();
+                let delta = Ticks {
+                    total: now.total.saturating_sub(last.total),
+                    busy: now.busy.saturating_sub(last.busy),
+                    ours: now.ours,
+                };
+                last = now;
+                match phases.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some((_, t, secs)) => {
+                        t.total += delta.total;
+                        t.busy += delta.busy;
+                        t.ours += delta.ours;
+                        *secs += elapsed;
+                    }
+                    None => phases.push((name, delta, elapsed)),
+                }
+                if done {
+                    break;
+                }
+            }
+            phases
+                .into_iter()
+                .map(|(name, t, seconds)| {
+                    let pct = |x: u64| if t.total == 0 { 0.0 } else { 100.0 * x as f64 / t.total as f64 };
+                    let ours = t.ours.min(t.busy);
+                    let share = CpuShare {
+                        seconds,
+                        busy_pct: pct(t.busy),
+                        ours_pct: pct(ours),
+                        others_pct: pct(t.busy - ours),
+                    };
+                    (name, share)
+                })
+                .collect()
+        });
+        CpuMeter { phase: label, stop, task }
+    }
+
+    /// Attributes time from now on to `name`.
+    pub fn phase(&self, name: &str) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = name.to_string();
+        }
+    }
+
+    /// Stops and returns the shares, phase by phase, in order of appearance.
+    pub async fn finish(self) -> Vec<(String, CpuShare)> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+type HashMapU32 = std::collections::HashMap<u32, u64>;
+
+/// Machine ticks now, and the ticks our process tree used since the last
+/// sample (`per_pid` remembers each process's total; a process first seen
+/// now counts whole, having started since).
+fn sample(me: u32, per_pid: &mut HashMapU32) -> Ticks {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    // pid -> (parent, utime + stime + reaped children's time).
+    let mut procs: std::collections::HashMap<u32, (u32, u64)> = std::collections::HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            let Some(close) = text.rfind(')') else { continue };
+            let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+            let num = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            procs.insert(pid, (num(1) as u32, num(11) + num(12) + num(13) + num(14)));
+        }
+    }
+    let mut ours = 0;
+    let mut seen = HashMapU32::new();
+    for (&pid, &(_, ticks)) in &procs {
+        // Ours: this process and everything below it.
+        let mut p = pid;
+        let mut is_ours = false;
+        for _ in 0..64 {
+            if p == me {
+                is_ours = true;
+                break;
+            }
+            match procs.get(&p) {
+                Some(&(parent, _)) if parent != 0 && parent != p => p = parent,
+                _ => break,
+            }
+        }
+        if is_ours {
+            ours += ticks.saturating_sub(per_pid.get(&pid).copied().unwrap_or(0));
+            seen.insert(pid, ticks);
+        }
+    }
+    let first = per_pid.is_empty();
+    *per_pid = seen;
+    Ticks { total, busy: total.saturating_sub(idle), ours: if first { 0 } else { ours } }
+}
