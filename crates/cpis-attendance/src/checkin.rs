@@ -128,8 +128,7 @@ pub async fn check_in(
     // A retry is answered from the store, even while the Registry is down.
     let earlier = {
         let db = svc.pool.get().await?;
-        let client: &tokio_postgres::Client = &db;
-        store::find_request(client, setting_code, &valid.request_id).await?
+        store::find_request_prepared(&db, setting_code, &valid.request_id).await?
     };
     if let Some(earlier) = earlier {
         tracing::info!(replay = true, "check-in answered from an earlier request");

@@ -137,6 +137,22 @@ pub async fn find_request(
     Ok(row.map(|r| StoredRequest { fingerprint: r.get(0), response: r.get(1) }))
 }
 
+/// The stored first answer to `request_id` from `setting` (a cached prepared statement).
+pub async fn find_request_prepared(
+    db: &deadpool_postgres::Client,
+    setting_code: &str,
+    request_id: &str,
+) -> Result<Option<StoredRequest>, ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT fingerprint, response FROM attendance.check_in_requests
+             WHERE setting_code = $1 AND request_id = $2",
+        )
+        .await?;
+    let row = db.query_opt(&stmt, &[&setting_code, &request_id]).await?;
+    Ok(row.map(|r| StoredRequest { fingerprint: r.get(0), response: r.get(1) }))
+}
+
 /// One council to alert about a flagged arrival.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertTarget {
@@ -210,7 +226,7 @@ pub async fn record_flagged(
     // checking the same child in at once make one episode and one alert.
     // A hash collision only serialises two unrelated check-ins.
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0::bigint))",
+        &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0::bigint))").await?,
         &[&format!("attendance-episode:{}:{}", c.setting_code, c.nhs_number)],
     )
     .await?;
@@ -222,12 +238,15 @@ pub async fn record_flagged(
     let same_episode = secs(rules.same_episode_window);
     let existing = tx
         .query_opt(
-            "SELECT episode_id, arrived_at FROM attendance.episodes
+            &tx.prepare_cached(
+                "SELECT episode_id, arrived_at FROM attendance.episodes
              WHERE nhs_number = $1 AND setting_code = $2
                AND arrived_at > $3::timestamptz - make_interval(secs => $4::float8)
                AND arrived_at < $3::timestamptz + make_interval(secs => $4::float8)
              ORDER BY arrived_at DESC, episode_id DESC
              LIMIT 1",
+            )
+            .await?,
             &[&c.nhs_number, &c.setting_code, &c.arrived_at, &same_episode],
         )
         .await?;
@@ -236,9 +255,12 @@ pub async fn record_flagged(
         None => {
             let id = Uuid::now_v7();
             tx.execute(
-                "INSERT INTO attendance.episodes
+                &tx.prepare_cached(
+                    "INSERT INTO attendance.episodes
                      (episode_id, nhs_number, setting_code, setting_type, arrived_at)
                  VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await?,
                 &[&id, &c.nhs_number, &c.setting_code, &c.setting_type, &c.arrived_at],
             )
             .await?;
@@ -248,9 +270,12 @@ pub async fn record_flagged(
 
     let councils: Vec<&str> = c.alerts.iter().map(|a| a.council_code.as_str()).collect();
     tx.execute(
-        "INSERT INTO attendance.accesses
+        &tx.prepare_cached(
+            "INSERT INTO attendance.accesses
              (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await?,
         &[&Uuid::now_v7(), &episode_id, &c.nhs_number, &c.setting_code, &c.setting_type, &c.user_id, &councils],
     )
     .await?;
@@ -258,10 +283,13 @@ pub async fn record_flagged(
     // The repeat count includes this episode and nothing after it.
     let recent: i64 = tx
         .query_one(
-            "SELECT count(*) FROM attendance.episodes
+            &tx.prepare_cached(
+                "SELECT count(*) FROM attendance.episodes
              WHERE nhs_number = $1
                AND arrived_at > $2::timestamptz - make_interval(secs => $3::float8)
                AND arrived_at <= $2::timestamptz",
+            )
+            .await?,
             &[&c.nhs_number, &episode_arrived_at, &secs(rules.repeat_window)],
         )
         .await?
@@ -278,13 +306,16 @@ pub async fn record_flagged(
     for a in c.alerts {
         alerts_queued += tx
             .execute(
-                "INSERT INTO attendance.outbox
+                &tx.prepare_cached(
+                    "INSERT INTO attendance.outbox
                      (council_code, nhs_number, plan_type, local_reference, episode_id,
                       setting_code, setting_type, arrived_at, priority, traceparent)
                  SELECT $1, $2, $3, $4, e.episode_id, e.setting_code, e.setting_type,
                         e.arrived_at, $6, $7
                  FROM attendance.episodes e WHERE e.episode_id = $5
                  ON CONFLICT (episode_id, council_code) DO NOTHING",
+                )
+                .await?,
                 &[
                     &a.council_code,
                     &c.nhs_number,
@@ -300,10 +331,13 @@ pub async fn record_flagged(
 
     let previous = tx
         .query(
-            "SELECT episode_id, setting_code, setting_type, arrived_at FROM attendance.episodes
+            &tx.prepare_cached(
+                "SELECT episode_id, setting_code, setting_type, arrived_at FROM attendance.episodes
              WHERE nhs_number = $1 AND episode_id <> $2
              ORDER BY arrived_at DESC, episode_id DESC
              LIMIT $3",
+            )
+            .await?,
             &[&c.nhs_number, &episode_id, &PREVIOUS_EPISODES],
         )
         .await?;
@@ -316,10 +350,13 @@ pub async fn record_flagged(
 
     let stored = tx
         .execute(
-            "INSERT INTO attendance.check_in_requests
+            &tx.prepare_cached(
+                "INSERT INTO attendance.check_in_requests
                  (setting_code, request_id, fingerprint, response, episode_id)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (setting_code, request_id) DO NOTHING",
+            )
+            .await?,
             &[&c.setting_code, &c.request_id, &c.fingerprint, &response.encode_to_vec(), &episode_id],
         )
         .await?;

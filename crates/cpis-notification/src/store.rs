@@ -113,7 +113,7 @@ impl Store {
     pub async fn publish(&self, alert: &NewAlert) -> Result<Published, ApiError> {
         let mut client = self.pool.get().await?;
         // Fast path for retries: no counter lock taken.
-        if let Some(existing) = find_by_episode(&client, alert).await? {
+        if let Some(existing) = find_by_episode_prepared(&client, alert).await? {
             return Ok(existing);
         }
         let tx = client.transaction().await?;
@@ -121,11 +121,14 @@ impl Store {
         // council queue here, publishers of other councils do not.
         let sequence: i64 = tx
             .query_one(
-                "INSERT INTO notification.council_sequences (council_code, last_sequence)
+                &tx.prepare_cached(
+                    "INSERT INTO notification.council_sequences (council_code, last_sequence)
                  VALUES ($1, 1)
                  ON CONFLICT (council_code)
                  DO UPDATE SET last_sequence = notification.council_sequences.last_sequence + 1
                  RETURNING last_sequence",
+                )
+                .await?,
                 &[&alert.council_code],
             )
             .await?
@@ -133,12 +136,15 @@ impl Store {
         let alert_id = Uuid::now_v7();
         let inserted = tx
             .query_opt(
-                "INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id,
+                &tx.prepare_cached(
+                    "INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id,
                      nhs_number, plan_type, local_reference, setting_code, setting_type,
                      arrived_at, priority, traceparent)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT ON CONSTRAINT alerts_council_episode_key DO NOTHING
                  RETURNING alert_id",
+                )
+                .await?,
                 &[
                     &alert.council_code,
                     &sequence,
@@ -158,7 +164,8 @@ impl Store {
         match inserted {
             Ok(Some(_)) => {
                 // Delivered to listeners only when (and if) the commit succeeds.
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &alert.council_code]).await?;
+                tx.execute(&tx.prepare_cached("SELECT pg_notify($1, $2)").await?, &[&CHANNEL, &alert.council_code])
+                    .await?;
                 tx.commit().await?;
                 Ok(Published { alert_id, sequence, created: true })
             }
@@ -289,4 +296,21 @@ fn alert_from_row(r: &Row) -> pb::Alert {
         priority: r.get("priority"),
         created_at: Some(to_timestamp(r.get("created_at"))),
     }
+}
+
+/// The alert already stored for this council and episode, if any (a cached prepared statement).
+async fn find_by_episode_prepared(
+    client: &deadpool_postgres::Client,
+    alert: &NewAlert,
+) -> Result<Option<Published>, ApiError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT alert_id, sequence FROM notification.alerts WHERE council_code = $1 AND episode_id = $2",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&alert.council_code, &alert.episode_id]).await?.map(|r| Published {
+        alert_id: r.get(0),
+        sequence: r.get(1),
+        created: false,
+    }))
 }

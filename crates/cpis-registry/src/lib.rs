@@ -332,7 +332,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         };
         let day = day.unwrap_or_else(today);
         let client = self.pool.get().await.map_err(ApiError::from)?;
-        let found = store::lookup_flags(pg(&client), nhs.as_str(), day).await?;
+        let found = store::lookup_flags(&client, nhs.as_str(), day).await?;
         Ok(Response::new(pb::LookupFlagsResponse {
             flags: found.iter().map(|f| flag_of(f, day)).collect(),
             local_references: found.into_iter().map(|f| f.local_reference).collect(),

@@ -266,11 +266,13 @@ pub const LOOKUP_FLAGS_SQL: &str = "SELECT council_code, local_reference, plan_t
 /// Every plan in scope for `nhs_number` on `day`, across all councils: one
 /// probe of the `plans_nhs_number` index.
 pub async fn lookup_flags(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::Client,
     nhs_number: &str,
     day: NaiveDate,
 ) -> Result<Vec<FoundFlag>, ApiError> {
-    let rows = client.query(LOOKUP_FLAGS_SQL, &[&nhs_number, &day]).await?;
+    // Prepared once per connection: planning cost more than the index probe.
+    let statement = client.prepare_cached(LOOKUP_FLAGS_SQL).await?;
+    let rows = client.query(&statement, &[&nhs_number, &day]).await?;
     Ok(rows
         .iter()
         .map(|r| FoundFlag {
