@@ -128,7 +128,7 @@ pub async fn check_in(
     // A retry is answered from the store, even while the Registry is down.
     let earlier = {
         let db = svc.pool.get().await?;
-        store::find_request_prepared(&db, setting_code, &valid.request_id).await?
+        store::find_request(&db, setting_code, &valid.request_id).await?
     };
     if let Some(earlier) = earlier {
         tracing::info!(replay = true, "check-in answered from an earlier request");
@@ -184,7 +184,7 @@ mod tests {
     fn request() -> CheckInRequest {
         CheckInRequest {
             request_id: "req-1".into(),
-            nhs_number: "9434765919".into(),
+            nhs_number: "9990000018".into(),
             arrived_at: Some(cpis_core::time::to_timestamp(Utc::now())),
             setting_type: SettingType::EmergencyDepartment as i32,
             user_id: "nurse-7".into(),

@@ -148,10 +148,10 @@ impl Relay {
             }
         }
         let db = self.pool.get().await?;
-        let (depth, oldest) = store::outbox_backlog(&db).await?;
-        self.metrics.depth.set(depth);
-        self.metrics.oldest_age.set(oldest);
-        Ok(store::next_due_in(&db).await?)
+        let backlog = store::backlog(&db).await?;
+        self.metrics.depth.set(backlog.depth);
+        self.metrics.oldest_age.set(backlog.oldest_age);
+        Ok(backlog.next_due_in)
     }
 
     /// Claims and publishes one batch; returns how many rows it claimed.

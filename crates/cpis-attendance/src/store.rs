@@ -14,7 +14,7 @@ use cpis_proto::attendance::v1 as pb;
 use cpis_proto::common::v1::{Episode, Flag};
 use prost::Message;
 use std::time::Duration;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 /// The schema, created once at start-up. Every name is qualified with
@@ -121,25 +121,10 @@ impl StoredRequest {
     }
 }
 
-/// The stored answer to `(setting_code, request_id)`, if any.
+/// The stored first answer to `request_id` from `setting_code`, if any
+/// (a statement prepared once per connection: it runs on every check-in).
 pub async fn find_request(
-    db: &impl GenericClient,
-    setting_code: &str,
-    request_id: &str,
-) -> Result<Option<StoredRequest>, ApiError> {
-    let row = db
-        .query_opt(
-            "SELECT fingerprint, response FROM attendance.check_in_requests
-             WHERE setting_code = $1 AND request_id = $2",
-            &[&setting_code, &request_id],
-        )
-        .await?;
-    Ok(row.map(|r| StoredRequest { fingerprint: r.get(0), response: r.get(1) }))
-}
-
-/// The stored first answer to `request_id` from `setting` (a cached prepared statement).
-pub async fn find_request_prepared(
-    db: &deadpool_postgres::Client,
+    db: &impl deadpool_postgres::GenericClient,
     setting_code: &str,
     request_id: &str,
 ) -> Result<Option<StoredRequest>, ApiError> {
@@ -230,7 +215,7 @@ pub async fn record_flagged(
         &[&format!("attendance-episode:{}:{}", c.setting_code, c.nhs_number)],
     )
     .await?;
-    if let Some(earlier) = find_request(&*tx, c.setting_code, c.request_id).await? {
+    if let Some(earlier) = find_request(&tx, c.setting_code, c.request_id).await? {
         tx.rollback().await?;
         return Ok(Recorded::Earlier(earlier));
     }
@@ -303,6 +288,8 @@ pub async fn record_flagged(
     // A council already alerted about this episode is not alerted again (the
     // 24-hour rule); a council that took a flag on since is.
     let mut alerts_queued = 0;
+    // The relay continues this check-in's trace from here.
+    let traceparent = cpis_core::telemetry::current_traceparent();
     for a in c.alerts {
         alerts_queued += tx
             .execute(
@@ -323,7 +310,7 @@ pub async fn record_flagged(
                     &a.local_reference,
                     &episode_id,
                     &priority,
-                    &cpis_core::telemetry::current_traceparent(),
+                    &traceparent,
                 ],
             )
             .await?;
@@ -364,7 +351,7 @@ pub async fn record_flagged(
         // The same request_id was used concurrently for another person (the
         // advisory lock covers the same person): the first one wins.
         tx.rollback().await?;
-        return match find_request(&***db, c.setting_code, c.request_id).await? {
+        return match find_request(&*db, c.setting_code, c.request_id).await? {
             Some(earlier) => Ok(Recorded::Earlier(earlier)),
             None => Err(ApiError::Aborted("a concurrent check-in with this request_id did not complete; retry".into())),
         };
@@ -528,30 +515,35 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Undelivered outbox rows, and the age in seconds of the oldest (0 when none).
-pub async fn outbox_backlog(db: &tokio_postgres::Client) -> Result<(i64, f64), tokio_postgres::Error> {
-    let row = db
-        .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
-             FROM attendance.outbox WHERE delivered_at IS NULL",
-            &[],
-        )
-        .await?;
-    Ok((row.get(0), row.get(1)))
+/// What waits in the outbox: one scan of the undelivered rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Backlog {
+    /// Undelivered rows.
+    pub depth: i64,
+    /// Age in seconds of the oldest (0 when none).
+    pub oldest_age: f64,
+    /// How long until the next one is due (zero when one is due now), or
+    /// `None` when none is waiting.
+    pub next_due_in: Option<Duration>,
 }
 
-/// How long until the next undelivered alert is due (zero when one is due
-/// now), or `None` when none is waiting.
-pub async fn next_due_in(db: &tokio_postgres::Client) -> Result<Option<Duration>, tokio_postgres::Error> {
+/// Reads the outbox's [`Backlog`].
+pub async fn backlog(db: &tokio_postgres::Client) -> Result<Backlog, tokio_postgres::Error> {
     let row = db
         .query_one(
-            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+            "SELECT count(*),
+                    coalesce(extract(epoch FROM now() - min(created_at))::float8, 0),
+                    extract(epoch FROM min(next_attempt_at) - now())::float8
              FROM attendance.outbox WHERE delivered_at IS NULL",
             &[],
         )
         .await?;
-    let secs: Option<f64> = row.get(0);
-    Ok(secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)))
+    let due: Option<f64> = row.get(2);
+    Ok(Backlog {
+        depth: row.get(0),
+        oldest_age: row.get(1),
+        next_due_in: due.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)),
+    })
 }
 
 fn episode(r: &Row) -> Episode {

@@ -6,15 +6,14 @@
 //! when cert-manager renews a service's certificate, the service's outgoing
 //! calls pick it up on their next connection, with no restart.
 
-use crate::tls::{read_certs, read_key, TlsPaths};
+use crate::tls::{read_certs, read_key, Reloading, TlsPaths};
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -36,7 +35,11 @@ pub fn endpoint(url: &str, tls: &TlsPaths, domain: Option<&str>) -> anyhow::Resu
     // not try to add its own TLS on top.
     let inner = format!("http://{}:{port}", uri.host().unwrap_or_default());
     let connector = MtlsConnector {
-        config: Arc::new(ReloadingClientConfig::new(tls.clone())?),
+        config: Arc::new({
+            let paths = tls.clone();
+            let files = vec![tls.ca.clone(), tls.cert.clone(), tls.key.clone()];
+            Reloading::new("client certificate", files, move || build_client_config(&paths))?
+        }),
         server_name: domain.map(str::to_string).unwrap_or(host),
     };
     let endpoint = Endpoint::from_shared(inner)?
@@ -51,7 +54,7 @@ pub fn endpoint(url: &str, tls: &TlsPaths, domain: Option<&str>) -> anyhow::Resu
 /// Connects over TCP, then TLS 1.3 with the current client certificate.
 #[derive(Clone)]
 pub struct MtlsConnector {
-    config: Arc<ReloadingClientConfig>,
+    config: Arc<Reloading<ClientConfig>>,
     server_name: String,
 }
 
@@ -68,7 +71,6 @@ impl tower::Service<http::Uri> for MtlsConnector {
         let config = self.config.current();
         let server_name = self.server_name.clone();
         Box::pin(async move {
-            let config = config?;
             let host = uri.host().ok_or("no host")?.trim_matches(|c| c == '[' || c == ']').to_string();
             let port = uri.port_u16().unwrap_or(443);
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
@@ -83,53 +85,8 @@ impl tower::Service<http::Uri> for MtlsConnector {
     }
 }
 
-/// The client TLS configuration, rebuilt (at most every few seconds) when
-/// the certificate, key or CA files change. A bad new set is logged and the
-/// old one kept.
-struct ReloadingClientConfig {
-    paths: TlsPaths,
-    state: Mutex<(Instant, Vec<Option<SystemTime>>, Arc<ClientConfig>)>,
-}
-
-const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-impl ReloadingClientConfig {
-    fn new(paths: TlsPaths) -> anyhow::Result<Self> {
-        let config = build_client_config(&paths)?;
-        let stamps = Self::stamps(&paths);
-        Ok(Self { paths, state: Mutex::new((Instant::now(), stamps, config)) })
-    }
-
-    fn stamps(paths: &TlsPaths) -> Vec<Option<SystemTime>> {
-        vec![mtime(&paths.ca), mtime(&paths.cert), mtime(&paths.key)]
-    }
-
-    fn current(&self) -> Result<Arc<ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
-        let mut state = self.state.lock().map_err(|_| "client TLS state poisoned")?;
-        if state.0.elapsed() >= RELOAD_CHECK_INTERVAL {
-            state.0 = Instant::now();
-            let stamps = Self::stamps(&self.paths);
-            if stamps != state.1 {
-                match build_client_config(&self.paths) {
-                    Ok(config) => {
-                        tracing::info!(cert = %self.paths.cert.display(), "reloaded client certificate");
-                        state.1 = stamps;
-                        state.2 = config;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "new client certificate not usable yet; keeping the old one"),
-                }
-            }
-        }
-        Ok(state.2.clone())
-    }
-}
-
 /// TLS 1.3 only, ALPN `h2`, our CA as the only root, our certificate.
-fn build_client_config(paths: &TlsPaths) -> anyhow::Result<Arc<ClientConfig>> {
+fn build_client_config(paths: &TlsPaths) -> anyhow::Result<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(&paths.ca)? {
         roots.add(cert).context("adding CA certificate")?;
@@ -140,5 +97,5 @@ fn build_client_config(paths: &TlsPaths) -> anyhow::Result<Arc<ClientConfig>> {
         .with_client_auth_cert(read_certs(&paths.cert)?, read_key(&paths.key)?)
         .context("loading the client certificate and key")?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }

@@ -308,33 +308,26 @@ where
             async move {
                 let result = fut.await;
                 metrics.in_flight().dec();
-                let mut result = result;
-                if let Ok(response) = &mut result {
-                    undecodable_is_invalid_argument(response.headers_mut());
+                let mut response = result?;
+                undecodable_is_invalid_argument(response.headers_mut());
+                // grpc-status in the headers is a trailers-only (error)
+                // answer; otherwise the call succeeded so far (0).
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(0);
+                let name = format!("{:?}", tonic::Code::from_i32(code));
+                tracing::Span::current().record("rpc.grpc.status_code", code);
+                metrics.observe(&method, &name, started.elapsed().as_secs_f64());
+                if code != 0 {
+                    tracing::info!(code = %name, "request failed");
                 }
-                if let Ok(response) = &result {
-                    // grpc-status in the headers is a trailers-only (error)
-                    // answer; otherwise the call succeeded so far (0).
-                    let code = response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .unwrap_or(0);
-                    let name = format!("{:?}", tonic::Code::from_i32(code));
-                    tracing::Span::current().record("rpc.grpc.status_code", code);
-                    metrics.observe(&method, &name, started.elapsed().as_secs_f64());
-                    if code != 0 {
-                        tracing::info!(code = %name, "request failed");
-                    }
+                if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID, v);
                 }
-                result.map(|mut response| {
-                    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-                        response.headers_mut().insert(REQUEST_ID, v);
-                    }
-                    undecodable_is_invalid_argument(response.headers_mut());
-                    response.map(|body| tonic::body::Body::new(TrailerFix { inner: body }))
-                })
+                Ok(response.map(|body| tonic::body::Body::new(TrailerFix { inner: body })))
             }
             .instrument(span),
         )

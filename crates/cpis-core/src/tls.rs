@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The one crypto provider of the whole program.
@@ -191,59 +191,76 @@ impl ClientCertVerifier for DeferredClientVerifier {
     }
 }
 
-/// Serves the certificate and key from disk, re-reading them (at most every
-/// few seconds) when their modification times change. A bad new pair is
-/// logged and the old one kept.
-#[derive(Debug)]
-struct ReloadingCertResolver {
-    paths: TlsPaths,
-    provider: Arc<CryptoProvider>,
-    current: RwLock<Arc<CertifiedKey>>,
-    stamp: Mutex<(Instant, Option<SystemTime>, Option<SystemTime>)>,
+/// A value built from files and rebuilt when they change: their modification
+/// times are compared at most every [`RELOAD_CHECK_INTERVAL`], so the hot path
+/// (a TLS handshake) costs a clock read. A rebuild that fails (a file caught
+/// mid-write) is logged and the previous value kept. Used for the server's
+/// certificate and for outgoing connections' client configuration.
+pub(crate) struct Reloading<T> {
+    what: &'static str,
+    files: Vec<PathBuf>,
+    build: Box<dyn Fn() -> anyhow::Result<T> + Send + Sync>,
+    state: Mutex<(Instant, Vec<Option<SystemTime>>, Arc<T>)>,
 }
 
+/// How often [`Reloading`] looks at the files.
 const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+impl<T> fmt::Debug for Reloading<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloading").field("what", &self.what).field("files", &self.files).finish()
+    }
+}
+
+impl<T> Reloading<T> {
+    /// Builds the first value (failing start-up when it cannot be built).
+    pub(crate) fn new(
+        what: &'static str,
+        files: Vec<PathBuf>,
+        build: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
+        let value = Arc::new(build()?);
+        let stamps = files.iter().map(|f| mtime(f)).collect();
+        Ok(Self { what, files, build: Box::new(build), state: Mutex::new((Instant::now(), stamps, value)) })
+    }
+
+    /// The current value, rebuilt first when the files have changed.
+    pub(crate) fn current(&self) -> Arc<T> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.0.elapsed() >= RELOAD_CHECK_INTERVAL {
+            state.0 = Instant::now();
+            let stamps: Vec<_> = self.files.iter().map(|f| mtime(f)).collect();
+            if stamps != state.1 {
+                match (self.build)() {
+                    Ok(value) => {
+                        tracing::info!(what = self.what, "reloaded from changed files");
+                        state.1 = stamps;
+                        state.2 = Arc::new(value);
+                    }
+                    Err(e) => {
+                        tracing::warn!(what = self.what, error = %e, "changed files not usable yet; keeping the old ones")
+                    }
+                }
+            }
+        }
+        state.2.clone()
+    }
+}
+
+/// Serves the certificate and key from disk as they are now.
+#[derive(Debug)]
+struct ReloadingCertResolver(Reloading<CertifiedKey>);
 
 impl ReloadingCertResolver {
     fn new(paths: TlsPaths, provider: Arc<CryptoProvider>) -> anyhow::Result<Self> {
-        let key = load_certified_key(&paths, &provider)?;
-        let stamp = (Instant::now(), mtime(&paths.cert), mtime(&paths.key));
-        Ok(Self { paths, provider, current: RwLock::new(Arc::new(key)), stamp: Mutex::new(stamp) })
-    }
-
-    fn maybe_reload(&self) {
-        let Ok(mut stamp) = self.stamp.lock() else {
-            return;
-        };
-        if stamp.0.elapsed() < RELOAD_CHECK_INTERVAL {
-            return;
-        }
-        let now = (Instant::now(), mtime(&self.paths.cert), mtime(&self.paths.key));
-        if (now.1, now.2) == (stamp.1, stamp.2) {
-            stamp.0 = now.0;
-            return;
-        }
-        match load_certified_key(&self.paths, &self.provider) {
-            Ok(key) => {
-                if let Ok(mut current) = self.current.write() {
-                    *current = Arc::new(key);
-                }
-                tracing::info!(cert = %self.paths.cert.display(), "reloaded server certificate");
-                *stamp = now;
-            }
-            // Possibly caught mid-write: keep the old pair and look again later.
-            Err(e) => {
-                tracing::warn!(error = %e, "new server certificate not usable yet; keeping the old one");
-                stamp.0 = now.0;
-            }
-        }
+        let files = vec![paths.cert.clone(), paths.key.clone()];
+        Ok(Self(Reloading::new("server certificate", files, move || load_certified_key(&paths, &provider))?))
     }
 }
 
 impl ResolvesServerCert for ReloadingCertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.maybe_reload();
-        self.current.read().ok().map(|k| k.clone())
+        Some(self.0.current())
     }
 }
 

@@ -113,7 +113,7 @@ impl Store {
     pub async fn publish(&self, alert: &NewAlert) -> Result<Published, ApiError> {
         let mut client = self.pool.get().await?;
         // Fast path for retries: no counter lock taken.
-        if let Some(existing) = find_by_episode_prepared(&client, alert).await? {
+        if let Some(existing) = find_by_episode(&client, alert).await? {
             return Ok(existing);
         }
         let tx = client.transaction().await?;
@@ -186,7 +186,7 @@ impl Store {
     }
 
     /// The stored alert of a repeat that lost the race to insert.
-    async fn reread(&self, client: &tokio_postgres::Client, alert: &NewAlert) -> Result<Published, ApiError> {
+    async fn reread(&self, client: &deadpool_postgres::Client, alert: &NewAlert) -> Result<Published, ApiError> {
         find_by_episode(client, alert)
             .await?
             .ok_or_else(|| ApiError::internal("alert vanished after a unique-key conflict"))
@@ -267,17 +267,6 @@ impl Store {
     }
 }
 
-async fn find_by_episode(client: &tokio_postgres::Client, alert: &NewAlert) -> Result<Option<Published>, ApiError> {
-    Ok(client
-        .query_opt(
-            "SELECT alert_id, sequence FROM notification.alerts
-             WHERE council_code = $1 AND episode_id = $2",
-            &[&alert.council_code, &alert.episode_id],
-        )
-        .await?
-        .map(|r| Published { alert_id: r.get(0), sequence: r.get(1), created: false }))
-}
-
 /// The wire form of one row of `notification.alerts`.
 fn alert_from_row(r: &Row) -> pb::Alert {
     pb::Alert {
@@ -298,11 +287,9 @@ fn alert_from_row(r: &Row) -> pb::Alert {
     }
 }
 
-/// The alert already stored for this council and episode, if any (a cached prepared statement).
-async fn find_by_episode_prepared(
-    client: &deadpool_postgres::Client,
-    alert: &NewAlert,
-) -> Result<Option<Published>, ApiError> {
+/// The alert already stored for this council and episode, if any (a
+/// statement prepared once per connection: it runs on every publish).
+async fn find_by_episode(client: &deadpool_postgres::Client, alert: &NewAlert) -> Result<Option<Published>, ApiError> {
     let stmt = client
         .prepare_cached(
             "SELECT alert_id, sequence FROM notification.alerts WHERE council_code = $1 AND episode_id = $2",
