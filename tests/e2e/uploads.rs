@@ -25,10 +25,12 @@ fn csv_row(i: u32) -> String {
     )
 }
 
-/// Runs `cpis plans sync` (the real binary) as Manchester against `ts`.
-fn cli_sync(ts: &TestSuite, csv: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+/// Runs `cpis plans sync` (the real binary) as Manchester against `ts`
+/// (off the runtime's thread: the suite serves on this runtime).
+async fn cli_sync(ts: &TestSuite, csv: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
     let tls = ts.identity(&council(MANCHESTER));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cpis"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cpis"));
+    command
         .args(["plans", "sync", "--council", MANCHESTER, "--csv"])
         .arg(csv)
         .args(["--endpoint", &format!("https://localhost:{}", ts.registry_port())])
@@ -39,9 +41,8 @@ fn cli_sync(ts: &TestSuite, csv: &std::path::Path, extra: &[&str]) -> (bool, Str
         .arg("--ca")
         .arg(&tls.ca)
         .args(extra)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .output()
-        .expect("running cpis");
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("running cpis");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -92,7 +93,7 @@ async fn a_csv_with_a_blank_row_or_a_stray_quote_ends_nothing_and_reports_the_ro
     let rows: Vec<String> = (0..1000).map(csv_row).collect();
     let full = dir.path().join("full.csv");
     std::fs::write(&full, format!("{CSV_HEADER}\n{}\n", rows.join("\n"))).unwrap();
-    let (ok, out, err) = cli_sync(&ts, &full, &[]);
+    let (ok, out, err) = cli_sync(&ts, &full, &[]).await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("created 1000"), "{out}");
     let before = manchester_plans(&ts).await;
@@ -103,7 +104,7 @@ async fn a_csv_with_a_blank_row_or_a_stray_quote_ends_nothing_and_reports_the_ro
     lines.insert(958, ",,,,,,,,,,".into()); // header is line 1, so index 958 is line 960
     let blank = dir.path().join("blank.csv");
     std::fs::write(&blank, format!("{CSV_HEADER}\n{}\n", lines.join("\r\n"))).unwrap();
-    let (ok, out, err) = cli_sync(&ts, &blank, &[]);
+    let (ok, out, err) = cli_sync(&ts, &blank, &[]).await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("unchanged 1000, ended 0, rejected 0 (1 blank row(s) skipped)"), "{out}");
     assert_eq!(manchester_plans(&ts).await, before, "a blank row changes nothing");
@@ -115,13 +116,13 @@ async fn a_csv_with_a_blank_row_or_a_stray_quote_ends_nothing_and_reports_the_ro
     lines[698] = lines[698].replace("CHILD_PROTECTION", "CHILD_PROTECTON");
     let quote = dir.path().join("quote.csv");
     std::fs::write(&quote, format!("{CSV_HEADER}\n{}\n", lines.join("\n"))).unwrap();
-    let (ok, out, err) = cli_sync(&ts, &quote, &[]);
+    let (ok, out, err) = cli_sync(&ts, &quote, &[]).await;
     assert!(!ok, "a file with errors must fail: {out}");
     assert!(err.contains("2 row(s) cannot be read; nothing was sent and nothing changed"), "{err}");
     assert!(err.contains("line 500: a quote inside an unquoted field"), "{err}");
     assert!(err.contains("line 700, field plan_type: must be"), "{err}");
     // The dry run refuses the same file.
-    let (ok, _, err) = cli_sync(&ts, &quote, &["--dry-run"]);
+    let (ok, _, err) = cli_sync(&ts, &quote, &["--dry-run"]).await;
     assert!(!ok && err.contains("line 500"), "{err}");
     assert_eq!(manchester_plans(&ts).await, before, "a broken file changes nothing");
 
@@ -129,7 +130,7 @@ async fn a_csv_with_a_blank_row_or_a_stray_quote_ends_nothing_and_reports_the_ro
     // what would end, and changes nothing.
     let short = dir.path().join("short.csv");
     std::fs::write(&short, format!("{CSV_HEADER}\n{}\n{}\n", rows[..950].join("\n"), csv_row(5000))).unwrap();
-    let (ok, out, err) = cli_sync(&ts, &short, &["--dry-run"]);
+    let (ok, out, err) = cli_sync(&ts, &short, &["--dry-run"]).await;
     assert!(ok, "{out}{err}");
     assert!(
         out.starts_with("DRY RUN (nothing changed): received 951: created 1, updated 0, unchanged 950, ended 50"),

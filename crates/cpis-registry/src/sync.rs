@@ -32,7 +32,7 @@ pub const MAX_LISTED_REJECTIONS: usize = 1000;
 /// Longest reason listed for one rejection, in characters.
 pub const MAX_REASON_CHARS: usize = 300;
 /// References listed per kind of change (created, updated, ended).
-pub const MAX_LISTED_REFERENCES: i64 = 1000;
+pub const MAX_LISTED_REFERENCES: i32 = 1000;
 
 /// What a sync did (or, for a dry run, would do).
 #[derive(Debug, Default)]
