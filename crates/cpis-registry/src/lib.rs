@@ -214,7 +214,58 @@ impl Registry {
             let client = self.council_db(council).await?;
             upload.claim(pg(&client), stale_after).await?;
         }
+        // Drops the rows of an upload cancelled mid-way (its client went away).
         let _staged = upload.staging_guard(self.pool.clone());
+        let (allow_mass_end, dry_run) = match self.receive(council, &mut upload, &mut stream).await {
+            Ok(options) => options,
+            Err(e) => {
+                // Free the council's upload slot before answering, so that
+                // the client may resend at once.
+                if let Ok(client) = self.pool.get().await {
+                    let _ = upload.discard(pg(&client)).await;
+                }
+                return Err(e);
+            }
+        };
+        let mut client = self.council_db(council).await?;
+        let outcome = upload
+            .apply(&mut client, &format!("council/{council}"), allow_mass_end, cfg.mass_end_share, dry_run)
+            .await?;
+        tracing::info!(
+            council = %council,
+            received = outcome.received,
+            created = outcome.created,
+            updated = outcome.updated,
+            unchanged = outcome.unchanged,
+            ended = outcome.ended,
+            rejected = outcome.rejected,
+            dry_run,
+            "plans synced"
+        );
+        Ok(pb::SyncPlansResponse {
+            created: outcome.created,
+            updated: outcome.updated,
+            unchanged: outcome.unchanged,
+            ended: outcome.ended,
+            rejections: outcome.rejections,
+            received: outcome.received,
+            dry_run,
+            rejected: outcome.rejected,
+            created_references: outcome.created_references,
+            updated_references: outcome.updated_references,
+            ended_references: outcome.ended_references,
+        })
+    }
+
+    /// Reads the upload's messages up to its completion message, staging
+    /// rows as they come; returns `(allow_mass_end, dry_run)` of the first message.
+    async fn receive(
+        &self,
+        council: &str,
+        upload: &mut sync::Sync,
+        stream: &mut Streaming<pb::SyncPlansRequest>,
+    ) -> Result<(bool, bool), ApiError> {
+        let cfg = &self.config;
         // Staging marks the upload alive at least this often while rows arrive.
         let keepalive = cfg.sync_idle / 4;
         let mut options = None;
@@ -289,35 +340,7 @@ impl Registry {
                 format!("states {stated} plan rows but {} were received: nothing was changed", upload.received()),
             ));
         }
-        let (allow_mass_end, dry_run) = options.unwrap_or((false, false));
-        let mut client = self.council_db(council).await?;
-        let outcome = upload
-            .apply(&mut client, &format!("council/{council}"), allow_mass_end, cfg.mass_end_share, dry_run)
-            .await?;
-        tracing::info!(
-            council = %council,
-            received = outcome.received,
-            created = outcome.created,
-            updated = outcome.updated,
-            unchanged = outcome.unchanged,
-            ended = outcome.ended,
-            rejected = outcome.rejected,
-            dry_run,
-            "plans synced"
-        );
-        Ok(pb::SyncPlansResponse {
-            created: outcome.created,
-            updated: outcome.updated,
-            unchanged: outcome.unchanged,
-            ended: outcome.ended,
-            rejections: outcome.rejections,
-            received: outcome.received,
-            dry_run,
-            rejected: outcome.rejected,
-            created_references: outcome.created_references,
-            updated_references: outcome.updated_references,
-            ended_references: outcome.ended_references,
-        })
+        Ok(options.unwrap_or((false, false)))
     }
 }
 

@@ -442,6 +442,11 @@ impl Sync {
 }
 
 impl Sync {
+    /// Removes this upload and its staged rows (it failed; nothing applied).
+    pub async fn discard(&self, client: &impl GenericClient) -> Result<(), ApiError> {
+        discard(client, self.sync_id).await
+    }
+
     /// A guard that drops this upload (and its staged rows) if it never
     /// completes — including when the handler itself is cancelled because
     /// the client went away, which runs no code after the current `.await`.
