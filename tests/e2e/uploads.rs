@@ -260,6 +260,37 @@ async fn one_upload_per_council_at_a_time_idle_uploads_are_dropped_and_rows_are_
     drop(tx);
     eventually(5, "the idle upload is dropped", || staging_is_empty(&ts)).await;
 
+    // Uploads left behind by a replica that died are swept by upload, never
+    // by row age: Liverpool's slow upload (rows staged 7 hours ago, heard of
+    // just now) keeps its rows; Manchester's silent one (3 x the idle limit)
+    // goes, rows and all, and frees its slot.
+    let (slow, dead) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    db.execute(
+        "INSERT INTO registry.sync_uploads (sync_id, council_code, started_at, last_seen_at) VALUES
+             ($1, $3, now() - interval '7 hours', now()), ($2, $4, now() - interval '1 minute', now() - interval '7 seconds')",
+        &[&slow, &dead, &LIVERPOOL, &MANCHESTER],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO registry.sync_rows (sync_id, local_reference, row_no, rejected, started_at) VALUES
+             ($1, 'L-OLD', 1, true, now() - interval '7 hours'), ($2, 'M-OLD', 1, true, now())",
+        &[&slow, &dead],
+    )
+    .await
+    .unwrap();
+    sync_plans(&ts, MANCHESTER, vec![plan("A-1", &nhs(1)), plan("A-2", &nhs(4))], false).await.unwrap();
+    let left: Vec<String> = db
+        .query("SELECT local_reference FROM registry.sync_rows ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec!["L-OLD"], "only the dead upload's rows are swept");
+    db.execute("DELETE FROM registry.sync_rows", &[]).await.unwrap();
+    db.execute("DELETE FROM registry.sync_uploads", &[]).await.unwrap();
+
     // Over the row cap (50): refused whole, nothing applied; at the cap: applied.
     let mut over: Vec<SyncPlansRequest> = (0..51).map(|i| row(plan(&format!("C-{i:02}"), &nhs(100 + i)))).collect();
     over.push(completion(51));

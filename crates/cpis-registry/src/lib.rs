@@ -207,9 +207,9 @@ impl Registry {
     ) -> Result<pb::SyncPlansResponse, ApiError> {
         let cfg = &self.config;
         let mut upload = sync::Sync::new(council, today(), cfg.sync_batch);
-        // An upload silent for twice the idle limit (plus a margin for a slow
-        // batch write) is abandoned: its replica is gone.
-        let stale_after = cfg.sync_idle * 2 + Duration::from_secs(30);
+        // An upload silent for three times the idle limit is abandoned: its
+        // replica is gone (a live one is dropped after one idle limit).
+        let stale_after = cfg.sync_idle * 3;
         {
             let client = self.council_db(council).await?;
             upload.claim(pg(&client), stale_after).await?;

@@ -323,6 +323,15 @@ impl Sync {
     ) -> Result<(), ApiError> {
         let tx = client.transaction().await?;
         lock_council(&*tx, &self.council, true).await?;
+        // Hold this upload's row while applying: a sweep (which skips locked
+        // uploads) can then never remove its staged rows mid-way.
+        let mine =
+            tx.query_opt("SELECT 1 FROM registry.sync_uploads WHERE sync_id = $1 FOR UPDATE", &[&self.sync_id]).await?;
+        if mine.is_none() {
+            return Err(ApiError::Aborted(
+                "this upload was idle too long and has been discarded: nothing was changed; resend it".into(),
+            ));
+        }
         let (id, council, today) = (&self.sync_id, self.council.as_str(), &self.today);
 
         let counts = tx
@@ -490,7 +499,10 @@ pub async fn sweep_abandoned(client: &impl GenericClient, stale_after: Duration)
     client
         .execute(
             "WITH gone AS (
-                 DELETE FROM registry.sync_uploads WHERE last_seen_at < now() - make_interval(secs => $1)
+                 DELETE FROM registry.sync_uploads WHERE sync_id IN (
+                     SELECT sync_id FROM registry.sync_uploads
+                     WHERE last_seen_at < now() - make_interval(secs => $1)
+                     FOR UPDATE SKIP LOCKED)
                  RETURNING sync_id)
              DELETE FROM registry.sync_rows WHERE sync_id IN (SELECT sync_id FROM gone)",
             &[&secs],
