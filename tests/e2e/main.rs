@@ -12,3 +12,4 @@ mod hostile;
 mod notification;
 mod platform;
 mod registry;
+mod surfaces;
