@@ -193,6 +193,15 @@ struct ServeArgs {
     /// Registry: share of active plans a sync may end without `allow_mass_end`.
     #[arg(long, env = "CPIS_MASS_END_SHARE", default_value_t = 0.10)]
     mass_end_share: f64,
+    /// Registry: days an unborn child protection plan stays in scope after the expected delivery date.
+    #[arg(long, env = "CPIS_UNBORN_SCOPE_DAYS", default_value_t = cpis_registry::DEFAULT_UNBORN_SCOPE_DAYS)]
+    unborn_scope_days: u32,
+    /// Attendance: how far back an arrival may be reported, in hours.
+    #[arg(long, env = "CPIS_ARRIVAL_MAX_AGE_HOURS", default_value_t = 72)]
+    arrival_max_age_hours: u32,
+    /// Attendance: how far ahead an arrival may be (clock skew), in minutes.
+    #[arg(long, env = "CPIS_ARRIVAL_MAX_AHEAD_MINUTES", default_value_t = 5)]
+    arrival_max_ahead_minutes: u32,
     /// Notification: heartbeat interval of idle streams, in seconds.
     #[arg(long, env = "CPIS_HEARTBEAT_SECS", default_value_t = 15)]
     heartbeat_secs: u64,
@@ -325,7 +334,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let running = match ServiceName::parse(&args.service) {
         Some(ServiceName::Registry) => {
-            let config = cpis_registry::Config { mass_end_share: args.mass_end_share };
+            let config = cpis_registry::Config {
+                mass_end_share: args.mass_end_share,
+                unborn_scope_days: args.unborn_scope_days,
+            };
             suite::start_registry(listener, &common, config).await?
         }
         Some(ServiceName::Notification) => {
@@ -335,7 +347,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             suite::start_attendance(
                 listener,
                 &common,
-                cpis_attendance::Config::default(),
+                cpis_attendance::Config {
+                    arrival_window: cpis_attendance::ArrivalWindow {
+                        past: chrono::TimeDelta::hours(args.arrival_max_age_hours.into()),
+                        future: chrono::TimeDelta::minutes(args.arrival_max_ahead_minutes.into()),
+                    },
+                    ..Default::default()
+                },
                 &args.registry_url,
                 &args.notification_url,
             )

@@ -89,6 +89,14 @@ impl TestSuite {
         Self::start_with(ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() }).await
     }
 
+    /// A suite that accepts arrivals up to `days` back (tests that build a
+    /// person's history; the default window is 72 hours).
+    pub async fn start_accepting_arrivals_from(days: i64) -> TestSuite {
+        let mut configs = ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() };
+        configs.attendance.arrival_window.past = chrono::TimeDelta::days(days);
+        Self::start_with(configs).await
+    }
+
     /// A fresh database, PKI and suite with the given settings.
     pub async fn start_with(configs: ServiceConfigs) -> TestSuite {
         let database_url = fresh_database().await;

@@ -12,4 +12,5 @@ mod hostile;
 mod notification;
 mod platform;
 mod registry;
+mod scope;
 mod surfaces;

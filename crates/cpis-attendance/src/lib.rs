@@ -6,6 +6,7 @@
 //! publishes each outbox row to Notification `PublishAlert`.
 
 mod checkin;
+pub use checkin::ArrivalWindow;
 mod page;
 mod registry;
 mod relay;
@@ -57,6 +58,8 @@ pub struct Config {
     /// How often the relay looks at the outbox when nothing wakes it (other
     /// replicas' check-ins, retries).
     pub relay_poll_interval: Duration,
+    /// When an arrival may have happened, relative to now.
+    pub arrival_window: checkin::ArrivalWindow,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             relay_poll_interval: Duration::from_secs(1),
+            arrival_window: checkin::ArrivalWindow::default(),
         }
     }
 }
@@ -129,6 +133,10 @@ impl Attendance {
             pb::attendance_service_server::AttendanceServiceServer::new(self.clone())
                 .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
         )
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
     }
 
     fn rules(&self) -> store::EpisodeRules {
