@@ -38,6 +38,8 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Delete what is past its retention period (one service's schema, or all).
+    Purge(cpis::purge::PurgeArgs),
     /// Council: keep the register (sync a CSV, list, get, end, delete).
     Plans(cpis::client::PlansArgs),
     /// Setting: check a person in and print what the clinician sees.
@@ -228,6 +230,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Certs { command } => certs(command),
         Command::Migrate { service, database_url } => migrate(&service, &database_url).await,
         Command::Probe(args) => probe(args).await,
+        Command::Purge(args) => cpis::purge::run(args).await,
         Command::Plans(args) => cpis::client::plans(args).await,
         Command::CheckIn(args) => cpis::client::check_in(args).await,
         Command::Subscribe(args) => cpis::client::subscribe(args).await,

@@ -12,5 +12,6 @@ mod hostile;
 mod notification;
 mod platform;
 mod registry;
+mod retention;
 mod scope;
 mod surfaces;

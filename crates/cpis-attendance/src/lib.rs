@@ -10,6 +10,7 @@ pub use checkin::ArrivalWindow;
 mod page;
 mod registry;
 mod relay;
+pub mod retention;
 mod store;
 
 use cpis_core::db::{DbPool, Migration};

@@ -96,6 +96,18 @@ CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
         // check-in's trace. Ids only: no personal data.
         sql: "ALTER TABLE attendance.outbox ADD COLUMN traceparent text;",
     },
+    Migration {
+        version: 3,
+        name: "record of purges",
+        // `cpis purge`: what kind, how many, when (see crate::retention).
+        sql: "CREATE TABLE attendance.purges (
+            purge_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind           text NOT NULL,
+            count          bigint NOT NULL,
+            retention_days integer NOT NULL,
+            purged_at      timestamptz NOT NULL DEFAULT now()
+        );",
+    },
 ];
 
 /// The most previous episodes a check-in answer carries (the contract's 25).

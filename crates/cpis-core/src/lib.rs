@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pgcluster;
 pub mod pki;
 pub mod plan_csv;
+pub mod retention;
 pub mod server;
 pub mod telemetry;
 pub mod time;

@@ -6,6 +6,7 @@
 
 pub mod councils;
 pub mod model;
+pub mod retention;
 pub mod store;
 pub mod sync;
 
@@ -26,7 +27,10 @@ pub const SERVICE_NAME: &str = "cpis.registry.v1.RegistryService";
 pub const SCHEMA: &str = "registry";
 
 /// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "plans", sql: include_str!("migrations.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "plans", sql: include_str!("migrations.sql") },
+    Migration { version: 2, name: "retention", sql: include_str!("migrations_2_retention.sql") },
+];
 
 /// Settings of the Registry service.
 #[derive(Debug, Clone)]
