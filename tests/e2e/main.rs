@@ -7,6 +7,7 @@ mod harness;
 mod attendance;
 mod authz_matrix;
 mod faults;
+mod fhir;
 mod foundation;
 mod hostile;
 mod notification;
