@@ -437,7 +437,12 @@ async fn silent_read(args: &CheckInArgs, setting_type: SettingType) -> anyhow::R
                    "recent_episodes": r.recent_episodes.iter().map(episode_json).collect::<Vec<_>>()})
         );
     } else {
-        let shown = CheckInResponse { flagged: r.flagged, flags: r.flags, episode_id: String::new(), previous_episodes: r.recent_episodes };
+        let shown = CheckInResponse {
+            flagged: r.flagged,
+            flags: r.flags,
+            episode_id: String::new(),
+            previous_episodes: r.recent_episodes,
+        };
         let text = describe_check_in(&shown);
         print!("{}", text.replace("  episode \n", "  silent read: audited, no episode, no council alerted\n"));
     }

@@ -115,7 +115,7 @@ fn silent() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn refs(headers: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn refs<'a>(headers: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     headers.iter().map(|(n, v)| (*n, v.as_str())).collect()
 }
 
@@ -166,7 +166,7 @@ async fn outbox_drained(ts: &TestSuite) {
 
 async fn alerts(ts: &TestSuite, council_code: &str) -> Vec<Alert> {
     ts.notification(&council(council_code))
-        .list_alerts(ListAlertsRequest { after_sequence: 0, page_size: 1000, ..Default::default() })
+        .list_alerts(ListAlertsRequest { page_size: 1000, ..Default::default() })
         .await
         .expect("ListAlerts")
         .into_inner()

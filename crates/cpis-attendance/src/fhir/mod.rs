@@ -33,8 +33,8 @@ use cpis_proto::attendance::v1::{CheckInRequest, SilentReadRequest};
 use cpis_proto::common::v1::SettingType;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-pub use resources::{NHS_NUMBER_SYSTEM, SETTING_TYPES};
 use resources::{Issue, HEADERS_DOC};
+pub use resources::{NHS_NUMBER_SYSTEM, SETTING_TYPES};
 use serde_json::Value;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -90,7 +90,8 @@ pub async fn serve(
         .layer(GrpcTraceLayer::new("attendance", options.metrics.clone()))
         .layer(AuthzLayer::new(Surface::Combined))
         .layer(LimitLayer::new(options.limits))
-        .service(router(svc).map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>));
+        .map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>)
+        .service(router(svc));
     let mut incoming = cpis_core::server::mtls_incoming(listener, tls, shutdown.stopping().clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     while let Some(conn) = incoming.next().await {
@@ -168,7 +169,11 @@ impl FhirError {
         FhirError {
             status: StatusCode::BAD_REQUEST,
             grpc_code: tonic::Code::InvalidArgument,
-            issues: vec![Issue { code: "invalid", diagnostics: diagnostics.into(), expression: Some(expression.into()) }],
+            issues: vec![Issue {
+                code: "invalid",
+                diagnostics: diagnostics.into(),
+                expression: Some(expression.into()),
+            }],
         }
     }
 }
@@ -302,7 +307,9 @@ fn searched_nhs_number(uri: &Uri) -> Result<NhsNumber, FhirError> {
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, FhirError> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| FhirError::invalid(name, format!("{name} must be text"))),
+        Some(v) => {
+            v.to_str().map(|s| Some(s.trim())).map_err(|_| FhirError::invalid(name, format!("{name} must be text")))
+        }
     }
 }
 
@@ -337,22 +344,40 @@ async fn care_team(
 }
 
 #[tracing::instrument(skip_all, fields(fhir = "CareTeam", setting, silent))]
-async fn care_team_search(svc: &Attendance, caller: &Caller, uri: &Uri, headers: &HeaderMap) -> Result<Value, FhirError> {
+async fn care_team_search(
+    svc: &Attendance,
+    caller: &Caller,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Value, FhirError> {
     let setting = setting_of(caller)?;
     tracing::Span::current().record("setting", setting);
     let nhs_number = searched_nhs_number(uri)?;
     let unscheduled = match header(headers, UNSCHEDULED_HEADER)?.map(str::to_ascii_lowercase).as_deref() {
         Some("true") => true,
         Some("false") => false,
-        Some(_) => return Err(FhirError::invalid("IsUnscheduledAccessEvent", "IsUnscheduledAccessEvent must be true or false")),
-        None => return Err(FhirError::invalid("IsUnscheduledAccessEvent", "the IsUnscheduledAccessEvent header is required (true: notifying read, false: silent read)")),
+        Some(_) => {
+            return Err(FhirError::invalid(
+                "IsUnscheduledAccessEvent",
+                "IsUnscheduledAccessEvent must be true or false",
+            ))
+        }
+        None => {
+            return Err(FhirError::invalid(
+                "IsUnscheduledAccessEvent",
+                "the IsUnscheduledAccessEvent header is required (true: notifying read, false: silent read)",
+            ))
+        }
     };
     tracing::Span::current().record("silent", !unscheduled);
     let setting_type = match header(headers, SETTING_TYPE_HEADER)? {
         None | Some("") if unscheduled => SettingType::EmergencyDepartment,
         None | Some("") => SettingType::GpPractice,
         Some(code) => resources::setting_type_from_code(code).ok_or_else(|| {
-            FhirError::invalid("X-Setting-Type", "X-Setting-Type is not a known setting type: see the CapabilityStatement")
+            FhirError::invalid(
+                "X-Setting-Type",
+                "X-Setting-Type is not a known setting type: see the CapabilityStatement",
+            )
         })?,
     };
     let user_id = header(headers, USER_HEADER)?.unwrap_or_default().to_string();
@@ -360,7 +385,10 @@ async fn care_team_search(svc: &Attendance, caller: &Caller, uri: &Uri, headers:
 
     let flags = if unscheduled {
         if request_id.is_empty() {
-            return Err(FhirError::invalid("X-Request-ID", "X-Request-ID is required for a notifying read (it makes retries safe)"));
+            return Err(FhirError::invalid(
+                "X-Request-ID",
+                "X-Request-ID is required for a notifying read (it makes retries safe)",
+            ));
         }
         let req = CheckInRequest {
             request_id,
@@ -402,7 +430,12 @@ async fn audit_event(
 }
 
 #[tracing::instrument(skip_all, fields(fhir = "AuditEvent", setting))]
-async fn audit_event_search(svc: &Attendance, caller: &Caller, uri: &Uri, headers: &HeaderMap) -> Result<Value, FhirError> {
+async fn audit_event_search(
+    svc: &Attendance,
+    caller: &Caller,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Value, FhirError> {
     let setting = setting_of(caller)?;
     tracing::Span::current().record("setting", setting);
     let nhs_number = searched_nhs_number(uri)?;
@@ -482,7 +515,8 @@ where
 
 /// Makes any answer a FHIR one and removes the gRPC status headers.
 fn finish(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
-    let is_fhir = response.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == FHIR_JSON.as_bytes());
+    let is_fhir =
+        response.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == FHIR_JSON.as_bytes());
     let grpc = response
         .headers()
         .get("grpc-status")
