@@ -81,6 +81,8 @@ class Fhir:
     def __init__(self, base: str, pki: str, kind: str, code: str):
         self.base = base
         self.session = requests.Session()
+        # REQUESTS_CA_BUNDLE and proxy variables would override the cpis CA.
+        self.session.trust_env = False
         self.session.cert = (os.path.join(pki, f"{kind}-{code}.pem"), os.path.join(pki, f"{kind}-{code}-key.pem"))
         self.session.verify = os.path.join(pki, "ca.pem")
         self.session.headers["Accept"] = "application/fhir+json"
@@ -122,14 +124,17 @@ def register(cpis: str, state_dir: str, port_base: int, child: str, mother: str)
         contact = ["Manchester Children's Services Front Door", "0161 234 5000", "0161 255 8250",
                    "mash@example.gov.uk"]
         w.writerow([f"FHIR-{child[-6:]}", child, "2016-04-02", "CHILD_PROTECTION", "2025-01-10", ""] + contact)
-        w.writerow([f"FHIR-U-{mother[-6:]}", mother, "", "UNBORN_CHILD_PROTECTION", "2026-02-01", "2027-03-01"]
+        w.writerow([f"FHIR-U-{mother[-6:]}", mother, "", "UNBORN_CHILD_PROTECTION", "2026-10-01", "2027-03-01"]
                    + contact)
         path = f.name
     try:
-        subprocess.run([cpis, "plans", "--state-dir", state_dir, "--port-base", str(port_base), "--council", COUNCIL,
-                        "sync", "--csv", path, "--allow-mass-end"], check=True, timeout=60)
+        out = subprocess.run([cpis, "plans", "--state-dir", state_dir, "--port-base", str(port_base), "--council",
+                              COUNCIL, "sync", "--csv", path, "--allow-mass-end"],
+                             check=True, timeout=60, capture_output=True, text=True).stdout
     finally:
         os.unlink(path)
+    print("      " + out.strip().replace("\n", "\n      "))
+    expect("created 2" in out and "rejected 0" in out, "both plans registered")
 
 
 def main() -> int:
