@@ -373,6 +373,10 @@ async fn councils_services_and_strangers_are_refused_on_the_fhir_port_as_in_grpc
     outcome(&get(&ts, Some(&ed), "/FHIR/R4/CareTeam?name=smith", &refs(&headers)).await, 400);
     let issue = outcome(&get(&ts, Some(&ed), "/FHIR/R4/Patient?identifier=x", &[]).await, 404);
     assert_eq!(issue["code"], "not-found");
+    let unknown = get(&ts, Some(&ed), &format!("/FHIR/R4/Patient/{child}"), &[]).await;
+    outcome(&unknown, 404);
+    assert!(!unknown.raw.contains(&child), "a path is not echoed with its NHS number");
+    outcome(&get(&ts, None, &format!("/FHIR/R4/Patient/{child}"), &[]).await, 401);
     assert_eq!(count(&ts, "accesses").await, 0, "bad requests change nothing");
 
     // The Registry down: 503, so the vendor's client knows to retry.

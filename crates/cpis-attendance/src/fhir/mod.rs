@@ -46,6 +46,9 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 /// The FHIR base path.
 pub const BASE_PATH: &str = "/FHIR/R4";
 
+/// What an unauthenticated request for an unknown path is logged and counted as.
+const UNKNOWN_PATH: &str = "/FHIR/R4/_unknown";
+
 /// The FHIR JSON media type of every answer.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
@@ -490,12 +493,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let authenticated = req.extensions().get::<PeerInfo>().is_some_and(|p| p.identity.is_ok());
         let path = req.uri().path();
-        if authenticated && cpis_core::authz::rule(path).is_none() {
+        if !authenticated && cpis_core::authz::rule(path).is_none() {
+            // The inner layers answer 401; an arbitrary path (which could hold
+            // an NHS number) must not reach their logs, spans or metric labels.
+            *req.uri_mut() = Uri::from_static(UNKNOWN_PATH);
+        } else if cpis_core::authz::rule(path).is_none() {
             let what = path.strip_prefix(BASE_PATH).unwrap_or(path).trim_start_matches('/');
-            let what: String = what.split('/').next().unwrap_or_default().chars().take(40).collect();
+            // Resource types are letters: nothing else is echoed (a path may hold an NHS number).
+            let what: String =
+                what.split('/').next().unwrap_or_default().chars().filter(char::is_ascii_alphabetic).take(40).collect();
             let diagnostics = if req.method() == Method::GET {
                 format!("unknown or unsupported resource type {what:?}: see {BASE_PATH}/metadata")
             } else {
