@@ -5,89 +5,12 @@
 
 use crate::harness::*;
 use cpis_core::identity::ServiceName;
-use cpis_core::tls::TlsPaths;
 use cpis_proto::attendance::v1::{ListAccessesRequest, SilentReadRequest};
 use cpis_proto::common::v1::{ContactDetails, SettingType};
 use cpis_proto::notification::v1::{Alert, ListAlertsRequest};
 use cpis_proto::registry::v1::UpsertPlanRequest;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One answer of the FHIR port.
-#[derive(Debug)]
-struct FhirAnswer {
-    status: u16,
-    content_type: String,
-    body: Value,
-    raw: String,
-}
-
-/// `GET path` on the FHIR port over HTTPS/1.1, presenting `tls` (or no
-/// client certificate), with the given request headers.
-async fn get(ts: &TestSuite, tls: Option<&TlsPaths>, path: &str, headers: &[(&str, &str)]) -> FhirAnswer {
-    let port = ts.suite.attendance.fhir_addr.expect("the suite serves the FHIR API").port();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in cpis_core::tls::read_certs(&ts.pki.ca_path()).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(cpis_core::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match tls {
-        Some(paths) => builder
-            .with_client_auth_cert(
-                cpis_core::tls::read_certs(&paths.cert).unwrap(),
-                cpis_core::tls::read_key(&paths.key).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut conn = connector.connect("localhost".try_into().unwrap(), tcp).await.expect("TLS handshake");
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nAccept: application/fhir+json\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("Connection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut raw)).await.expect("an answer");
-    let raw = String::from_utf8(raw).expect("UTF-8");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let header = |name: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let body = if header("transfer-encoding").eq_ignore_ascii_case("chunked") { dechunk(body) } else { body.into() };
-    FhirAnswer {
-        status,
-        content_type: header("content-type"),
-        body: serde_json::from_str(&body).unwrap_or(Value::Null),
-        raw: raw.clone(),
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
 
 fn care_team_path(nhs_number: &str) -> String {
     format!("/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{nhs_number}")
@@ -185,7 +108,7 @@ async fn a_notifying_fhir_read_alerts_each_council_once_and_a_check_in_within_24
     register(&ts, LIVERPOOL, "LIV-FHIR-1", &child).await;
     let ed = ts.identity(&setting(ALDER_HEY));
 
-    let first = get(&ts, Some(&ed), &care_team_path(&child), &refs(&notifying("fhir-req-1"))).await;
+    let first = fhir_get(&ts, Some(&ed), &care_team_path(&child), &refs(&notifying("fhir-req-1"))).await;
     assert!(first.raw.to_ascii_lowercase().contains("x-correlation-id: trace-123"), "the trace id travels back");
     let teams = bundle(&first, 2);
     let mut councils: Vec<String> =
@@ -203,7 +126,7 @@ async fn a_notifying_fhir_read_alerts_each_council_once_and_a_check_in_within_24
         assert!(phones.contains(&"0161 234 5000") && phones.contains(&"0161 255 8250"), "{phones:?}");
     }
     // The same request id again: the first answer, nothing new stored or sent.
-    let retry = get(&ts, Some(&ed), &care_team_path(&child), &refs(&notifying("fhir-req-1"))).await;
+    let retry = fhir_get(&ts, Some(&ed), &care_team_path(&child), &refs(&notifying("fhir-req-1"))).await;
     bundle(&retry, 2);
 
     outbox_drained(&ts).await;
@@ -238,7 +161,7 @@ async fn a_silent_read_alerts_no_one_and_is_in_the_councils_access_history_marke
     register(&ts, MANCHESTER, "MCR-FHIR-2", &child).await;
     let gp = ts.identity(&setting("Y01234"));
 
-    let read = get(&ts, Some(&gp), &care_team_path(&child), &refs(&silent())).await;
+    let read = fhir_get(&ts, Some(&gp), &care_team_path(&child), &refs(&silent())).await;
     let teams = bundle(&read, 1);
     assert_eq!(teams[0]["managingOrganization"][0]["reference"], format!("#council-{MANCHESTER}"));
 
@@ -263,7 +186,7 @@ async fn a_silent_read_alerts_no_one_and_is_in_the_councils_access_history_marke
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let mut wrong = silent();
     wrong[2].1 = "emergency-department".into();
-    let issue = outcome(&get(&ts, Some(&gp), &care_team_path(&child), &refs(&wrong)).await, 400);
+    let issue = outcome(&fhir_get(&ts, Some(&gp), &care_team_path(&child), &refs(&wrong)).await, 400);
     assert_eq!(issue["expression"][0], "X-Setting-Type");
 
     let history = ts
@@ -296,9 +219,9 @@ async fn an_unflagged_person_gives_an_empty_bundle_and_stores_nothing() {
     register(&ts, MANCHESTER, "MCR-FHIR-3", &flagged).await;
     let nobody = nhs(1804);
     let ed = ts.identity(&setting(ALDER_HEY));
-    bundle(&get(&ts, Some(&ed), &care_team_path(&nobody), &refs(&notifying("nobody-1"))).await, 0);
-    bundle(&get(&ts, Some(&ed), &care_team_path(&nobody), &refs(&silent())).await, 0);
-    bundle(&get(&ts, Some(&ed), &audit_event_path(&nobody), &[]).await, 0);
+    bundle(&fhir_get(&ts, Some(&ed), &care_team_path(&nobody), &refs(&notifying("nobody-1"))).await, 0);
+    bundle(&fhir_get(&ts, Some(&ed), &care_team_path(&nobody), &refs(&silent())).await, 0);
+    bundle(&fhir_get(&ts, Some(&ed), &audit_event_path(&nobody), &[]).await, 0);
     for table in ["episodes", "accesses", "check_in_requests", "outbox"] {
         assert_eq!(count(&ts, table).await, 0, "{table} holds nothing about an unflagged person");
     }
@@ -318,10 +241,10 @@ async fn the_access_history_is_the_25_most_recent_unscheduled_care_accesses() {
     }
     // A silent read is not an unscheduled-care access.
     let gp = ts.identity(&setting("Y01234"));
-    bundle(&get(&ts, Some(&gp), &care_team_path(&child), &refs(&silent())).await, 1);
+    bundle(&fhir_get(&ts, Some(&gp), &care_team_path(&child), &refs(&silent())).await, 1);
 
     let ed = ts.identity(&setting(ALDER_HEY));
-    let events = bundle(&get(&ts, Some(&ed), &audit_event_path(&child), &[]).await, 25);
+    let events = bundle(&fhir_get(&ts, Some(&ed), &audit_event_path(&child), &[]).await, 25);
     let shown: Vec<&str> =
         events.iter().map(|e| e["agent"][0]["who"]["identifier"]["value"].as_str().unwrap()).collect();
     let expected: Vec<&str> = codes.iter().rev().take(25).map(String::as_str).collect();
@@ -344,45 +267,45 @@ async fn councils_services_and_strangers_are_refused_on_the_fhir_port_as_in_grpc
     let foreign = ts.foreign_ca_identity(&setting(ALDER_HEY));
     let headers = notifying("refused-1");
     for path in [care_team_path(&child), audit_event_path(&child)] {
-        let issue = outcome(&get(&ts, Some(&manchester), &path, &refs(&headers)).await, 403);
+        let issue = outcome(&fhir_get(&ts, Some(&manchester), &path, &refs(&headers)).await, 403);
         assert_eq!(issue["code"], "forbidden");
-        outcome(&get(&ts, Some(&attendance), &path, &refs(&headers)).await, 403);
-        let issue = outcome(&get(&ts, None, &path, &refs(&headers)).await, 401);
+        outcome(&fhir_get(&ts, Some(&attendance), &path, &refs(&headers)).await, 403);
+        let issue = outcome(&fhir_get(&ts, None, &path, &refs(&headers)).await, 401);
         assert_eq!(issue["code"], "login");
-        outcome(&get(&ts, Some(&foreign), &path, &refs(&headers)).await, 401);
+        outcome(&fhir_get(&ts, Some(&foreign), &path, &refs(&headers)).await, 401);
     }
     // Nothing was recorded or sent for any of them.
     assert_eq!(count(&ts, "accesses").await, 0);
     assert_eq!(count(&ts, "outbox").await, 0);
     // Any identity may read the CapabilityStatement; strangers may not.
-    let metadata = get(&ts, Some(&manchester), "/FHIR/R4/metadata", &[]).await;
+    let metadata = fhir_get(&ts, Some(&manchester), "/FHIR/R4/metadata", &[]).await;
     assert_eq!(metadata.status, 200);
     assert_eq!(metadata.body["resourceType"], "CapabilityStatement");
     assert_eq!(metadata.body["fhirVersion"], "4.0.1");
-    outcome(&get(&ts, None, "/FHIR/R4/metadata", &[]).await, 401);
+    outcome(&fhir_get(&ts, None, "/FHIR/R4/metadata", &[]).await, 401);
 
     // A setting's bad requests: field-level OperationOutcomes that never echo the number.
     let ed = ts.identity(&setting(ALDER_HEY));
     let bad = "9990000019";
-    let answer = get(&ts, Some(&ed), &care_team_path(bad), &refs(&headers)).await;
+    let answer = fhir_get(&ts, Some(&ed), &care_team_path(bad), &refs(&headers)).await;
     let issue = outcome(&answer, 400);
     assert_eq!(issue["expression"][0], "patient:identifier");
     assert!(!answer.raw.contains(bad), "an invalid NHS number is not echoed");
-    let issue = outcome(&get(&ts, Some(&ed), &care_team_path(&child), &[("X-User-ID", "n")]).await, 400);
+    let issue = outcome(&fhir_get(&ts, Some(&ed), &care_team_path(&child), &[("X-User-ID", "n")]).await, 400);
     assert_eq!(issue["expression"][0], "IsUnscheduledAccessEvent");
-    outcome(&get(&ts, Some(&ed), "/FHIR/R4/CareTeam?name=smith", &refs(&headers)).await, 400);
-    let issue = outcome(&get(&ts, Some(&ed), "/FHIR/R4/Patient?identifier=x", &[]).await, 404);
+    outcome(&fhir_get(&ts, Some(&ed), "/FHIR/R4/CareTeam?name=smith", &refs(&headers)).await, 400);
+    let issue = outcome(&fhir_get(&ts, Some(&ed), "/FHIR/R4/Patient?identifier=x", &[]).await, 404);
     assert_eq!(issue["code"], "not-found");
-    let unknown = get(&ts, Some(&ed), &format!("/FHIR/R4/Patient/{child}"), &[]).await;
+    let unknown = fhir_get(&ts, Some(&ed), &format!("/FHIR/R4/Patient/{child}"), &[]).await;
     outcome(&unknown, 404);
     assert!(!unknown.raw.contains(&child), "a path is not echoed with its NHS number");
-    outcome(&get(&ts, None, &format!("/FHIR/R4/Patient/{child}"), &[]).await, 401);
+    outcome(&fhir_get(&ts, None, &format!("/FHIR/R4/Patient/{child}"), &[]).await, 401);
     assert_eq!(count(&ts, "accesses").await, 0, "bad requests change nothing");
 
     // The Registry down: 503, so the vendor's client knows to retry.
     ts.suite.registry.shutdown.request();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let issue = outcome(&get(&ts, Some(&ed), &care_team_path(&child), &refs(&notifying("down-1"))).await, 503);
+    let issue = outcome(&fhir_get(&ts, Some(&ed), &care_team_path(&child), &refs(&notifying("down-1"))).await, 503);
     assert_eq!(issue["code"], "transient");
     ts.suite.stop().await.unwrap();
 }
