@@ -571,3 +571,52 @@ fn finish(mut response: http::Response<tonic::body::Body>) -> http::Response<ton
 pub fn headers_documentation() -> &'static str {
     HEADERS_DOC
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn search(query: &str) -> Result<String, String> {
+        let uri: Uri = format!("{BASE_PATH}/CareTeam?{query}").parse().unwrap();
+        searched_nhs_number(&uri)
+            .map(|n| n.as_str().to_string())
+            .map_err(|e| e.issues[0].expression.clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn a_search_names_one_nhs_number_in_the_nhs_number_system_and_nothing_else() {
+        let ok = "patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C9990000018";
+        assert_eq!(search(ok).as_deref(), Ok("9990000018"));
+        assert_eq!(search(&format!("{ok}&_format=json")).as_deref(), Ok("9990000018"));
+        assert_eq!(
+            search("patient:identifier=https://fhir.nhs.uk/Id/nhs-number|9990000018").as_deref(),
+            Ok("9990000018")
+        );
+        // Wrong check digit, wrong system, no system, twice, missing, unknown parameter.
+        assert_eq!(
+            search("patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C9990000019"),
+            Err("patient:identifier".into())
+        );
+        assert_eq!(search("patient:identifier=urn:other%7C9990000018"), Err("patient:identifier".into()));
+        assert_eq!(search("patient:identifier=9990000018"), Err("patient:identifier".into()));
+        assert_eq!(search(&format!("{ok}&{ok}")), Err("patient:identifier".into()));
+        assert_eq!(search("_count=10"), Err("query".into()));
+        assert_eq!(search(""), Err("patient:identifier".into()));
+    }
+
+    #[test]
+    fn refusals_by_the_inner_layers_become_operation_outcomes_with_the_http_status() {
+        for (code, status) in [
+            (tonic::Code::Unauthenticated, 401),
+            (tonic::Code::PermissionDenied, 403),
+            (tonic::Code::ResourceExhausted, 429),
+            (tonic::Code::Unavailable, 503),
+        ] {
+            let grpc = tonic::Status::new(code, "refused").into_http::<tonic::body::Body>();
+            let answer = finish(grpc);
+            assert_eq!(answer.status().as_u16(), status, "{code:?}");
+            assert_eq!(answer.headers()[http::header::CONTENT_TYPE], FHIR_JSON);
+            assert!(answer.headers().get("grpc-status").is_none(), "no gRPC headers leak");
+        }
+    }
+}
