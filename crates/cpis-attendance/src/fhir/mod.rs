@@ -63,6 +63,9 @@ pub const SETTING_TYPE_HEADER: &str = "x-setting-type";
 /// A caller's trace id, returned on the response.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
+/// How long a client may take to send its request headers (HTTP/1.1).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many accesses an AuditEvent search answers (the national 25).
 const ACCESS_HISTORY: i64 = 25;
 
@@ -107,7 +110,14 @@ pub async fn serve(
         });
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A client that never finishes its request headers cannot hold a connection.
+            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20));
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "FHIR connection ended with an error");
