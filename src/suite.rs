@@ -40,6 +40,11 @@ pub struct Common {
     pub limits: cpis_core::limits::Limits,
     /// Attendance: where to serve the FHIR R4 API (`CPIS_FHIR_LISTEN`); none when unset.
     pub fhir_listen: Option<SocketAddr>,
+    /// Caps on connections and TLS handshakes in progress, per listener.
+    pub connections: cpis_core::server::ConnectionLimits,
+    /// A PEM certificate revocation list of client certificates (re-read
+    /// when it changes; absent means nothing is revoked).
+    pub crl: Option<PathBuf>,
 }
 
 /// Settings of all three services.
@@ -85,6 +90,7 @@ fn options(name: &'static str, component: &'static str, common: &Common, metrics
     options.drain = common.drain;
     options.max_connection_age = common.max_connection_age;
     options.limits = common.limits;
+    options.connections = common.connections;
     options
 }
 
@@ -99,7 +105,7 @@ async fn spawn_serving(
     metrics: &Metrics,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let tls = ServerTls::load_with_crl(&common.tls, common.crl.as_deref(), &common.trust_domain)?;
     metrics.watch_pool(pool.clone());
     let mut opts = options(name, component, common, metrics);
     let Some(internal_addr) = common.internal_listen else {
@@ -224,10 +230,11 @@ pub async fn start_attendance(
                 metrics: metrics.clone(),
                 limits: common.limits,
                 shutdown_grace: Duration::from_secs(10),
+                connections: common.connections,
             };
             let fhir = cpis_attendance::fhir::serve(
                 fhir_listener,
-                ServerTls::load(&common.tls, &common.trust_domain)?,
+                ServerTls::load_with_crl(&common.tls, common.crl.as_deref(), &common.trust_domain)?,
                 service,
                 options,
                 shutdown.clone(),
@@ -287,6 +294,8 @@ pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         limits: cpis_core::limits::Limits::default(),
         fhir_listen: None,
+        connections: cpis_core::server::ConnectionLimits::default(),
+        crl: Some(pki.crl_path()),
     })
 }
 

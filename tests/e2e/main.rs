@@ -13,3 +13,4 @@ mod hostile;
 mod notification;
 mod platform;
 mod registry;
+mod surfaces;

@@ -159,6 +159,10 @@ async fn check_in_valid(
     valid: ValidCheckIn,
     deadline: CallerDeadline,
 ) -> Result<CheckInResponse, ApiError> {
+    // The client's key identifies the request in logs (only once it is known
+    // to be short, printable text); the person never does.
+    tracing::Span::current().record("request_id", valid.request_id.as_str());
+
     // A retry is answered from the store, even while the Registry is down.
     let earlier = {
         let db = svc.pool.get().await?;
@@ -171,8 +175,9 @@ async fn check_in_valid(
 
     let found = svc.flags.lookup(&valid.nhs_number, Some(valid.arrived_at.date_naive()), deadline).await?;
     if found.flags.is_empty() {
-        // Nothing about the person is stored, not even the request.
-        tracing::info!(flagged = false, "check-in");
+        // Nothing about the person is stored, not even the request; and no
+        // log line says how it went (beside the vendor's request id, an
+        // outcome would tell the log's readers who is flagged).
         return Ok(CheckInResponse::default());
     }
 
@@ -191,13 +196,6 @@ async fn check_in_valid(
     let mut db = svc.pool.get().await?;
     match store::record_flagged(&mut db, &record, svc.rules()).await? {
         Recorded::New { response, alerts_queued } => {
-            tracing::info!(
-                flagged = true,
-                episode_id = %response.episode_id,
-                councils = alerts.len(),
-                alerts_queued,
-                "check-in"
-            );
             if alerts_queued > 0 {
                 svc.wake_relay.notify_one();
             }

@@ -64,8 +64,9 @@ pub async fn silent_read(
 ) -> Result<SilentReadResponse, ApiError> {
     let valid = validate(req)?;
     let found = svc.flags.lookup(&valid.nhs_number, None, deadline).await?;
+    // No log line says whether the person was flagged: beside a request id,
+    // that would tell the log's readers who is on a plan.
     if found.flags.is_empty() {
-        tracing::info!(flagged = false, silent = true, "silent read");
         return Ok(SilentReadResponse::default());
     }
     let mut councils: Vec<&str> = Vec::new();
@@ -87,7 +88,6 @@ pub async fn silent_read(
     )
     .await?;
     let recent = store::list_episodes(&db, valid.nhs_number.as_str(), None, PREVIOUS_EPISODES).await?;
-    tracing::info!(flagged = true, silent = true, councils = councils.len(), "silent read");
     Ok(SilentReadResponse {
         flagged: true,
         flags: found.flags,

@@ -24,7 +24,7 @@ use cpis_core::authz::{AuthzLayer, Surface};
 use cpis_core::identity::Caller;
 use cpis_core::limits::{LimitLayer, Limits};
 use cpis_core::metrics::Metrics;
-use cpis_core::server::{PeerInfo, Shutdown};
+use cpis_core::server::{ConnectionLimits, PeerInfo, Shutdown};
 use cpis_core::telemetry::GrpcTraceLayer;
 use cpis_core::tls::ServerTls;
 use cpis_core::validate::NhsNumber;
@@ -78,6 +78,8 @@ pub struct FhirOptions {
     pub limits: Limits,
     /// How long in-flight requests may take to finish once stopping.
     pub shutdown_grace: Duration,
+    /// Caps on connections and TLS handshakes in progress on this listener.
+    pub connections: ConnectionLimits,
 }
 
 /// Serves the FHIR API of `svc` on `listener` with mutual TLS until
@@ -98,7 +100,8 @@ pub async fn serve(
         .layer(LimitLayer::new(options.limits))
         .map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>)
         .service(router(svc));
-    let mut incoming = cpis_core::server::mtls_incoming(listener, tls, shutdown.stopping().clone());
+    let mut incoming =
+        cpis_core::server::mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     while let Some(conn) = incoming.next().await {
         let Ok(stream) = conn else { continue };
@@ -504,7 +507,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let authenticated = req.extensions().get::<PeerInfo>().is_some_and(|p| p.identity.is_ok());
+        let authenticated = req.extensions().get::<PeerInfo>().is_some_and(|p| p.caller_now().is_ok());
         let path = req.uri().path();
         if !authenticated && cpis_core::authz::rule(path).is_none() {
             // The inner layers answer 401; an arbitrary path (which could hold
