@@ -9,6 +9,7 @@ mod authz_matrix;
 mod faults;
 mod foundation;
 mod hostile;
+mod monitoring;
 mod notification;
 mod platform;
 mod registry;
