@@ -13,3 +13,4 @@ mod monitoring;
 mod notification;
 mod platform;
 mod registry;
+mod surfaces;
