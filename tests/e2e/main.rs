@@ -10,6 +10,7 @@ mod faults;
 mod fhir;
 mod foundation;
 mod hostile;
+mod monitoring;
 mod notification;
 mod platform;
 mod registry;
