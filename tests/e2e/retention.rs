@@ -70,7 +70,7 @@ async fn a_purge_removes_exactly_what_is_past_retention_and_is_idempotent() {
     eventually(10, "both alerts stored", || {
         let mut n = notification.clone();
         async move {
-            n.list_alerts(ListAlertsRequest { after_sequence: 0, page_size: 10, ..Default::default() })
+            n.list_alerts(ListAlertsRequest { after_sequence: 0, page_size: 10 })
                 .await
                 .unwrap()
                 .into_inner()
