@@ -19,9 +19,9 @@ use tonic::Code;
 const RECOVERY_BOUND: Duration = Duration::from_secs(20);
 const PEOPLE: u32 = 24;
 
-fn options(pki_dir: &std::path::Path, extra: &[(&str, &str)]) -> ClusterOptions {
-    let mut settings = vec![("fsync".to_string(), "off".to_string())];
-    settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+/// Durable commits (the point of synchronous replication), no fsync (speed: nothing crashes here).
+fn options(pki_dir: &std::path::Path) -> ClusterOptions {
+    let settings = vec![("fsync".to_string(), "off".to_string())];
     ClusterOptions { settings, pki_state_dir: Some(pki_dir.to_path_buf()), ..Default::default() }
 }
 
@@ -29,14 +29,15 @@ fn options(pki_dir: &std::path::Path, extra: &[(&str, &str)]) -> ClusterOptions 
 async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
     let dir = tempfile::Builder::new().prefix("cpis-failover").tempdir().unwrap();
     let pki_dir = dir.path().join("db-pki");
-    // Synchronous: a commit is acknowledged only once the standby has flushed it.
-    let mut primary =
-        PrivateCluster::start(&dir.path().join("primary"), options(&pki_dir, &[("synchronous_standby_names", "standby1")]))
-            .expect("the primary");
+    let mut primary = PrivateCluster::start(&dir.path().join("primary"), options(&pki_dir)).expect("the primary");
     primary.create_database("cpis").await.unwrap();
-    let standby = PrivateCluster::start_standby(&dir.path().join("standby"), &primary, "standby1", options(&pki_dir, &[]))
+    let standby = PrivateCluster::start_standby(&dir.path().join("standby"), &primary, "standby1", options(&pki_dir))
         .expect("the standby");
+    // Synchronous from now on: a commit is acknowledged only once the standby
+    // has flushed it (set once the standby is attached, or set-up would wait for it).
     let admin = cpis_core::db::connect(&primary.url("postgres")).await.unwrap();
+    admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'standby1'").await.unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     eventually(20, "the standby streams synchronously", || async {
         admin
             .query_opt(

@@ -384,14 +384,11 @@ pub fn explain_tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<Stri
                 return Some(explain_rustls(rustls));
             }
         }
-        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
-            let text = pg.to_string();
-            if text.contains("server does not support TLS") {
-                return Some(
-                    "the server does not offer TLS, and sslmode requires it (refusing to connect in plaintext)"
-                        .into(),
-                );
-            }
+        // tokio-postgres's own words when the server answers `N` to SSLRequest.
+        if err.to_string().contains("server does not support TLS") {
+            return Some(
+                "the server does not offer TLS, and sslmode requires it (refusing to connect in plaintext)".into(),
+            );
         }
         next = err.source();
     }
