@@ -4,7 +4,7 @@
 //! authentication; the connection string read from `DATABASE_URL_FILE`.
 
 use crate::harness::*;
-use cpis::suite::{SuiteOptions, ServiceConfigs};
+use cpis::suite::{ServiceConfigs, SuiteOptions};
 use cpis_core::pgcluster::{ClusterOptions, PrivateCluster, CERT_USER};
 use cpis_core::pki::{IssueOptions, Pki};
 use cpis_proto::registry::v1::UpsertPlanRequest;
@@ -90,7 +90,8 @@ async fn a_wrong_ca_fails_start_up_naming_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let other = Pki::new(dir.path());
     other.init().unwrap();
-    let wrong = with_option(&with_option(&url, "sslrootcert", &other.ca_path().display().to_string()), "password", PASSWORD);
+    let wrong =
+        with_option(&with_option(&url, "sslrootcert", &other.ca_path().display().to_string()), "password", PASSWORD);
     let err = start_up_error(wrong.clone()).await;
     assert!(err.contains("wrong CA"), "{err}");
     assert!(!err.contains(PASSWORD), "the password is never printed: {err}");
@@ -103,7 +104,11 @@ async fn a_wrong_ca_fails_start_up_naming_the_cause() {
 async fn a_wrong_host_name_fails_start_up_naming_the_cause() {
     let url = fresh_database().await;
     // Connect to 127.0.0.1 but expect the server to be db.example.invalid.
-    let wrong = with_option(&with_option(&with_option(&url, "host", "db.example.invalid"), "hostaddr", "127.0.0.1"), "password", PASSWORD);
+    let wrong = with_option(
+        &with_option(&with_option(&url, "host", "db.example.invalid"), "hostaddr", "127.0.0.1"),
+        "password",
+        PASSWORD,
+    );
     let err = start_up_error(wrong.clone()).await;
     assert!(err.contains("wrong host name"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
@@ -117,12 +122,14 @@ async fn a_wrong_host_name_fails_start_up_naming_the_cause() {
 async fn plaintext_is_refused_when_the_url_asks_for_tls() {
     // A server without TLS (its own small cluster).
     let dir = tempfile::Builder::new().prefix("cpis-notls").tempdir().unwrap();
-    let plain = PrivateCluster::start(dir.path(), ClusterOptions { unsafe_fast: true, tls: false, ..Default::default() })
-        .expect("a cluster without TLS");
+    let plain =
+        PrivateCluster::start(dir.path(), ClusterOptions { unsafe_fast: true, tls: false, ..Default::default() })
+            .expect("a cluster without TLS");
     plain.create_database("cpis").await.unwrap();
     let url = with_option(&plain.url("cpis"), "password", PASSWORD);
     let ca = shared_cluster().pki.as_ref().map(|p| p.ca_path()).expect("the shared cluster's CA");
-    let verify_full = with_option(&with_option(&url, "sslmode", "verify-full"), "sslrootcert", &ca.display().to_string());
+    let verify_full =
+        with_option(&with_option(&url, "sslmode", "verify-full"), "sslrootcert", &ca.display().to_string());
     let err = start_up_error(verify_full).await;
     assert!(err.contains("does not offer TLS") && err.contains("refusing"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
@@ -184,8 +191,7 @@ async fn cpis_migrate_reads_the_url_from_database_url_file_over_tls() {
     let out = cpis(&["migrate", "registry"], &[("DATABASE_URL_FILE", &file)], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let db = cpis_core::db::connect(&url).await.unwrap();
-    let applied: i64 =
-        db.query_one("SELECT count(*) FROM registry.schema_migrations", &[]).await.unwrap().get(0);
+    let applied: i64 = db.query_one("SELECT count(*) FROM registry.schema_migrations", &[]).await.unwrap().get(0);
     assert!(applied > 0);
 
     let both = cpis(&["migrate", "registry"], &[("DATABASE_URL_FILE", &file)], Some(&url));

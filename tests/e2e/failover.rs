@@ -75,7 +75,10 @@ async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
     let mut registry = ts.registry(&council(MANCHESTER));
     for i in 0..PEOPLE {
         registry
-            .upsert_plan(UpsertPlanRequest { plan: Some(plan(&format!("MCR-F{i}"), &nhs(4200 + i))), expected_version: 0 })
+            .upsert_plan(UpsertPlanRequest {
+                plan: Some(plan(&format!("MCR-F{i}"), &nhs(4200 + i))),
+                expected_version: 0,
+            })
             .await
             .unwrap();
     }
@@ -152,7 +155,10 @@ async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
         .map(|(_, at)| *at)
         .find(|at| *at > stopped_at)
         .expect("check-ins were acknowledged after the failover");
-    println!("first check-in acknowledged {:?} after the primary stopped; {refused} calls refused meanwhile", recovered - stopped_at);
+    println!(
+        "first check-in acknowledged {:?} after the primary stopped; {refused} calls refused meanwhile",
+        recovered - stopped_at
+    );
     assert!(recovered - stopped_at < RECOVERY_BOUND, "took {:?}", recovered - stopped_at);
 
     // Readiness comes back by itself.

@@ -91,7 +91,11 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     }
     let (client, connection) = config.connect(tls).await.map_err(|e| {
         let cause = crate::db_tls::explain_tls_failure(&e).unwrap_or_else(|| describe_connect(&e));
-        anyhow::anyhow!("connecting to PostgreSQL at {} (sslmode={}): {cause}", target.hosts(), target.ssl_mode().as_str())
+        anyhow::anyhow!(
+            "connecting to PostgreSQL at {} (sslmode={}): {cause}",
+            target.hosts(),
+            target.ssl_mode().as_str()
+        )
     })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -253,7 +253,9 @@ impl DbTarget {
                 let certs =
                     crate::tls::read_certs(path).with_context(|| format!("sslrootcert ({})", path.display()))?;
                 for cert in certs {
-                    roots.add(cert).with_context(|| format!("sslrootcert ({}): not a CA certificate", path.display()))?;
+                    roots
+                        .add(cert)
+                        .with_context(|| format!("sslrootcert ({}): not a CA certificate", path.display()))?;
                 }
                 Some(Arc::new(roots))
             }
@@ -499,7 +501,10 @@ fn parse_keywords(s: &str) -> Result<Vec<(String, String)>, DbUrlError> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(DbUrlError::Syntax(format!("expected `=` after `{}`", key.chars().take(32).collect::<String>())));
+            return Err(DbUrlError::Syntax(format!(
+                "expected `=` after `{}`",
+                key.chars().take(32).collect::<String>()
+            )));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -574,9 +579,7 @@ mod tests {
 
     #[test]
     fn quoted_values_and_client_certificates_survive() {
-        let t = parse(
-            "host='db one' user=app sslmode=require sslcert='/c/my cert.pem' sslkey=/c/key.pem",
-        );
+        let t = parse("host='db one' user=app sslmode=require sslcert='/c/my cert.pem' sslkey=/c/key.pem");
         assert_eq!(t.config.get_hosts(), &[Host::Tcp("db one".into())]);
         let t2 = parse(r"host=db password='a\'b c' sslmode=require sslcert=/c.pem sslkey=/k.pem");
         assert_eq!(t2.config.get_password(), Some(&b"a'b c"[..]));

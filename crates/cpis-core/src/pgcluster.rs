@@ -88,7 +88,16 @@ impl PrivateCluster {
                 .arg(&cluster.data)
                 .arg("-h")
                 .arg(&primary.socket_dir)
-                .args(["-p", &primary.port.to_string(), "-U", SUPERUSER, "-X", "stream", "--checkpoint=fast", "--no-sync"])
+                .args([
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ])
                 .stdin(Stdio::null())
                 .output()
                 .context("running pg_basebackup")?;
