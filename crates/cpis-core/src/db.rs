@@ -120,7 +120,16 @@ fn describe_connect(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         // Authentication and "database does not exist" messages name no data.
         Some(db) => format!("sqlstate={}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        // I/O and protocol causes ("Connection refused", a timeout) quote nothing.
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
