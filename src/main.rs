@@ -115,7 +115,8 @@ struct StateArgs {
 struct DevArgs {
     #[command(flatten)]
     state: StateArgs,
-    /// Registry port; attendance listens on +1, notification on +2.
+    /// Registry port; attendance listens on +1, notification on +2, the
+    /// FHIR R4 API on +3.
     #[arg(long, default_value_t = 50051)]
     port_base: u16,
     /// Use this PostgreSQL instead of a private cluster.
@@ -132,6 +133,18 @@ enum CertsCommand {
     Init(StateArgs),
     /// Issue a certificate for one identity.
     Issue {
+        #[command(flatten)]
+        state: StateArgs,
+        /// council, setting or service.
+        #[arg(long)]
+        kind: String,
+        /// GSS code, ODS code or service name.
+        #[arg(long)]
+        code: String,
+    },
+    /// Revoke the current certificate of one identity: it joins the CA's
+    /// revocation list (`pki/crl.pem`), which running servers re-read.
+    Revoke {
         #[command(flatten)]
         state: StateArgs,
         /// council, setting or service.
@@ -176,12 +189,25 @@ struct ServeArgs {
     /// Requests and streams this service may have in flight in all.
     #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = 20_000)]
     max_in_flight: usize,
+    /// Open connections per listener; more are closed at once.
+    #[arg(long, env = "CPIS_MAX_CONNECTIONS", default_value_t = 16_384)]
+    max_connections: usize,
+    /// TLS handshakes in progress per listener; more are closed at once.
+    #[arg(long, env = "CPIS_MAX_HANDSHAKES", default_value_t = 256)]
+    max_handshakes: usize,
+    /// PEM certificate revocation list of client certificates (re-read when it changes).
+    #[arg(long, env = "CPIS_TLS_CRL")]
+    crl: Option<PathBuf>,
     /// Serve Prometheus metrics (plain HTTP, `/metrics`) on this address.
     #[arg(long, env = "CPIS_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Serve internal methods (LookupFlags, PublishAlert) on this address only.
     #[arg(long, env = "CPIS_INTERNAL_LISTEN")]
     internal_listen: Option<std::net::SocketAddr>,
+    /// Attendance: serve the FHIR R4 API (base path /FHIR/R4) on this address
+    /// with the same mutual TLS; not served when unset.
+    #[arg(long, env = "CPIS_FHIR_LISTEN")]
+    fhir_listen: Option<std::net::SocketAddr>,
     /// Close client connections after this many seconds so load rebalances (0: never).
     #[arg(long, env = "CPIS_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
     max_connection_age_secs: u64,
@@ -238,6 +264,8 @@ const DEV_IDENTITIES: &[(CallerKind, &str)] = &[
     (CallerKind::Setting, "REM01"),
     (CallerKind::Setting, "RWJ01"),
     (CallerKind::Setting, "RVY01"),
+    // Scheduled care (a GP practice): silent reads.
+    (CallerKind::Setting, "Y01234"),
 ];
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -278,6 +306,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  registry      https://localhost:{}", suite.registry.addr.port());
     println!("  attendance    https://localhost:{}", suite.attendance.addr.port());
     println!("  notification  https://localhost:{}", suite.notification.addr.port());
+    if let Some(fhir) = suite.attendance.fhir_addr {
+        println!("  fhir          https://localhost:{}/FHIR/R4  (attendance, FHIR R4)", fhir.port());
+    }
     match &cluster {
         Some(_) => {
             println!("  database      {database_url}  (private cluster under {})", state_dir.join("pg").display())
@@ -318,6 +349,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         internal_listen: args.internal_listen,
         metrics_listen: args.metrics_listen,
         limits: cpis_core::limits::Limits { per_caller: args.max_in_flight_per_caller, total: args.max_in_flight },
+        fhir_listen: args.fhir_listen,
+        connections: cpis_core::server::ConnectionLimits {
+            max_connections: args.max_connections,
+            max_handshakes: args.max_handshakes,
+        },
+        crl: args.crl.clone(),
     };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -367,6 +404,13 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
             println!("cert {}", paths.cert.display());
             println!("key  {}", paths.key.display());
             println!("ca   {}", paths.ca.display());
+        }
+        CertsCommand::Revoke { state, kind, code } => {
+            let kind = CallerKind::parse(&kind).context("--kind must be council, setting or service")?;
+            let caller = Caller::from_parts(kind, &code)?;
+            let crl = Pki::new(&state.state_dir).revoke(&caller)?;
+            println!("revoked {}", caller.spiffe_id(&state.trust_domain));
+            println!("crl  {}", crl.display());
         }
     }
     Ok(())

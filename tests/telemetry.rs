@@ -133,6 +133,11 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     assert!(flagged.flagged);
     assert!(attendance.check_in(check_in(&mother)).await.unwrap().into_inner().flagged);
     assert!(!attendance.check_in(check_in(&stranger)).await.unwrap().into_inner().flagged);
+    // A request id is recorded only once validated: an invalid one (here a
+    // control character) never reaches a span or a log line.
+    let mut bad_id = check_in(&child);
+    bad_id.request_id = format!("INJECTED-{}\u{7}", uuid::Uuid::new_v4());
+    assert!(attendance.check_in(bad_id).await.is_err());
     // Failures must not echo the number either.
     let mut bad = check_in(&child);
     bad.setting_type = 99;
@@ -150,6 +155,20 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         })
         .await
         .expect_err("invalid check digit");
+
+    // The FHIR port: a silent read, an unflagged notifying read, and failures
+    // that carry NHS numbers in the query or the path.
+    let nhs_query = |n: &str| format!("/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{n}");
+    let gp = ts.identity(&setting("Y01234"));
+    let ed = ts.identity(&setting(ALDER_HEY));
+    let silent = [("IsUnscheduledAccessEvent", "false"), ("X-User-ID", "gp-1")];
+    assert_eq!(fhir_get(&ts, Some(&gp), &nhs_query(&mother), &silent).await.body["total"], 1);
+    let notifying = [("IsUnscheduledAccessEvent", "true"), ("X-User-ID", "nurse-1"), ("X-Request-ID", "fhir-t-1")];
+    assert_eq!(fhir_get(&ts, Some(&ed), &nhs_query(&stranger), &notifying).await.body["total"], 0);
+    assert_eq!(fhir_get(&ts, Some(&ed), &nhs_query("9990000019"), &notifying).await.status, 400);
+    assert_eq!(fhir_get(&ts, Some(&ed), &format!("/FHIR/R4/Patient/{child}"), &[]).await.status, 404);
+    assert_eq!(fhir_get(&ts, None, &format!("/FHIR/R4/Patient/{child}"), &[]).await.status, 401);
+    assert_eq!(fhir_get(&ts, None, &nhs_query(&child), &notifying).await.status, 401);
 
     let alert = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -230,11 +249,22 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         assert!(!log_text.contains(n.as_str()), "an NHS number appears in the logs");
     }
     assert!(!everything.contains("9990000019") && !log_text.contains("9990000019"));
+    assert!(!everything.contains("INJECTED-") && !log_text.contains("INJECTED-"), "an invalid request id is recorded");
+    // No per-request outcome: beside a vendor's request id, "flagged" would
+    // tell the log's readers who is on a plan.
+    assert!(!log_text.contains("flagged"), "a log line says whether a check-in was flagged");
+    assert!(!everything.contains("flagged"), "a span says whether a check-in was flagged");
     // JSON log lines carry the request id and the trace id.
     let with_ids = log_text
         .lines()
         .filter(|l| l.contains("\"request_id\"") && l.contains(&format!("\"trace_id\":\"{}\"", hex(trace))))
         .count();
     assert!(with_ids > 0, "log lines carry request and trace ids");
+    // Nor in any metric label (the FHIR port's included).
+    let scrape = scrape(ts.suite.attendance.metrics_addr.expect("metrics are served")).await;
+    assert!(scrape.contains("FHIR/R4/CareTeam"), "the FHIR port is counted");
+    for n in &all_numbers {
+        assert!(!scrape.contains(n.as_str()), "an NHS number appears in a metric label");
+    }
     ts.suite.stop().await.unwrap();
 }

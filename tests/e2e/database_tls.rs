@@ -171,7 +171,10 @@ async fn a_client_certificate_authenticates_to_the_database() {
 
 fn cpis(args: &[&str], env: &[(&str, &Path)], url: Option<&str>) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cpis"));
-    cmd.args(args).env_remove("DATABASE_URL").env_remove("DATABASE_URL_FILE");
+    cmd.args(args);
+    for var in ["DATABASE_URL", "DATABASE_URL_FILE", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY"] {
+        cmd.env_remove(var);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -201,4 +204,29 @@ async fn cpis_migrate_reads_the_url_from_database_url_file_over_tls() {
     let neither = cpis(&["migrate", "registry"], &[], None);
     let stderr = String::from_utf8_lossy(&neither.stderr);
     assert!(!neither.status.success() && stderr.contains("DATABASE_URL or DATABASE_URL_FILE"), "{stderr}");
+
+    // The Kubernetes shape: the operator's `uri` has no TLS options; PGSSLMODE
+    // and PGSSLROOTCERT (libpq's variables) supply them.
+    let bare: Vec<&str> =
+        url.split_whitespace().filter(|kv| !kv.starts_with("sslmode=") && !kv.starts_with("sslrootcert=")).collect();
+    std::fs::write(&file, bare.join(" ")).unwrap();
+    let ca = shared_cluster().pki.as_ref().expect("the shared cluster's PKI").ca_path();
+    let env = [
+        ("DATABASE_URL_FILE", file.as_path()),
+        ("PGSSLROOTCERT", ca.as_path()),
+        ("PGSSLMODE", Path::new("verify-full")),
+    ];
+    let out = cpis(&["migrate", "attendance"], &env, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let other = Pki::new(&dir.path().join("other"));
+    other.init().unwrap();
+    let wrong_ca = other.ca_path();
+    let env = [
+        ("DATABASE_URL_FILE", file.as_path()),
+        ("PGSSLROOTCERT", wrong_ca.as_path()),
+        ("PGSSLMODE", Path::new("verify-full")),
+    ];
+    let out = cpis(&["migrate", "attendance"], &env, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("wrong CA") && !stderr.contains(PASSWORD), "{stderr}");
 }

@@ -160,14 +160,25 @@ impl TlsOptions {
         true
     }
 
-    /// libpq's environment variables fill what the string leaves out.
-    fn with_env_defaults(mut self) -> Self {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        self.sslmode = self.sslmode.or_else(|| env("PGSSLMODE"));
-        self.sslrootcert = self.sslrootcert.or_else(|| env("PGSSLROOTCERT"));
-        self.sslcert = self.sslcert.or_else(|| env("PGSSLCERT"));
-        self.sslkey = self.sslkey.or_else(|| env("PGSSLKEY"));
-        self
+    /// libpq's environment variables: `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`.
+    fn from_env() -> Self {
+        let set = |v: Result<String, std::env::VarError>| v.ok().filter(|v| !v.is_empty());
+        Self {
+            sslmode: set(std::env::var("PGSSLMODE")),
+            sslrootcert: set(std::env::var("PGSSLROOTCERT")),
+            sslcert: set(std::env::var("PGSSLCERT")),
+            sslkey: set(std::env::var("PGSSLKEY")),
+        }
+    }
+
+    /// Fills what the string left out from `defaults`.
+    fn or(self, defaults: TlsOptions) -> Self {
+        Self {
+            sslmode: self.sslmode.or(defaults.sslmode),
+            sslrootcert: self.sslrootcert.or(defaults.sslrootcert),
+            sslcert: self.sslcert.or(defaults.sslcert),
+            sslkey: self.sslkey.or(defaults.sslkey),
+        }
     }
 }
 
@@ -176,6 +187,10 @@ impl DbTarget {
     /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT` and `PGSSLKEY` apply when
     /// the string does not say (as in libpq); the default mode is `prefer`.
     pub fn parse(url: &str) -> Result<Self, DbUrlError> {
+        Self::parse_with_defaults(url, TlsOptions::from_env())
+    }
+
+    fn parse_with_defaults(url: &str, defaults: TlsOptions) -> Result<Self, DbUrlError> {
         let url = url.trim();
         let mut tls = TlsOptions::default();
         let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -183,7 +198,7 @@ impl DbTarget {
         } else {
             strip_keyword_options(url, &mut tls)?
         };
-        let tls = tls.with_env_defaults();
+        let tls = tls.or(defaults);
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| {
             // tokio-postgres names the option, never the value.
             DbUrlError::Syntax(e.source_text())
@@ -607,6 +622,23 @@ mod tests {
             assert!(!e.contains("hunter2"), "{e}");
             assert!(e.starts_with("invalid connection string"), "{e}");
         }
+    }
+
+    #[test]
+    fn libpq_environment_variables_fill_what_the_string_leaves_out() {
+        let env = || TlsOptions {
+            sslmode: Some("verify-full".into()),
+            sslrootcert: Some("/etc/cpis/db-ca/ca.crt".into()),
+            ..Default::default()
+        };
+        // CloudNativePG's `uri` carries no TLS options: the environment supplies them.
+        let t = DbTarget::parse_with_defaults("postgresql://app:pw@cpis-db-rw.cpis.svc:5432/app", env()).unwrap();
+        assert_eq!(t.ssl_mode(), SslMode::VerifyFull);
+        assert_eq!(t.root_cert.as_deref(), Some(Path::new("/etc/cpis/db-ca/ca.crt")));
+        // The string wins where it says something.
+        let t = DbTarget::parse_with_defaults("host=h sslmode=verify-ca sslrootcert=/mine.pem", env()).unwrap();
+        assert_eq!(t.ssl_mode(), SslMode::VerifyCa);
+        assert_eq!(t.root_cert.as_deref(), Some(Path::new("/mine.pem")));
     }
 
     #[test]
