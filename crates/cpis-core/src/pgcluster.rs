@@ -29,11 +29,20 @@ pub struct ClusterOptions {
     /// The state directory of the PKI that issues the server certificate
     /// (`<dir>/pki`); `None`: a PKI of the cluster's own, under its directory.
     pub pki_state_dir: Option<PathBuf>,
+    /// The port (TCP and socket name); `None`: one free on 127.0.0.1 at start.
+    pub port: Option<u16>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { unsafe_fast: false, settings: Vec::new(), die_with_parent: true, tls: true, pki_state_dir: None }
+        Self {
+            unsafe_fast: false,
+            settings: Vec::new(),
+            die_with_parent: true,
+            tls: true,
+            pki_state_dir: None,
+            port: None,
+        }
     }
 }
 
@@ -149,7 +158,10 @@ impl PrivateCluster {
                 chown(&data, uid, gid)?;
             }
         }
-        let port = free_port()?;
+        let port = match options.port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         Ok(Self { bin, data, socket_dir, log, port, run_as, options, child: None, ca: None })
     }
 
