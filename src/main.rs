@@ -34,9 +34,8 @@ enum Command {
     Migrate {
         /// registry, attendance or notification.
         service: String,
-        /// PostgreSQL connection string.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Delete what is past its retention period (one service's schema, or all).
     Purge(cpis::purge::PurgeArgs),
@@ -80,6 +79,30 @@ struct ProbeArgs {
     timeout_secs: u64,
 }
 
+/// Where PostgreSQL is: a connection string, or a file holding one.
+#[derive(Args, Debug, Clone)]
+struct DatabaseArgs {
+    /// PostgreSQL connection string (URL or key=value; sslmode, sslrootcert,
+    /// sslcert, sslkey as in libpq).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// A file holding the connection string (e.g. a mounted Secret's `uri`).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The connection string, if one is set (an error when both are).
+    fn url(&self) -> anyhow::Result<Option<String>> {
+        cpis_core::db_tls::url_from(self.database_url.clone(), self.database_url_file.as_deref())
+    }
+
+    /// The connection string; an error naming both variables when neither is set.
+    fn required_url(&self) -> anyhow::Result<String> {
+        cpis_core::db_tls::required_url_from(self.database_url.clone(), self.database_url_file.as_deref())
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct StateArgs {
     /// Where the PKI (and the private database) live.
@@ -99,8 +122,8 @@ struct DevArgs {
     #[arg(long, default_value_t = 50051)]
     port_base: u16,
     /// Use this PostgreSQL instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Heartbeat interval of idle alert streams, in seconds.
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
@@ -154,9 +177,8 @@ struct ServeArgs {
     /// The SPIFFE trust domain.
     #[arg(long, env = "CPIS_TRUST_DOMAIN", default_value = "cpis.local")]
     trust_domain: String,
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Maximum pooled database connections.
     #[arg(long, env = "CPIS_DB_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
@@ -233,7 +255,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Certs { command } => certs(command),
-        Command::Migrate { service, database_url } => migrate(&service, &database_url).await,
+        Command::Migrate { service, database } => migrate(&service, &database.required_url()?).await,
         Command::Probe(args) => probe(args).await,
         Command::Purge(args) => cpis::purge::run(args).await,
         Command::Plans(args) => cpis::client::plans(args).await,
@@ -271,10 +293,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     // Without DATABASE_URL, a private cluster under the state dir; it stops
     // when `cluster` is dropped at the end of this function.
-    let (database_url, cluster) = match args.database_url.clone() {
+    // It runs with TLS, its certificate issued by the development CA.
+    let (database_url, cluster) = match args.database.url()? {
         Some(url) => (url, None),
         None => {
-            let cluster = PrivateCluster::start(&state_dir.join("pg"), ClusterOptions::default())
+            let options = ClusterOptions { pki_state_dir: Some(state_dir.clone()), ..Default::default() };
+            let cluster = PrivateCluster::start(&state_dir.join("pg"), options)
                 .context("starting the private PostgreSQL cluster")?;
             cluster.create_database("cpis").await?;
             (cluster.url("cpis"), Some(cluster))
@@ -329,7 +353,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let common = Common {
         tls: TlsPaths { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() },
         trust_domain: args.trust_domain.clone(),
-        database_url: args.database_url.clone(),
+        database_url: args.database.required_url()?,
         pool_size: args.pool_size,
         drain: Duration::from_secs(args.drain_secs),
         max_connection_age: (args.max_connection_age_secs > 0)

@@ -6,6 +6,8 @@ mod harness;
 
 mod attendance;
 mod authz_matrix;
+mod database_tls;
+mod failover;
 mod faults;
 mod fhir;
 mod foundation;

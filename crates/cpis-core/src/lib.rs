@@ -7,6 +7,7 @@
 pub mod authz;
 pub mod client;
 pub mod db;
+pub mod db_tls;
 pub mod error;
 pub mod identity;
 pub mod limits;
