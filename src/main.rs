@@ -24,7 +24,7 @@ enum Command {
     /// and (without DATABASE_URL) a private PostgreSQL cluster.
     Dev(DevArgs),
     /// Run one service, configured from the environment (what a container runs).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The development PKI.
     Certs {
         #[command(subcommand)]
@@ -34,10 +34,11 @@ enum Command {
     Migrate {
         /// registry, attendance or notification.
         service: String,
-        /// PostgreSQL connection string.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
+    /// Delete what is past its retention period (one service's schema, or all).
+    Purge(cpis::purge::PurgeArgs),
     /// Council: keep the register (sync a CSV, list, get, end, delete).
     Plans(cpis::client::PlansArgs),
     /// Setting: check a person in and print what the clinician sees.
@@ -78,6 +79,30 @@ struct ProbeArgs {
     timeout_secs: u64,
 }
 
+/// Where PostgreSQL is: a connection string, or a file holding one.
+#[derive(Args, Debug, Clone)]
+struct DatabaseArgs {
+    /// PostgreSQL connection string (URL or key=value; sslmode, sslrootcert,
+    /// sslcert, sslkey as in libpq).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// A file holding the connection string (e.g. a mounted Secret's `uri`).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The connection string, if one is set (an error when both are).
+    fn url(&self) -> anyhow::Result<Option<String>> {
+        cpis_core::db_tls::url_from(self.database_url.clone(), self.database_url_file.as_deref())
+    }
+
+    /// The connection string; an error naming both variables when neither is set.
+    fn required_url(&self) -> anyhow::Result<String> {
+        cpis_core::db_tls::required_url_from(self.database_url.clone(), self.database_url_file.as_deref())
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct StateArgs {
     /// Where the PKI (and the private database) live.
@@ -92,12 +117,13 @@ struct StateArgs {
 struct DevArgs {
     #[command(flatten)]
     state: StateArgs,
-    /// Registry port; attendance listens on +1, notification on +2.
+    /// Registry port; attendance listens on +1, notification on +2, the
+    /// FHIR R4 API on +3.
     #[arg(long, default_value_t = 50051)]
     port_base: u16,
     /// Use this PostgreSQL instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Heartbeat interval of idle alert streams, in seconds.
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
@@ -151,9 +177,8 @@ struct ServeArgs {
     /// The SPIFFE trust domain.
     #[arg(long, env = "CPIS_TRUST_DOMAIN", default_value = "cpis.local")]
     trust_domain: String,
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Maximum pooled database connections.
     #[arg(long, env = "CPIS_DB_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
@@ -181,6 +206,10 @@ struct ServeArgs {
     /// Serve internal methods (LookupFlags, PublishAlert) on this address only.
     #[arg(long, env = "CPIS_INTERNAL_LISTEN")]
     internal_listen: Option<std::net::SocketAddr>,
+    /// Attendance: serve the FHIR R4 API (base path /FHIR/R4) on this address
+    /// with the same mutual TLS; not served when unset.
+    #[arg(long, env = "CPIS_FHIR_LISTEN")]
+    fhir_listen: Option<std::net::SocketAddr>,
     /// Close client connections after this many seconds so load rebalances (0: never).
     #[arg(long, env = "CPIS_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
     max_connection_age_secs: u64,
@@ -208,6 +237,15 @@ struct ServeArgs {
     /// Registry: milliseconds LookupFlags waits for a connection (keep under Attendance's 2 s deadline).
     #[arg(long, env = "CPIS_LOOKUP_DB_WAIT_MS", default_value_t = 1000)]
     lookup_db_wait_ms: u64,
+    /// Registry: days an unborn child protection plan stays in scope after the expected delivery date.
+    #[arg(long, env = "CPIS_UNBORN_SCOPE_DAYS", default_value_t = cpis_registry::DEFAULT_UNBORN_SCOPE_DAYS)]
+    unborn_scope_days: u32,
+    /// Attendance: how far back an arrival may be reported, in hours.
+    #[arg(long, env = "CPIS_ARRIVAL_MAX_AGE_HOURS", default_value_t = 72)]
+    arrival_max_age_hours: u32,
+    /// Attendance: how far ahead an arrival may be (clock skew), in minutes.
+    #[arg(long, env = "CPIS_ARRIVAL_MAX_AHEAD_MINUTES", default_value_t = 5)]
+    arrival_max_ahead_minutes: u32,
     /// Notification: heartbeat interval of idle streams, in seconds.
     #[arg(long, env = "CPIS_HEARTBEAT_SECS", default_value_t = 15)]
     heartbeat_secs: u64,
@@ -230,10 +268,11 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(args) => dev(args).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Certs { command } => certs(command),
-        Command::Migrate { service, database_url } => migrate(&service, &database_url).await,
+        Command::Migrate { service, database } => migrate(&service, &database.required_url()?).await,
         Command::Probe(args) => probe(args).await,
+        Command::Purge(args) => cpis::purge::run(args).await,
         Command::Plans(args) => cpis::client::plans(args).await,
         Command::CheckIn(args) => cpis::client::check_in(args).await,
         Command::Subscribe(args) => cpis::client::subscribe(args).await,
@@ -252,6 +291,8 @@ const DEV_IDENTITIES: &[(CallerKind, &str)] = &[
     (CallerKind::Setting, "REM01"),
     (CallerKind::Setting, "RWJ01"),
     (CallerKind::Setting, "RVY01"),
+    // Scheduled care (a GP practice): silent reads.
+    (CallerKind::Setting, "Y01234"),
 ];
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -267,10 +308,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     // Without DATABASE_URL, a private cluster under the state dir; it stops
     // when `cluster` is dropped at the end of this function.
-    let (database_url, cluster) = match args.database_url.clone() {
+    // It runs with TLS, its certificate issued by the development CA.
+    let (database_url, cluster) = match args.database.url()? {
         Some(url) => (url, None),
         None => {
-            let cluster = PrivateCluster::start(&state_dir.join("pg"), ClusterOptions::default())
+            let options = ClusterOptions { pki_state_dir: Some(state_dir.clone()), ..Default::default() };
+            let cluster = PrivateCluster::start(&state_dir.join("pg"), options)
                 .context("starting the private PostgreSQL cluster")?;
             cluster.create_database("cpis").await?;
             (cluster.url("cpis"), Some(cluster))
@@ -290,6 +333,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  registry      https://localhost:{}", suite.registry.addr.port());
     println!("  attendance    https://localhost:{}", suite.attendance.addr.port());
     println!("  notification  https://localhost:{}", suite.notification.addr.port());
+    if let Some(fhir) = suite.attendance.fhir_addr {
+        println!("  fhir          https://localhost:{}/FHIR/R4  (attendance, FHIR R4)", fhir.port());
+    }
     match &cluster {
         Some(_) => {
             println!("  database      {database_url}  (private cluster under {})", state_dir.join("pg").display())
@@ -322,7 +368,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let common = Common {
         tls: TlsPaths { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() },
         trust_domain: args.trust_domain.clone(),
-        database_url: args.database_url.clone(),
+        database_url: args.database.required_url()?,
         pool_size: args.pool_size,
         drain: Duration::from_secs(args.drain_secs),
         max_connection_age: (args.max_connection_age_secs > 0)
@@ -330,6 +376,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         internal_listen: args.internal_listen,
         metrics_listen: args.metrics_listen,
         limits: cpis_core::limits::Limits { per_caller: args.max_in_flight_per_caller, total: args.max_in_flight },
+        fhir_listen: args.fhir_listen,
         connections: cpis_core::server::ConnectionLimits {
             max_connections: args.max_connections,
             max_handshakes: args.max_handshakes,
@@ -342,6 +389,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(ServiceName::Registry) => {
             let config = cpis_registry::Config {
                 mass_end_share: args.mass_end_share,
+                unborn_scope_days: args.unborn_scope_days,
                 sync_idle: Duration::from_secs(args.sync_idle_secs.max(1)),
                 sync_max_rows: args.sync_max_rows,
                 lookup_reserved_connections: args.lookup_reserved_connections,
@@ -358,7 +406,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             suite::start_attendance(
                 listener,
                 &common,
-                cpis_attendance::Config::default(),
+                cpis_attendance::Config {
+                    arrival_window: cpis_attendance::ArrivalWindow {
+                        past: chrono::TimeDelta::hours(args.arrival_max_age_hours.into()),
+                        future: chrono::TimeDelta::minutes(args.arrival_max_ahead_minutes.into()),
+                    },
+                    ..Default::default()
+                },
                 &args.registry_url,
                 &args.notification_url,
             )

@@ -27,19 +27,30 @@ pub const OTHER_SETTING: &str = "RWJ01";
 
 /// The run's shared cluster: started once, from a thread that lives as long
 /// as the test process, so the server dies with the process (PDEATHSIG).
-fn cluster_socket_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
+/// It runs with `ssl = on` and the URL asks for `sslmode=verify-full` over
+/// TCP to `localhost`, so every test reaches PostgreSQL over verified TLS.
+pub struct SharedCluster {
+    /// Connection string to its `postgres` database.
+    pub url: String,
+    /// The PKI that issued its server certificate (`None` with `CPIS_TEST_DATABASE_URL`).
+    pub pki: Option<Pki>,
+}
+
+pub fn shared_cluster() -> &'static SharedCluster {
+    static CLUSTER: OnceLock<SharedCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
         if let Ok(url) = std::env::var("CPIS_TEST_DATABASE_URL") {
-            return url;
+            return SharedCluster { url, pki: None };
         }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let dir = tempfile::Builder::new().prefix("cpis-test-pg").tempdir().expect("tempdir");
-            let result = PrivateCluster::start(dir.path(), ClusterOptions { unsafe_fast: true, ..Default::default() });
-            match result {
+            let pki_dir = dir.path().join("db-pki");
+            let options =
+                ClusterOptions { unsafe_fast: true, pki_state_dir: Some(pki_dir.clone()), ..Default::default() };
+            match PrivateCluster::start(dir.path(), options) {
                 Ok(cluster) => {
-                    tx.send(Ok(cluster.url("postgres"))).ok();
+                    tx.send(Ok((cluster.url("postgres"), pki_dir))).ok();
                     // Keep the cluster (and its directory) for the life of the process.
                     let _keep = (cluster, dir);
                     loop {
@@ -51,20 +62,19 @@ fn cluster_socket_url() -> &'static str {
                 }
             }
         });
-        rx.recv().expect("cluster thread").expect("starting the test PostgreSQL cluster")
+        let (url, pki_dir) = rx.recv().expect("cluster thread").expect("starting the test PostgreSQL cluster");
+        SharedCluster { url, pki: Some(Pki::new(&pki_dir)) }
     })
 }
 
 /// A connection string for a brand-new database.
 pub async fn fresh_database() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let base = cluster_socket_url().to_string();
+    let base = shared_cluster().url.clone();
     let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("connect");
-    let task = tokio::spawn(conn);
+    let client = cpis_core::db::connect(&base).await.expect("connect");
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
     drop(client);
-    let _ = task.await;
     replace_dbname(&base, &name)
 }
 
@@ -87,6 +97,14 @@ impl TestSuite {
     /// A fresh database, PKI and suite with default settings.
     pub async fn start() -> TestSuite {
         Self::start_with(ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() }).await
+    }
+
+    /// A suite that accepts arrivals up to `days` back (tests that build a
+    /// person's history; the default window is 72 hours).
+    pub async fn start_accepting_arrivals_from(days: i64) -> TestSuite {
+        let mut configs = ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() };
+        configs.attendance.arrival_window.past = chrono::TimeDelta::days(days);
+        Self::start_with(configs).await
     }
 
     /// A fresh database, PKI and suite with the given settings.
@@ -212,9 +230,7 @@ impl TestSuite {
 
     /// A direct connection to this test's database.
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await.expect("connect");
-        tokio::spawn(conn);
-        client
+        cpis_core::db::connect(&self.database_url).await.expect("connect")
     }
 }
 
@@ -317,4 +333,80 @@ pub fn arrival(nhs_number: &str) -> CheckInRequest {
         setting_type: SettingType::EmergencyDepartment as i32,
         user_id: "clinician-1".into(),
     }
+}
+
+/// One answer of the FHIR port.
+#[derive(Debug)]
+pub struct FhirAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: serde_json::Value,
+    pub raw: String,
+}
+
+/// `GET path` on the FHIR port over HTTPS/1.1, presenting `tls` (or no
+/// client certificate), with the given request headers.
+pub async fn fhir_get(ts: &TestSuite, tls: Option<&TlsPaths>, path: &str, headers: &[(&str, &str)]) -> FhirAnswer {
+    let port = ts.suite.attendance.fhir_addr.expect("the suite serves the FHIR API").port();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in cpis_core::tls::read_certs(&ts.pki.ca_path()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(cpis_core::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match tls {
+        Some(paths) => builder
+            .with_client_auth_cert(
+                cpis_core::tls::read_certs(&paths.cert).unwrap(),
+                cpis_core::tls::read_key(&paths.key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut conn = connector.connect("localhost".try_into().unwrap(), tcp).await.expect("TLS handshake");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nAccept: application/fhir+json\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut raw))
+        .await
+        .expect("an answer");
+    let raw = String::from_utf8(raw).expect("UTF-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let body = if header("transfer-encoding").eq_ignore_ascii_case("chunked") { dechunk(body) } else { body.into() };
+    FhirAnswer {
+        status,
+        content_type: header("content-type"),
+        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        raw: raw.clone(),
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
 }

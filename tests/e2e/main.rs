@@ -6,11 +6,17 @@ mod harness;
 
 mod attendance;
 mod authz_matrix;
+mod database_tls;
+mod failover;
 mod faults;
+mod fhir;
 mod foundation;
 mod hostile;
+mod monitoring;
 mod notification;
 mod platform;
 mod registry;
+mod retention;
+mod scope;
 mod surfaces;
 mod uploads;

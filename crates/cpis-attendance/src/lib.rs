@@ -6,9 +6,13 @@
 //! publishes each outbox row to Notification `PublishAlert`.
 
 mod checkin;
+pub use checkin::ArrivalWindow;
+pub mod fhir;
 mod page;
 mod registry;
 mod relay;
+pub mod retention;
+mod silent;
 mod store;
 
 use cpis_core::db::{DbPool, Migration};
@@ -57,6 +61,8 @@ pub struct Config {
     /// How often the relay looks at the outbox when nothing wakes it (other
     /// replicas' check-ins, retries).
     pub relay_poll_interval: Duration,
+    /// When an arrival may have happened, relative to now.
+    pub arrival_window: checkin::ArrivalWindow,
 }
 
 impl Default for Config {
@@ -71,6 +77,7 @@ impl Default for Config {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             relay_poll_interval: Duration::from_secs(1),
+            arrival_window: checkin::ArrivalWindow::default(),
         }
     }
 }
@@ -129,6 +136,10 @@ impl Attendance {
             pb::attendance_service_server::AttendanceServiceServer::new(self.clone())
                 .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
         )
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
     }
 
     fn rules(&self) -> store::EpisodeRules {
@@ -241,5 +252,20 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         let caller = cpis_core::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
         self.list_accesses(&caller, request.get_ref()).await.map(Response::new).map_err(Status::from)
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "SilentRead", setting, request_id))]
+    async fn silent_read(
+        &self,
+        request: Request<pb::SilentReadRequest>,
+    ) -> Result<Response<pb::SilentReadResponse>, Status> {
+        let deadline = CallerDeadline::of(&request);
+        let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
+            return Err(ApiError::PermissionDenied("only settings may read flags".into()).into());
+        };
+        let span = tracing::Span::current();
+        span.record("setting", setting.as_str());
+        span.record("request_id", request.get_ref().request_id.as_str());
+        silent::silent_read(self, &setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
 }

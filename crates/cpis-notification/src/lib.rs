@@ -35,6 +35,7 @@
 
 pub mod alert;
 pub mod fanout;
+pub mod retention;
 pub mod store;
 pub mod stream;
 

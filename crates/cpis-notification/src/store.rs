@@ -64,6 +64,18 @@ pub const MIGRATIONS: &[Migration] = &[
         // the council joins the check-in's trace. Ids only: no personal data.
         sql: "ALTER TABLE notification.alerts ADD COLUMN traceparent text;",
     },
+    Migration {
+        version: 3,
+        name: "record of purges",
+        // `cpis purge`: what kind, how many, when (see crate::retention).
+        sql: "CREATE TABLE notification.purges (
+            purge_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind           text NOT NULL,
+            count          bigint NOT NULL,
+            retention_days integer NOT NULL,
+            purged_at      timestamptz NOT NULL DEFAULT now()
+        );",
+    },
 ];
 
 /// The identity of a stored alert, as `PublishAlert` answers it.

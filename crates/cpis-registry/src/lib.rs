@@ -6,11 +6,12 @@
 
 pub mod councils;
 pub mod model;
+pub mod retention;
 pub mod share;
 pub mod store;
 pub mod sync;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use cpis_core::authz::caller;
 use cpis_core::db::{DbPool, Migration};
 use cpis_core::validate::Violations;
@@ -32,7 +33,8 @@ pub const SCHEMA: &str = "registry";
 /// Schema migrations, applied in order at start-up.
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "plans", sql: include_str!("migrations.sql") },
-    Migration { version: 2, name: "sync_uploads", sql: include_str!("migrations_2.sql") },
+    Migration { version: 2, name: "retention", sql: include_str!("migrations_2_retention.sql") },
+    Migration { version: 3, name: "sync_uploads", sql: include_str!("migrations_3_sync_uploads.sql") },
 ];
 
 /// Settings of the Registry service.
@@ -41,6 +43,10 @@ pub struct Config {
     /// A snapshot ending more than this share of open plans is refused
     /// unless it says `allow_mass_end`.
     pub mass_end_share: f64,
+    /// An unborn child protection plan flags the mother until this many days
+    /// after the expected delivery date (the council then registers the
+    /// child's own plan).
+    pub unborn_scope_days: u32,
     /// A `SyncPlans` upload that sends nothing for this long is dropped
     /// (nothing applied), and its council may upload again.
     pub sync_idle: Duration,
@@ -66,6 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             mass_end_share: 0.10,
+            unborn_scope_days: DEFAULT_UNBORN_SCOPE_DAYS,
             sync_idle: Duration::from_secs(60),
             sync_max_rows: 1_000_000,
             sync_batch: sync::BATCH,
@@ -76,6 +83,10 @@ impl Default for Config {
         }
     }
 }
+
+/// Six weeks: a birth up to two weeks after the expected date, and the
+/// council's registration of the newborn's own plan.
+pub const DEFAULT_UNBORN_SCOPE_DAYS: u32 = 42;
 
 /// The Registry service.
 #[derive(Debug, Clone)]
@@ -91,7 +102,7 @@ pub(crate) fn pg(client: &deadpool_postgres::Client) -> &tokio_postgres::Client 
 }
 
 fn today() -> NaiveDate {
-    Utc::now().date_naive()
+    cpis_core::time::today_in_london()
 }
 
 /// The caller's council code; the authorization layer has already made sure
@@ -489,7 +500,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         // this call's reserve, and its wait is shorter than Attendance's deadline.
         let timeouts = deadpool_postgres::Timeouts { wait: Some(self.config.lookup_wait), ..self.pool.timeouts() };
         let client = self.pool.timeout_get(&timeouts).await.map_err(ApiError::from)?;
-        let found = store::lookup_flags(&client, nhs.as_str(), day).await?;
+        let found = store::lookup_flags(&client, nhs.as_str(), day, self.config.unborn_scope_days).await?;
         Ok(Response::new(pb::LookupFlagsResponse {
             flags: found.iter().map(|f| flag_of(f, day)).collect(),
             local_references: found.into_iter().map(|f| f.local_reference).collect(),
