@@ -387,6 +387,13 @@ async fn check_ins_get_their_lookup_while_councils_load_the_registry() {
         ));
         idle_senders.push(tx);
     }
+    // (Nine are refused before the upserts start, so that the council's cap
+    // on calls in flight does not refuse them instead.)
+    eventually(20, "nine of ten concurrent uploads of one council are refused", || {
+        let finished = idle.iter().filter(|h| h.is_finished()).count();
+        async move { finished >= 9 }
+    })
+    .await;
     // ... and 64 concurrent upserts, over and over.
     let mut upserters = Vec::new();
     for w in 0..64u32 {
