@@ -461,7 +461,7 @@ async fn audit_event_search(
         Vec::new()
     } else {
         let db = svc.pool.get().await.map_err(ApiError::from)?;
-        crate::store::list_episodes(&db, nhs_number.as_str(), None, ACCESS_HISTORY)
+        crate::store::list_episodes(&db, nhs_number.as_str(), None, None, ACCESS_HISTORY)
             .await?
             .into_iter()
             .map(|(episode, _)| resources::audit_event(nhs_number.as_str(), &episode))
