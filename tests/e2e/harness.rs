@@ -42,6 +42,7 @@ pub fn shared_cluster() -> &'static SharedCluster {
         if let Ok(url) = std::env::var("CPIS_TEST_DATABASE_URL") {
             return SharedCluster { url, pki: None };
         }
+        sweep_stale_clusters();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let dir = tempfile::Builder::new().prefix("cpis-test-pg").tempdir().expect("tempdir");
@@ -65,6 +66,27 @@ pub fn shared_cluster() -> &'static SharedCluster {
         let (url, pki_dir) = rx.recv().expect("cluster thread").expect("starting the test PostgreSQL cluster");
         SharedCluster { url, pki: Some(Pki::new(&pki_dir)) }
     })
+}
+
+/// Removes the cluster directories of earlier test runs: a test process ends
+/// without running destructors, so its directory stays behind (its server
+/// died with it). A directory is left alone while its server runs, and for
+/// ten minutes after it was made (a run still starting its cluster).
+fn sweep_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("cpis-test-pg") {
+            continue;
+        }
+        let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        let pid = std::fs::read_to_string(entry.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string));
+        let running = pid.is_some_and(|pid| std::path::Path::new("/proc").join(pid.trim()).exists());
+        if age.is_some_and(|a| a > Duration::from_secs(600)) && !running {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A connection string for a brand-new database.
