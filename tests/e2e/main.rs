@@ -11,4 +11,5 @@ mod foundation;
 mod hostile;
 mod notification;
 mod platform;
+mod relay;
 mod registry;
