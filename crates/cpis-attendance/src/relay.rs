@@ -141,8 +141,19 @@ pub struct Relay {
     metrics: RelayMetrics,
     /// This relay's identity as a lease holder.
     id: Uuid,
+    /// Whether this relay is pausing after outages.
+    breaker: Arc<Mutex<Breaker>>,
+}
+
+/// A relay that cannot reach the Notification service stops taking
+/// councils for a while (exponentially longer), then tries one council only,
+/// so that the councils go to replicas that can deliver them.
+#[derive(Debug, Default)]
+struct Breaker {
     /// Passes in a row in which every publish failed as an outage.
-    outage_passes: Arc<Mutex<i32>>,
+    outage_passes: i32,
+    /// No council is taken before this.
+    paused_until: Option<Instant>,
 }
 
 /// What one pass did.
@@ -173,7 +184,7 @@ impl Relay {
             wake,
             metrics,
             id: Uuid::new_v4(),
-            outage_passes: Arc::default(),
+            breaker: Arc::default(),
         }
     }
 
@@ -181,6 +192,8 @@ impl Relay {
     /// (and its council leased until the lease runs out).
     pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            // The id this relay's leases carry (attendance.relay_councils.holder).
+            tracing::info!(relay = %self.id, "outbox relay started");
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = self.run() => {}
@@ -191,16 +204,26 @@ impl Relay {
 
     async fn run(self) {
         loop {
-            let sleep = match self.pass().await {
+            // A pause holds even against wake-ups from local check-ins.
+            let (paused_until, probing) = {
+                let b = self.breaker.lock().await;
+                (b.paused_until, b.outage_passes > 0)
+            };
+            if let Some(until) = paused_until {
+                tokio::time::sleep_until(until).await;
+            }
+            let limit = if probing { 1 } else { MAX_COUNCILS_PER_PASS };
+            let sleep = match self.pass(limit).await {
                 // Work was done: look again at once (rows may have arrived
                 // for a council while this relay held it).
-                Ok((outcome, _)) if outcome.delivered > 0 && outcome.outages == 0 => Duration::ZERO,
+                Ok((outcome, _)) if outcome.delivered > 0 && outcome.outages == 0 => {
+                    self.pause_after(outcome).await;
+                    Duration::ZERO
+                }
                 Ok((outcome, next_due)) => {
                     let due = next_due.map_or(self.settings.poll_interval, |d| d.min(self.settings.poll_interval));
-                    match self.pause_after(outcome).await {
-                        Some(pause) => pause.max(due),
-                        None => due,
-                    }
+                    self.pause_after(outcome).await;
+                    due
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay pass failed");
@@ -217,26 +240,27 @@ impl Relay {
         }
     }
 
-    /// A pause when this relay cannot reach the Notification service at all
-    /// (every council it tried failed as an outage): exponential, so it
-    /// leaves its councils to replicas that can.
-    async fn pause_after(&self, outcome: PassOutcome) -> Option<Duration> {
-        let mut passes = self.outage_passes.lock().await;
+    /// Pauses this relay when it cannot reach the Notification service at
+    /// all (every council it tried failed as an outage): exponentially
+    /// longer, so it leaves its councils to replicas that can; any delivery
+    /// ends the pause.
+    async fn pause_after(&self, outcome: PassOutcome) {
+        let mut b = self.breaker.lock().await;
         if outcome.outages > 0 && outcome.delivered == 0 && outcome.rejections == 0 {
-            *passes = passes.saturating_add(1);
-            Some(backoff(*passes, self.settings.retry_initial, self.settings.retry_max, jitter()))
-        } else {
-            *passes = 0;
-            None
+            b.outage_passes = b.outage_passes.saturating_add(1);
+            let pause = backoff(b.outage_passes, self.settings.retry_initial, self.settings.retry_max, jitter());
+            b.paused_until = Some(Instant::now() + pause);
+        } else if outcome.delivered > 0 || outcome.rejections > 0 {
+            *b = Breaker::default();
         }
     }
 
     /// Leases the due councils and publishes each (councils in parallel,
     /// each in order); returns what it did and when the next council falls due.
-    async fn pass(&self) -> Result<(PassOutcome, Option<Duration>), DbFailure> {
+    async fn pass(&self, limit: i64) -> Result<(PassOutcome, Option<Duration>), DbFailure> {
         let leased = {
             let db = self.pool.get().await?;
-            store::lease_councils(&db, self.id, self.settings.lease, MAX_COUNCILS_PER_PASS).await?
+            store::lease_councils(&db, self.id, self.settings.lease, limit).await?
         };
         let results = futures::future::join_all(leased.into_iter().map(|c| self.drain_council(c))).await;
         let mut outcome = PassOutcome::default();
