@@ -374,6 +374,7 @@ async fn watch(clients: &Clients, ledger: &RefCell<Ledger>, done: &RefCell<bool>
 /// Runs load for [`FAULT`], then waits until every alert answered so far is
 /// seen; returns the longest delay from answer to seen.
 async fn phase(name: &str, clients: &Clients, ledger: &RefCell<Ledger>, next: &RefCell<Vec<usize>>) -> Duration {
+    let before: std::collections::HashSet<String> = ledger.borrow().answered.keys().cloned().collect();
     let done = RefCell::new(false);
     let wait_all = async {
         load(clients, ledger, next, FAULT).await;
@@ -393,10 +394,17 @@ async fn phase(name: &str, clients: &Clients, ledger: &RefCell<Ledger>, next: &R
     };
     futures::join!(wait_all, watch(clients, ledger, &done));
     let l = ledger.borrow();
-    let worst = l.answered.iter().map(|(e, at)| l.seen[e].saturating_duration_since(*at)).max().unwrap_or_default();
+    let during: Vec<Duration> = l
+        .answered
+        .iter()
+        .filter(|(e, _)| !before.contains(*e))
+        .map(|(e, at)| l.seen[e].saturating_duration_since(*at))
+        .collect();
+    let worst = during.iter().max().copied().unwrap_or_default();
     println!(
-        "{name}: {} check-ins so far ({} retried on the other replica); slowest alert reached the healthy replica {worst:?} after its check-in",
-        l.answered.len(),
+        "{name}: {} check-ins ({} attempts retried on the other replica so far); \
+         the slowest of their alerts reached the healthy replica {worst:?} after its check-in",
+        during.len(),
         l.failovers
     );
     worst

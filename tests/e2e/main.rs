@@ -6,6 +6,7 @@ mod harness;
 
 mod attendance;
 mod authz_matrix;
+mod delivery;
 mod faults;
 mod foundation;
 mod hostile;

@@ -97,7 +97,7 @@ impl Config {
             stream_buffer: 64,
             poll_interval: Duration::from_secs(5),
             reconnect_backoff_max: Duration::from_secs(5),
-            council_metrics_interval: Duration::from_secs(10),
+            council_metrics_interval: Duration::from_secs(5),
         }
     }
 }
