@@ -528,7 +528,11 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                         match client.ack_alerts(AckAlertsRequest { up_to_sequence: up_to }).await {
                             Ok(_) => unacked = None,
                             Err(e) if transient(e.code()) => {
-                                eprintln!("subscribe: acknowledging {up_to}: {} ({}); will retry", e.message(), e.code());
+                                eprintln!(
+                                    "subscribe: acknowledging {up_to}: {} ({}); will retry",
+                                    e.message(),
+                                    e.code()
+                                );
                             }
                             Err(e) => return Err(status_error(e)),
                         }

@@ -330,14 +330,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 relay_poll_interval: ms(args.relay_poll_ms.max(10)),
                 ..cpis_attendance::Config::default()
             };
-            suite::start_attendance(
-                listener,
-                &common,
-                config,
-                &args.registry_url,
-                &args.notification_url,
-            )
-            .await?
+            suite::start_attendance(listener, &common, config, &args.registry_url, &args.notification_url).await?
         }
         None => anyhow::bail!("unknown service {:?}: expected registry, attendance or notification", args.service),
     };

@@ -95,7 +95,22 @@ impl Topology {
         format!("{}{party}", self.prefix)
     }
 
+    /// Deletes namespaces left by an earlier run that was killed before its
+    /// guards ran (its process no longer exists).
+    fn remove_stale() {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            let Some(rest) = name.strip_prefix("cpisnf") else { continue };
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip_cmd(&["netns", "del", name]);
+            }
+        }
+    }
+
     fn create() -> Result<Topology, String> {
+        Self::remove_stale();
         let mut t = Topology { prefix: format!("cpisnf{}", std::process::id()), created: Vec::new() };
         let hub = t.ns("hub");
         ip_cmd(&["netns", "add", &hub])?;
@@ -229,8 +244,10 @@ impl Database {
                 }
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            let created =
-                rt.block_on(cluster.create_database("cpis")).map(|()| cluster.url("cpis")).map_err(|e| format!("{e:#}"));
+            let created = rt
+                .block_on(cluster.create_database("cpis"))
+                .map(|()| cluster.url("cpis"))
+                .map_err(|e| format!("{e:#}"));
             ready_tx.send(created).ok();
             let _ = stop_rx.recv();
             drop(cluster);
@@ -295,7 +312,12 @@ struct Clients {
 
 /// One check-in, retried with the same request id on the other replica
 /// until it is answered.
-async fn check_in(clients: &Clients, first: usize, request: CheckInRequest, ledger: &RefCell<Ledger>) -> CheckInResponse {
+async fn check_in(
+    clients: &Clients,
+    first: usize,
+    request: CheckInRequest,
+    ledger: &RefCell<Ledger>,
+) -> CheckInResponse {
     let started = Instant::now();
     let mut k = first;
     loop {
@@ -338,10 +360,11 @@ async fn load(clients: &Clients, ledger: &RefCell<Ledger>, next: &RefCell<Vec<us
             };
             let answer = check_in(clients, i % 2, request, ledger).await;
             assert!(answer.flagged);
-            let mut l = ledger.borrow_mut();
-            l.answered.insert(answer.episode_id.clone(), Instant::now());
-            l.episodes[c].push(answer.episode_id);
-            drop(l);
+            {
+                let mut l = ledger.borrow_mut();
+                l.answered.insert(answer.episode_id.clone(), Instant::now());
+                l.episodes[c].push(answer.episode_id);
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
@@ -585,7 +608,7 @@ async fn scenario(pki: Pki, topology: &Topology, database_url: &str, a1_log: &st
     assert!(worst < BOUND, "(c): an alert took {worst:?}");
 
     // Nothing lost, nothing twice, each council in check-in order.
-    let l = ledger.borrow();
+    let episodes = ledger.borrow().episodes.clone();
     for (c, code) in COUNCILS.iter().enumerate() {
         let mut client = clients.notification[c].clone();
         let mut alerts: Vec<Alert> = Vec::new();
@@ -602,9 +625,9 @@ async fn scenario(pki: Pki, topology: &Topology, database_url: &str, a1_log: &st
             }
         }
         let sequences: Vec<i64> = alerts.iter().map(|a| a.sequence).collect();
-        assert_eq!(sequences, (1..=l.episodes[c].len() as i64).collect::<Vec<_>>(), "{code}: one alert per check-in");
+        assert_eq!(sequences, (1..=episodes[c].len() as i64).collect::<Vec<_>>(), "{code}: one alert per check-in");
         let order: Vec<String> = alerts.iter().map(|a| a.episode.clone().unwrap().episode_id).collect();
-        assert_eq!(order, l.episodes[c], "{code}: sequence order is check-in commit order");
+        assert_eq!(order, episodes[c], "{code}: sequence order is check-in commit order");
     }
 }
 

@@ -68,14 +68,11 @@ async fn replay_reads_acknowledged_alerts_again_from_any_sequence() {
     // Replay: everything from 1, or after any sequence, whatever was acknowledged.
     assert_eq!(list(&mut client, 0, true).await, vec![1, 2, 3, 4]);
     assert_eq!(list(&mut client, 2, true).await, vec![3, 4]);
-    let beyond = client
-        .list_alerts(ListAlertsRequest { after_sequence: 5, page_size: 10, replay: true })
-        .await
-        .unwrap_err();
+    let beyond =
+        client.list_alerts(ListAlertsRequest { after_sequence: 5, page_size: 10, replay: true }).await.unwrap_err();
     assert_eq!(beyond.code(), Code::InvalidArgument);
 
-    let mut stream =
-        client.subscribe(SubscribeRequest { after_sequence: 0, replay: true }).await.unwrap().into_inner();
+    let mut stream = client.subscribe(SubscribeRequest { after_sequence: 0, replay: true }).await.unwrap().into_inner();
     let mut seen = Vec::new();
     timeout(PATIENCE, async {
         while seen.len() < 4 {

@@ -189,8 +189,12 @@ async fn a_client_hoarding_a_thousand_unread_streams_is_capped_and_delays_no_one
 async fn rotated_certificates_are_served_without_dropping_open_streams() {
     let ts = TestSuite::start().await;
     let port = ts.notification_port();
-    let mut stream =
-        ts.notification(&council(KENT)).subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await.unwrap().into_inner();
+    let mut stream = ts
+        .notification(&council(KENT))
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+        .await
+        .unwrap()
+        .into_inner();
     let served = || async {
         // What a brand-new TLS connection is shown.
         let mut roots = rustls::RootCertStore::empty();

@@ -380,11 +380,17 @@ async fn a_caller_over_its_in_flight_cap_is_refused_while_others_are_served() {
     let mut held = Vec::new();
     for _ in 0..8 {
         held.push(
-            ts.notification(&council(MANCHESTER)).subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await.unwrap(),
+            ts.notification(&council(MANCHESTER))
+                .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+                .await
+                .unwrap(),
         );
     }
-    let status =
-        ts.notification(&council(MANCHESTER)).subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await.unwrap_err();
+    let status = ts
+        .notification(&council(MANCHESTER))
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     let status = ts.notification(&council(MANCHESTER)).list_alerts(ListAlertsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);

@@ -12,5 +12,5 @@ mod foundation;
 mod hostile;
 mod notification;
 mod platform;
-mod relay;
 mod registry;
+mod relay;

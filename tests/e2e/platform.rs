@@ -163,8 +163,11 @@ async fn a_database_outage_turns_readiness_off_gives_unavailable_and_loses_nothi
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let err = attendance.check_in(arrival(&nhs(801))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let err =
-        ts.notification(&council(MANCHESTER)).subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await.unwrap_err();
+    let err = ts
+        .notification(&council(MANCHESTER))
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
     cluster.spawn().expect("restarting PostgreSQL");

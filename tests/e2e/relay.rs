@@ -116,10 +116,11 @@ async fn two_replicas_drain_a_backlog_of_5000_alerts_in_each_councils_check_in_o
         let ports = [ts.attendance_port(), second.addr.port()];
         let started = Instant::now();
         let checked_in = futures::future::join_all(codes.iter().enumerate().map(|(c, _)| {
-            let clients =
-                ports.map(|port| cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient::new(
+            let clients = ports.map(|port| {
+                cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient::new(
                     ts.channel(port, &setting(ALDER_HEY)),
-                ));
+                )
+            });
             async move {
                 let mut episodes = Vec::with_capacity(PER_COUNCIL);
                 for i in 0..PER_COUNCIL {

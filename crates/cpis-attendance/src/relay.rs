@@ -317,8 +317,8 @@ impl Relay {
                 let db = self.pool.get().await?;
                 match result {
                     Ok(sequence) => {
-                        let still_held = store::mark_delivered(&db, alert.outbox_id, self.id, self.settings.lease)
-                            .await?;
+                        let still_held =
+                            store::mark_delivered(&db, alert.outbox_id, self.id, self.settings.lease).await?;
                         self.metrics.delivered.inc();
                         delivered += 1;
                         tracing::info!(

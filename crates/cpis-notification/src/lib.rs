@@ -28,10 +28,17 @@
 //!   15 s) while idle, so proxies that ignore HTTP/2 pings still see traffic
 //!   and a client that misses two or three heartbeats knows to reconnect.
 //!
-//! A client that reconnects (after a deploy, a `max_connection_age` cut, a
-//! shutdown ending its stream with `UNAVAILABLE`, or a database failure)
-//! resumes with `after_sequence` = the last sequence it holds, or 0 after
-//! acknowledging, and loses nothing.
+//! A stream the server ends (shutdown, database failure) always ends with a
+//! non-OK status, `UNAVAILABLE`, sent after every alert already buffered, so
+//! a full buffer cannot swallow it and no client reads the end as "done". A
+//! client that reconnects (after a deploy, a `max_connection_age` cut, or
+//! such an end) resumes with `after_sequence` = the last sequence it holds,
+//! or 0 after acknowledging, and loses nothing. With `replay` set,
+//! `after_sequence` is taken as given whatever was acknowledged (0: from
+//! sequence 1), for a case system that lost what it had received.
+//!
+//! Operators see each council's unacknowledged alerts, the age of the oldest
+//! and its open subscriptions ([`delivery`]).
 
 pub mod alert;
 pub mod delivery;
@@ -49,9 +56,9 @@ use cpis_core::server::Shutdown;
 use cpis_core::validate::Violations;
 use cpis_core::ApiError;
 use cpis_proto::notification::v1 as pb;
+use futures::StreamExt;
 use std::pin::Pin;
 use std::time::Duration;
-use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -141,9 +148,11 @@ impl Notification {
         );
         let store = Store::new(pool);
         let council_metrics = delivery::CouncilMetrics::new();
-        tokio::spawn(
-            council_metrics.clone().run(store.clone(), config.council_metrics_interval, shutdown.stopping().clone()),
-        );
+        tokio::spawn(council_metrics.clone().run(
+            store.clone(),
+            config.council_metrics_interval,
+            shutdown.stopping().clone(),
+        ));
         Ok(Self { store, fanout, config, shutdown, metrics: stream::StreamMetrics::new(), council_metrics })
     }
 

@@ -251,7 +251,11 @@ impl Store {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| CouncilBacklog { council: r.get(0), unacked: r.get(1), oldest_unacked_age: r.get::<_, f64>(2).max(0.0) })
+            .map(|r| CouncilBacklog {
+                council: r.get(0),
+                unacked: r.get(1),
+                oldest_unacked_age: r.get::<_, f64>(2).max(0.0),
+            })
             .collect())
     }
 
