@@ -37,13 +37,19 @@
 //! service holds a council's counter lock only inside one statement, so no
 //! silently lost connection can stall a council for longer than those bounds.
 //! A relay that cannot reach the Notification service at all (every publish
-//! of a pass failed as an outage) pauses with exponential backoff, leaving
-//! its councils to replicas that can.
+//! of a pass failed as an outage) pauses with exponential backoff, then tries
+//! one council at a time until a publish succeeds, leaving the councils to
+//! replicas that can deliver them; a council it failed waits only its own
+//! short retry delay. A relay that stops releases its councils at once.
 //!
-//! `tests/e2e/relay.rs` (two replicas draining a backlog after an outage) and
-//! `tests/netfault` (silently dropped packets between a relay and PostgreSQL,
-//! Notification and PostgreSQL, Attendance and Notification, in Linux network
-//! namespaces) check both.
+//! The tests that prove this: `tests/e2e/relay.rs` (two replicas drain a
+//! backlog of 5,000 alerts for 20 councils after an outage, each council in
+//! check-in order), `tests/e2e/attendance.rs` (order after a Notification
+//! outage) and `tests/netfault.rs` (packets silently dropped between a relay
+//! and PostgreSQL in the middle of a pass, a Notification replica and
+//! PostgreSQL, a relay and its Notification replica, in Linux network
+//! namespaces: alerts reach the healthy replica within 20 s with 3 s leases,
+//! in order, none lost or repeated).
 
 use crate::store::{self, LeasedCouncil, PendingAlert};
 use cpis_core::db::DbPool;
@@ -188,17 +194,25 @@ impl Relay {
         }
     }
 
-    /// Runs until `stop` fires. An interrupted publish leaves its row queued
-    /// (and its council leased until the lease runs out).
+    /// Runs until `stop` fires. An interrupted publish leaves its row queued;
+    /// the relay then releases its councils to the other replicas.
     pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             // The id this relay's leases carry (attendance.relay_councils.holder).
             tracing::info!(relay = %self.id, "outbox relay started");
+            let relay = self.clone();
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = self.run() => {}
+                _ = relay.run() => {}
             }
-            tracing::debug!("outbox relay stopped");
+            // Hand this relay's councils over now rather than when the
+            // leases run out (best effort: a relay that vanishes cannot).
+            let release = async {
+                let db = self.pool.get().await.ok()?;
+                store::release_all(&db, self.id).await.ok()
+            };
+            let released = tokio::time::timeout(Duration::from_secs(1), release).await.ok().flatten();
+            tracing::debug!(released, "outbox relay stopped");
         })
     }
 

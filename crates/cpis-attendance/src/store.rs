@@ -630,6 +630,16 @@ pub async fn mark_failed(
     Ok(())
 }
 
+/// Gives up every lease `holder` holds (a relay stopping), so the other
+/// replicas carry on at once instead of after the lease runs out.
+pub async fn release_all(
+    db: &impl deadpool_postgres::GenericClient,
+    holder: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute("UPDATE attendance.relay_councils SET holder = NULL, lease_until = NULL WHERE holder = $1", &[&holder])
+        .await
+}
+
 /// Gives up `holder`'s lease of `council`, so any relay may take it at once.
 pub async fn release_council(
     db: &impl deadpool_postgres::GenericClient,
