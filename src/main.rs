@@ -118,6 +118,18 @@ enum CertsCommand {
         #[arg(long)]
         code: String,
     },
+    /// Revoke the current certificate of one identity: it joins the CA's
+    /// revocation list (`pki/crl.pem`), which running servers re-read.
+    Revoke {
+        #[command(flatten)]
+        state: StateArgs,
+        /// council, setting or service.
+        #[arg(long)]
+        kind: String,
+        /// GSS code, ODS code or service name.
+        #[arg(long)]
+        code: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +166,15 @@ struct ServeArgs {
     /// Requests and streams this service may have in flight in all.
     #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = 20_000)]
     max_in_flight: usize,
+    /// Open connections per listener; more are closed at once.
+    #[arg(long, env = "CPIS_MAX_CONNECTIONS", default_value_t = 16_384)]
+    max_connections: usize,
+    /// TLS handshakes in progress per listener; more are closed at once.
+    #[arg(long, env = "CPIS_MAX_HANDSHAKES", default_value_t = 256)]
+    max_handshakes: usize,
+    /// PEM certificate revocation list of client certificates (re-read when it changes).
+    #[arg(long, env = "CPIS_TLS_CRL")]
+    crl: Option<PathBuf>,
     /// Serve Prometheus metrics (plain HTTP, `/metrics`) on this address.
     #[arg(long, env = "CPIS_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -309,6 +330,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         internal_listen: args.internal_listen,
         metrics_listen: args.metrics_listen,
         limits: cpis_core::limits::Limits { per_caller: args.max_in_flight_per_caller, total: args.max_in_flight },
+        connections: cpis_core::server::ConnectionLimits {
+            max_connections: args.max_connections,
+            max_handshakes: args.max_handshakes,
+        },
+        crl: args.crl.clone(),
     };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -360,6 +386,13 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
             println!("cert {}", paths.cert.display());
             println!("key  {}", paths.key.display());
             println!("ca   {}", paths.ca.display());
+        }
+        CertsCommand::Revoke { state, kind, code } => {
+            let kind = CallerKind::parse(&kind).context("--kind must be council, setting or service")?;
+            let caller = Caller::from_parts(kind, &code)?;
+            let crl = Pki::new(&state.state_dir).revoke(&caller)?;
+            println!("revoked {}", caller.spiffe_id(&state.trust_domain));
+            println!("crl  {}", crl.display());
         }
     }
     Ok(())

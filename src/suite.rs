@@ -38,6 +38,11 @@ pub struct Common {
     pub metrics_listen: Option<SocketAddr>,
     /// Caps on requests in flight, per caller and in all.
     pub limits: cpis_core::limits::Limits,
+    /// Caps on connections and TLS handshakes in progress, per listener.
+    pub connections: cpis_core::server::ConnectionLimits,
+    /// A PEM certificate revocation list of client certificates (re-read
+    /// when it changes; absent means nothing is revoked).
+    pub crl: Option<PathBuf>,
 }
 
 /// Settings of all three services.
@@ -81,6 +86,7 @@ fn options(name: &'static str, component: &'static str, common: &Common, metrics
     options.drain = common.drain;
     options.max_connection_age = common.max_connection_age;
     options.limits = common.limits;
+    options.connections = common.connections;
     options
 }
 
@@ -95,7 +101,7 @@ async fn spawn_serving(
     metrics: &Metrics,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let tls = ServerTls::load(&common.tls, &common.trust_domain)?;
+    let tls = ServerTls::load_with_crl(&common.tls, common.crl.as_deref(), &common.trust_domain)?;
     metrics.watch_pool(pool.clone());
     let mut opts = options(name, component, common, metrics);
     let Some(internal_addr) = common.internal_listen else {
@@ -254,6 +260,8 @@ pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url
         internal_listen: None,
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         limits: cpis_core::limits::Limits::default(),
+        connections: cpis_core::server::ConnectionLimits::default(),
+        crl: Some(pki.crl_path()),
     })
 }
 

@@ -133,6 +133,11 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     assert!(flagged.flagged);
     assert!(attendance.check_in(check_in(&mother)).await.unwrap().into_inner().flagged);
     assert!(!attendance.check_in(check_in(&stranger)).await.unwrap().into_inner().flagged);
+    // A request id is recorded only once validated: an invalid one (here a
+    // control character) never reaches a span or a log line.
+    let mut bad_id = check_in(&child);
+    bad_id.request_id = format!("INJECTED-{}\u{7}", uuid::Uuid::new_v4());
+    assert!(attendance.check_in(bad_id).await.is_err());
     // Failures must not echo the number either.
     let mut bad = check_in(&child);
     bad.setting_type = 99;
@@ -230,6 +235,11 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         assert!(!log_text.contains(n.as_str()), "an NHS number appears in the logs");
     }
     assert!(!everything.contains("9990000019") && !log_text.contains("9990000019"));
+    assert!(!everything.contains("INJECTED-") && !log_text.contains("INJECTED-"), "an invalid request id is recorded");
+    // No per-request outcome: beside a vendor's request id, "flagged" would
+    // tell the log's readers who is on a plan.
+    assert!(!log_text.contains("flagged"), "a log line says whether a check-in was flagged");
+    assert!(!everything.contains("flagged"), "a span says whether a check-in was flagged");
     // JSON log lines carry the request id and the trace id.
     let with_ids = log_text
         .lines()

@@ -14,3 +14,4 @@ mod notification;
 mod platform;
 mod registry;
 mod relay;
+mod surfaces;

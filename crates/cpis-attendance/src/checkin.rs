@@ -124,6 +124,9 @@ pub async fn check_in(
     deadline: CallerDeadline,
 ) -> Result<CheckInResponse, ApiError> {
     let valid = validate(&req, Utc::now())?;
+    // The client's key identifies the request in logs (only once it is known
+    // to be short, printable text); the person never does.
+    tracing::Span::current().record("request_id", valid.request_id.as_str());
 
     // A retry is answered from the store, even while the Registry is down.
     let earlier = {
@@ -137,8 +140,9 @@ pub async fn check_in(
 
     let found = svc.flags.lookup(&valid.nhs_number, Some(valid.arrived_at.date_naive()), deadline).await?;
     if found.flags.is_empty() {
-        // Nothing about the person is stored, not even the request.
-        tracing::info!(flagged = false, "check-in");
+        // Nothing about the person is stored, not even the request; and no
+        // log line says how it went (beside the vendor's request id, an
+        // outcome would tell the log's readers who is flagged).
         return Ok(CheckInResponse::default());
     }
 
@@ -157,13 +161,6 @@ pub async fn check_in(
     let mut db = svc.pool.get().await?;
     match store::record_flagged(&mut db, &record, svc.rules()).await? {
         Recorded::New { response, alerts_queued } => {
-            tracing::info!(
-                flagged = true,
-                episode_id = %response.episode_id,
-                councils = alerts.len(),
-                alerts_queued,
-                "check-in"
-            );
             if alerts_queued > 0 {
                 svc.wake_relay.notify_one();
             }

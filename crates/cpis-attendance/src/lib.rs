@@ -222,10 +222,8 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
             return Err(ApiError::PermissionDenied("only settings may check people in".into()).into());
         };
-        let span = tracing::Span::current();
-        span.record("setting", setting.as_str());
-        // The client's key identifies the request in logs; the person never does.
-        span.record("request_id", request.get_ref().request_id.as_str());
+        tracing::Span::current().record("setting", setting.as_str());
+        // The client's key is recorded once validated (checkin::validate).
         checkin::check_in(self, &setting, request.into_inner(), deadline).await.map(Response::new).map_err(Status::from)
     }
 

@@ -105,7 +105,7 @@ pub fn rule(path: &str) -> Option<&'static [Allow]> {
 
 /// Decides one request: the caller to hand on, or the status to answer with.
 pub fn decide(path: &str, peer: Option<&PeerInfo>, surface: Surface) -> Result<Caller, Status> {
-    let caller = match peer.map(|p| &p.identity) {
+    let caller = match peer.map(PeerInfo::caller_now) {
         Some(Ok(caller)) => caller,
         Some(Err(e)) => return Err(Status::unauthenticated(e.to_string())),
         None => return Err(Status::unauthenticated("no verified client identity on this connection")),
@@ -182,6 +182,13 @@ where
                 Box::pin(self.inner.call(req))
             }
             Err(status) => {
+                if status.code() == tonic::Code::Unauthenticated {
+                    // No valid identity (any more): answer, then close the
+                    // connection rather than keep serving refusals on it.
+                    if let Some(peer) = req.extensions().get::<PeerInfo>() {
+                        peer.close_after_answer();
+                    }
+                }
                 let caller = req
                     .extensions()
                     .get::<PeerInfo>()
@@ -208,7 +215,7 @@ mod tests {
 
     #[test]
     fn councils_cannot_look_up_flags() {
-        let peer = PeerInfo { remote_addr: None, identity: Ok(Caller::Council("E08000003".into())) };
+        let peer = PeerInfo::new(None, Ok(Caller::Council("E08000003".into())));
         let err = decide("/cpis.registry.v1.RegistryService/LookupFlags", Some(&peer), Surface::Combined).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         let ok = decide("/cpis.registry.v1.RegistryService/GetPlan", Some(&peer), Surface::Combined);
@@ -217,11 +224,11 @@ mod tests {
 
     #[test]
     fn internal_methods_stay_on_the_internal_listener() {
-        let attendance = PeerInfo { remote_addr: None, identity: Ok(Caller::Service(ServiceName::Attendance)) };
+        let attendance = PeerInfo::new(None, Ok(Caller::Service(ServiceName::Attendance)));
         let lookup = "/cpis.registry.v1.RegistryService/LookupFlags";
         assert!(decide(lookup, Some(&attendance), Surface::Internal).is_ok());
         assert!(decide(lookup, Some(&attendance), Surface::Public).is_err());
-        let council = PeerInfo { remote_addr: None, identity: Ok(Caller::Council("E08000003".into())) };
+        let council = PeerInfo::new(None, Ok(Caller::Council("E08000003".into())));
         assert!(decide("/cpis.registry.v1.RegistryService/GetPlan", Some(&council), Surface::Internal).is_err());
         assert!(decide("/grpc.health.v1.Health/Check", Some(&council), Surface::Internal).is_ok());
     }

@@ -7,9 +7,10 @@ use crate::identity::{Caller, CallerKind};
 use crate::tls::TlsPaths;
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
@@ -170,6 +171,79 @@ impl Pki {
         write_private(&paths.key, &key.serialize_pem())?;
         Ok(paths)
     }
+}
+
+impl Pki {
+    /// The certificate revocation list the development servers read (it
+    /// exists once something has been revoked).
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
+    fn revoked_list_path(&self) -> PathBuf {
+        self.dir.join("revoked-serials.txt")
+    }
+
+    /// Revokes the current certificate of `caller`: its serial number joins
+    /// the CA's revocation list, which is written anew (servers re-read it).
+    pub fn revoke(&self, caller: &Caller) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(self.exists(), "no CA under {}: run `cpis certs init` first", self.dir.display());
+        let cert_path = self.paths_for(caller).cert;
+        let pem = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+            .with_context(|| format!("parsing {}", cert_path.display()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).context("parsing the certificate")?;
+        let serial = hex(cert.raw_serial());
+
+        let mut serials: Vec<String> = std::fs::read_to_string(self.revoked_list_path())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+        std::fs::write(self.revoked_list_path(), serials.join("\n") + "\n")?;
+
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.ca_key_path())?)?;
+        let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(self.ca_path())?, ca_key)?;
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = serials
+            .iter()
+            .map(|s| {
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from(unhex(s)?),
+                    revocation_time: now,
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + Duration::days(7),
+            crl_number: SerialNumber::from(u64::try_from(now.unix_timestamp()).unwrap_or_default()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&issuer)?;
+        // Written beside and renamed, so a server never reads half a file.
+        let tmp = self.dir.join("crl.pem.tmp");
+        std::fs::write(&tmp, crl.pem()?)?;
+        std::fs::rename(&tmp, self.crl_path())?;
+        Ok(self.crl_path())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(s.len().is_multiple_of(2) && s.is_ascii(), "malformed serial in the revoked list");
+    (0..s.len()).step_by(2).map(|i| Ok(u8::from_str_radix(&s[i..i + 2], 16)?)).collect()
 }
 
 /// Writes a file readable by its owner only.

@@ -10,17 +10,19 @@
 
 use crate::authz::AuthzLayer;
 use crate::identity::{Caller, IdentityError};
-use crate::tls::ServerTls;
+use crate::tls::{ServerTls, VerifiedChain};
 use deadpool_postgres::Pool;
 use pin_project_lite::pin_project;
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,7 +38,57 @@ pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     /// The verified caller, or why there is none.
     pub identity: Result<Caller, IdentityError>,
+    /// The verified chain and the server's trust settings, to check the
+    /// chain again on every request.
+    recheck: Option<(ServerTls, Arc<VerifiedChain>)>,
+    /// Fired when the connection is refused: it closes once the refusal has
+    /// been written.
+    close: CancellationToken,
 }
+
+impl PeerInfo {
+    /// A connection's identity as established at the handshake (no per-request re-check).
+    pub fn new(remote_addr: Option<SocketAddr>, identity: Result<Caller, IdentityError>) -> Self {
+        Self { remote_addr, identity, recheck: None, close: CancellationToken::new() }
+    }
+
+    /// The caller of a request made now: the connection's identity, as long
+    /// as its certificate has not expired or been revoked since the handshake
+    /// and still verifies against the current trust bundle.
+    pub fn caller_now(&self) -> Result<&Caller, IdentityError> {
+        let caller = self.identity.as_ref().map_err(Clone::clone)?;
+        if let Some((tls, chain)) = &self.recheck {
+            tls.recheck(chain)?;
+        }
+        Ok(caller)
+    }
+
+    /// Closes the connection once what has been answered so far is written
+    /// (used when a request is refused for want of a valid identity).
+    pub fn close_after_answer(&self) {
+        self.close.cancel();
+    }
+}
+
+/// Caps on one listener's connections, refusing the excess before any TLS
+/// work (the connection is closed at once).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections (handshaken or not).
+    pub max_connections: usize,
+    /// TLS handshakes in progress.
+    pub max_handshakes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { max_connections: 16_384, max_handshakes: 256 }
+    }
+}
+
+/// How long a connection without a verified identity stays open: long enough
+/// to read the `UNAUTHENTICATED` answer and its reason, no longer.
+const UNIDENTIFIED_LIFETIME: Duration = Duration::from_secs(2);
 
 pin_project! {
     /// A server-side TLS connection that carries its client's identity.
@@ -44,6 +96,13 @@ pin_project! {
         #[pin]
         inner: TlsStream<TcpStream>,
         info: PeerInfo,
+        // Its place under the listener's connection cap.
+        _permit: OwnedSemaphorePermit,
+        // Reads end (EOF, so the server closes the connection) once this
+        // fires: set for connections without a verified identity.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Set once a refusal has been flushed: reads end.
+        closed: bool,
     }
 }
 
@@ -57,7 +116,18 @@ impl Connected for MtlsStream {
 
 impl AsyncRead for MtlsStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_read(cx, buf)
+        let this = self.project();
+        if !*this.closed {
+            if let Some(deadline) = this.deadline.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    *this.closed = true;
+                }
+            }
+        }
+        if *this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
     }
 }
 
@@ -67,7 +137,12 @@ impl AsyncWrite for MtlsStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let flushed = this.inner.poll_flush(cx);
+        if flushed.is_ready() && this.info.close.is_cancelled() {
+            *this.closed = true;
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -92,14 +167,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow
 /// client cannot hold up the others), yielding connections that know their
-/// caller. Stops accepting when `stop` fires.
+/// caller. Connections beyond `limits` are closed at once. Stops accepting
+/// when `stop` fires.
 pub fn mtls_incoming(
     listener: TcpListener,
     tls: ServerTls,
+    limits: ConnectionLimits,
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<MtlsStream>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls.config());
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -115,20 +194,35 @@ pub fn mtls_incoming(
                     }
                 },
             };
+            // Over a cap: drop the socket before spending anything on it.
+            let (Ok(permit), Ok(handshake)) =
+                (connections.clone().try_acquire_owned(), handshakes.clone().try_acquire_owned())
+            else {
+                tracing::debug!(remote = %addr, "connection refused: listener at its connection or handshake cap");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let keepalive =
                 socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15));
             let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
             let (acceptor, tls, tx) = (acceptor.clone(), tls.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(handshake);
+                match handshaken {
                     Ok(Ok(stream)) => {
-                        let identity = tls.identify(stream.get_ref().1.peer_certificates());
-                        if let Err(e) = &identity {
-                            tracing::info!(remote = %addr, reason = %e, "connection without a valid identity");
-                        }
-                        let info = PeerInfo { remote_addr: Some(addr), identity };
-                        let _ = tx.send(Ok(MtlsStream { inner: stream, info })).await;
+                        let verified = tls.identify_chain(stream.get_ref().1.peer_certificates());
+                        let (identity, recheck, deadline) = match verified {
+                            Ok((caller, chain)) => (Ok(caller), Some((tls, Arc::new(chain))), None),
+                            Err(e) => {
+                                tracing::info!(remote = %addr, reason = %e, "connection without a valid identity");
+                                (Err(e), None, Some(Box::pin(tokio::time::sleep(UNIDENTIFIED_LIFETIME))))
+                            }
+                        };
+                        let info =
+                            PeerInfo { remote_addr: Some(addr), identity, recheck, close: CancellationToken::new() };
+                        let stream = MtlsStream { inner: stream, info, _permit: permit, deadline, closed: false };
+                        let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(remote = %addr, error = %e, "TLS handshake failed")
@@ -225,6 +319,8 @@ pub struct ServeOptions {
     pub metrics: crate::metrics::Metrics,
     /// Caps on requests in flight, per caller and in all.
     pub limits: crate::limits::Limits,
+    /// Caps on connections and handshakes in progress.
+    pub connections: ConnectionLimits,
 }
 
 impl ServeOptions {
@@ -235,6 +331,7 @@ impl ServeOptions {
             component,
             metrics,
             limits: crate::limits::Limits::default(),
+            connections: ConnectionLimits::default(),
             drain: Duration::ZERO,
             http2_keepalive: Duration::from_secs(30),
             max_connection_age: None,
@@ -282,7 +379,7 @@ pub async fn serve(
         drain_shutdown.stopping().cancel();
     });
 
-    let incoming = mtls_incoming(listener, tls, shutdown.stopping().clone());
+    let incoming = mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(options.http2_keepalive))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));

@@ -252,6 +252,9 @@ pub struct GrpcTrace<S> {
     service: &'static str,
 }
 
+/// The method label of requests for paths outside the contract.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
 /// Request id header: accepted from the caller (up to 64 visible ASCII
 /// characters) or generated, and returned on the response.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -271,7 +274,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_string();
+        let path = req.uri().path();
         let request_id = req
             .headers()
             .get(REQUEST_ID)
@@ -280,7 +283,11 @@ where
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
-        let method = path.trim_start_matches('/').to_string();
+        // Only methods of the contract name a span or a metric series: any
+        // other path (a probe, a scanner, a client without a certificate)
+        // is `unknown`, so callers cannot create series at will.
+        let method =
+            crate::authz::POLICY.iter().find(|(p, _)| *p == path).map(|(p, _)| &p[1..]).unwrap_or(UNKNOWN_METHOD);
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %method,
@@ -320,7 +327,7 @@ where
                     .unwrap_or(0);
                 let name = format!("{:?}", tonic::Code::from_i32(code));
                 tracing::Span::current().record("rpc.grpc.status_code", code);
-                metrics.observe(&method, &name, started.elapsed().as_secs_f64());
+                metrics.observe(method, &name, started.elapsed().as_secs_f64());
                 if code != 0 {
                     tracing::info!(code = %name, "request failed");
                 }

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -70,10 +70,15 @@ fn root_store(ca: &Path) -> anyhow::Result<Arc<RootCertStore>> {
 
 /// The server side of mutual TLS: the rustls config, and the verifier used to
 /// turn a connection's client certificate into a [`Caller`].
+///
+/// The trust bundle (CA file) and the optional certificate revocation list
+/// are re-read when their files change, like the certificate: an emergency
+/// CA rotation or a revocation takes effect without a restart, on open
+/// connections too (see [`ServerTls::recheck`]).
 #[derive(Clone)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: Arc<Reloading<Arc<dyn ClientCertVerifier>>>,
     trust_domain: String,
 }
 
@@ -83,22 +88,44 @@ impl fmt::Debug for ServerTls {
     }
 }
 
+/// A client chain as verified on one connection: what [`ServerTls::recheck`]
+/// needs to check it again on each request.
+#[derive(Debug)]
+pub struct VerifiedChain {
+    chain: Vec<CertificateDer<'static>>,
+    not_after: SystemTime,
+    /// The verifier that last accepted the chain; a reloaded trust bundle or
+    /// revocation list is a different one, and the chain is checked again.
+    verified_by: Mutex<Arc<Arc<dyn ClientCertVerifier>>>,
+}
+
 impl ServerTls {
     /// Loads the CA, certificate and key; TLS 1.3 only, ALPN `h2`. The
     /// certificate and key are re-read when the files change (cert-manager
     /// rotation) without touching open connections.
     pub fn load(paths: &TlsPaths, trust_domain: &str) -> anyhow::Result<Self> {
+        Self::load_with_crl(paths, None, trust_domain)
+    }
+
+    /// [`ServerTls::load`], also refusing client certificates listed in the
+    /// PEM certificate revocation list at `crl` (a file that does not exist
+    /// yet means none is revoked; it is picked up when it appears).
+    pub fn load_with_crl(paths: &TlsPaths, crl: Option<&Path>, trust_domain: &str) -> anyhow::Result<Self> {
         let provider = provider();
-        let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&paths.ca)?, provider.clone())
-            .build()
-            .context("building the client certificate verifier")?;
+        let mut files = vec![paths.ca.clone()];
+        files.extend(crl.map(Path::to_path_buf));
+        let (ca, crl_path, verifier_provider) = (paths.ca.clone(), crl.map(Path::to_path_buf), provider.clone());
+        let verifier = Reloading::new("client trust bundle", files, move || {
+            client_verifier(&ca, crl_path.as_deref(), verifier_provider.clone())
+        })?;
+        let hints = verifier.current().root_hint_subjects().to_vec();
         let resolver = Arc::new(ReloadingCertResolver::new(paths.clone(), provider.clone())?);
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(DeferredClientVerifier(verifier.clone())))
+            .with_client_cert_verifier(Arc::new(DeferredClientVerifier { provider, hints }))
             .with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Self { config: Arc::new(config), verifier, trust_domain: trust_domain.to_string() })
+        Ok(Self { config: Arc::new(config), verifier: Arc::new(verifier), trust_domain: trust_domain.to_string() })
     }
 
     /// The rustls server configuration.
@@ -113,13 +140,74 @@ impl ServerTls {
 
     /// Verifies the client's chain against our CA and reads its identity.
     pub fn identify(&self, peer_certs: Option<&[CertificateDer<'_>]>) -> Result<Caller, IdentityError> {
-        let certs = peer_certs.filter(|c| !c.is_empty()).ok_or(IdentityError::NoCertificate)?;
-        let (end_entity, intermediates) = certs.split_first().ok_or(IdentityError::NoCertificate)?;
-        self.verifier
-            .verify_client_cert(end_entity, intermediates, UnixTime::now())
-            .map_err(|e| IdentityError::Untrusted(describe_cert_error(&e)))?;
-        Caller::from_certificate(end_entity, &self.trust_domain)
+        self.identify_chain(peer_certs).map(|(caller, _)| caller)
     }
+
+    /// [`ServerTls::identify`], also keeping the chain for [`ServerTls::recheck`].
+    pub fn identify_chain(
+        &self,
+        peer_certs: Option<&[CertificateDer<'_>]>,
+    ) -> Result<(Caller, VerifiedChain), IdentityError> {
+        let certs = peer_certs.filter(|c| !c.is_empty()).ok_or(IdentityError::NoCertificate)?;
+        let chain: Vec<CertificateDer<'static>> = certs.iter().map(|c| c.clone().into_owned()).collect();
+        let verifier = self.verifier.current();
+        verify(&verifier, &chain)?;
+        let caller = Caller::from_certificate(&chain[0], &self.trust_domain)?;
+        let not_after = not_after(&chain[0]).ok_or(IdentityError::Malformed("certificate does not parse"))?;
+        Ok((caller, VerifiedChain { chain, not_after, verified_by: Mutex::new(verifier) }))
+    }
+
+    /// Checks a connection's chain again for one request: it has not expired
+    /// since the handshake, and when the trust bundle or the revocation list
+    /// has changed since it was last verified, it still verifies. Costs a
+    /// clock read while nothing changed.
+    pub fn recheck(&self, verified: &VerifiedChain) -> Result<(), IdentityError> {
+        if SystemTime::now() > verified.not_after {
+            return Err(IdentityError::Untrusted("certificate has expired".into()));
+        }
+        let current = self.verifier.current();
+        let mut last = verified.verified_by.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !Arc::ptr_eq(&current, &last) {
+            verify(&current, &verified.chain)?;
+            *last = current;
+        }
+        Ok(())
+    }
+}
+
+fn verify(verifier: &Arc<dyn ClientCertVerifier>, chain: &[CertificateDer<'static>]) -> Result<(), IdentityError> {
+    let (end_entity, intermediates) = chain.split_first().ok_or(IdentityError::NoCertificate)?;
+    verifier
+        .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| IdentityError::Untrusted(describe_cert_error(&e)))
+}
+
+/// The end of a certificate's validity.
+fn not_after(der: &CertificateDer<'_>) -> Option<SystemTime> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The chain verifier for our CA, refusing what the CRL (if any) revokes.
+fn client_verifier(
+    ca: &Path,
+    crl: Option<&Path>,
+    provider: Arc<CryptoProvider>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(root_store(ca)?, provider);
+    if let Some(crl) = crl.filter(|p| p.exists()) {
+        let crls = CertificateRevocationListDer::pem_file_iter(crl)
+            .with_context(|| format!("reading the revocation list {}", crl.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing the revocation list {}", crl.display()))?;
+        // Only certificates the list's issuer revoked are refused; a chain
+        // from another issuer (mid CA rotation) is not refused for want of a list.
+        builder = builder.with_crls(crls).allow_unknown_revocation_status();
+    }
+    builder.build().context("building the client certificate verifier")
 }
 
 fn describe_cert_error(e: &rustls::Error) -> String {
@@ -144,7 +232,11 @@ fn describe_cert_error(e: &rustls::Error) -> String {
 /// Requests a client certificate and checks the handshake signature (the
 /// client holds the key), but leaves the chain check to [`ServerTls::identify`].
 #[derive(Debug)]
-struct DeferredClientVerifier(Arc<dyn ClientCertVerifier>);
+struct DeferredClientVerifier {
+    provider: Arc<CryptoProvider>,
+    /// The CA names sent to clients (from the trust bundle at start-up: a hint only).
+    hints: Vec<DistinguishedName>,
+}
 
 impl ClientCertVerifier for DeferredClientVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -156,7 +248,7 @@ impl ClientCertVerifier for DeferredClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
+        &self.hints
     }
 
     fn verify_client_cert(
@@ -174,7 +266,7 @@ impl ClientCertVerifier for DeferredClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -183,11 +275,11 @@ impl ClientCertVerifier for DeferredClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

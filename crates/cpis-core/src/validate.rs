@@ -49,7 +49,9 @@ impl fmt::Debug for NhsNumber {
 /// (`E06`, `E08`, `E09` or `E10` followed by six digits).
 pub fn is_council_code(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 9 && matches!(&s[..3], "E06" | "E08" | "E09" | "E10") && b[3..].iter().all(u8::is_ascii_digit)
+    // Bytes, not `&s[..3]`: a 9-byte string with a multi-byte character would
+    // panic on a char boundary (reachable through a certificate's URI SAN).
+    b.len() == 9 && matches!(&b[..3], b"E06" | b"E08" | b"E09" | b"E10") && b[3..].iter().all(u8::is_ascii_digit)
 }
 
 /// True for an ODS site code: 3 to 6 upper-case letters and digits.
@@ -183,6 +185,14 @@ impl Violations {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn council_codes_with_multibyte_characters_are_refused_not_panics() {
+        // Nine bytes each, with a character across byte 3: no slicing inside it.
+        assert!(!is_council_code("EE\u{e9}00000"));
+        assert!(!is_council_code("\u{e9}\u{e9}\u{e9}000"));
+        assert!(is_council_code("E08000003"));
+    }
 
     /// Appends the check digit to nine digits, or `None` when it would be 10.
     fn with_check_digit(nine: &[u8; 9]) -> Option<String> {
