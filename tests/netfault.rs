@@ -522,6 +522,11 @@ async fn cut_relay_mid_pass(
     panic!("attendance-1's relay was never caught holding a council");
 }
 
+/// How many publishes attendance-1's relay has logged as failed so far.
+fn relay_failures(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("alert not delivered")).count()
+}
+
 /// The relay id attendance-1 logged at start-up.
 fn relay_id(log: &std::path::Path) -> uuid::Uuid {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -596,16 +601,24 @@ async fn scenario(pki: Pki, topology: &Topology, database_url: &str, a1_log: &st
 
     // (b) A Notification replica loses PostgreSQL while its publishes (and
     // their counter locks) are in flight.
+    let failed_before = relay_failures(a1_log);
     topology.cut(N1.0, DB.1);
     let worst = phase("(b) notification-1 <-> PostgreSQL dropped", &clients, &ledger, &next).await;
     topology.heal(N1.0);
     assert!(worst < BOUND, "(b): an alert took {worst:?}");
+    let failed = relay_failures(a1_log) - failed_before;
+    println!("(b) attendance-1's publishes to notification-1 that failed meanwhile: {failed}");
+    assert!(failed > 0, "(b): attendance-1 was publishing through notification-1 during the fault");
 
     // (c) A relay loses the Notification replica it publishes to.
+    let failed_before = relay_failures(a1_log);
     topology.cut(A1.0, N1.1);
     let worst = phase("(c) attendance-1 <-> notification-1 dropped", &clients, &ledger, &next).await;
     topology.heal(A1.0);
     assert!(worst < BOUND, "(c): an alert took {worst:?}");
+    let failed = relay_failures(a1_log) - failed_before;
+    println!("(c) attendance-1's publishes that failed meanwhile: {failed}");
+    assert!(failed > 0, "(c): attendance-1 was publishing to notification-1 during the fault");
 
     // Nothing lost, nothing twice, each council in check-in order.
     let episodes = ledger.borrow().episodes.clone();

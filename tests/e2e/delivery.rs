@@ -257,3 +257,53 @@ async fn operators_see_each_councils_unacknowledged_alerts_and_subscriptions() {
     .await;
     ts.suite.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpis_subscribe_rides_out_a_notification_restart() {
+    let mut ts = TestSuite::start().await;
+    publish(&ts, MANCHESTER, 0..1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = dir.path().join("cursor");
+    let child = cpis_subscribe(&ts, &cursor, &["--count", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = ts.notification(&council(MANCHESTER));
+    eventually(15, "the first alert acknowledged", || {
+        let mut client = client.clone();
+        async move { acknowledged(&mut client).await == 1 }
+    })
+    .await;
+
+    // The service goes away (its stream ends UNAVAILABLE) and comes back.
+    let addr = ts.suite.notification.addr;
+    ts.suite.notification.shutdown.request();
+    let join = std::mem::replace(&mut ts.suite.notification.join, tokio::spawn(async { Ok(()) }));
+    join.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let common = cpis::suite::dev_common(&ts.pki, ServiceName::Notification, TRUST_DOMAIN, &ts.database_url).unwrap();
+    ts.suite.notification =
+        cpis::suite::start_notification(listener, &common, Some(Duration::from_millis(500))).await.unwrap();
+    publish(&ts, MANCHESTER, 1..2).await;
+
+    let out =
+        timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("cpis subscribe finished").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let sequences: Vec<i64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences, vec![1, 2], "each alert once, across the restart");
+    assert!(stderr.contains("resuming after 1"), "it reconnected from its cursor: {stderr}");
+    assert_eq!(acknowledged(&mut client).await, 2);
+    ts.suite.stop().await.unwrap();
+}
