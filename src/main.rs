@@ -92,7 +92,8 @@ struct StateArgs {
 struct DevArgs {
     #[command(flatten)]
     state: StateArgs,
-    /// Registry port; attendance listens on +1, notification on +2.
+    /// Registry port; attendance listens on +1, notification on +2, the
+    /// FHIR R4 API on +3.
     #[arg(long, default_value_t = 50051)]
     port_base: u16,
     /// Use this PostgreSQL instead of a private cluster.
@@ -181,6 +182,10 @@ struct ServeArgs {
     /// Serve internal methods (LookupFlags, PublishAlert) on this address only.
     #[arg(long, env = "CPIS_INTERNAL_LISTEN")]
     internal_listen: Option<std::net::SocketAddr>,
+    /// Attendance: serve the FHIR R4 API (base path /FHIR/R4) on this address
+    /// with the same mutual TLS; not served when unset.
+    #[arg(long, env = "CPIS_FHIR_LISTEN")]
+    fhir_listen: Option<std::net::SocketAddr>,
     /// Close client connections after this many seconds so load rebalances (0: never).
     #[arg(long, env = "CPIS_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
     max_connection_age_secs: u64,
@@ -252,6 +257,8 @@ const DEV_IDENTITIES: &[(CallerKind, &str)] = &[
     (CallerKind::Setting, "REM01"),
     (CallerKind::Setting, "RWJ01"),
     (CallerKind::Setting, "RVY01"),
+    // Scheduled care (a GP practice): silent reads.
+    (CallerKind::Setting, "Y01234"),
 ];
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -290,6 +297,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  registry      https://localhost:{}", suite.registry.addr.port());
     println!("  attendance    https://localhost:{}", suite.attendance.addr.port());
     println!("  notification  https://localhost:{}", suite.notification.addr.port());
+    if let Some(fhir) = suite.attendance.fhir_addr {
+        println!("  fhir          https://localhost:{}/FHIR/R4  (attendance, FHIR R4)", fhir.port());
+    }
     match &cluster {
         Some(_) => {
             println!("  database      {database_url}  (private cluster under {})", state_dir.join("pg").display())
@@ -330,6 +340,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         internal_listen: args.internal_listen,
         metrics_listen: args.metrics_listen,
         limits: cpis_core::limits::Limits { per_caller: args.max_in_flight_per_caller, total: args.max_in_flight },
+        fhir_listen: args.fhir_listen,
         connections: cpis_core::server::ConnectionLimits {
             max_connections: args.max_connections,
             max_handshakes: args.max_handshakes,

@@ -38,6 +38,8 @@ pub struct Common {
     pub metrics_listen: Option<SocketAddr>,
     /// Caps on requests in flight, per caller and in all.
     pub limits: cpis_core::limits::Limits,
+    /// Attendance: where to serve the FHIR R4 API (`CPIS_FHIR_LISTEN`); none when unset.
+    pub fhir_listen: Option<SocketAddr>,
     /// Caps on connections and TLS handshakes in progress, per listener.
     pub connections: cpis_core::server::ConnectionLimits,
     /// A PEM certificate revocation list of client certificates (re-read
@@ -71,6 +73,8 @@ pub struct RunningService {
     pub metrics: Metrics,
     /// Where its metrics are served, when they are.
     pub metrics_addr: Option<SocketAddr>,
+    /// Attendance: where its FHIR R4 API is served, when it is.
+    pub fhir_addr: Option<SocketAddr>,
 }
 
 impl RunningService {
@@ -154,7 +158,7 @@ pub async fn start_registry(
     )
     .await?;
     let metrics_addr = spawn_metrics(common, &metrics, &shutdown).await?;
-    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr })
+    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr, fhir_addr: None })
 }
 
 /// Starts the Notification service on `listener`.
@@ -184,7 +188,7 @@ pub async fn start_notification(
     )
     .await?;
     let metrics_addr = spawn_metrics(common, &metrics, &shutdown).await?;
-    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr })
+    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr, fhir_addr: None })
 }
 
 /// Starts the Attendance service on `listener`, calling the Registry and
@@ -205,7 +209,7 @@ pub async fn start_attendance(
     let addr = listener.local_addr()?;
     let metrics = Metrics::new("attendance");
     service.register_metrics(&metrics);
-    let join = spawn_serving(
+    let grpc = spawn_serving(
         listener,
         common,
         service.routes(),
@@ -215,8 +219,36 @@ pub async fn start_attendance(
         shutdown.clone(),
     )
     .await?;
+    // The FHIR R4 API: the same identities, authorization, limits and telemetry.
+    let (join, fhir_addr) = match common.fhir_listen {
+        None => (grpc, None),
+        Some(fhir_at) => {
+            let fhir_listener =
+                TcpListener::bind(fhir_at).await.with_context(|| format!("binding the FHIR API on {fhir_at}"))?;
+            let fhir_addr = fhir_listener.local_addr()?;
+            let options = cpis_attendance::fhir::FhirOptions {
+                metrics: metrics.clone(),
+                limits: common.limits,
+                shutdown_grace: Duration::from_secs(10),
+                connections: common.connections,
+            };
+            let fhir = cpis_attendance::fhir::serve(
+                fhir_listener,
+                ServerTls::load_with_crl(&common.tls, common.crl.as_deref(), &common.trust_domain)?,
+                service,
+                options,
+                shutdown.clone(),
+            );
+            let join = tokio::spawn(async move {
+                let (grpc, fhir) = tokio::join!(grpc, fhir);
+                grpc.context("attendance gRPC task panicked")??;
+                fhir
+            });
+            (join, Some(fhir_addr))
+        }
+    };
     let metrics_addr = spawn_metrics(common, &metrics, &shutdown).await?;
-    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr })
+    Ok(RunningService { addr, shutdown, join, metrics, metrics_addr, fhir_addr })
 }
 
 /// Where and how to run the whole suite on 127.0.0.1.
@@ -224,7 +256,8 @@ pub async fn start_attendance(
 pub struct SuiteOptions {
     /// Holds `pki/` (and the private cluster, when the launcher starts one).
     pub state_dir: PathBuf,
-    /// Registry port; attendance +1, notification +2. 0 picks free ports.
+    /// Registry port; attendance +1, notification +2, the FHIR API +3. 0
+    /// picks free ports.
     pub port_base: u16,
     /// The SPIFFE trust domain.
     pub trust_domain: String,
@@ -260,6 +293,7 @@ pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url
         internal_listen: None,
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         limits: cpis_core::limits::Limits::default(),
+        fhir_listen: None,
         connections: cpis_core::server::ConnectionLimits::default(),
         crl: Some(pki.crl_path()),
     })
@@ -298,9 +332,12 @@ impl Suite {
             options.configs.heartbeat,
         )
         .await?;
+        let fhir_port = if options.port_base == 0 { 0 } else { options.port_base + 3 };
+        let mut attendance_common = with_limits(dev_common(&pki, ServiceName::Attendance, td, db)?, &options);
+        attendance_common.fhir_listen = Some(SocketAddr::from(([127, 0, 0, 1], fhir_port)));
         let attendance = start_attendance(
             attendance_l,
-            &with_limits(dev_common(&pki, ServiceName::Attendance, td, db)?, &options),
+            &attendance_common,
             options.configs.attendance.clone(),
             &format!("https://localhost:{}", registry.addr.port()),
             &format!("https://localhost:{}", notification.addr.port()),

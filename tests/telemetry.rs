@@ -156,6 +156,20 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         .await
         .expect_err("invalid check digit");
 
+    // The FHIR port: a silent read, an unflagged notifying read, and failures
+    // that carry NHS numbers in the query or the path.
+    let nhs_query = |n: &str| format!("/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C{n}");
+    let gp = ts.identity(&setting("Y01234"));
+    let ed = ts.identity(&setting(ALDER_HEY));
+    let silent = [("IsUnscheduledAccessEvent", "false"), ("X-User-ID", "gp-1")];
+    assert_eq!(fhir_get(&ts, Some(&gp), &nhs_query(&mother), &silent).await.body["total"], 1);
+    let notifying = [("IsUnscheduledAccessEvent", "true"), ("X-User-ID", "nurse-1"), ("X-Request-ID", "fhir-t-1")];
+    assert_eq!(fhir_get(&ts, Some(&ed), &nhs_query(&stranger), &notifying).await.body["total"], 0);
+    assert_eq!(fhir_get(&ts, Some(&ed), &nhs_query("9990000019"), &notifying).await.status, 400);
+    assert_eq!(fhir_get(&ts, Some(&ed), &format!("/FHIR/R4/Patient/{child}"), &[]).await.status, 404);
+    assert_eq!(fhir_get(&ts, None, &format!("/FHIR/R4/Patient/{child}"), &[]).await.status, 401);
+    assert_eq!(fhir_get(&ts, None, &nhs_query(&child), &notifying).await.status, 401);
+
     let alert = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if let Some(Event::Alert(a)) = stream.message().await.unwrap().unwrap().event {
@@ -246,5 +260,11 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         .filter(|l| l.contains("\"request_id\"") && l.contains(&format!("\"trace_id\":\"{}\"", hex(trace))))
         .count();
     assert!(with_ids > 0, "log lines carry request and trace ids");
+    // Nor in any metric label (the FHIR port's included).
+    let scrape = scrape(ts.suite.attendance.metrics_addr.expect("metrics are served")).await;
+    assert!(scrape.contains("FHIR/R4/CareTeam"), "the FHIR port is counted");
+    for n in &all_numbers {
+        assert!(!scrape.contains(n.as_str()), "an NHS number appears in a metric label");
+    }
     ts.suite.stop().await.unwrap();
 }

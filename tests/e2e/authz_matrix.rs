@@ -7,6 +7,7 @@ use cpis_core::pki::IssueOptions;
 use cpis_core::tls::TlsPaths;
 use cpis_proto::attendance::v1::{
     attendance_service_client::AttendanceServiceClient, CheckInRequest, ListAccessesRequest, ListEpisodesRequest,
+    SilentReadRequest,
 };
 use cpis_proto::common::v1::{Episode, PlanType, SettingType};
 use cpis_proto::notification::v1::{
@@ -76,6 +77,7 @@ const MATRIX: &[(&str, [Code; 11])] = &[
     ("/cpis.attendance.v1.AttendanceService/CheckIn",  [PD, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/ListEpisodes", [OK, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/ListAccesses", [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/SilentRead",   [PD, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/Subscribe",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/AckAlerts",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/ListAlerts",   [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
@@ -173,6 +175,17 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                 .map(drop),
         ),
         "ListAccesses" => code(attendance().list_accesses(ListAccessesRequest::default()).await.map(drop)),
+        "SilentRead" => code(
+            attendance()
+                .silent_read(SilentReadRequest {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    nhs_number: child.into(),
+                    setting_type: SettingType::GpPractice as i32,
+                    user_id: "matrix".into(),
+                })
+                .await
+                .map(drop),
+        ),
         "Subscribe" => {
             code(notification().subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await.map(drop))
         }

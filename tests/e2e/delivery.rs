@@ -189,6 +189,7 @@ async fn a_stream_ended_by_shutdown_ends_unavailable_after_its_buffered_alerts()
             join: tokio::spawn(async { Ok(()) }),
             metrics: cpis_core::metrics::Metrics::new("placeholder"),
             metrics_addr: None,
+            fhir_addr: None,
         },
     );
     notification.shutdown.request();

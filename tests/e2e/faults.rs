@@ -74,6 +74,7 @@ async fn killing_notification_mid_burst_loses_and_duplicates_nothing() {
             join: tokio::spawn(async { Ok(()) }),
             metrics: cpis_core::metrics::Metrics::new("placeholder"),
             metrics_addr: None,
+            fhir_addr: None,
         },
     );
     // Abrupt: abort the server task (connections drop mid-call), no drain.

@@ -66,6 +66,10 @@ pub fn validate(req: &CheckInRequest, now: DateTime<Utc>) -> Result<ValidCheckIn
             v.add("setting_type", "is required");
             None
         }
+        Ok(t) if is_scheduled(t) => {
+            v.add("setting_type", "is a scheduled-care setting: scheduled care makes a silent read (SilentRead)");
+            None
+        }
         Ok(t) => Some(t),
         Err(_) => {
             v.add("setting_type", "is not a known setting type");
@@ -85,6 +89,12 @@ pub fn validate(req: &CheckInRequest, now: DateTime<Utc>) -> Result<ValidCheckIn
         user_id: req.user_id.clone(),
         fingerprint: fingerprint(req),
     })
+}
+
+/// True for the scheduled-care setting types (a silent read), false for
+/// unscheduled care (a notifying read, `CheckIn`).
+pub fn is_scheduled(t: SettingType) -> bool {
+    (t as i32) >= SettingType::GpPractice as i32
 }
 
 /// The start of the protobuf `Timestamp` range (0001-01-01T00:00:00Z).
@@ -124,6 +134,31 @@ pub async fn check_in(
     deadline: CallerDeadline,
 ) -> Result<CheckInResponse, ApiError> {
     let valid = validate(&req, Utc::now())?;
+    check_in_valid(svc, setting_code, valid, deadline).await
+}
+
+/// A check-in arriving now, for callers that do not state an arrival time
+/// (the FHIR notifying read). Its replay key ignores the arrival time, so a
+/// retry with the same `request_id` gets the first answer again.
+pub async fn check_in_now(
+    svc: &Attendance,
+    setting_code: &str,
+    req: CheckInRequest,
+    deadline: CallerDeadline,
+) -> Result<CheckInResponse, ApiError> {
+    let now = Utc::now();
+    let timed = CheckInRequest { arrived_at: Some(cpis_core::time::to_timestamp(now)), ..req.clone() };
+    let mut valid = validate(&timed, now)?;
+    valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req });
+    check_in_valid(svc, setting_code, valid, deadline).await
+}
+
+async fn check_in_valid(
+    svc: &Attendance,
+    setting_code: &str,
+    valid: ValidCheckIn,
+    deadline: CallerDeadline,
+) -> Result<CheckInResponse, ApiError> {
     // The client's key identifies the request in logs (only once it is known
     // to be short, printable text); the person never does.
     tracing::Span::current().record("request_id", valid.request_id.as_str());
@@ -208,6 +243,8 @@ mod tests {
         future.setting_type = 42;
         future.user_id = "x".repeat(129);
         assert_eq!(fields(validate(&future, Utc::now()).unwrap_err()), ["arrived_at", "setting_type", "user_id"]);
+        let scheduled = CheckInRequest { setting_type: SettingType::GpPractice as i32, ..request() };
+        assert_eq!(fields(validate(&scheduled, Utc::now()).unwrap_err()), ["setting_type"]);
         let mut ancient = request();
         ancient.arrived_at = Some(prost_types::Timestamp { seconds: i64::MIN, nanos: 0 });
         assert_eq!(fields(validate(&ancient, Utc::now()).unwrap_err()), ["arrived_at"]);

@@ -6,9 +6,11 @@
 //! publishes each outbox row to Notification `PublishAlert`.
 
 mod checkin;
+pub mod fhir;
 mod page;
 mod registry;
 mod relay;
+mod silent;
 mod store;
 
 use cpis_core::db::{DbPool, Migration};
@@ -246,5 +248,20 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         let caller = cpis_core::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
         self.list_accesses(&caller, request.get_ref()).await.map(Response::new).map_err(Status::from)
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "SilentRead", setting, request_id))]
+    async fn silent_read(
+        &self,
+        request: Request<pb::SilentReadRequest>,
+    ) -> Result<Response<pb::SilentReadResponse>, Status> {
+        let deadline = CallerDeadline::of(&request);
+        let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
+            return Err(ApiError::PermissionDenied("only settings may read flags".into()).into());
+        };
+        let span = tracing::Span::current();
+        span.record("setting", setting.as_str());
+        span.record("request_id", request.get_ref().request_id.as_str());
+        silent::silent_read(self, &setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
 }

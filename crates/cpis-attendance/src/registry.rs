@@ -24,6 +24,11 @@ impl CallerDeadline {
         CallerDeadline(timeout.map(|t| Instant::now() + t))
     }
 
+    /// No deadline from the caller (outgoing calls take at most their cap).
+    pub fn unbounded() -> Self {
+        CallerDeadline(None)
+    }
+
     /// How long an outgoing call may take: at most `cap`, and ending a little
     /// before the caller's deadline so that our answer (say, `UNAVAILABLE`)
     /// still reaches the caller in time. `None` when no time is left.

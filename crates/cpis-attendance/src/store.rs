@@ -96,7 +96,14 @@ CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
         // check-in's trace. Ids only: no personal data.
         sql: "ALTER TABLE attendance.outbox ADD COLUMN traceparent text;",
     },
-    Migration { version: 3, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
+    Migration {
+        version: 3,
+        name: "silent reads in the access audit",
+        // A silent read (scheduled care) is audited without an episode.
+        sql: "ALTER TABLE attendance.accesses ALTER COLUMN episode_id DROP NOT NULL,
+                  ADD COLUMN silent boolean NOT NULL DEFAULT false;",
+    },
+    Migration { version: 4, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
 ];
 
 /// Each council's outbox rows get a `position` in the order their check-ins
@@ -414,6 +421,33 @@ pub async fn record_flagged(
     Ok(Recorded::New { response, alerts_queued })
 }
 
+/// One silent read of a flagged person (scheduled care): who, where, when.
+#[derive(Debug, Clone)]
+pub struct SilentAccess<'a> {
+    /// ODS code of the calling setting.
+    pub setting_code: &'a str,
+    /// The person's NHS number (validated).
+    pub nhs_number: &'a str,
+    /// The kind of setting (scheduled care).
+    pub setting_type: i32,
+    /// Who at the setting is shown the flags.
+    pub user_id: &'a str,
+    /// The councils holding a flag at that moment (they may list the access).
+    pub council_codes: &'a [&'a str],
+}
+
+/// Records a silent read in the access audit: no episode, no outbox row.
+pub async fn record_silent(db: &tokio_postgres::Client, a: &SilentAccess<'_>) -> Result<(), ApiError> {
+    db.execute(
+        "INSERT INTO attendance.accesses
+             (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes, silent)
+         VALUES ($1, NULL, $2, $3, $4, $5, $6, true)",
+        &[&Uuid::now_v7(), &a.nhs_number, &a.setting_code, &a.setting_type, &a.user_id, &a.council_codes],
+    )
+    .await?;
+    Ok(())
+}
+
 /// One page of a person's episodes, most recent first.
 pub async fn list_episodes(
     db: &tokio_postgres::Client,
@@ -448,7 +482,7 @@ pub async fn list_accesses(
     let rows = db
         .query(
             "SELECT access_id, episode_id, nhs_number, setting_code, setting_type, user_id,
-                    accessed_at
+                    accessed_at, silent
              FROM attendance.accesses
              WHERE council_codes @> ARRAY[$1::text]
                AND ($2::text IS NULL OR nhs_number = $2)
@@ -462,16 +496,17 @@ pub async fn list_accesses(
         .iter()
         .map(|r| {
             let access_id: Uuid = r.get(0);
-            let episode_id: Uuid = r.get(1);
+            let episode_id: Option<Uuid> = r.get(1);
             let accessed_at: DateTime<Utc> = r.get(6);
             let record = pb::AccessRecord {
                 access_id: access_id.to_string(),
-                episode_id: episode_id.to_string(),
+                episode_id: episode_id.map(|id| id.to_string()).unwrap_or_default(),
                 nhs_number: r.get(2),
                 setting_code: r.get(3),
                 setting_type: r.get(4),
                 user_id: r.get(5),
                 accessed_at: Some(to_timestamp(accessed_at)),
+                silent: r.get(7),
             };
             (record, Cursor::new(accessed_at, access_id))
         })

@@ -57,10 +57,16 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     // Councils only for people they hold a flag in scope for (checked in the handler).
     ("/cpis.attendance.v1.AttendanceService/ListEpisodes",          &[Settings, Councils]),
     ("/cpis.attendance.v1.AttendanceService/ListAccesses",          &[Councils]),
+    ("/cpis.attendance.v1.AttendanceService/SilentRead",            &[Settings]),
     ("/cpis.notification.v1.NotificationService/Subscribe",         &[Councils]),
     ("/cpis.notification.v1.NotificationService/AckAlerts",         &[Councils]),
     ("/cpis.notification.v1.NotificationService/ListAlerts",        &[Councils]),
     ("/cpis.notification.v1.NotificationService/PublishAlert",      &[Service(ServiceName::Attendance)]),
+    // The FHIR R4 endpoint of the Attendance service (its own port): the
+    // same identities and the same table. Paths are the resource types.
+    ("/FHIR/R4/metadata",                                           &[AnyIdentity]),
+    ("/FHIR/R4/CareTeam",                                           &[Settings]),
+    ("/FHIR/R4/AuditEvent",                                         &[Settings]),
     ("/grpc.health.v1.Health/Check",                                &[AnyIdentity]),
     ("/grpc.health.v1.Health/Watch",                                &[AnyIdentity]),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",      &[AnyIdentity]),

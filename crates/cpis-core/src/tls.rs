@@ -128,6 +128,14 @@ impl ServerTls {
         Ok(Self { config: Arc::new(config), verifier: Arc::new(verifier), trust_domain: trust_domain.to_string() })
     }
 
+    /// The same identities with other ALPN protocols (the FHIR port speaks
+    /// HTTP/1.1 as well as HTTP/2).
+    pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Self { config: Arc::new(config), ..self.clone() }
+    }
+
     /// The rustls server configuration.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()

@@ -1,0 +1,125 @@
+//! The silent read: a scheduled-care setting (GP, community services, CAMHS,
+//! 0-19 services, dentistry, sexual health, sexual assault referral centres)
+//! reads a person's flags. The access is audited (who, where, when, and that
+//! it was silent) for the councils holding a flag; no episode is created and
+//! no council is alerted. An unflagged person leaves no trace.
+
+use crate::checkin::is_scheduled;
+use crate::registry::CallerDeadline;
+use crate::store::{self, SilentAccess, PREVIOUS_EPISODES};
+use crate::Attendance;
+use cpis_core::validate::{NhsNumber, Violations};
+use cpis_core::ApiError;
+use cpis_proto::attendance::v1::{SilentReadRequest, SilentReadResponse};
+use cpis_proto::common::v1::SettingType;
+
+/// Longest accepted `request_id` and `user_id`, in characters.
+const MAX_ID_CHARS: usize = 128;
+
+/// A silent read that passed validation.
+#[derive(Debug)]
+pub struct ValidSilentRead {
+    /// The person.
+    pub nhs_number: NhsNumber,
+    /// The kind of setting (scheduled care).
+    pub setting_type: SettingType,
+    /// Who is shown the answer.
+    pub user_id: String,
+}
+
+/// Checks every field, reporting all violations at once.
+pub fn validate(req: &SilentReadRequest) -> Result<ValidSilentRead, ApiError> {
+    let mut v = Violations::new();
+    v.text("request_id", &req.request_id, MAX_ID_CHARS);
+    let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
+    let setting_type = match SettingType::try_from(req.setting_type) {
+        Ok(SettingType::Unspecified) => {
+            v.add("setting_type", "is required");
+            None
+        }
+        Ok(t) if !is_scheduled(t) => {
+            v.add("setting_type", "is an unscheduled-care setting: unscheduled care makes a notifying read (CheckIn)");
+            None
+        }
+        Ok(t) => Some(t),
+        Err(_) => {
+            v.add("setting_type", "is not a known setting type");
+            None
+        }
+    };
+    v.text("user_id", &req.user_id, MAX_ID_CHARS);
+    v.finish()?;
+    let (Some(nhs_number), Some(setting_type)) = (nhs_number, setting_type) else {
+        return Err(ApiError::internal("validation passed without values"));
+    };
+    Ok(ValidSilentRead { nhs_number, setting_type, user_id: req.user_id.clone() })
+}
+
+/// Handles one silent read from the setting `setting_code`.
+pub async fn silent_read(
+    svc: &Attendance,
+    setting_code: &str,
+    req: &SilentReadRequest,
+    deadline: CallerDeadline,
+) -> Result<SilentReadResponse, ApiError> {
+    let valid = validate(req)?;
+    let found = svc.flags.lookup(&valid.nhs_number, None, deadline).await?;
+    // No log line says whether the person was flagged: beside a request id,
+    // that would tell the log's readers who is on a plan.
+    if found.flags.is_empty() {
+        return Ok(SilentReadResponse::default());
+    }
+    let mut councils: Vec<&str> = Vec::new();
+    for flag in &found.flags {
+        if !councils.contains(&flag.council_code.as_str()) {
+            councils.push(flag.council_code.as_str());
+        }
+    }
+    let db = svc.pool.get().await?;
+    store::record_silent(
+        &db,
+        &SilentAccess {
+            setting_code,
+            nhs_number: valid.nhs_number.as_str(),
+            setting_type: valid.setting_type as i32,
+            user_id: &valid.user_id,
+            council_codes: &councils,
+        },
+    )
+    .await?;
+    let recent = store::list_episodes(&db, valid.nhs_number.as_str(), None, PREVIOUS_EPISODES).await?;
+    Ok(SilentReadResponse {
+        flagged: true,
+        flags: found.flags,
+        recent_episodes: recent.into_iter().map(|(episode, _)| episode).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(e: ApiError) -> Vec<String> {
+        match e {
+            ApiError::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_scheduled_care_reads_silently_and_every_bad_field_is_named() {
+        let good = SilentReadRequest {
+            request_id: "r-1".into(),
+            nhs_number: "9990000018".into(),
+            setting_type: SettingType::GpPractice as i32,
+            user_id: "gp-1".into(),
+        };
+        assert!(validate(&good).is_ok());
+        let ed = SilentReadRequest { setting_type: SettingType::EmergencyDepartment as i32, ..good.clone() };
+        assert_eq!(fields(validate(&ed).unwrap_err()), ["setting_type"]);
+        assert_eq!(
+            fields(validate(&SilentReadRequest::default()).unwrap_err()),
+            ["request_id", "nhs_number", "setting_type", "user_id"]
+        );
+    }
+}
