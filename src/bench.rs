@@ -598,7 +598,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         progress("WARNING: this is a debug build; for real numbers: cargo build --release --bin cpis && target/release/cpis bench");
     }
     progress(&format!("working in {}", dir.display()));
-    progress("starting PostgreSQL (default settings: durable commits)");
+    progress("starting PostgreSQL (default settings: durable commits; TLS, verify-full)");
     let cluster = PrivateCluster::start(&dir.join("pg"), ClusterOptions::default())
         .context("starting the benchmark's PostgreSQL cluster")?;
     cluster.create_database("cpis").await?;

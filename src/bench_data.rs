@@ -178,10 +178,7 @@ pub async fn register(
 /// A direct connection to the benchmark's database (setup and observation
 /// only; the services are measured through their contract).
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) =
-        tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to PostgreSQL")?;
-    tokio::spawn(conn);
-    Ok(client)
+    cpis_core::db::connect(url).await
 }
 
 /// Fills `registry.plans` up to `total` rows with COPY: filler plans spread

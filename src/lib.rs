@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod purge;
 pub mod suite;

@@ -24,7 +24,7 @@ enum Command {
     /// and (without DATABASE_URL) a private PostgreSQL cluster.
     Dev(DevArgs),
     /// Run one service, configured from the environment (what a container runs).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The development PKI.
     Certs {
         #[command(subcommand)]
@@ -34,10 +34,11 @@ enum Command {
     Migrate {
         /// registry, attendance or notification.
         service: String,
-        /// PostgreSQL connection string.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
+    /// Delete what is past its retention period (one service's schema, or all).
+    Purge(cpis::purge::PurgeArgs),
     /// Council: keep the register (sync a CSV, list, get, end, delete).
     Plans(cpis::client::PlansArgs),
     /// Setting: check a person in and print what the clinician sees.
@@ -78,6 +79,30 @@ struct ProbeArgs {
     timeout_secs: u64,
 }
 
+/// Where PostgreSQL is: a connection string, or a file holding one.
+#[derive(Args, Debug, Clone)]
+struct DatabaseArgs {
+    /// PostgreSQL connection string (URL or key=value; sslmode, sslrootcert,
+    /// sslcert, sslkey as in libpq).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// A file holding the connection string (e.g. a mounted Secret's `uri`).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The connection string, if one is set (an error when both are).
+    fn url(&self) -> anyhow::Result<Option<String>> {
+        cpis_core::db_tls::url_from(self.database_url.clone(), self.database_url_file.as_deref())
+    }
+
+    /// The connection string; an error naming both variables when neither is set.
+    fn required_url(&self) -> anyhow::Result<String> {
+        cpis_core::db_tls::required_url_from(self.database_url.clone(), self.database_url_file.as_deref())
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct StateArgs {
     /// Where the PKI (and the private database) live.
@@ -97,8 +122,8 @@ struct DevArgs {
     #[arg(long, default_value_t = 50051)]
     port_base: u16,
     /// Use this PostgreSQL instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Heartbeat interval of idle alert streams, in seconds.
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
@@ -152,9 +177,8 @@ struct ServeArgs {
     /// The SPIFFE trust domain.
     #[arg(long, env = "CPIS_TRUST_DOMAIN", default_value = "cpis.local")]
     trust_domain: String,
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Maximum pooled database connections.
     #[arg(long, env = "CPIS_DB_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
@@ -198,6 +222,15 @@ struct ServeArgs {
     /// Registry: share of active plans a sync may end without `allow_mass_end`.
     #[arg(long, env = "CPIS_MASS_END_SHARE", default_value_t = 0.10)]
     mass_end_share: f64,
+    /// Registry: days an unborn child protection plan stays in scope after the expected delivery date.
+    #[arg(long, env = "CPIS_UNBORN_SCOPE_DAYS", default_value_t = cpis_registry::DEFAULT_UNBORN_SCOPE_DAYS)]
+    unborn_scope_days: u32,
+    /// Attendance: how far back an arrival may be reported, in hours.
+    #[arg(long, env = "CPIS_ARRIVAL_MAX_AGE_HOURS", default_value_t = 72)]
+    arrival_max_age_hours: u32,
+    /// Attendance: how far ahead an arrival may be (clock skew), in minutes.
+    #[arg(long, env = "CPIS_ARRIVAL_MAX_AHEAD_MINUTES", default_value_t = 5)]
+    arrival_max_ahead_minutes: u32,
     /// Notification: heartbeat interval of idle streams, in seconds.
     #[arg(long, env = "CPIS_HEARTBEAT_SECS", default_value_t = 15)]
     heartbeat_secs: u64,
@@ -235,10 +268,11 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(args) => dev(args).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Certs { command } => certs(command),
-        Command::Migrate { service, database_url } => migrate(&service, &database_url).await,
+        Command::Migrate { service, database } => migrate(&service, &database.required_url()?).await,
         Command::Probe(args) => probe(args).await,
+        Command::Purge(args) => cpis::purge::run(args).await,
         Command::Plans(args) => cpis::client::plans(args).await,
         Command::CheckIn(args) => cpis::client::check_in(args).await,
         Command::Subscribe(args) => cpis::client::subscribe(args).await,
@@ -274,10 +308,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     // Without DATABASE_URL, a private cluster under the state dir; it stops
     // when `cluster` is dropped at the end of this function.
-    let (database_url, cluster) = match args.database_url.clone() {
+    // It runs with TLS, its certificate issued by the development CA.
+    let (database_url, cluster) = match args.database.url()? {
         Some(url) => (url, None),
         None => {
-            let cluster = PrivateCluster::start(&state_dir.join("pg"), ClusterOptions::default())
+            let options = ClusterOptions { pki_state_dir: Some(state_dir.clone()), ..Default::default() };
+            let cluster = PrivateCluster::start(&state_dir.join("pg"), options)
                 .context("starting the private PostgreSQL cluster")?;
             cluster.create_database("cpis").await?;
             (cluster.url("cpis"), Some(cluster))
@@ -332,7 +368,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let common = Common {
         tls: TlsPaths { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() },
         trust_domain: args.trust_domain.clone(),
-        database_url: args.database_url.clone(),
+        database_url: args.database.required_url()?,
         pool_size: args.pool_size,
         drain: Duration::from_secs(args.drain_secs),
         max_connection_age: (args.max_connection_age_secs > 0)
@@ -351,7 +387,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let running = match ServiceName::parse(&args.service) {
         Some(ServiceName::Registry) => {
-            let config = cpis_registry::Config { mass_end_share: args.mass_end_share };
+            let config = cpis_registry::Config {
+                mass_end_share: args.mass_end_share,
+                unborn_scope_days: args.unborn_scope_days,
+            };
             suite::start_registry(listener, &common, config).await?
         }
         Some(ServiceName::Notification) => {
@@ -365,6 +404,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 retry_max: ms(args.relay_retry_max_ms.max(args.relay_retry_initial_ms).max(1)),
                 relay_lease: ms(args.relay_lease_ms),
                 relay_poll_interval: ms(args.relay_poll_ms.max(10)),
+                arrival_window: cpis_attendance::ArrivalWindow {
+                    past: chrono::TimeDelta::hours(args.arrival_max_age_hours.into()),
+                    future: chrono::TimeDelta::minutes(args.arrival_max_ahead_minutes.into()),
+                },
                 ..cpis_attendance::Config::default()
             };
             suite::start_attendance(listener, &common, config, &args.registry_url, &args.notification_url).await?

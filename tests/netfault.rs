@@ -235,6 +235,11 @@ impl Database {
                 unsafe_fast: true,
                 settings: settings.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
                 die_with_parent: true,
+                // Plain TCP inside the test's own namespaces: the faults are
+                // the subject here (tests/e2e/database_tls.rs covers TLS).
+                tls: false,
+                pki_state_dir: None,
+                port: Some(5432),
             };
             let cluster = match PrivateCluster::start(&dir.join("pg"), options) {
                 Ok(c) => c,
@@ -684,7 +689,7 @@ fn alerts_keep_flowing_in_order_when_packets_are_silently_dropped() {
             .env("CPIS_TLS_CA", &tls.ca)
             .env("CPIS_TLS_CERT", &tls.cert)
             .env("CPIS_TLS_KEY", &tls.key)
-            .env("DATABASE_URL", format!("host={} port=5432 user=cpis dbname=cpis", ip(DB.1)))
+            .env("DATABASE_URL", format!("host={} port=5432 user=cpis dbname=cpis sslmode=disable", ip(DB.1)))
             .env("CPIS_DB_POOL_SIZE", "8")
             .env("CPIS_DRAIN_SECS", "1")
             // Short session settings, so the test's bounds are short.

@@ -340,7 +340,7 @@ async fn an_unflagged_check_in_leaves_no_trace_of_the_person() {
 #[tokio::test]
 async fn previous_episodes_are_the_25_most_recent_and_list_episodes_pages_through_all() {
     bounded(async {
-        let ts = TestSuite::start().await;
+        let ts = TestSuite::start_accepting_arrivals_from(60).await;
         let child = nhs(301);
         register(&ts, KENT, "KENT-301", &child, PlanType::ChildProtection).await;
         let now = Utc::now();
@@ -481,7 +481,7 @@ async fn the_same_person_at_the_same_setting_within_24_hours_is_one_episode() {
 #[tokio::test]
 async fn the_third_episode_within_30_days_is_a_repeat_attendance() {
     bounded(async {
-        let ts = TestSuite::start().await;
+        let ts = TestSuite::start_accepting_arrivals_from(60).await;
         let child = nhs(601);
         register(&ts, LIVERPOOL, "LIV-601", &child, PlanType::ChildProtection).await;
         let now = Utc::now();

@@ -27,19 +27,30 @@ pub const OTHER_SETTING: &str = "RWJ01";
 
 /// The run's shared cluster: started once, from a thread that lives as long
 /// as the test process, so the server dies with the process (PDEATHSIG).
-fn cluster_socket_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
+/// It runs with `ssl = on` and the URL asks for `sslmode=verify-full` over
+/// TCP to `localhost`, so every test reaches PostgreSQL over verified TLS.
+pub struct SharedCluster {
+    /// Connection string to its `postgres` database.
+    pub url: String,
+    /// The PKI that issued its server certificate (`None` with `CPIS_TEST_DATABASE_URL`).
+    pub pki: Option<Pki>,
+}
+
+pub fn shared_cluster() -> &'static SharedCluster {
+    static CLUSTER: OnceLock<SharedCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
         if let Ok(url) = std::env::var("CPIS_TEST_DATABASE_URL") {
-            return url;
+            return SharedCluster { url, pki: None };
         }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let dir = tempfile::Builder::new().prefix("cpis-test-pg").tempdir().expect("tempdir");
-            let result = PrivateCluster::start(dir.path(), ClusterOptions { unsafe_fast: true, ..Default::default() });
-            match result {
+            let pki_dir = dir.path().join("db-pki");
+            let options =
+                ClusterOptions { unsafe_fast: true, pki_state_dir: Some(pki_dir.clone()), ..Default::default() };
+            match PrivateCluster::start(dir.path(), options) {
                 Ok(cluster) => {
-                    tx.send(Ok(cluster.url("postgres"))).ok();
+                    tx.send(Ok((cluster.url("postgres"), pki_dir))).ok();
                     // Keep the cluster (and its directory) for the life of the process.
                     let _keep = (cluster, dir);
                     loop {
@@ -51,20 +62,19 @@ fn cluster_socket_url() -> &'static str {
                 }
             }
         });
-        rx.recv().expect("cluster thread").expect("starting the test PostgreSQL cluster")
+        let (url, pki_dir) = rx.recv().expect("cluster thread").expect("starting the test PostgreSQL cluster");
+        SharedCluster { url, pki: Some(Pki::new(&pki_dir)) }
     })
 }
 
 /// A connection string for a brand-new database.
 pub async fn fresh_database() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let base = cluster_socket_url().to_string();
+    let base = shared_cluster().url.clone();
     let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("connect");
-    let task = tokio::spawn(conn);
+    let client = cpis_core::db::connect(&base).await.expect("connect");
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
     drop(client);
-    let _ = task.await;
     replace_dbname(&base, &name)
 }
 
@@ -87,6 +97,14 @@ impl TestSuite {
     /// A fresh database, PKI and suite with default settings.
     pub async fn start() -> TestSuite {
         Self::start_with(ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() }).await
+    }
+
+    /// A suite that accepts arrivals up to `days` back (tests that build a
+    /// person's history; the default window is 72 hours).
+    pub async fn start_accepting_arrivals_from(days: i64) -> TestSuite {
+        let mut configs = ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() };
+        configs.attendance.arrival_window.past = chrono::TimeDelta::days(days);
+        Self::start_with(configs).await
     }
 
     /// A fresh database, PKI and suite with the given settings.
@@ -212,9 +230,7 @@ impl TestSuite {
 
     /// A direct connection to this test's database.
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await.expect("connect");
-        tokio::spawn(conn);
-        client
+        cpis_core::db::connect(&self.database_url).await.expect("connect")
     }
 }
 

@@ -6,7 +6,9 @@ mod harness;
 
 mod attendance;
 mod authz_matrix;
+mod database_tls;
 mod delivery;
+mod failover;
 mod faults;
 mod fhir;
 mod foundation;
@@ -16,4 +18,6 @@ mod notification;
 mod platform;
 mod registry;
 mod relay;
+mod retention;
+mod scope;
 mod surfaces;

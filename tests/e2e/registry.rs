@@ -524,7 +524,7 @@ async fn lookup_flags_is_one_index_probe_however_large_the_register() {
     let plan_text: Vec<String> = db
         .query(
             &format!("EXPLAIN {}", cpis_registry::store::LOOKUP_FLAGS_SQL),
-            &[&nhs(40), &chrono::Utc::now().date_naive()],
+            &[&nhs(40), &chrono::Utc::now().date_naive(), &(cpis_registry::DEFAULT_UNBORN_SCOPE_DAYS as i32)],
         )
         .await
         .unwrap()

@@ -18,8 +18,23 @@ use sha2::{Digest, Sha256};
 /// Longest accepted `request_id` and `user_id`, in characters.
 const MAX_ID_CHARS: usize = 128;
 
-/// How far in the future an arrival may be (clock skew at the setting).
-const MAX_FUTURE_ARRIVAL: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// When an arrival may have happened, relative to now: check-ins are
+/// reported as they happen, so an arrival days in the past is a mistake or
+/// misuse (it would raise alerts for plans long out of scope), and one in
+/// the future is at most clock skew at the setting.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivalWindow {
+    /// How far back.
+    pub past: chrono::TimeDelta,
+    /// How far ahead.
+    pub future: chrono::TimeDelta,
+}
+
+impl Default for ArrivalWindow {
+    fn default() -> Self {
+        Self { past: chrono::TimeDelta::hours(72), future: chrono::TimeDelta::minutes(5) }
+    }
+}
 
 /// A check-in request that passed validation.
 #[derive(Debug)]
@@ -40,7 +55,7 @@ pub struct ValidCheckIn {
 }
 
 /// Checks every field, reporting all violations at once.
-pub fn validate(req: &CheckInRequest, now: DateTime<Utc>) -> Result<ValidCheckIn, ApiError> {
+pub fn validate(req: &CheckInRequest, now: DateTime<Utc>, window: ArrivalWindow) -> Result<ValidCheckIn, ApiError> {
     let mut v = Violations::new();
     v.text("request_id", &req.request_id, MAX_ID_CHARS);
     let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
@@ -54,8 +69,12 @@ pub fn validate(req: &CheckInRequest, now: DateTime<Utc>) -> Result<ValidCheckIn
                 v.add("arrived_at", "must be a valid timestamp");
                 None
             }
-            Some(t) if t > now + MAX_FUTURE_ARRIVAL => {
-                v.add("arrived_at", "must not be more than 5 minutes in the future");
+            Some(t) if t > now + window.future => {
+                v.add("arrived_at", format!("must not be more than {} in the future", minutes(window.future)));
+                None
+            }
+            Some(t) if t < now - window.past => {
+                v.add("arrived_at", format!("must not be more than {} in the past", minutes(window.past)));
                 None
             }
             Some(t) => Some(t),
@@ -89,6 +108,16 @@ pub fn validate(req: &CheckInRequest, now: DateTime<Utc>) -> Result<ValidCheckIn
         user_id: req.user_id.clone(),
         fingerprint: fingerprint(req),
     })
+}
+
+/// A duration as people say it ("72 hours", "5 minutes").
+fn minutes(d: chrono::TimeDelta) -> String {
+    let m = d.num_minutes();
+    if m % 60 == 0 {
+        format!("{} hours", m / 60)
+    } else {
+        format!("{m} minutes")
+    }
 }
 
 /// True for the scheduled-care setting types (a silent read), false for
@@ -133,7 +162,7 @@ pub async fn check_in(
     req: CheckInRequest,
     deadline: CallerDeadline,
 ) -> Result<CheckInResponse, ApiError> {
-    let valid = validate(&req, Utc::now())?;
+    let valid = validate(&req, Utc::now(), svc.config().arrival_window)?;
     check_in_valid(svc, setting_code, valid, deadline).await
 }
 
@@ -148,7 +177,7 @@ pub async fn check_in_now(
 ) -> Result<CheckInResponse, ApiError> {
     let now = Utc::now();
     let timed = CheckInRequest { arrived_at: Some(cpis_core::time::to_timestamp(now)), ..req.clone() };
-    let mut valid = validate(&timed, now)?;
+    let mut valid = validate(&timed, now, svc.config().arrival_window)?;
     valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req });
     check_in_valid(svc, setting_code, valid, deadline).await
 }
@@ -173,7 +202,9 @@ async fn check_in_valid(
         return earlier.replay(&valid.fingerprint);
     }
 
-    let found = svc.flags.lookup(&valid.nhs_number, Some(valid.arrived_at.date_naive()), deadline).await?;
+    // The day of the arrival in England, not UTC (they differ after midnight in summer).
+    let day = cpis_core::time::london_date(valid.arrived_at);
+    let found = svc.flags.lookup(&valid.nhs_number, Some(day), deadline).await?;
     if found.flags.is_empty() {
         // Nothing about the person is stored, not even the request; and no
         // log line says how it went (beside the vendor's request id, an
@@ -232,28 +263,31 @@ mod tests {
 
     #[test]
     fn a_good_request_passes_and_every_bad_field_is_named() {
-        assert!(validate(&request(), Utc::now()).is_ok());
+        assert!(validate(&request(), Utc::now(), ArrivalWindow::default()).is_ok());
         let empty = CheckInRequest::default();
         assert_eq!(
-            fields(validate(&empty, Utc::now()).unwrap_err()),
+            fields(validate(&empty, Utc::now(), ArrivalWindow::default()).unwrap_err()),
             ["request_id", "nhs_number", "arrived_at", "setting_type", "user_id"]
         );
         let mut future = request();
         future.arrived_at = Some(cpis_core::time::to_timestamp(Utc::now() + chrono::TimeDelta::minutes(6)));
         future.setting_type = 42;
         future.user_id = "x".repeat(129);
-        assert_eq!(fields(validate(&future, Utc::now()).unwrap_err()), ["arrived_at", "setting_type", "user_id"]);
+        assert_eq!(
+            fields(validate(&future, Utc::now(), ArrivalWindow::default()).unwrap_err()),
+            ["arrived_at", "setting_type", "user_id"]
+        );
         let scheduled = CheckInRequest { setting_type: SettingType::GpPractice as i32, ..request() };
-        assert_eq!(fields(validate(&scheduled, Utc::now()).unwrap_err()), ["setting_type"]);
+        assert_eq!(fields(validate(&scheduled, Utc::now(), ArrivalWindow::default()).unwrap_err()), ["setting_type"]);
         let mut ancient = request();
         ancient.arrived_at = Some(prost_types::Timestamp { seconds: i64::MIN, nanos: 0 });
-        assert_eq!(fields(validate(&ancient, Utc::now()).unwrap_err()), ["arrived_at"]);
+        assert_eq!(fields(validate(&ancient, Utc::now(), ArrivalWindow::default()).unwrap_err()), ["arrived_at"]);
     }
 
     #[test]
     fn the_fingerprint_ignores_the_request_id_only() {
         let first = request();
-        let print = |r: &CheckInRequest| validate(r, Utc::now()).unwrap().fingerprint;
+        let print = |r: &CheckInRequest| validate(r, Utc::now(), ArrivalWindow::default()).unwrap().fingerprint;
         let other_id = CheckInRequest { request_id: "req-2".into(), ..first.clone() };
         assert_eq!(print(&first), print(&other_id));
         let other_user = CheckInRequest { user_id: "nurse-8".into(), ..first.clone() };

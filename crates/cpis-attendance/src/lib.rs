@@ -6,10 +6,12 @@
 //! publishes each outbox row to Notification `PublishAlert`.
 
 mod checkin;
+pub use checkin::ArrivalWindow;
 pub mod fhir;
 mod page;
 mod registry;
 mod relay;
+pub mod retention;
 mod silent;
 mod store;
 
@@ -62,6 +64,8 @@ pub struct Config {
     /// How long a council stays leased to a relay that stops renewing
     /// (after which another replica takes it over).
     pub relay_lease: Duration,
+    /// When an arrival may have happened, relative to now.
+    pub arrival_window: checkin::ArrivalWindow,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             retry_max: Duration::from_secs(30),
             relay_poll_interval: Duration::from_secs(1),
             relay_lease: Duration::from_secs(15),
+            arrival_window: checkin::ArrivalWindow::default(),
         }
     }
 }
@@ -136,6 +141,10 @@ impl Attendance {
             pb::attendance_service_server::AttendanceServiceServer::new(self.clone())
                 .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
         )
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
     }
 
     fn rules(&self) -> store::EpisodeRules {

@@ -103,7 +103,19 @@ CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
         sql: "ALTER TABLE attendance.accesses ALTER COLUMN episode_id DROP NOT NULL,
                   ADD COLUMN silent boolean NOT NULL DEFAULT false;",
     },
-    Migration { version: 4, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
+    Migration {
+        version: 4,
+        name: "record of purges",
+        // `cpis purge`: what kind, how many, when (see crate::retention).
+        sql: "CREATE TABLE attendance.purges (
+            purge_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind           text NOT NULL,
+            count          bigint NOT NULL,
+            retention_days integer NOT NULL,
+            purged_at      timestamptz NOT NULL DEFAULT now()
+        );",
+    },
+    Migration { version: 5, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
 ];
 
 /// Each council's outbox rows get a `position` in the order their check-ins

@@ -1,9 +1,11 @@
 //! PostgreSQL: a deadpool pool from a connection string, a migrations runner
 //! (each service owns one schema), and error descriptions that are safe to log.
+//! Every connection goes through [`crate::db_tls`] (TLS, `sslmode`).
 
+use crate::db_tls::DbTarget;
+use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// Re-exported so services name one pool type.
 pub use deadpool_postgres::Pool as DbPool;
@@ -12,13 +14,15 @@ pub use deadpool_postgres::Pool as DbPool;
 /// Waiting for a connection is bounded so that a database outage turns into
 /// `UNAVAILABLE` quickly instead of hanging callers.
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let mut config: tokio_postgres::Config = url.parse()?;
+    let target = DbTarget::parse(url).context("DATABASE_URL")?;
+    let tls = target.tls()?;
+    let mut config = target.config;
     if config.get_application_name().is_none() {
         config.application_name("cpis");
     }
     config.connect_timeout(Duration::from_secs(5));
     SessionSettings::from_env()?.apply(&mut config);
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
@@ -160,7 +164,7 @@ pub struct Migration {
 /// Applies the pending migrations of `schema`, once, even when several
 /// replicas start together (a transaction-scoped advisory lock serialises them).
 pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> anyhow::Result<()> {
-    let mut client = pool.get().await?;
+    let mut client = pool.get().await.map_err(connect_failure)?;
     let tx = client.transaction().await?;
     // Replicas starting together wait here for the first one's migrations,
     // and a migration may rewrite a large table: no session timeouts apply.
@@ -197,6 +201,59 @@ pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> any
     Ok(())
 }
 
+/// One direct connection (outside any pool) for tools and tests, with the
+/// same TLS as the services; the connection runs on a spawned task.
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let target = DbTarget::parse(url).context("DATABASE_URL")?;
+    let tls = target.tls()?;
+    let mut config = target.config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
+        let cause = crate::db_tls::explain_tls_failure(&e).unwrap_or_else(|| describe_connect(&e));
+        anyhow::anyhow!(
+            "connecting to PostgreSQL at {} (sslmode={}): {cause}",
+            target.hosts(),
+            target.ssl_mode().as_str()
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(cause = %describe(&e), "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Turns a failure to get a pooled connection into an error that says why,
+/// naming the TLS cause (wrong CA, wrong host name, no TLS on the server).
+pub fn connect_failure(e: deadpool_postgres::PoolError) -> anyhow::Error {
+    let cause = crate::db_tls::explain_tls_failure(&e).unwrap_or_else(|| match &e {
+        deadpool_postgres::PoolError::Backend(pg) => describe_connect(pg),
+        other => other.to_string(),
+    });
+    anyhow::anyhow!("connecting to PostgreSQL: {cause}")
+}
+
+/// A connection failure without the server's DETAIL (it may quote values).
+fn describe_connect(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        // Authentication and "database does not exist" messages name no data.
+        Some(db) => format!("sqlstate={}: {}", db.code().code(), db.message()),
+        // I/O and protocol causes ("Connection refused", a timeout) quote nothing.
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
 /// True when the error means the database could not be reached or the
 /// connection broke (so the caller may retry), not that the query was wrong.
 pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
@@ -227,6 +284,9 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             db.column().unwrap_or("-"),
         ),
         None if e.is_closed() => "connection closed".to_string(),
+        None if crate::db_tls::explain_tls_failure(e).is_some() => {
+            format!("TLS: {}", crate::db_tls::explain_tls_failure(e).unwrap_or_default())
+        }
         None => match e.code() {
             Some(code) => format!("sqlstate={}", code.code()),
             None => "connection or protocol error".to_string(),

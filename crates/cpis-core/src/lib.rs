@@ -7,6 +7,7 @@
 pub mod authz;
 pub mod client;
 pub mod db;
+pub mod db_tls;
 pub mod error;
 pub mod identity;
 pub mod limits;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod pgcluster;
 pub mod pki;
 pub mod plan_csv;
+pub mod retention;
 pub mod server;
 pub mod telemetry;
 pub mod time;

@@ -1,8 +1,14 @@
 //! A private PostgreSQL cluster under a directory, for `cpis dev`, the tests
 //! and the benchmarks: found from the server binaries on this machine,
 //! initialised on first use, run as an unprivileged user when we are root
-//! (`initdb` and `postgres` refuse root), listening only on a Unix socket in
-//! the same directory, and stopped when dropped.
+//! (`initdb` and `postgres` refuse root), listening on a Unix socket in the
+//! same directory and on 127.0.0.1 (a free port chosen at start), and stopped
+//! when dropped. With TLS on (the default) the server presents a certificate
+//! from the development PKI (`localhost`, `127.0.0.1`), TCP connections must
+//! use TLS (`hostssl` only), and [`PrivateCluster::url`] asks for
+//! `sslmode=verify-full`, so everything that uses the cluster exercises the
+//! TLS path. It can also be a synchronous streaming standby of another
+//! cluster ([`PrivateCluster::start_standby`]), for failover tests.
 
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};
@@ -18,11 +24,25 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// Ask the kernel to stop the server if this thread's process dies.
     pub die_with_parent: bool,
+    /// `ssl = on` with a development certificate, TCP only over TLS.
+    pub tls: bool,
+    /// The state directory of the PKI that issues the server certificate
+    /// (`<dir>/pki`); `None`: a PKI of the cluster's own, under its directory.
+    pub pki_state_dir: Option<PathBuf>,
+    /// The port (TCP and socket name); `None`: one free on 127.0.0.1 at start.
+    pub port: Option<u16>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { unsafe_fast: false, settings: Vec::new(), die_with_parent: true }
+        Self {
+            unsafe_fast: false,
+            settings: Vec::new(),
+            die_with_parent: true,
+            tls: true,
+            pki_state_dir: None,
+            port: None,
+        }
     }
 }
 
@@ -37,15 +57,90 @@ pub struct PrivateCluster {
     run_as: Option<(u32, u32)>,
     options: ClusterOptions,
     child: Option<Child>,
+    ca: Option<PathBuf>,
 }
 
 /// The superuser created by `initdb`.
 pub const SUPERUSER: &str = "cpis";
-const PORT: u16 = 5432;
+/// A role that may log in over TCP only with a client certificate (CN = role
+/// name) from the cluster's CA: client-certificate authentication to the database.
+pub const CERT_USER: &str = "cpis_cert";
 
 impl PrivateCluster {
     /// Initialises (if needed) and starts a cluster under `dir`.
     pub fn start(dir: &Path, options: ClusterOptions) -> anyhow::Result<Self> {
+        let mut cluster = Self::prepare(dir, options)?;
+        if !cluster.data.join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        cluster.configure()?;
+        cluster.spawn()?;
+        cluster.ensure_cert_user()?;
+        Ok(cluster)
+    }
+
+    /// Starts a streaming standby of `primary` under `dir` (a fresh
+    /// `pg_basebackup` unless one is there), connecting to it as
+    /// `application_name` (list that name in the primary's
+    /// `synchronous_standby_names` to make it synchronous).
+    pub fn start_standby(
+        dir: &Path,
+        primary: &PrivateCluster,
+        application_name: &str,
+        options: ClusterOptions,
+    ) -> anyhow::Result<Self> {
+        let mut cluster = Self::prepare(dir, options)?;
+        if !cluster.data.join("PG_VERSION").exists() {
+            let out = cluster
+                .command("pg_basebackup")
+                .arg("-D")
+                .arg(&cluster.data)
+                .arg("-h")
+                .arg(&primary.socket_dir)
+                .args([
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .context("running pg_basebackup")?;
+            if !out.status.success() {
+                bail!("pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let conninfo = format!(
+                "host={} port={} user={SUPERUSER} application_name={application_name}",
+                primary.socket_dir.display(),
+                primary.port
+            );
+            let auto = cluster.data.join("postgresql.auto.conf");
+            let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+            text.push_str(&format!("primary_conninfo = '{}'\n", conninfo.replace('\'', "''")));
+            std::fs::write(&auto, text)?;
+            std::fs::write(cluster.data.join("standby.signal"), "")?;
+            if let Some((uid, gid)) = cluster.run_as {
+                chown(&auto, uid, gid)?;
+                chown(&cluster.data.join("standby.signal"), uid, gid)?;
+            }
+        }
+        cluster.configure()?;
+        cluster.spawn()?;
+        Ok(cluster)
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let client = crate::db::connect(&self.socket_url("postgres")).await?;
+        client.execute("SELECT pg_promote(true, 30)", &[]).await.context("pg_promote")?;
+        Ok(())
+    }
+
+    fn prepare(dir: &Path, options: ClusterOptions) -> anyhow::Result<Self> {
         let bin = find_bindir()?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
@@ -63,12 +158,79 @@ impl PrivateCluster {
                 chown(&data, uid, gid)?;
             }
         }
-        let mut cluster = Self { bin, data, socket_dir, log, port: PORT, run_as, options, child: None };
-        if !cluster.data.join("PG_VERSION").exists() {
-            cluster.initdb()?;
+        let port = match options.port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        Ok(Self { bin, data, socket_dir, log, port, run_as, options, child: None, ca: None })
+    }
+
+    /// Writes `pg_hba.conf` and, with TLS, the server's certificate files
+    /// (re-issued on every start, owned by the server user, key mode 0600).
+    fn configure(&mut self) -> anyhow::Result<()> {
+        let method = if self.options.tls { "hostssl" } else { "host" };
+        let mut hba = String::from("local all all trust\nlocal replication all trust\n");
+        if self.options.tls {
+            hba.push_str(&format!("hostssl all {CERT_USER} 127.0.0.1/32 cert\n"));
         }
-        cluster.spawn()?;
-        Ok(cluster)
+        hba.push_str(&format!("{method} all all 127.0.0.1/32 trust\n{method} replication all 127.0.0.1/32 trust\n"));
+        let hba_path = self.data.join("pg_hba.conf");
+        std::fs::write(&hba_path, hba)?;
+        if let Some((uid, gid)) = self.run_as {
+            chown(&hba_path, uid, gid)?;
+        }
+        if !self.options.tls {
+            return Ok(());
+        }
+        let dir = self.data.parent().context("cluster directory")?.join("tls");
+        std::fs::create_dir_all(&dir)?;
+        let pki_state = self.options.pki_state_dir.clone().unwrap_or_else(|| dir.clone());
+        let pki = crate::pki::Pki::new(&pki_state);
+        pki.init()?;
+        let mut issue = crate::pki::IssueOptions::client(None);
+        issue.server = true;
+        let issued = pki.issue_custom("postgres-server", &issue)?;
+        for (from, to) in [(&issued.cert, "server.pem"), (&issued.key, "server-key.pem"), (&issued.ca, "ca.pem")] {
+            let to = dir.join(to);
+            std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+            if let Some((uid, gid)) = self.run_as {
+                chown(&to, uid, gid)?;
+            }
+        }
+        if let Some((uid, gid)) = self.run_as {
+            chown(&dir, uid, gid)?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("server-key.pem"), std::fs::Permissions::from_mode(0o600))?;
+        let setting = |k: &str, v: &Path| (k.to_string(), v.display().to_string());
+        self.options.settings.retain(|(k, _)| !k.starts_with("ssl"));
+        self.options.settings.extend([
+            ("ssl".to_string(), "on".to_string()),
+            setting("ssl_cert_file", &dir.join("server.pem")),
+            setting("ssl_key_file", &dir.join("server-key.pem")),
+            setting("ssl_ca_file", &dir.join("ca.pem")),
+        ]);
+        self.ca = Some(pki.ca_path());
+        Ok(())
+    }
+
+    /// Creates [`CERT_USER`] unless it exists (primaries only).
+    fn ensure_cert_user(&self) -> anyhow::Result<()> {
+        let out = self
+            .command("psql")
+            .args(["-h"])
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres", "-qAtX", "-v", "ON_ERROR_STOP=1"])
+            .args(["-c", &format!(
+                "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{CERT_USER}') THEN CREATE ROLE {CERT_USER} LOGIN; END IF; END$$"
+            )])
+            .stdin(Stdio::null())
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!("creating the role {CERT_USER} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
     }
 
     fn command(&self, program: &str) -> Command {
@@ -123,7 +285,7 @@ impl PrivateCluster {
             .arg("-k")
             .arg(&self.socket_dir)
             .args(["-p", &self.port.to_string()])
-            .args(["-c", "listen_addresses="])
+            .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "max_connections=300"]);
         if self.options.unsafe_fast {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
@@ -201,24 +363,48 @@ impl PrivateCluster {
         self.child.is_some()
     }
 
-    /// A `key=value` connection string for `dbname`.
+    /// A `key=value` connection string for `dbname` over TCP to `localhost`:
+    /// `sslmode=verify-full` against the cluster's CA with TLS on, else
+    /// `sslmode=disable`.
     pub fn url(&self, dbname: &str) -> String {
-        format!("host={} port={} user={} dbname={}", self.socket_dir.display(), self.port, SUPERUSER, dbname)
+        let base = format!("host=localhost port={} user={SUPERUSER} dbname={dbname}", self.port);
+        match &self.ca {
+            Some(ca) => format!("{base} sslmode=verify-full sslrootcert='{}'", ca.display()),
+            None => format!("{base} sslmode=disable"),
+        }
+    }
+
+    /// A connection string over the Unix socket (administration; no TLS there).
+    pub fn socket_url(&self, dbname: &str) -> String {
+        format!("host={} port={} user={SUPERUSER} dbname={dbname}", self.socket_dir.display(), self.port)
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The CA that issued the server's certificate (with TLS on).
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// Creates `dbname` unless it exists.
     pub async fn create_database(&self, dbname: &str) -> anyhow::Result<()> {
-        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
-        let task = tokio::spawn(conn);
+        let client = crate::db::connect(&self.socket_url("postgres")).await?;
         let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname]).await?.is_some();
         if !exists {
             // The name is ours (not user input) but quote it all the same.
             client.batch_execute(&format!("CREATE DATABASE \"{}\"", dbname.replace('"', ""))).await?;
         }
-        drop(client);
-        let _ = task.await;
         Ok(())
     }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 impl Drop for PrivateCluster {

@@ -1,6 +1,20 @@
-//! Conversions between chrono instants and protobuf timestamps.
+//! Conversions between chrono instants and protobuf timestamps, and the
+//! calendar day in England: every rule that speaks of days (today, a plan's
+//! start and end, the day of an arrival) means a day in Europe/London, which
+//! differs from UTC between 00:00 and 01:00 in summer time.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Europe::London;
+
+/// The day in England at instant `t`.
+pub fn london_date(t: DateTime<Utc>) -> NaiveDate {
+    t.with_timezone(&London).date_naive()
+}
+
+/// Today in England.
+pub fn today_in_london() -> NaiveDate {
+    london_date(Utc::now())
+}
 
 /// A protobuf timestamp for an instant.
 pub fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -13,4 +27,19 @@ pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
         return None;
     }
     Utc.timestamp_opt(t.seconds, t.nanos as u32).single()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_day_is_taken_in_london() {
+        // 00:30 BST on 1 July is 23:30 UTC on 30 June.
+        let t = Utc.with_ymd_and_hms(2026, 6, 30, 23, 30, 0).unwrap();
+        assert_eq!(london_date(t), NaiveDate::from_ymd_opt(2026, 7, 1).unwrap());
+        // In winter London is UTC.
+        let t = Utc.with_ymd_and_hms(2026, 1, 31, 23, 30, 0).unwrap();
+        assert_eq!(london_date(t), NaiveDate::from_ymd_opt(2026, 1, 31).unwrap());
+    }
 }

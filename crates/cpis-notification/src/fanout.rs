@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// The in-process registry of wake-up channels, one per council with at
 /// least one open stream on this instance.
@@ -113,6 +113,8 @@ impl Drop for Wakeups {
 pub struct ListenerConfig {
     /// Where to connect (the service's database).
     pub database: tokio_postgres::Config,
+    /// TLS to the database, as the pool does it.
+    pub tls: cpis_core::db_tls::DbTls,
     /// First delay before reconnecting; doubles on each failure.
     pub backoff_min: Duration,
     /// Longest delay between reconnection attempts.
@@ -124,10 +126,12 @@ impl ListenerConfig {
     /// connection ([`cpis_core::db::SessionSettings`]): TCP keepalives short
     /// enough to notice a silently dead connection within about a minute.
     pub fn new(database_url: &str, backoff_max: Duration) -> anyhow::Result<Self> {
-        let mut database: tokio_postgres::Config = database_url.parse()?;
+        let target = cpis_core::db_tls::DbTarget::parse(database_url)?;
+        let tls = target.tls()?;
+        let mut database = target.config;
         database.application_name("cpis-notification-listen").connect_timeout(Duration::from_secs(5));
         cpis_core::db::SessionSettings::from_env()?.apply(&mut database);
-        Ok(Self { database, backoff_min: Duration::from_millis(100), backoff_max })
+        Ok(Self { database, tls, backoff_min: Duration::from_millis(100), backoff_max })
     }
 }
 
@@ -173,7 +177,7 @@ async fn listen_once(
 ) -> Result<(), ListenError> {
     let (client, mut connection) = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
-        connected = config.database.connect(NoTls) => connected?,
+        connected = config.database.connect(config.tls.clone()) => connected?,
     };
     // The connection must be polled for the LISTEN to complete, and from then
     // on to receive notifications: one loop does both.

@@ -43,6 +43,7 @@
 pub mod alert;
 pub mod delivery;
 pub mod fanout;
+pub mod retention;
 pub mod store;
 pub mod stream;
 

@@ -66,7 +66,19 @@ pub const MIGRATIONS: &[Migration] = &[
         // the council joins the check-in's trace. Ids only: no personal data.
         sql: "ALTER TABLE notification.alerts ADD COLUMN traceparent text;",
     },
-    Migration { version: 3, name: "publish in one statement", sql: PUBLISH_FUNCTION },
+    Migration {
+        version: 3,
+        name: "record of purges",
+        // `cpis purge`: what kind, how many, when (see crate::retention).
+        sql: "CREATE TABLE notification.purges (
+            purge_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind           text NOT NULL,
+            count          bigint NOT NULL,
+            retention_days integer NOT NULL,
+            purged_at      timestamptz NOT NULL DEFAULT now()
+        );",
+    },
+    Migration { version: 4, name: "publish in one statement", sql: PUBLISH_FUNCTION },
 ];
 
 /// `notification.publish_alert`: the whole of `PublishAlert` in one

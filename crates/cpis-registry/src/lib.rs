@@ -6,10 +6,11 @@
 
 pub mod councils;
 pub mod model;
+pub mod retention;
 pub mod store;
 pub mod sync;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use cpis_core::authz::caller;
 use cpis_core::db::{DbPool, Migration};
 use cpis_core::validate::Violations;
@@ -26,7 +27,10 @@ pub const SERVICE_NAME: &str = "cpis.registry.v1.RegistryService";
 pub const SCHEMA: &str = "registry";
 
 /// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "plans", sql: include_str!("migrations.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "plans", sql: include_str!("migrations.sql") },
+    Migration { version: 2, name: "retention", sql: include_str!("migrations_2_retention.sql") },
+];
 
 /// Settings of the Registry service.
 #[derive(Debug, Clone)]
@@ -34,13 +38,21 @@ pub struct Config {
     /// A snapshot ending more than this share of open plans is refused
     /// unless it says `allow_mass_end`.
     pub mass_end_share: f64,
+    /// An unborn child protection plan flags the mother until this many days
+    /// after the expected delivery date (the council then registers the
+    /// child's own plan).
+    pub unborn_scope_days: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { mass_end_share: 0.10 }
+        Self { mass_end_share: 0.10, unborn_scope_days: DEFAULT_UNBORN_SCOPE_DAYS }
     }
 }
+
+/// Six weeks: a birth up to two weeks after the expected date, and the
+/// council's registration of the newborn's own plan.
+pub const DEFAULT_UNBORN_SCOPE_DAYS: u32 = 42;
 
 /// The Registry service.
 #[derive(Debug, Clone)]
@@ -55,7 +67,7 @@ pub(crate) fn pg(client: &deadpool_postgres::Client) -> &tokio_postgres::Client 
 }
 
 fn today() -> NaiveDate {
-    Utc::now().date_naive()
+    cpis_core::time::today_in_london()
 }
 
 /// The caller's council code; the authorization layer has already made sure
@@ -332,7 +344,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         };
         let day = day.unwrap_or_else(today);
         let client = self.pool.get().await.map_err(ApiError::from)?;
-        let found = store::lookup_flags(&client, nhs.as_str(), day).await?;
+        let found = store::lookup_flags(&client, nhs.as_str(), day, self.config.unborn_scope_days).await?;
         Ok(Response::new(pb::LookupFlagsResponse {
             flags: found.iter().map(|f| flag_of(f, day)).collect(),
             local_references: found.into_iter().map(|f| f.local_reference).collect(),

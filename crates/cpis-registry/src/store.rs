@@ -254,13 +254,18 @@ pub struct FoundFlag {
     pub contact: Contact,
 }
 
-/// The query of [`lookup_flags`] (`$1` NHS number, `$2` the day): plans in
-/// scope are active, or ended less than 12 months before the day.
+/// The query of [`lookup_flags`] (`$1` NHS number, `$2` the day, `$3` days
+/// an unborn plan stays in scope after the expected delivery date): plans in
+/// scope are active, or ended less than 12 months before the day; a child
+/// protection or looked-after plan never flags an adult (scope ends at the
+/// 18th birthday), an unborn plan ends `$3` days after the expected delivery.
 pub const LOOKUP_FLAGS_SQL: &str = "SELECT council_code, local_reference, plan_type, start_date, end_date,
         expected_delivery_date, team_name, office_phone, emergency_duty_phone, email
      FROM registry.plans
      WHERE nhs_number = $1 AND deleted_at IS NULL AND start_date <= $2
        AND (end_date IS NULL OR $2 < (end_date + interval '12 months')::date)
+       AND (date_of_birth IS NULL OR $2 < (date_of_birth + interval '18 years')::date)
+       AND (expected_delivery_date IS NULL OR $2 <= expected_delivery_date + $3::int)
      ORDER BY council_code, start_date, local_reference";
 
 /// Every plan in scope for `nhs_number` on `day`, across all councils: one
@@ -269,10 +274,12 @@ pub async fn lookup_flags(
     client: &deadpool_postgres::Client,
     nhs_number: &str,
     day: NaiveDate,
+    unborn_scope_days: u32,
 ) -> Result<Vec<FoundFlag>, ApiError> {
     // Prepared once per connection: planning cost more than the index probe.
     let statement = client.prepare_cached(LOOKUP_FLAGS_SQL).await?;
-    let rows = client.query(&statement, &[&nhs_number, &day]).await?;
+    let days = i32::try_from(unborn_scope_days).unwrap_or(i32::MAX);
+    let rows = client.query(&statement, &[&nhs_number, &day, &days]).await?;
     Ok(rows
         .iter()
         .map(|r| FoundFlag {
