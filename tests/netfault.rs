@@ -251,7 +251,7 @@ impl Database {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             let created = rt
                 .block_on(cluster.create_database("cpis"))
-                .map(|()| cluster.url("cpis"))
+                .map(|()| cluster.socket_url("cpis"))
                 .map_err(|e| format!("{e:#}"));
             ready_tx.send(created).ok();
             let _ = stop_rx.recv();
