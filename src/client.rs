@@ -647,7 +647,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                 json!({"access_id": a.access_id, "episode_id": a.episode_id, "nhs_number": a.nhs_number,
                        "setting_code": a.setting_code,
                        "setting_type": SettingType::try_from(a.setting_type).map(|t| t.as_str_name()).unwrap_or("?"),
-                       "user_id": a.user_id, "silent": a.silent,
+                       "user_id": a.user_id, "silent": a.silent, "episodes_read": a.episodes_read,
                        "accessed_at": a.accessed_at.as_ref().and_then(cpis_core::time::from_timestamp).map(|t| t.to_rfc3339())})
             );
         }
@@ -661,7 +661,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             .list_episodes(ListEpisodesRequest {
                 nhs_number: args.nhs_number.clone(),
                 page_size: 100,
-                page_token: String::new(),
+                ..Default::default()
             })
             .await
             .map_err(status_error)?

@@ -16,9 +16,12 @@ pub struct PurgeArgs {
     /// Count what would be removed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
+    /// PostgreSQL connection string (as `cpis serve`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// A file holding the connection string (e.g. a mounted Secret's `uri`).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<std::path::PathBuf>,
     /// Ended plans (from the end date) and deleted plans (from the deletion), with their history.
     #[arg(long, env = "CPIS_RETAIN_ENDED_PLANS_DAYS", default_value_t = cpis_registry::retention::Retention::default().ended_plans_days)]
     pub ended_plans_days: u32,
@@ -47,7 +50,8 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
             format!("unknown service {other:?}: expected registry, attendance, notification or all")
         })?],
     };
-    let pool = cpis_core::db::pool(&args.database_url, 2)?;
+    let url = cpis_core::db_tls::required_url_from(args.database_url.clone(), args.database_url_file.as_deref())?;
+    let pool = cpis_core::db::pool(&url, 2)?;
     for service in services {
         let purged = purge(&pool, service, &args).await?;
         for Purged { kind, count } in purged {

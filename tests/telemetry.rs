@@ -144,7 +144,12 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     assert!(attendance.check_in(bad).await.is_err());
     let _ = ts
         .attendance(&council(LIVERPOOL))
-        .list_episodes(ListEpisodesRequest { nhs_number: child.clone(), page_size: 0, page_token: String::new() })
+        .list_episodes(ListEpisodesRequest {
+            nhs_number: child.clone(),
+            page_size: 0,
+            page_token: String::new(),
+            user_id: "clinician-1".into(),
+        })
         .await
         .expect_err("Liverpool holds no flag for this child");
     let _ = ts

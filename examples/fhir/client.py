@@ -189,12 +189,13 @@ def main() -> int:
     expect([str(d) for d in edd] == ["2027-03-01"], f"expected delivery date {edd[0] if edd else None}")
 
     print("4. access history (AuditEvent) of the child")
-    _, bundle = ed.search("AuditEvent", child)
+    history = {"X-User-ID": "nurse-fhir-example"}
+    _, bundle = ed.search("AuditEvent", child, history)
     events = resources(bundle, AuditEvent)
     expect(bundle.total == 1 and len(events) == 1, "one unscheduled-care access")
     who = events[0].agent[0].who.identifier.value
     expect(who == ED, f"at {who}, {events[0].recorded}")
-    _, bundle = ed.search("AuditEvent", mother)
+    _, bundle = ed.search("AuditEvent", mother, history)
     expect(bundle.total == 0, "the silent read is not an unscheduled-care access")
 
     print("5. an invalid NHS number")

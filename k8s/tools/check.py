@@ -36,10 +36,6 @@ import yaml
 
 CPIS_BINARY = "/usr/local/bin/cpis"
 PLACEHOLDERS = [r"example\.org", r"sha256:0{64}"]
-# Environment variables the manifests set for behaviour that another change
-# (issue 16, the Rust half) adds to the binary: accepted, with a note, only
-# while the sources do not read them yet. Remove once it has landed.
-PENDING_ENV = {"DATABASE_URL_FILE", "PGSSLMODE", "PGSSLROOTCERT"}
 
 
 # ------------------------------------------------------------------ facts from the code
@@ -410,8 +406,6 @@ def policy_check(objects: list[dict], profile: str, facts: Facts, report: Report
         for var in env:
             if facts.reads(var):
                 report.passed += 1
-            elif var in PENDING_ENV:
-                report.notes.append(f"{var} is set but the binary does not read it yet (pending, issue 16)")
             else:
                 report.errors.append(f"{where}: sets {var}, which `cpis` never reads (read from the sources)")
         report.check(

@@ -170,6 +170,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                     nhs_number: child.into(),
                     page_size: 0,
                     page_token: String::new(),
+                    user_id: "matrix".into(),
                 })
                 .await
                 .map(drop),

@@ -221,7 +221,7 @@ async fn an_unflagged_person_gives_an_empty_bundle_and_stores_nothing() {
     let ed = ts.identity(&setting(ALDER_HEY));
     bundle(&fhir_get(&ts, Some(&ed), &care_team_path(&nobody), &refs(&notifying("nobody-1"))).await, 0);
     bundle(&fhir_get(&ts, Some(&ed), &care_team_path(&nobody), &refs(&silent())).await, 0);
-    bundle(&fhir_get(&ts, Some(&ed), &audit_event_path(&nobody), &[]).await, 0);
+    bundle(&fhir_get(&ts, Some(&ed), &audit_event_path(&nobody), &[("X-User-ID", "nurse-fhir")]).await, 0);
     for table in ["episodes", "accesses", "check_in_requests", "outbox"] {
         assert_eq!(count(&ts, table).await, 0, "{table} holds nothing about an unflagged person");
     }
@@ -244,7 +244,7 @@ async fn the_access_history_is_the_25_most_recent_unscheduled_care_accesses() {
     bundle(&fhir_get(&ts, Some(&gp), &care_team_path(&child), &refs(&silent())).await, 1);
 
     let ed = ts.identity(&setting(ALDER_HEY));
-    let events = bundle(&fhir_get(&ts, Some(&ed), &audit_event_path(&child), &[]).await, 25);
+    let events = bundle(&fhir_get(&ts, Some(&ed), &audit_event_path(&child), &[("X-User-ID", "nurse-fhir")]).await, 25);
     let shown: Vec<&str> =
         events.iter().map(|e| e["agent"][0]["who"]["identifier"]["value"].as_str().unwrap()).collect();
     let expected: Vec<&str> = codes.iter().rev().take(25).map(String::as_str).collect();

@@ -207,14 +207,24 @@ async fn bad_requests_get_field_level_errors_and_change_nothing() {
     expect_field(
         "huge episode page",
         ok(attendance
-            .list_episodes(ListEpisodesRequest { nhs_number: nhs(1), page_size: 101, page_token: String::new() })
+            .list_episodes(ListEpisodesRequest {
+                nhs_number: nhs(1),
+                page_size: 101,
+                page_token: String::new(),
+                user_id: "u".into(),
+            })
             .await),
         "page_size",
     );
     expect_field(
         "forged episode token",
         ok(attendance
-            .list_episodes(ListEpisodesRequest { nhs_number: nhs(1), page_size: 0, page_token: "%%%".into() })
+            .list_episodes(ListEpisodesRequest {
+                nhs_number: nhs(1),
+                page_size: 0,
+                page_token: "%%%".into(),
+                user_id: "u".into(),
+            })
             .await),
         "page_token",
     );

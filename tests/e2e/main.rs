@@ -14,6 +14,7 @@ mod fhir;
 mod foundation;
 mod hostile;
 mod monitoring;
+mod need_to_know;
 mod notification;
 mod platform;
 mod registry;

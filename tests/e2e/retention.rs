@@ -13,7 +13,8 @@ fn args(ts: &TestSuite, dry_run: bool) -> PurgeArgs {
     PurgeArgs {
         service: "all".into(),
         dry_run,
-        database_url: ts.database_url.clone(),
+        database_url: Some(ts.database_url.clone()),
+        database_url_file: None,
         ended_plans_days: 2922,
         episodes_days: 2922,
         accesses_days: 2922,

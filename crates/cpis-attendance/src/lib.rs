@@ -165,27 +165,53 @@ impl Attendance {
         let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
         let size = v.page_size("page_size", req.page_size, 25, 100);
         let after = page_token(&mut v, &req.page_token);
+        if matches!(caller, Caller::Setting(_)) {
+            v.text("user_id", &req.user_id, 128);
+        }
         v.finish()?;
         let nhs_number = nhs_number.ok_or_else(|| ApiError::internal("validated NHS number"))?;
 
-        match caller {
-            Caller::Setting(_) => {}
-            // A council sees a person's history only while it holds a flag
-            // for them: asked of the Registry on every call, never cached.
+        // Need to know, decided on every call by the Registry, never cached:
+        // the person must hold a flag in scope now. Otherwise the answer is
+        // the one for a person without episodes, so existence does not leak.
+        let found = self.flags.lookup(&nhs_number, None, deadline).await?;
+        let db = self.pool.get().await?;
+        let since = match caller {
+            Caller::Setting(setting_code) => {
+                if found.flags.is_empty() {
+                    return Ok(pb::ListEpisodesResponse::default());
+                }
+                let mut councils: Vec<&str> = found.flags.iter().map(|f| f.council_code.as_str()).collect();
+                councils.dedup();
+                let access = store::SilentAccess {
+                    setting_code,
+                    nhs_number: nhs_number.as_str(),
+                    setting_type: 0,
+                    user_id: &req.user_id,
+                    council_codes: &councils,
+                };
+                store::record_episodes_read(&db, &access).await?;
+                None
+            }
+            // A council sees the episodes since its own plan began.
             Caller::Council(code) => {
-                let found = self.flags.lookup(&nhs_number, None, deadline).await?;
-                if !found.flags.iter().any(|f| &f.council_code == code) {
+                let starts = found.flags.iter().filter(|f| &f.council_code == code);
+                let Some(start) = starts.filter_map(|f| cpis_core::validate::parse_date(&f.start_date)).min() else {
                     return Err(ApiError::PermissionDenied(
                         "the calling council holds no flag in scope for this person".into(),
                     ));
-                }
+                };
+                Some(cpis_core::time::london_start_of_day(start))
             }
             Caller::Service(_) => return Err(ApiError::PermissionDenied("services may not list episodes".into())),
-        }
-
-        let db = self.pool.get().await?;
-        let rows = store::list_episodes(&db, nhs_number.as_str(), after.as_ref(), size + 1).await?;
-        let (episodes, next_page_token) = paginate(rows, size);
+        };
+        // At most the 25 most recent, paged within them.
+        let recent = store::list_episodes(&db, nhs_number.as_str(), None, since, store::PREVIOUS_EPISODES).await?;
+        let rows: Vec<_> = match &after {
+            Some(cursor) => recent.into_iter().filter(|(_, c)| (c.at, c.id) < (cursor.at, cursor.id)).collect(),
+            None => recent,
+        };
+        let (episodes, next_page_token) = paginate(rows.into_iter().take(size as usize + 1).collect(), size);
         Ok(pb::ListEpisodesResponse { episodes, next_page_token })
     }
 

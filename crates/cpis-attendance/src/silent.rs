@@ -87,7 +87,7 @@ pub async fn silent_read(
         },
     )
     .await?;
-    let recent = store::list_episodes(&db, valid.nhs_number.as_str(), None, PREVIOUS_EPISODES).await?;
+    let recent = store::list_episodes(&db, valid.nhs_number.as_str(), None, None, PREVIOUS_EPISODES).await?;
     Ok(SilentReadResponse {
         flagged: true,
         flags: found.flags,

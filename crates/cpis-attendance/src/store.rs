@@ -115,7 +115,13 @@ CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
             purged_at      timestamptz NOT NULL DEFAULT now()
         );",
     },
-    Migration { version: 5, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
+    Migration {
+        version: 5,
+        name: "episode reads in the access audit",
+        // A setting's ListEpisodes is audited as an access without an episode.
+        sql: "ALTER TABLE attendance.accesses ADD COLUMN episodes_read boolean NOT NULL DEFAULT false;",
+    },
+    Migration { version: 6, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
 ];
 
 /// Each council's outbox rows get a `position` in the order their check-ins
@@ -450,21 +456,48 @@ pub struct SilentAccess<'a> {
 
 /// Records a silent read in the access audit: no episode, no outbox row.
 pub async fn record_silent(db: &tokio_postgres::Client, a: &SilentAccess<'_>) -> Result<(), ApiError> {
+    record_read(db, a, true, false).await
+}
+
+/// Records a setting's read of a flagged person's episodes (ListEpisodes)
+/// in the access audit: no episode, no outbox row.
+pub async fn record_episodes_read(db: &tokio_postgres::Client, a: &SilentAccess<'_>) -> Result<(), ApiError> {
+    record_read(db, a, false, true).await
+}
+
+async fn record_read(
+    db: &tokio_postgres::Client,
+    a: &SilentAccess<'_>,
+    silent: bool,
+    episodes_read: bool,
+) -> Result<(), ApiError> {
     db.execute(
         "INSERT INTO attendance.accesses
-             (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes, silent)
-         VALUES ($1, NULL, $2, $3, $4, $5, $6, true)",
-        &[&Uuid::now_v7(), &a.nhs_number, &a.setting_code, &a.setting_type, &a.user_id, &a.council_codes],
+             (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes, silent,
+              episodes_read)
+         VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &Uuid::now_v7(),
+            &a.nhs_number,
+            &a.setting_code,
+            &a.setting_type,
+            &a.user_id,
+            &a.council_codes,
+            &silent,
+            &episodes_read,
+        ],
     )
     .await?;
     Ok(())
 }
 
-/// One page of a person's episodes, most recent first.
+/// One page of a person's episodes, most recent first, optionally only
+/// those since an instant.
 pub async fn list_episodes(
     db: &tokio_postgres::Client,
     nhs_number: &str,
     after: Option<&Cursor>,
+    since: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<(Episode, Cursor)>, ApiError> {
     let (at, id) = split(after);
@@ -473,9 +506,10 @@ pub async fn list_episodes(
             "SELECT episode_id, setting_code, setting_type, arrived_at FROM attendance.episodes
              WHERE nhs_number = $1
                AND ($2::timestamptz IS NULL OR (arrived_at, episode_id) < ($2, $3::uuid))
+               AND ($5::timestamptz IS NULL OR arrived_at >= $5)
              ORDER BY arrived_at DESC, episode_id DESC
              LIMIT $4",
-            &[&nhs_number, &at, &id, &limit],
+            &[&nhs_number, &at, &id, &limit, &since],
         )
         .await?;
     Ok(rows.iter().map(|r| (episode(r), Cursor::new(r.get(3), r.get(0)))).collect())
@@ -494,7 +528,7 @@ pub async fn list_accesses(
     let rows = db
         .query(
             "SELECT access_id, episode_id, nhs_number, setting_code, setting_type, user_id,
-                    accessed_at, silent
+                    accessed_at, silent, episodes_read
              FROM attendance.accesses
              WHERE council_codes @> ARRAY[$1::text]
                AND ($2::text IS NULL OR nhs_number = $2)
@@ -519,6 +553,7 @@ pub async fn list_accesses(
                 user_id: r.get(5),
                 accessed_at: Some(to_timestamp(accessed_at)),
                 silent: r.get(7),
+                episodes_read: r.get(8),
             };
             (record, Cursor::new(accessed_at, access_id))
         })

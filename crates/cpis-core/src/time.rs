@@ -11,6 +11,14 @@ pub fn london_date(t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&London).date_naive()
 }
 
+/// The instant a day begins in England.
+pub fn london_start_of_day(day: NaiveDate) -> DateTime<Utc> {
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    // Clocks change at 01:00 or 02:00, never at midnight: the earliest
+    // reading of a local midnight always exists; UTC midnight as a fallback.
+    London.from_local_datetime(&midnight).earliest().map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
+}
+
 /// Today in England.
 pub fn today_in_london() -> NaiveDate {
     london_date(Utc::now())

@@ -455,13 +455,28 @@ async fn audit_event_search(
     let setting = setting_of(caller)?;
     tracing::Span::current().record("setting", setting);
     let nhs_number = searched_nhs_number(uri)?;
-    // Need to know: the history of a person with no flag in scope is not shown.
+    let user_id = header(headers, USER_HEADER)?.unwrap_or_default();
+    let mut v = cpis_core::validate::Violations::new();
+    v.text("X-User-ID", user_id, 128);
+    v.finish()?;
+    // Need to know: the history of a person with no flag in scope is not
+    // shown; a read of it is audited like a gRPC ListEpisodes.
     let found = svc.flags.lookup(&nhs_number, None, CallerDeadline::unbounded()).await?;
     let events = if found.flags.is_empty() {
         Vec::new()
     } else {
         let db = svc.pool.get().await.map_err(ApiError::from)?;
-        crate::store::list_episodes(&db, nhs_number.as_str(), None, ACCESS_HISTORY)
+        let mut councils: Vec<&str> = found.flags.iter().map(|f| f.council_code.as_str()).collect();
+        councils.dedup();
+        let access = crate::store::SilentAccess {
+            setting_code: setting,
+            nhs_number: nhs_number.as_str(),
+            setting_type: 0,
+            user_id,
+            council_codes: &councils,
+        };
+        crate::store::record_episodes_read(&db, &access).await?;
+        crate::store::list_episodes(&db, nhs_number.as_str(), None, None, ACCESS_HISTORY)
             .await?
             .into_iter()
             .map(|(episode, _)| resources::audit_event(nhs_number.as_str(), &episode))

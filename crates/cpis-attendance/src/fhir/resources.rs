@@ -228,8 +228,8 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
 pub const HEADERS_DOC: &str = "Request headers: `IsUnscheduledAccessEvent: true|false` (required on CareTeam \
 searches): `true` is a notifying read from unscheduled care (recorded as a check-in: the access is audited, one \
 episode per person per setting per 24 hours, and each responsible council is alerted once); `false` is a silent \
-read from scheduled care (audited as silent; no episode, no alert). `X-User-ID` (required on CareTeam searches, 1 \
-to 128 characters): the user shown the answer, for the access audit. `X-Request-ID` (required for a notifying \
+read from scheduled care (audited as silent; no episode, no alert). `X-User-ID` (required, 1 to 128 \
+characters): the user shown the answer, for the access audit (an AuditEvent search is audited too). `X-Request-ID` (required for a notifying \
 read, up to 64 visible ASCII characters): the idempotency key; the same key from the same setting returns the \
 first answer again and alerts no one anew. `X-Setting-Type` (optional): the kind of setting, one of \
 emergency-department, urgent-treatment-centre, walk-in-centre, minor-injury-unit, out-of-hours-gp (notifying \
