@@ -23,11 +23,16 @@
 //!    peak RSS;
 //! 7. scaling: CheckIn latency with a small register and a large one;
 //! 8. idle subscriptions: memory per stream and heartbeat delivery;
-//! 9. footprint: each service's RSS idle and under load (4).
+//! 9. footprint: each service's RSS idle and under load (4);
+//! 10. check-in under council load: CheckIn p99 (flagged and not) at a fixed
+//!     rate while one council uploads a national-size list and another sends
+//!     64 concurrent upserts, against the same rate with the Registry idle.
 //!
 //! Each level has a warm-up and a fixed duration; every wait is bounded.
 //! The run fails (exit code 1) when an alert is missing, never for speed.
 
+#[path = "bench_council.rs"]
+mod council;
 #[path = "bench_data.rs"]
 mod data;
 #[path = "bench_load.rs"]
@@ -76,7 +81,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub heartbeat_secs: u64,
     /// Run only these phases (comma-separated: framework, database,
-    /// not-flagged, flagged, alerts, streams, bulk, scaling); the register
+    /// not-flagged, flagged, alerts, streams, bulk, council-load, scaling); the register
     /// is set up and the footprint read in every run.
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
@@ -85,7 +90,8 @@ pub struct BenchArgs {
     pub keep: bool,
 }
 
-const PHASES: &[&str] = &["framework", "database", "not-flagged", "flagged", "alerts", "streams", "bulk", "scaling"];
+const PHASES: &[&str] =
+    &["framework", "database", "not-flagged", "flagged", "alerts", "streams", "bulk", "council-load", "scaling"];
 
 /// The council whose national-size list is synced in (6).
 const BULK_COUNCIL: &str = "E10000016";
@@ -428,6 +434,7 @@ struct Report {
     alerts: Option<AlertResult>,
     streams: Option<StreamsResult>,
     bulk_sync: Vec<BulkPass>,
+    council_load: Option<council::CouncilLoadResult>,
     scaling: Vec<ScalingPoint>,
     footprint_idle_end: Rss,
     footprint_peak_over_run: Rss,
@@ -799,6 +806,11 @@ async fn measure(
     if shape.runs("bulk") {
         meter.phase("(6) bulk sync");
         report.bulk_sync = bulk_sync(&ctx, services, &[first, working]).await?;
+    }
+    services.check_alive()?;
+    if shape.runs("council-load") {
+        meter.phase("(10) check-in under council load");
+        report.council_load = Some(council::council_load(&ctx, flagged_people.clone(), &[first, working]).await?);
     }
     services.check_alive()?;
     if shape.runs("scaling") {
@@ -1317,6 +1329,9 @@ fn goals(r: &Report) -> Vec<Goal> {
             met: Some(s.bytes_per_stream < 20_000.0 && s.opened == s.requested),
         });
     }
+    if let Some(c) = &r.council_load {
+        goals.push(council::goal(c));
+    }
     let idle = r.footprint_idle_start;
     goals.push(Goal {
         figure: "(9) RSS of each service, idle",
@@ -1446,6 +1461,9 @@ fn print_report(r: &Report) {
                 mb(p.registry_rss_peak_sampled_kib)
             );
         }
+    }
+    if let Some(c) = &r.council_load {
+        council::print(c);
     }
     if !r.scaling.is_empty() {
         println!("\n(7) scaling: CheckIn latency by register size");

@@ -5,7 +5,9 @@
 use anyhow::{ensure, Context as _};
 use bytes::Bytes;
 use cpis_proto::common::v1::{ContactDetails, PlanType};
-use cpis_proto::registry::v1::{registry_service_client::RegistryServiceClient, Plan, SyncPlansRequest};
+use cpis_proto::registry::v1::{
+    registry_service_client::RegistryServiceClient, Plan, SyncCompletion, SyncPlansRequest,
+};
 use futures::SinkExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
@@ -123,11 +125,15 @@ pub async fn sync(
 ) -> anyhow::Result<cpis_proto::registry::v1::SyncPlansResponse> {
     let (tx, rx) = tokio::sync::mpsc::channel::<SyncPlansRequest>(1024);
     let producer = tokio::spawn(async move {
+        let mut plan_rows = 0;
         for p in plans {
-            if tx.send(SyncPlansRequest { plan: Some(p), allow_mass_end: false, dry_run: false }).await.is_err() {
-                break;
+            plan_rows += 1;
+            if tx.send(SyncPlansRequest { plan: Some(p), ..Default::default() }).await.is_err() {
+                return;
             }
         }
+        let completion = Some(SyncCompletion { plan_rows });
+        let _ = tx.send(SyncPlansRequest { completion, ..Default::default() }).await;
     });
     let mut client = RegistryServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let result = client.sync_plans(tokio_stream::wrappers::ReceiverStream::new(rx)).await;

@@ -10,7 +10,10 @@ use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, Alert, AlertPriority,
     SubscribeRequest,
 };
-use cpis_proto::registry::v1::{registry_service_client::RegistryServiceClient, Plan, UpsertPlanRequest};
+use cpis_proto::registry::v1::{
+    registry_service_client::RegistryServiceClient, ListPlansRequest, Plan, SyncCompletion, SyncPlansRequest,
+    UpsertPlanRequest,
+};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -49,6 +52,43 @@ async fn register(conn: &Connection, council: &str, plan: Plan) -> anyhow::Resul
         .upsert_plan(UpsertPlanRequest { plan: Some(plan), expected_version: 0 })
         .await
         .map_err(|e| anyhow::anyhow!("registering a plan failed: {:?}: {}", e.code(), e.message()))?;
+    Ok(())
+}
+
+/// Sends `council`'s complete list through `SyncPlans`: its open plans as
+/// stored, plus `new_plan`, then the completion message. Nothing may end.
+async fn sync_complete_list(conn: &Connection, council: &str, new_plan: Plan) -> anyhow::Result<()> {
+    let me = Caller::from_parts(CallerKind::Council, council)?;
+    let mut client = RegistryServiceClient::new(conn.channel(0, &me)?);
+    let mut plans = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_plans(ListPlansRequest { page_size: 1000, page_token, include_ended: false })
+            .await
+            .map_err(|e| anyhow::anyhow!("listing plans failed: {:?}: {}", e.code(), e.message()))?
+            .into_inner();
+        plans.extend(page.plans);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    plans.push(new_plan);
+    let plan_rows = plans.len() as i64;
+    let mut rows: Vec<SyncPlansRequest> =
+        plans.into_iter().map(|p| SyncPlansRequest { plan: Some(p), ..Default::default() }).collect();
+    rows.push(SyncPlansRequest { completion: Some(SyncCompletion { plan_rows }), ..Default::default() });
+    let r = client
+        .sync_plans(tokio_stream::iter(rows))
+        .await
+        .map_err(|e| anyhow::anyhow!("SyncPlans failed: {:?}: {}", e.code(), e.message()))?
+        .into_inner();
+    println!(
+        "    SyncPlans: received {}, created {}, updated {}, unchanged {}, ended {}, rejected {}",
+        r.received, r.created, r.updated, r.unchanged, r.ended, r.rejected
+    );
+    ensure!(r.created == 1 && r.ended == 0 && r.rejected == 0, "the upload should create one plan and end none");
     Ok(())
 }
 
@@ -139,9 +179,13 @@ pub async fn run(conn: Connection) -> anyhow::Result<()> {
     .await?;
     say(
         "Kent",
-        &format!("registers an unborn child protection plan against a pregnant woman's NHS number ({mother})."),
+        &format!(
+            "uploads its complete register with SyncPlans, now including an unborn child protection plan \
+             against a pregnant woman's NHS number ({mother}); the upload ends with a completion message \
+             stating how many rows it sent, so a cut-off upload could never end plans."
+        ),
     );
-    register(
+    sync_complete_list(
         &conn,
         KENT,
         Plan {

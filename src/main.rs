@@ -222,6 +222,21 @@ struct ServeArgs {
     /// Registry: share of active plans a sync may end without `allow_mass_end`.
     #[arg(long, env = "CPIS_MASS_END_SHARE", default_value_t = 0.10)]
     mass_end_share: f64,
+    /// Registry: a SyncPlans upload that sends nothing for this many seconds is dropped, unapplied.
+    #[arg(long, env = "CPIS_SYNC_IDLE_SECS", default_value_t = 60)]
+    sync_idle_secs: u64,
+    /// Registry: most plan rows in one SyncPlans upload (more is refused whole).
+    #[arg(long, env = "CPIS_SYNC_MAX_ROWS", default_value_t = 1_000_000)]
+    sync_max_rows: i64,
+    /// Registry: pooled connections reserved for LookupFlags (0: a quarter of the pool, at least 2).
+    #[arg(long, env = "CPIS_LOOKUP_RESERVED_CONNECTIONS", default_value_t = 0)]
+    lookup_reserved_connections: usize,
+    /// Registry: pooled connections one council's work may hold (0: half of what councils may use).
+    #[arg(long, env = "CPIS_DB_CONNECTIONS_PER_COUNCIL", default_value_t = 0)]
+    connections_per_council: usize,
+    /// Registry: milliseconds LookupFlags waits for a connection (keep under Attendance's 2 s deadline).
+    #[arg(long, env = "CPIS_LOOKUP_DB_WAIT_MS", default_value_t = 1000)]
+    lookup_db_wait_ms: u64,
     /// Registry: days an unborn child protection plan stays in scope after the expected delivery date.
     #[arg(long, env = "CPIS_UNBORN_SCOPE_DAYS", default_value_t = cpis_registry::DEFAULT_UNBORN_SCOPE_DAYS)]
     unborn_scope_days: u32,
@@ -390,6 +405,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let config = cpis_registry::Config {
                 mass_end_share: args.mass_end_share,
                 unborn_scope_days: args.unborn_scope_days,
+                sync_idle: Duration::from_secs(args.sync_idle_secs.max(1)),
+                sync_max_rows: args.sync_max_rows,
+                lookup_reserved_connections: args.lookup_reserved_connections,
+                connections_per_council: args.connections_per_council,
+                lookup_wait: Duration::from_millis(args.lookup_db_wait_ms),
+                ..Default::default()
             };
             suite::start_registry(listener, &common, config).await?
         }

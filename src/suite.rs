@@ -58,6 +58,8 @@ pub struct ServiceConfigs {
     pub heartbeat: Option<Duration>,
     /// Caps on requests in flight (per caller and in all) for every service.
     pub limits: cpis_core::limits::Limits,
+    /// Pooled database connections of each service (the default when unset).
+    pub pool_size: Option<usize>,
 }
 
 /// One running service.
@@ -107,6 +109,9 @@ async fn spawn_serving(
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let tls = ServerTls::load_with_crl(&common.tls, common.crl.as_deref(), &common.trust_domain)?;
     metrics.watch_pool(pool.clone());
+    // Readiness asks the database on a connection of its own: a pool busy
+    // with work is not an outage, and must not take the pod out of its Service.
+    let pool = cpis_core::db::pool(&common.database_url, 1)?;
     let mut opts = options(name, component, common, metrics);
     let Some(internal_addr) = common.internal_listen else {
         return Ok(tokio::spawn(cpis_core::server::serve(listener, tls, routes, pool, opts, shutdown)));
@@ -301,6 +306,9 @@ pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url
 
 fn with_limits(mut common: Common, options: &SuiteOptions) -> Common {
     common.limits = options.configs.limits;
+    if let Some(size) = options.configs.pool_size {
+        common.pool_size = size;
+    }
     common
 }
 

@@ -5,7 +5,9 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled in another checkout (a copied
+    // target directory) must still compile this checkout's contract.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "cpis/common/v1/common.proto",
         "cpis/registry/v1/registry.proto",

@@ -11,7 +11,11 @@ Against a running `cpis dev` (its development PKI and ports), this client
   c. as the emergency department RBQ01 checks the child in (CheckIn) and prints
      what the clinician sees;
   d. waits for the alert on Manchester's stream, prints it and acknowledges it
-     (AckAlerts).
+     (AckAlerts);
+  e. re-sends Manchester's complete list with SyncPlans (ListPlans, then every
+     open plan and the completion message stating how many were sent): nothing
+     ends; the same stream without its completion message is refused and
+     changes nothing.
 
 It exits 0 only if every step saw what it should. Run it with ./run.sh (which
 installs the requirements and generates the stubs), or by hand:
@@ -446,6 +450,50 @@ class Story:
         )
 
 
+    # e. the complete list, all or nothing
+    def sync_complete_list(self) -> None:
+        plans = []
+        token = ""
+        while True:
+            page = self.registry().ListPlans(
+                registry_pb2.ListPlansRequest(page_size=1000, page_token=token), timeout=CALL_TIMEOUT
+            )
+            plans.extend(page.plans)
+            token = page.next_page_token
+            if not token:
+                break
+        expect(any(p.local_reference == self.local_reference for p in plans), "ListPlans lacks the plan of step a")
+
+        def upload(complete: bool):
+            for p in plans:
+                yield registry_pb2.SyncPlansRequest(plan=p)
+            if complete:
+                yield registry_pb2.SyncPlansRequest(completion=registry_pb2.SyncCompletion(plan_rows=len(plans)))
+
+        # Without the completion message the upload may be a truncated file: refused, nothing changed.
+        try:
+            self.registry().SyncPlans(upload(complete=False), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as e:
+            expect(
+                e.code() == grpc.StatusCode.INVALID_ARGUMENT and "completion" in (e.details() or ""),
+                f"an upload without its completion message: expected INVALID_ARGUMENT on completion, got {rpc_error(e)}",
+            )
+            print(f"  without the completion message: {e.code().name}: {e.details()}")
+        else:
+            raise StepFailed("SyncPlans applied an upload that never said it was complete")
+        try:
+            r = self.registry().SyncPlans(upload(complete=True), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as e:
+            raise StepFailed(f"SyncPlans failed: {rpc_error(e)}")
+        print(
+            f"  {COUNCIL} re-sent its complete list of {len(plans)} open plan(s): received {r.received}, "
+            f"created {r.created}, updated {r.updated}, unchanged {r.unchanged}, ended {r.ended}, rejected {r.rejected}"
+        )
+        expect(r.received == len(plans), f"SyncPlans received {r.received} of {len(plans)} rows")
+        expect(r.ended == 0, f"re-sending the complete list ended {r.ended} plan(s): {list(r.ended_references)}")
+        expect(r.rejected == 0, f"SyncPlans rejected {r.rejected} row(s): {list(r.rejections)[:3]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", default=".cpis", help="cpis dev's state directory (PKI in STATE_DIR/pki)")
@@ -466,6 +514,7 @@ def main() -> int:
         ("b", "an invalid NHS number is explained (google.rpc.BadRequest)", story.invalid_nhs_number_is_explained, []),
         ("c", "setting checks the child in and sees the flag", story.check_in, ["a"]),
         ("d", "council's stream delivers the alert; council acknowledges it", story.alert_arrives, ["a", "c"]),
+        ("e", "council re-sends its complete list: all or nothing", story.sync_complete_list, ["a"]),
     ]
     outcome: dict[str, str] = {}
     failures: list[str] = []

@@ -16,7 +16,7 @@ use cpis_proto::notification::v1::{
 };
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, DeletePlanRequest, EndPlanRequest, GetPlanRequest,
-    ListPlansRequest, LookupFlagsRequest, SyncPlansRequest, UpsertPlanRequest,
+    ListPlansRequest, LookupFlagsRequest, SyncCompletion, SyncPlansRequest, UpsertPlanRequest,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -142,8 +142,14 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
         "ListPlans" => code(registry().list_plans(ListPlansRequest::default()).await.map(drop)),
         "SyncPlans" => {
             // A dry run: counts, changes nothing.
-            let rows =
-                vec![SyncPlansRequest { plan: Some(plan(CHILD_REF, child)), allow_mass_end: true, dry_run: true }];
+            let first = SyncPlansRequest {
+                plan: Some(plan(CHILD_REF, child)),
+                allow_mass_end: true,
+                dry_run: true,
+                ..Default::default()
+            };
+            let done = SyncPlansRequest { completion: Some(SyncCompletion { plan_rows: 1 }), ..Default::default() };
+            let rows = vec![first, done];
             code(registry().sync_plans(tokio_stream::iter(rows)).await.map(drop))
         }
         "LookupFlags" => code(

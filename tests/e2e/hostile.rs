@@ -12,7 +12,8 @@ use cpis_proto::notification::v1::{
     AckAlertsRequest, AlertPriority, ListAlertsRequest, PublishAlertRequest, SubscribeRequest,
 };
 use cpis_proto::registry::v1::{
-    EndPlanRequest, GetPlanRequest, ListPlansRequest, LookupFlagsRequest, SyncPlansRequest, UpsertPlanRequest,
+    EndPlanRequest, GetPlanRequest, ListPlansRequest, LookupFlagsRequest, SyncCompletion, SyncPlansRequest,
+    UpsertPlanRequest,
 };
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
@@ -260,13 +261,10 @@ async fn bad_requests_get_field_level_errors_and_change_nothing() {
     );
 
     // 10,000 rows of which none is valid: each refused, nothing stored.
-    let rows: Vec<SyncPlansRequest> = (0..10_000)
-        .map(|i| SyncPlansRequest {
-            plan: Some(plan(&format!("BAD-{i}"), "9990000019")),
-            allow_mass_end: false,
-            dry_run: false,
-        })
+    let mut rows: Vec<SyncPlansRequest> = (0..10_000)
+        .map(|i| SyncPlansRequest { plan: Some(plan(&format!("BAD-{i}"), "9990000019")), ..Default::default() })
         .collect();
+    rows.push(SyncPlansRequest { completion: Some(SyncCompletion { plan_rows: 10_000 }), ..Default::default() });
     let r = registry.sync_plans(tokio_stream::iter(rows)).await.unwrap().into_inner();
     assert_eq!((r.received, r.rejected, r.created), (10_000, 10_000, 0));
     assert!(r.rejections.iter().all(|x| x.field == "plan.nhs_number"));

@@ -22,3 +22,4 @@ mod relay;
 mod retention;
 mod scope;
 mod surfaces;
+mod uploads;

@@ -412,8 +412,17 @@ async fn sync_with(
     allow_mass_end: bool,
     dry_run: bool,
 ) -> Result<SyncPlansResponse, tonic::Status> {
-    let requests: Vec<SyncPlansRequest> =
-        plans.into_iter().map(|p| SyncPlansRequest { plan: Some(p), allow_mass_end, dry_run }).collect();
+    let plan_rows = plans.len() as i64;
+    let mut requests: Vec<SyncPlansRequest> = plans
+        .into_iter()
+        .map(|p| SyncPlansRequest { plan: Some(p), allow_mass_end, dry_run, ..Default::default() })
+        .collect();
+    requests.push(SyncPlansRequest {
+        allow_mass_end,
+        dry_run,
+        completion: Some(SyncCompletion { plan_rows }),
+        ..Default::default()
+    });
     ts.registry(&council(council_code)).sync_plans(tokio_stream::iter(requests)).await.map(|r| r.into_inner())
 }
 

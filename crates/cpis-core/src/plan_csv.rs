@@ -12,9 +12,17 @@
 //! may be left out of the header; empty fields are empty values. Field
 //! contents are checked by the Registry, not here: this reader only turns
 //! records into `Plan` messages.
+//!
+//! Rows whose fields are all empty (a spreadsheet's `,,,,,,`) are skipped and
+//! counted ([`PlanReader::blank_rows`]). A problem is reported on the row it
+//! is on, and never swallows the rows after it: a quote opens a quoted field
+//! only at the start of a field (a stray `"` inside a field is an error of
+//! that row alone), and when a quoted field that spans lines turns out to be
+//! broken, its row is reported and reading resumes on the next line.
 
 use cpis_proto::common::v1::{ContactDetails, PlanType};
 use cpis_proto::registry::v1::Plan;
+use std::collections::VecDeque;
 use std::io::BufRead;
 
 /// Every column the format knows, in the canonical order.
@@ -40,64 +48,74 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
 /// A problem with the file itself (not with a plan's contents).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[error("line {line}{}: {message}", field.map(|f| format!(", field {f}")).unwrap_or_default())]
 pub struct CsvError {
     /// 1-based line where the record starts.
     pub line: u64,
+    /// The column at fault, when one is.
+    pub field: Option<&'static str>,
     /// What is wrong; never quotes field contents.
     pub message: String,
 }
 
+impl CsvError {
+    fn at(line: u64, message: impl Into<String>) -> Self {
+        Self { line, field: None, message: message.into() }
+    }
+}
+
 /// Reads plans from a CSV stream.
 pub struct PlanReader<R> {
-    input: R,
-    line: u64,
+    input: Lines<R>,
     columns: Vec<usize>,
-    done: bool,
+    blank_rows: u64,
 }
 
 impl<R: BufRead> PlanReader<R> {
     /// Reads and checks the header row.
-    pub fn new(mut input: R) -> Result<Self, CsvError> {
-        let mut line = 0;
-        let header = loop {
-            match read_record(&mut input, &mut line)? {
-                None => {
-                    return Err(CsvError { line: 1, message: "the file is empty: a header row is required".into() })
-                }
-                Some((_, fields)) if fields.iter().all(|f| f.trim().is_empty()) => continue,
-                Some((_, fields)) => break fields,
+    pub fn new(input: R) -> Result<Self, CsvError> {
+        let mut input = Lines { input, line: 0, replay: VecDeque::new() };
+        let (line, header) = loop {
+            match input.record()? {
+                None => return Err(CsvError::at(1, "the file is empty: a header row is required")),
+                Some(r) => match r.fields {
+                    Ok(fields) if fields.iter().all(|f| f.trim().is_empty()) => continue,
+                    Ok(fields) => break (r.start, fields),
+                    Err(message) => return Err(CsvError::at(r.start, format!("the header row: {message}"))),
+                },
             }
         };
         let mut columns = Vec::with_capacity(header.len());
         for name in &header {
             let name = name.trim().trim_start_matches('\u{feff}').to_ascii_lowercase();
             let Some(index) = COLUMNS.iter().position(|c| *c == name) else {
-                return Err(CsvError {
+                return Err(CsvError::at(
                     line,
-                    message: format!("unknown column {name:?}; expected some of {}", COLUMNS.join(", ")),
-                });
+                    format!("unknown column {name:?}; expected some of {}", COLUMNS.join(", ")),
+                ));
             };
             if columns.contains(&index) {
-                return Err(CsvError { line, message: format!("column {name:?} appears twice") });
+                return Err(CsvError::at(line, format!("column {name:?} appears twice")));
             }
             columns.push(index);
         }
         for required in REQUIRED {
             let index = COLUMNS.iter().position(|c| c == required).unwrap_or(usize::MAX);
             if !columns.contains(&index) {
-                return Err(CsvError { line, message: format!("the header has no {required:?} column") });
+                return Err(CsvError::at(line, format!("the header has no {required:?} column")));
             }
         }
-        Ok(Self { input, line, columns, done: false })
+        Ok(Self { input, columns, blank_rows: 0 })
+    }
+
+    /// Rows skipped so far because every field was empty.
+    pub fn blank_rows(&self) -> u64 {
+        self.blank_rows
     }
 
     fn to_plan(&self, line: u64, fields: Vec<String>) -> Result<Plan, CsvError> {
         if fields.len() != self.columns.len() {
-            return Err(CsvError {
-                line,
-                message: format!("expected {} fields, found {}", self.columns.len(), fields.len()),
-            });
+            return Err(CsvError::at(line, format!("expected {} fields, found {}", self.columns.len(), fields.len())));
         }
         let mut values: [String; 11] = Default::default();
         for (field, &column) in fields.into_iter().zip(&self.columns) {
@@ -107,7 +125,8 @@ impl<R: BufRead> PlanReader<R> {
             values;
         let plan_type = parse_plan_type(&plan_type).ok_or_else(|| CsvError {
             line,
-            message: "plan_type must be CHILD_PROTECTION, LOOKED_AFTER or UNBORN_CHILD_PROTECTION".into(),
+            field: Some("plan_type"),
+            message: "must be CHILD_PROTECTION, LOOKED_AFTER or UNBORN_CHILD_PROTECTION (or CPP, LAC, UCPP)".into(),
         })?;
         Ok(Plan {
             local_reference,
@@ -129,21 +148,150 @@ impl<R: BufRead> Iterator for PlanReader<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if self.done {
-                return None;
-            }
-            match read_record(&mut self.input, &mut self.line) {
+            let record = match self.input.record() {
                 Ok(None) => return None,
-                Ok(Some((_, fields))) if fields.len() == 1 && fields[0].trim().is_empty() => continue,
-                Ok(Some((start, fields))) => return Some((start, self.to_plan(start, fields))),
-                Err(e) => {
-                    // A broken quote leaves no reliable record boundary: stop here.
-                    self.done = true;
-                    return Some((e.line, Err(e)));
+                Ok(Some(record)) => record,
+                Err(e) => return Some((e.line, Err(e))),
+            };
+            let start = record.start;
+            let fields = match record.fields {
+                Ok(fields) if fields.iter().all(|f| f.trim().is_empty()) => {
+                    self.blank_rows += 1;
+                    continue;
+                }
+                Ok(fields) => fields,
+                Err(message) => {
+                    self.input.resume_after_first_line(start, record.raw_lines);
+                    return Some((start, Err(CsvError::at(start, message))));
+                }
+            };
+            let broken = fields.len() != self.columns.len();
+            let plan = self.to_plan(start, fields);
+            if broken {
+                // A broken record spanning lines: report it, re-read the lines it took.
+                self.input.resume_after_first_line(start, record.raw_lines);
+            }
+            return Some((start, plan));
+        }
+    }
+}
+
+/// One record as read: where it starts, its fields (or what is wrong with
+/// them), and the raw lines it took (to re-read them if it is broken).
+struct Record {
+    start: u64,
+    fields: Result<Vec<String>, String>,
+    raw_lines: Vec<Vec<u8>>,
+}
+
+/// Physical lines of the input, with lines to read again first.
+struct Lines<R> {
+    input: R,
+    /// Lines read so far (the last line handed out).
+    line: u64,
+    /// Lines handed back by [`Lines::resume_after_first_line`], with their numbers.
+    replay: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// The next physical line (with its terminator) and its number.
+    fn next_line(&mut self) -> Result<Option<(u64, Vec<u8>)>, CsvError> {
+        if let Some(line) = self.replay.pop_front() {
+            return Ok(Some(line));
+        }
+        let mut raw = Vec::new();
+        let n = self
+            .input
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| CsvError::at(self.line + 1, format!("cannot read the file: {e}")))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        Ok(Some((self.line, raw)))
+    }
+
+    /// Hands back every line of a broken record starting on line `start`
+    /// but its first, so the rows a broken quote ran into are read (and
+    /// judged) on their own.
+    fn resume_after_first_line(&mut self, start: u64, raw_lines: Vec<Vec<u8>>) {
+        for (i, raw) in raw_lines.into_iter().enumerate().skip(1).rev() {
+            self.replay.push_front((start + i as u64, raw));
+        }
+    }
+
+    /// Reads one record. `None` at end of input.
+    fn record(&mut self) -> Result<Option<Record>, CsvError> {
+        let Some((start, first)) = self.next_line()? else { return Ok(None) };
+        let mut raw_lines = vec![first];
+        let mut state = QuoteState::FieldStart;
+        let mut size = 0;
+        while let Some(last) = raw_lines.last() {
+            size += last.len();
+            state = scan(state, last);
+            if state != QuoteState::InQuotes {
+                break;
+            }
+            if size > MAX_RECORD_BYTES {
+                return Ok(Some(Record {
+                    start,
+                    fields: Err(format!(
+                        "a quoted field is never closed (record longer than {MAX_RECORD_BYTES} bytes)"
+                    )),
+                    raw_lines,
+                }));
+            }
+            match self.next_line()? {
+                Some((_, raw)) => raw_lines.push(raw),
+                None => {
+                    return Ok(Some(Record { start, fields: Err("a quoted field is never closed".into()), raw_lines }))
                 }
             }
         }
+        let mut raw: Vec<u8> = raw_lines.concat();
+        while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            raw.pop();
+        }
+        let fields = match String::from_utf8(raw) {
+            Ok(text) => split_fields(&text),
+            Err(_) => Err("not valid UTF-8".into()),
+        };
+        Ok(Some(Record { start, fields, raw_lines }))
     }
+}
+
+/// Where a scan of a record stands, as far as quoting goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    /// At the start of a field: a quote here opens a quoted field.
+    FieldStart,
+    /// Inside an unquoted field: a quote here is an error, not an opening.
+    Unquoted,
+    /// Inside a quoted field.
+    InQuotes,
+    /// Just after a quote inside a quoted field (a closing quote, or the
+    /// first of a doubled one).
+    QuoteInQuotes,
+}
+
+/// Advances the quoting state over one physical line (RFC 4180).
+fn scan(mut state: QuoteState, line: &[u8]) -> QuoteState {
+    use QuoteState::*;
+    for &b in line {
+        state = match (state, b) {
+            (FieldStart, b'"') => InQuotes,
+            (FieldStart | Unquoted, b',') => FieldStart,
+            (FieldStart | Unquoted, _) => Unquoted,
+            (InQuotes, b'"') => QuoteInQuotes,
+            (InQuotes, _) => InQuotes,
+            // A doubled quote: still inside.
+            (QuoteInQuotes, b'"') => InQuotes,
+            // The field was closed; what follows is judged by split_fields.
+            (QuoteInQuotes, b',') => FieldStart,
+            (QuoteInQuotes, _) => Unquoted,
+        };
+    }
+    state
 }
 
 /// Parses a plan type as written in the CSV.
@@ -156,41 +304,6 @@ pub fn parse_plan_type(s: &str) -> Option<PlanType> {
         "UNBORN_CHILD_PROTECTION" | "UCPP" => Some(PlanType::UnbornChildProtection),
         _ => None,
     }
-}
-
-/// Reads one record: its starting line and fields. `None` at end of input.
-fn read_record(input: &mut impl BufRead, line: &mut u64) -> Result<Option<(u64, Vec<String>)>, CsvError> {
-    let start = *line + 1;
-    let mut raw = Vec::new();
-    let mut in_quotes = false;
-    loop {
-        let before = raw.len();
-        let n = input
-            .read_until(b'\n', &mut raw)
-            .map_err(|e| CsvError { line: start, message: format!("cannot read the file: {e}") })?;
-        if n == 0 {
-            if raw.is_empty() {
-                return Ok(None);
-            }
-            if in_quotes {
-                return Err(CsvError { line: start, message: "a quoted field is never closed".into() });
-            }
-            break;
-        }
-        *line += 1;
-        in_quotes ^= raw[before..].iter().filter(|b| **b == b'"').count() % 2 == 1;
-        if raw.len() > MAX_RECORD_BYTES {
-            return Err(CsvError { line: start, message: format!("record longer than {MAX_RECORD_BYTES} bytes") });
-        }
-        if !in_quotes {
-            break;
-        }
-    }
-    while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        raw.pop();
-    }
-    let text = String::from_utf8(raw).map_err(|_| CsvError { line: start, message: "not valid UTF-8".into() })?;
-    split_fields(&text).map(|f| Some((start, f))).map_err(|message| CsvError { line: start, message })
 }
 
 /// Splits one record into fields, undoing RFC 4180 quoting.
@@ -282,8 +395,55 @@ mod tests {
         assert!(read("local_reference,nhs_number\n").unwrap_err().message.contains("plan_type"));
         let rows = read("local_reference,nhs_number,plan_type,start_date\nA,1,CPP\nB,2,XYZ,2025-01-01\n").unwrap();
         assert_eq!(rows[0].1.as_ref().unwrap_err().line, 2);
-        assert!(rows[1].1.as_ref().unwrap_err().message.contains("plan_type"));
+        assert_eq!(rows[1].1.as_ref().unwrap_err().field, Some("plan_type"));
         let rows = read("local_reference,nhs_number,plan_type,start_date\n\"A,1,CPP,2025-01-01\n").unwrap();
         assert!(rows[0].1.as_ref().unwrap_err().message.contains("never closed"));
+        let e = rows_of("A,1,XYZ,2025-01-01\n")[0].1.clone().unwrap_err();
+        assert_eq!(e.field, Some("plan_type"));
+        assert!(e.to_string().starts_with("line 2, field plan_type: must be"), "{e}");
+    }
+
+    const HEADER: &str = "local_reference,nhs_number,plan_type,start_date\n";
+
+    fn rows_of(body: &str) -> Vec<(u64, Result<Plan, CsvError>)> {
+        read(&format!("{HEADER}{body}")).unwrap()
+    }
+
+    fn lines_and_refs(rows: &[(u64, Result<Plan, CsvError>)]) -> Vec<(u64, String)> {
+        rows.iter()
+            .map(|(l, r)| {
+                (*l, r.as_ref().map(|p| p.local_reference.clone()).unwrap_or_else(|e| format!("ERR {}", e.line)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blank_spreadsheet_rows_are_skipped_and_counted() {
+        let text = format!("{HEADER}A,1,CPP,2025-01-01\n,,,\n , ,,\r\n\nB,2,CPP,2025-01-01\n,,,");
+        let mut reader = PlanReader::new(text.as_bytes()).unwrap();
+        let rows: Vec<_> = reader.by_ref().collect();
+        assert_eq!(lines_and_refs(&rows), vec![(2, "A".into()), (6, "B".into())]);
+        assert_eq!(reader.blank_rows(), 4);
+    }
+
+    #[test]
+    fn a_stray_quote_is_an_error_of_its_own_row_only() {
+        let rows = rows_of("A,1,CPP,2025-01-01\nB,O\"Brien,CPP,2025-01-01\nC,3,CPP,2025-01-01\nD,4,CPP,2025-01-01\n");
+        assert_eq!(lines_and_refs(&rows), vec![(2, "A".into()), (3, "ERR 3".into()), (4, "C".into()), (5, "D".into())]);
+        assert!(rows[1].1.as_ref().unwrap_err().message.contains("quote inside an unquoted field"));
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_reported_on_its_row_and_later_rows_are_still_read() {
+        let rows = rows_of("A,1,CPP,2025-01-01\nB,\"2,CPP,2025-01-01\nC,3,CPP,2025-01-01\nD,4,CPP,2025-01-01\n");
+        assert_eq!(lines_and_refs(&rows), vec![(2, "A".into()), (3, "ERR 3".into()), (4, "C".into()), (5, "D".into())]);
+        // A quote closed on a later line with the wrong number of fields: the same.
+        let rows = rows_of("B,\"2,CPP,2025-01-01\nC,3\",CPP,2025-01-01,X\nD,4,CPP,2025-01-01\n");
+        assert_eq!(lines_and_refs(&rows), vec![(2, "ERR 2".into()), (3, "ERR 3".into()), (4, "D".into())]);
+        // Non-UTF-8 text is its row's problem alone.
+        let mut bytes = HEADER.as_bytes().to_vec();
+        bytes.extend_from_slice(b"A,\xff,CPP,2025-01-01\nB,2,CPP,2025-01-01\n");
+        let rows: Vec<_> = PlanReader::new(&bytes[..]).unwrap().collect();
+        assert_eq!(lines_and_refs(&rows), vec![(2, "ERR 2".into()), (3, "B".into())]);
     }
 }

@@ -7,6 +7,7 @@
 pub mod councils;
 pub mod model;
 pub mod retention;
+pub mod share;
 pub mod store;
 pub mod sync;
 
@@ -18,6 +19,9 @@ use cpis_core::{ApiError, Caller};
 use cpis_proto::common::v1 as common;
 use cpis_proto::registry::v1 as pb;
 use model::{validate_plan, StoredPlan};
+use share::CouncilConn;
+use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The gRPC name of this service (readiness is reported under it).
@@ -30,6 +34,7 @@ pub const SCHEMA: &str = "registry";
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "plans", sql: include_str!("migrations.sql") },
     Migration { version: 2, name: "retention", sql: include_str!("migrations_2_retention.sql") },
+    Migration { version: 3, name: "sync_uploads", sql: include_str!("migrations_3_sync_uploads.sql") },
 ];
 
 /// Settings of the Registry service.
@@ -42,11 +47,40 @@ pub struct Config {
     /// after the expected delivery date (the council then registers the
     /// child's own plan).
     pub unborn_scope_days: u32,
+    /// A `SyncPlans` upload that sends nothing for this long is dropped
+    /// (nothing applied), and its council may upload again.
+    pub sync_idle: Duration,
+    /// Most plan rows one `SyncPlans` upload may carry; more is refused whole.
+    pub sync_max_rows: i64,
+    /// Rows a `SyncPlans` upload stages per database round trip.
+    pub sync_batch: usize,
+    /// Pooled connections only `LookupFlags` may use (0: a quarter of the
+    /// pool, at least 2).
+    pub lookup_reserved_connections: usize,
+    /// Pooled connections one council's work may hold at once (0: half of
+    /// what councils may use).
+    pub connections_per_council: usize,
+    /// How long `LookupFlags` waits for a connection: shorter than the
+    /// Attendance service's deadline for it (2 s), so a busy pool answers
+    /// UNAVAILABLE in time instead of a deadline passing unexplained.
+    pub lookup_wait: Duration,
+    /// How long council work waits for its place before RESOURCE_EXHAUSTED.
+    pub council_wait: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { mass_end_share: 0.10, unborn_scope_days: DEFAULT_UNBORN_SCOPE_DAYS }
+        Self {
+            mass_end_share: 0.10,
+            unborn_scope_days: DEFAULT_UNBORN_SCOPE_DAYS,
+            sync_idle: Duration::from_secs(60),
+            sync_max_rows: 1_000_000,
+            sync_batch: sync::BATCH,
+            lookup_reserved_connections: 0,
+            connections_per_council: 0,
+            lookup_wait: Duration::from_millis(1000),
+            council_wait: Duration::from_secs(5),
+        }
     }
 }
 
@@ -59,6 +93,7 @@ pub const DEFAULT_UNBORN_SCOPE_DAYS: u32 = 42;
 pub struct Registry {
     pool: DbPool,
     config: Config,
+    councils: Arc<share::CouncilGate>,
 }
 
 /// Borrows the tokio-postgres client inside a pooled connection.
@@ -98,7 +133,16 @@ impl Registry {
     /// Migrates the schema and builds the service.
     pub async fn new(config: Config, pool: DbPool) -> anyhow::Result<Self> {
         cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
-        Ok(Self { pool, config })
+        let (for_councils, per_council) =
+            share::split(pool.status().max_size, config.lookup_reserved_connections, config.connections_per_council);
+        let councils = Arc::new(share::CouncilGate::new(for_councils, per_council, config.council_wait));
+        Ok(Self { pool, config, councils })
+    }
+
+    /// A connection for `council`'s work, within its share of the pool.
+    async fn council_db(&self, council: &str) -> Result<CouncilConn, ApiError> {
+        let permit = self.councils.enter(council).await?;
+        Ok(CouncilConn::new(self.pool.get().await?, permit))
     }
 
     /// The gRPC routes of this service.
@@ -121,7 +165,7 @@ impl Registry {
         // A concurrent first insert of the same reference loses the unique
         // index race; the retry then sees the winner's row.
         for _attempt in 0..3 {
-            let mut client = self.pool.get().await?;
+            let mut client = self.council_db(council).await?;
             let tx = client.transaction().await?;
             store::lock_council(&*tx, council, false).await?;
             let existing = store::find_plan(&*tx, council, &input.local_reference, true).await?;
@@ -162,6 +206,155 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Runs one `SyncPlans` upload: claims the council's single upload slot,
+    /// stages rows as they arrive (a connection held only while a batch is
+    /// written), and applies the snapshot only after a completion message
+    /// that states the number of rows received.
+    async fn sync(
+        &self,
+        council: &str,
+        mut stream: Streaming<pb::SyncPlansRequest>,
+    ) -> Result<pb::SyncPlansResponse, ApiError> {
+        let cfg = &self.config;
+        let mut upload = sync::Sync::new(council, today(), cfg.sync_batch);
+        // An upload silent for three times the idle limit is abandoned: its
+        // replica is gone (a live one is dropped after one idle limit).
+        let stale_after = cfg.sync_idle * 3;
+        {
+            let client = self.council_db(council).await?;
+            upload.claim(pg(&client), stale_after).await?;
+        }
+        // Drops the rows of an upload cancelled mid-way (its client went away).
+        let _staged = upload.staging_guard(self.pool.clone());
+        let (allow_mass_end, dry_run) = match self.receive(council, &mut upload, &mut stream).await {
+            Ok(options) => options,
+            Err(e) => {
+                // Free the council's upload slot before answering, so that
+                // the client may resend at once.
+                if let Ok(client) = self.pool.get().await {
+                    let _ = upload.discard(pg(&client)).await;
+                }
+                return Err(e);
+            }
+        };
+        let mut client = self.council_db(council).await?;
+        let outcome = upload
+            .apply(&mut client, &format!("council/{council}"), allow_mass_end, cfg.mass_end_share, dry_run)
+            .await?;
+        tracing::info!(
+            council = %council,
+            received = outcome.received,
+            created = outcome.created,
+            updated = outcome.updated,
+            unchanged = outcome.unchanged,
+            ended = outcome.ended,
+            rejected = outcome.rejected,
+            dry_run,
+            "plans synced"
+        );
+        Ok(pb::SyncPlansResponse {
+            created: outcome.created,
+            updated: outcome.updated,
+            unchanged: outcome.unchanged,
+            ended: outcome.ended,
+            rejections: outcome.rejections,
+            received: outcome.received,
+            dry_run,
+            rejected: outcome.rejected,
+            created_references: outcome.created_references,
+            updated_references: outcome.updated_references,
+            ended_references: outcome.ended_references,
+        })
+    }
+
+    /// Reads the upload's messages up to its completion message, staging
+    /// rows as they come; returns `(allow_mass_end, dry_run)` of the first message.
+    async fn receive(
+        &self,
+        council: &str,
+        upload: &mut sync::Sync,
+        stream: &mut Streaming<pb::SyncPlansRequest>,
+    ) -> Result<(bool, bool), ApiError> {
+        let cfg = &self.config;
+        // Staging marks the upload alive at least this often while rows arrive.
+        let keepalive = cfg.sync_idle / 4;
+        let mut options = None;
+        let mut stated = None;
+        loop {
+            let next = tokio::time::timeout(cfg.sync_idle, stream.message()).await.map_err(|_| {
+                ApiError::DeadlineExceeded(format!(
+                    "the upload sent nothing for {} s (CPIS_SYNC_IDLE_SECS): nothing was changed",
+                    cfg.sync_idle.as_secs()
+                ))
+            })?;
+            let msg = match next {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::info!(council = %council, code = ?status.code(), "upload broke off: nothing applied");
+                    return Err(ApiError::Aborted(format!(
+                        "the upload broke off ({}): nothing was changed",
+                        status.message()
+                    )));
+                }
+            };
+            if stated.is_some() {
+                return Err(ApiError::invalid(
+                    "completion",
+                    "the completion message must be the last message of the upload: nothing was changed",
+                ));
+            }
+            if options.is_none() {
+                options = Some((msg.allow_mass_end, msg.dry_run));
+            }
+            if let Some(completion) = msg.completion {
+                if msg.plan.is_some() {
+                    return Err(ApiError::invalid(
+                        "plan",
+                        "the completion message carries no plan: send the last plan in its own message",
+                    ));
+                }
+                stated = Some(completion.plan_rows);
+                continue;
+            }
+            if upload.received() >= cfg.sync_max_rows {
+                return Err(ApiError::invalid(
+                    "plan",
+                    format!(
+                        "the upload has more than {} plan rows (CPIS_SYNC_MAX_ROWS): it was refused whole and \
+                         nothing was changed",
+                        cfg.sync_max_rows
+                    ),
+                ));
+            }
+            upload.push(msg.plan.as_ref());
+            if upload.should_flush(keepalive) {
+                let client = self.council_db(council).await?;
+                upload.flush(pg(&client)).await?;
+            }
+        }
+        let Some(stated) = stated else {
+            return Err(ApiError::invalid(
+                "completion",
+                format!(
+                    "the upload ended after {} plan rows without its completion message, so it may be incomplete: \
+                     nothing was changed; send the whole list followed by a completion message stating its number \
+                     of plan rows",
+                    upload.received()
+                ),
+            ));
+        };
+        if stated != upload.received() {
+            return Err(ApiError::invalid(
+                "completion.plan_rows",
+                format!("states {stated} plan rows but {} were received: nothing was changed", upload.received()),
+            ));
+        }
+        Ok(options.unwrap_or((false, false)))
+    }
+}
+
 fn flag_of(f: &store::FoundFlag, day: NaiveDate) -> common::Flag {
     common::Flag {
         plan_type: i32::from(f.plan_type),
@@ -195,7 +388,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         v.finish()?;
         let end = end.ok_or_else(|| ApiError::invalid("end_date", "is required"))?;
 
-        let mut client = self.pool.get().await.map_err(ApiError::from)?;
+        let mut client = self.council_db(&council).await?;
         let tx = client.transaction().await.map_err(ApiError::from)?;
         store::lock_council(&*tx, &council, false).await?;
         let current =
@@ -222,7 +415,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let mut v = Violations::new();
         model::local_reference(&mut v, "local_reference", &req.local_reference);
         v.finish()?;
-        let mut client = self.pool.get().await.map_err(ApiError::from)?;
+        let mut client = self.council_db(&council).await?;
         let tx = client.transaction().await.map_err(ApiError::from)?;
         store::lock_council(&*tx, &council, false).await?;
         let current =
@@ -239,7 +432,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let mut v = Violations::new();
         model::local_reference(&mut v, "local_reference", &req.local_reference);
         v.finish()?;
-        let client = self.pool.get().await.map_err(ApiError::from)?;
+        let client = self.council_db(&council).await?;
         let plan = store::find_plan(pg(&client), &council, &req.local_reference, false)
             .await?
             .ok_or(ApiError::NotFound("plan"))?;
@@ -265,7 +458,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         };
         v.finish()?;
         let after = after.unwrap_or_default();
-        let client = self.pool.get().await.map_err(ApiError::from)?;
+        let client = self.council_db(&council).await?;
         // One row more than asked tells whether another page follows.
         let mut plans = store::list_plans(pg(&client), &council, &after, req.include_ended, today(), limit + 1).await?;
         let next_page_token = if plans.len() as i64 > limit {
@@ -285,49 +478,9 @@ impl pb::registry_service_server::RegistryService for Registry {
         request: Request<Streaming<pb::SyncPlansRequest>>,
     ) -> Result<Response<pb::SyncPlansResponse>, Status> {
         let council = council_of(&request)?;
-        let mut stream = request.into_inner();
-        let mut client = self.pool.get().await.map_err(ApiError::from)?;
-        sync::sweep_abandoned(pg(&client)).await?;
-        let mut upload = sync::Sync::new(&council, today());
-        let _staged = upload.staging_guard(self.pool.clone());
-        let mut options = None;
-        let staged = async {
-            while let Some(msg) = stream.message().await? {
-                if options.is_none() {
-                    options = Some((msg.allow_mass_end, msg.dry_run));
-                }
-                upload.push(pg(&client), msg).await?;
-            }
-            Ok::<(), Status>(())
-        }
-        .await;
-        let (allow_mass_end, dry_run) = options.unwrap_or((false, false));
-        // Nothing of a broken-off upload is applied; `_staged` drops its rows.
-        staged?;
-        let outcome = upload
-            .apply(&mut client, &format!("council/{council}"), allow_mass_end, self.config.mass_end_share, dry_run)
-            .await?;
-        tracing::info!(
-            council = %council,
-            received = outcome.received,
-            created = outcome.created,
-            updated = outcome.updated,
-            unchanged = outcome.unchanged,
-            ended = outcome.ended,
-            rejected = outcome.rejected,
-            dry_run,
-            "plans synced"
-        );
-        Ok(Response::new(pb::SyncPlansResponse {
-            created: outcome.created,
-            updated: outcome.updated,
-            unchanged: outcome.unchanged,
-            ended: outcome.ended,
-            rejections: outcome.rejections,
-            received: outcome.received,
-            dry_run,
-            rejected: outcome.rejected,
-        }))
+        let stream = request.into_inner();
+        let outcome = self.sync(&council, stream).await?;
+        Ok(Response::new(outcome))
     }
 
     async fn lookup_flags(
@@ -343,7 +496,10 @@ impl pb::registry_service_server::RegistryService for Registry {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let day = day.unwrap_or_else(today);
-        let client = self.pool.get().await.map_err(ApiError::from)?;
+        // Not through the council gate: the connections it leaves free are
+        // this call's reserve, and its wait is shorter than Attendance's deadline.
+        let timeouts = deadpool_postgres::Timeouts { wait: Some(self.config.lookup_wait), ..self.pool.timeouts() };
+        let client = self.pool.timeout_get(&timeouts).await.map_err(ApiError::from)?;
         let found = store::lookup_flags(&client, nhs.as_str(), day, self.config.unborn_scope_days).await?;
         Ok(Response::new(pb::LookupFlagsResponse {
             flags: found.iter().map(|f| flag_of(f, day)).collect(),
