@@ -98,9 +98,33 @@ echo "== cpis demo against the same cpis dev"
 demo_rc=0
 "$BIN" demo --state-dir "$state" --port-base "$PORT_BASE" || demo_rc=$?
 echo "cpis demo: exit $demo_rc"
-if [ "$rc" -ne 0 ] || [ "$demo_rc" -ne 0 ]; then
+
+# A stream the server ends (here: cpis dev stopping) must reach grpcio as
+# UNAVAILABLE, never OK: stream_end.py holds Manchester's stream open while
+# cpis dev gets SIGTERM.
+echo "== python example: a server-ended stream is UNAVAILABLE (stream_end.py)"
+ready="$state/stream-ready"
+end_rc=0
+CPIS_PY_SCRIPT=stream_end.py examples/python/run.sh --state-dir "$state" --port-base "$PORT_BASE" \
+  --ready-file "$ready" &
+end_pid=$!
+for _ in $(seq 1 60); do
+  [ -f "$ready" ] && break
+  kill -0 "$end_pid" 2>/dev/null || break
+  sleep 1
+done
+if [ -f "$ready" ]; then
+  stop_dev
+else
+  echo "stream_end.py: the stream never delivered a first event" >&2
+fi
+wait "$end_pid" || end_rc=$?
+echo "stream_end.py: exit $end_rc"
+
+if [ "$rc" -ne 0 ] || [ "$demo_rc" -ne 0 ] || [ "$end_rc" -ne 0 ]; then
   show_log
   [ "$rc" -ne 0 ] || rc="$demo_rc"
+  [ "$rc" -ne 0 ] || rc="$end_rc"
 fi
 stop_dev
 exit "$rc"

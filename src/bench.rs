@@ -887,7 +887,7 @@ async fn alert_latency(ctx: &Ctx, people: Arc<Flagged>) -> anyhow::Result<AlertR
         let code = code.clone();
         opening.push(async move {
             let mut client = NotificationServiceClient::new(channel);
-            let stream = client.subscribe(SubscribeRequest { after_sequence: after }).await;
+            let stream = client.subscribe(SubscribeRequest { after_sequence: after, replay: false }).await;
             (code, stream)
         });
     }
@@ -1087,7 +1087,7 @@ async fn idle_streams(ctx: &Ctx, services: &Services) -> anyhow::Result<StreamsR
         async move {
             let mut client = NotificationServiceClient::new(channel);
             let mut stream = client
-                .subscribe(SubscribeRequest { after_sequence: after })
+                .subscribe(SubscribeRequest { after_sequence: after, replay: false })
                 .await
                 .map_err(|s| status_text(&s))?
                 .into_inner();

@@ -577,6 +577,10 @@ pub struct SubscribeArgs {
     /// Also print heartbeats.
     #[arg(long)]
     heartbeats: bool,
+    /// Replay every stored alert from sequence 1, whatever was acknowledged
+    /// and whatever the cursor file says (e.g. after restoring the case system from a backup).
+    #[arg(long)]
+    from_start: bool,
 }
 
 /// An alert as a JSON line.
@@ -604,23 +608,47 @@ fn write_cursor(path: &PathBuf, sequence: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// True for statuses worth retrying: the service or the network is having
+/// a moment (a deploy, a restart, a database failover), not a refusal.
+fn transient(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, Unavailable | DeadlineExceeded | Unknown | Internal | Cancelled | ResourceExhausted | Aborted)
+}
+
+/// Writes one line to stdout and flushes it: an alert counts as handled only
+/// once it is out of this process.
+fn emit(line: &Value) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
+    Ok(())
+}
+
 /// Runs `cpis subscribe`: prints alerts as JSON lines, acknowledges them,
-/// keeps its cursor in a file, and reconnects with backoff.
+/// keeps its cursor in a file, and reconnects with backoff. An alert is
+/// acknowledged only after its line was written out and the cursor saved;
+/// an acknowledgement that fails on a transient error is retried with the
+/// next event (acknowledgements are cumulative), never fatal.
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let me = council(&args.council)?;
     let channel = args.conn.channel(2, &me)?;
     let mut client = NotificationServiceClient::new(channel);
-    let mut cursor = read_cursor(&args.cursor_file);
+    // With --from-start the cursor file is ignored at start (and rewritten
+    // as alerts arrive); `replay` makes 0 mean "from sequence 1".
+    let mut cursor = if args.from_start { 0 } else { read_cursor(&args.cursor_file) };
     let mut printed = 0u64;
+    let mut unacked: Option<i64> = None;
     let mut backoff = Duration::from_millis(250);
+    let max_backoff = Duration::from_secs(30);
     loop {
-        let opened = client.subscribe(SubscribeRequest { after_sequence: cursor }).await;
-        let mut stream = match opened {
+        let request = SubscribeRequest { after_sequence: cursor, replay: args.from_start };
+        let mut stream = match client.subscribe(request).await {
             Ok(s) => s.into_inner(),
-            Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal) => {
+            Err(e) if transient(e.code()) => {
                 eprintln!("subscribe: {} ({}); retrying in {:?}", e.message(), e.code(), backoff);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(max_backoff);
                 continue;
             }
             Err(e) => return Err(status_error(e)),
@@ -631,36 +659,62 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                     backoff = Duration::from_millis(250);
                     match msg.event {
                         Some(Event::Alert(alert)) => {
-                            println!("{}", alert_json(&alert));
+                            if alert.sequence <= cursor {
+                                continue; // already handled (a resend after a reconnect)
+                            }
+                            emit(&alert_json(&alert))?;
                             cursor = alert.sequence;
                             write_cursor(&args.cursor_file, cursor)?;
                             if !args.no_ack {
-                                client
-                                    .ack_alerts(AckAlertsRequest { up_to_sequence: cursor })
-                                    .await
-                                    .map_err(status_error)?;
+                                unacked = Some(cursor);
                             }
                             printed += 1;
-                            if args.count > 0 && printed >= args.count {
-                                return Ok(());
-                            }
                         }
                         Some(Event::Heartbeat(h)) if args.heartbeats => {
-                            println!("{}", json!({"heartbeat": {"latest_sequence": h.latest_sequence}}));
+                            emit(&json!({"heartbeat": {"latest_sequence": h.latest_sequence}}))?;
                         }
                         _ => {}
                     }
+                    if let Some(up_to) = unacked {
+                        match client.ack_alerts(AckAlertsRequest { up_to_sequence: up_to }).await {
+                            Ok(_) => unacked = None,
+                            Err(e) if transient(e.code()) => {
+                                eprintln!(
+                                    "subscribe: acknowledging {up_to}: {} ({}); will retry",
+                                    e.message(),
+                                    e.code()
+                                );
+                            }
+                            Err(e) => return Err(status_error(e)),
+                        }
+                    }
+                    if args.count > 0 && printed >= args.count && unacked.is_none() {
+                        return Ok(());
+                    }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    eprintln!("subscribe: stream ended: {} ({})", e.message(), e.code());
+                Ok(None) => {
+                    eprintln!("subscribe: stream closed; resuming after {cursor}");
                     break;
                 }
+                Err(e) if transient(e.code()) => {
+                    eprintln!("subscribe: stream ended: {} ({}); resuming after {cursor}", e.message(), e.code());
+                    break;
+                }
+                Err(e) => return Err(status_error(e)),
             }
         }
-        // The server closed the stream (deploy, max connection age): resume by sequence.
+        // The server ended the stream (deploy, max connection age, database
+        // loss): resume by sequence after a pause.
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(max_backoff);
+        if let Some(up_to) = unacked {
+            if client.ack_alerts(AckAlertsRequest { up_to_sequence: up_to }).await.is_ok() {
+                unacked = None;
+            }
+        }
+        if args.count > 0 && printed >= args.count && unacked.is_none() {
+            return Ok(());
+        }
     }
 }
 

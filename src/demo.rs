@@ -96,7 +96,7 @@ async fn sync_complete_list(conn: &Connection, council: &str, new_plan: Plan) ->
 async fn subscribe(conn: &Connection, council: &str) -> anyhow::Result<mpsc::Receiver<Alert>> {
     let me = Caller::from_parts(CallerKind::Council, council)?;
     let mut client = NotificationServiceClient::new(conn.channel(2, &me)?);
-    let mut stream = client.subscribe(SubscribeRequest { after_sequence: 0 }).await?.into_inner();
+    let mut stream = client.subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await?.into_inner();
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         while let Ok(Some(msg)) = stream.message().await {

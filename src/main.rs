@@ -249,6 +249,21 @@ struct ServeArgs {
     /// Notification: heartbeat interval of idle streams, in seconds.
     #[arg(long, env = "CPIS_HEARTBEAT_SECS", default_value_t = 15)]
     heartbeat_secs: u64,
+    /// Attendance: deadline of one PublishAlert call by the outbox relay, in milliseconds.
+    #[arg(long, env = "CPIS_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    publish_timeout_ms: u64,
+    /// Attendance: first retry delay of a council whose alert was not delivered, in milliseconds (doubles).
+    #[arg(long, env = "CPIS_RELAY_RETRY_INITIAL_MS", default_value_t = 200)]
+    relay_retry_initial_ms: u64,
+    /// Attendance: longest retry delay of a council, in milliseconds.
+    #[arg(long, env = "CPIS_RELAY_RETRY_MAX_MS", default_value_t = 30_000)]
+    relay_retry_max_ms: u64,
+    /// Attendance: how long a council stays with a relay that stopped renewing its lease, in milliseconds.
+    #[arg(long, env = "CPIS_RELAY_LEASE_MS", default_value_t = 15_000)]
+    relay_lease_ms: u64,
+    /// Attendance: longest sleep of the relay between passes, in milliseconds.
+    #[arg(long, env = "CPIS_RELAY_POLL_MS", default_value_t = 1000)]
+    relay_poll_ms: u64,
 }
 
 #[tokio::main]
@@ -403,20 +418,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             suite::start_notification(listener, &common, Some(Duration::from_secs(args.heartbeat_secs))).await?
         }
         Some(ServiceName::Attendance) => {
-            suite::start_attendance(
-                listener,
-                &common,
-                cpis_attendance::Config {
-                    arrival_window: cpis_attendance::ArrivalWindow {
-                        past: chrono::TimeDelta::hours(args.arrival_max_age_hours.into()),
-                        future: chrono::TimeDelta::minutes(args.arrival_max_ahead_minutes.into()),
-                    },
-                    ..Default::default()
+            let ms = Duration::from_millis;
+            let config = cpis_attendance::Config {
+                publish_timeout: ms(args.publish_timeout_ms.max(1)),
+                retry_initial: ms(args.relay_retry_initial_ms.max(1)),
+                retry_max: ms(args.relay_retry_max_ms.max(args.relay_retry_initial_ms).max(1)),
+                relay_lease: ms(args.relay_lease_ms),
+                relay_poll_interval: ms(args.relay_poll_ms.max(10)),
+                arrival_window: cpis_attendance::ArrivalWindow {
+                    past: chrono::TimeDelta::hours(args.arrival_max_age_hours.into()),
+                    future: chrono::TimeDelta::minutes(args.arrival_max_ahead_minutes.into()),
                 },
-                &args.registry_url,
-                &args.notification_url,
-            )
-            .await?
+                ..cpis_attendance::Config::default()
+            };
+            suite::start_attendance(listener, &common, config, &args.registry_url, &args.notification_url).await?
         }
         None => anyhow::bail!("unknown service {:?}: expected registry, attendance or notification", args.service),
     };

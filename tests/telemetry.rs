@@ -116,7 +116,7 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     }
     let mut stream = ts
         .notification(&council(MANCHESTER))
-        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
         .await
         .unwrap()
         .into_inner();

@@ -193,7 +193,9 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                 .await
                 .map(drop),
         ),
-        "Subscribe" => code(notification().subscribe(SubscribeRequest { after_sequence: 0 }).await.map(drop)),
+        "Subscribe" => {
+            code(notification().subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await.map(drop))
+        }
         "AckAlerts" => code(notification().ack_alerts(AckAlertsRequest { up_to_sequence: 0 }).await.map(drop)),
         "ListAlerts" => code(notification().list_alerts(ListAlertsRequest::default()).await.map(drop)),
         "PublishAlert" => code(

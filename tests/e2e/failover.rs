@@ -90,7 +90,9 @@ async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while seen.len() < PEOPLE as usize && Instant::now() < deadline {
             let after = seen.last().map_or(0, |a| a.sequence);
-            if let Ok(response) = notification.clone().subscribe(SubscribeRequest { after_sequence: after }).await {
+            if let Ok(response) =
+                notification.clone().subscribe(SubscribeRequest { after_sequence: after, replay: false }).await
+            {
                 let mut stream = response.into_inner();
                 while let Ok(Ok(Some(message))) = tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
                     if let Some(Event::Alert(alert)) = message.event {
@@ -205,7 +207,7 @@ async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
     // A live alert after the failover reaches a fresh stream.
     let mut stream = ts
         .notification(&council(MANCHESTER))
-        .subscribe(SubscribeRequest { after_sequence: i64::from(PEOPLE) })
+        .subscribe(SubscribeRequest { after_sequence: i64::from(PEOPLE), replay: false })
         .await
         .unwrap()
         .into_inner();

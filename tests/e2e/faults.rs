@@ -16,7 +16,7 @@ async fn all_alerts(ts: &TestSuite, council_code: &str) -> Vec<Alert> {
     loop {
         // after_sequence 0 means "after the ack"; nothing is acked here.
         let page = client
-            .list_alerts(ListAlertsRequest { after_sequence: after, page_size: 1000 })
+            .list_alerts(ListAlertsRequest { after_sequence: after, page_size: 1000, replay: false })
             .await
             .unwrap()
             .into_inner();
@@ -108,7 +108,7 @@ async fn killing_notification_mid_burst_loses_and_duplicates_nothing() {
     // And a subscriber from zero receives exactly the same.
     let mut stream = ts
         .notification(&council(LIVERPOOL))
-        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
         .await
         .unwrap()
         .into_inner();
@@ -145,7 +145,7 @@ async fn a_client_hoarding_a_thousand_unread_streams_is_capped_and_delays_no_one
     for _ in 0..1000 {
         let mut client =
             cpis_proto::notification::v1::notification_service_client::NotificationServiceClient::new(channel.clone());
-        match client.subscribe(SubscribeRequest { after_sequence: 0 }).await {
+        match client.subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await {
             Ok(s) => open.push(s.into_inner()),
             Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
             Err(s) => panic!("unexpected {s:?}"),
@@ -168,7 +168,7 @@ async fn a_client_hoarding_a_thousand_unread_streams_is_capped_and_delays_no_one
         .unwrap();
     let mut liverpool = ts
         .notification(&council(LIVERPOOL))
-        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
         .await
         .unwrap()
         .into_inner();
@@ -190,8 +190,12 @@ async fn a_client_hoarding_a_thousand_unread_streams_is_capped_and_delays_no_one
 async fn rotated_certificates_are_served_without_dropping_open_streams() {
     let ts = TestSuite::start().await;
     let port = ts.notification_port();
-    let mut stream =
-        ts.notification(&council(KENT)).subscribe(SubscribeRequest { after_sequence: 0 }).await.unwrap().into_inner();
+    let mut stream = ts
+        .notification(&council(KENT))
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+        .await
+        .unwrap()
+        .into_inner();
     let served = || async {
         // What a brand-new TLS connection is shown.
         let mut roots = rustls::RootCertStore::empty();

@@ -246,12 +246,12 @@ async fn bad_requests_get_field_level_errors_and_change_nothing() {
     );
     expect_field(
         "negative cursor",
-        ok(notification.list_alerts(ListAlertsRequest { after_sequence: -5, page_size: 0 }).await),
+        ok(notification.list_alerts(ListAlertsRequest { after_sequence: -5, page_size: 0, replay: false }).await),
         "after_sequence",
     );
     expect_field(
         "negative stream cursor",
-        ok(notification.subscribe(SubscribeRequest { after_sequence: -1 }).await),
+        ok(notification.subscribe(SubscribeRequest { after_sequence: -1, replay: false }).await),
         "after_sequence",
     );
     expect_field(
@@ -388,11 +388,17 @@ async fn a_caller_over_its_in_flight_cap_is_refused_while_others_are_served() {
     let mut held = Vec::new();
     for _ in 0..8 {
         held.push(
-            ts.notification(&council(MANCHESTER)).subscribe(SubscribeRequest { after_sequence: 0 }).await.unwrap(),
+            ts.notification(&council(MANCHESTER))
+                .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+                .await
+                .unwrap(),
         );
     }
-    let status =
-        ts.notification(&council(MANCHESTER)).subscribe(SubscribeRequest { after_sequence: 0 }).await.unwrap_err();
+    let status = ts
+        .notification(&council(MANCHESTER))
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     let status = ts.notification(&council(MANCHESTER)).list_alerts(ListAlertsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);

@@ -83,7 +83,7 @@ async fn subscribe_on(
     client: &mut NotificationServiceClient<Channel>,
     after_sequence: i64,
 ) -> Streaming<SubscribeResponse> {
-    timeout(PATIENCE, client.subscribe(SubscribeRequest { after_sequence }))
+    timeout(PATIENCE, client.subscribe(SubscribeRequest { after_sequence, replay: false }))
         .await
         .expect("subscribe timed out")
         .expect("subscribe")
@@ -143,7 +143,7 @@ async fn list(
 ) -> Result<(Vec<i64>, bool), tonic::Status> {
     let page = ts
         .notification(&council(council_code))
-        .list_alerts(ListAlertsRequest { after_sequence, page_size })
+        .list_alerts(ListAlertsRequest { after_sequence, page_size, replay: false })
         .await?
         .into_inner();
     Ok((page.alerts.iter().map(|a| a.sequence).collect(), page.has_more))
@@ -298,7 +298,7 @@ async fn a_council_only_ever_sees_its_own_alerts() {
     // councils cannot publish.
     let err = ts
         .notification(&setting(ALDER_HEY))
-        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
         .await
         .expect_err("a setting may not subscribe");
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -553,7 +553,7 @@ async fn invalid_requests_are_refused_with_field_paths_and_store_nothing() {
     for after_sequence in [-1, 1] {
         let err = ts
             .notification(&council(MANCHESTER))
-            .subscribe(SubscribeRequest { after_sequence })
+            .subscribe(SubscribeRequest { after_sequence, replay: false })
             .await
             .expect_err("out of range");
         assert_eq!(violated_fields(&err), ["after_sequence"]);

@@ -26,7 +26,7 @@ async fn metrics_move_during_a_scenario() {
         .unwrap();
     let mut stream = ts
         .notification(&council(MANCHESTER))
-        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
         .await
         .unwrap()
         .into_inner();
@@ -81,7 +81,7 @@ async fn readiness_goes_not_serving_before_streams_close_on_shutdown() {
     eventually(10, "the second instance is ready", || async { readiness(&ts, port, name).await == Some(1) }).await;
     let channel = ts.channel(port, &council(MANCHESTER));
     let mut stream = cpis_proto::notification::v1::notification_service_client::NotificationServiceClient::new(channel)
-        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
         .await
         .unwrap()
         .into_inner();
@@ -163,8 +163,11 @@ async fn a_database_outage_turns_readiness_off_gives_unavailable_and_loses_nothi
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let err = attendance.check_in(arrival(&nhs(801))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let err =
-        ts.notification(&council(MANCHESTER)).subscribe(SubscribeRequest { after_sequence: 0 }).await.unwrap_err();
+    let err = ts
+        .notification(&council(MANCHESTER))
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
     cluster.spawn().expect("restarting PostgreSQL");
@@ -192,7 +195,7 @@ async fn a_database_outage_turns_readiness_off_gives_unavailable_and_loses_nothi
     assert!(again.flagged);
     let mut stream = ts
         .notification(&council(MANCHESTER))
-        .subscribe(SubscribeRequest { after_sequence: 0 })
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
         .await
         .unwrap()
         .into_inner();

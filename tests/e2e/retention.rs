@@ -71,7 +71,7 @@ async fn a_purge_removes_exactly_what_is_past_retention_and_is_idempotent() {
     eventually(10, "both alerts stored", || {
         let mut n = notification.clone();
         async move {
-            n.list_alerts(ListAlertsRequest { after_sequence: 0, page_size: 10 })
+            n.list_alerts(ListAlertsRequest { after_sequence: 0, page_size: 10, replay: false })
                 .await
                 .unwrap()
                 .into_inner()

@@ -241,8 +241,12 @@ async fn a_revoked_council_is_refused_without_a_restart_while_other_streams_cont
         .upsert_plan(UpsertPlanRequest { plan: Some(plan("K-1", &nhs(2102))), expected_version: 0 })
         .await
         .unwrap();
-    let mut kent_stream =
-        ts.notification(&council(KENT)).subscribe(SubscribeRequest { after_sequence: 0 }).await.unwrap().into_inner();
+    let mut kent_stream = ts
+        .notification(&council(KENT))
+        .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+        .await
+        .unwrap()
+        .into_inner();
 
     ts.pki.revoke(&council(MANCHESTER)).expect("revoking");
     // Servers look at the revocation list at most every 2 s.

@@ -61,6 +61,9 @@ pub struct Config {
     /// How often the relay looks at the outbox when nothing wakes it (other
     /// replicas' check-ins, retries).
     pub relay_poll_interval: Duration,
+    /// How long a council stays leased to a relay that stops renewing
+    /// (after which another replica takes it over).
+    pub relay_lease: Duration,
     /// When an arrival may have happened, relative to now.
     pub arrival_window: checkin::ArrivalWindow,
 }
@@ -77,6 +80,7 @@ impl Default for Config {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             relay_poll_interval: Duration::from_secs(1),
+            relay_lease: Duration::from_secs(15),
             arrival_window: checkin::ArrivalWindow::default(),
         }
     }
@@ -117,6 +121,7 @@ impl Attendance {
                 retry_initial: config.retry_initial,
                 retry_max: config.retry_max,
                 poll_interval: config.relay_poll_interval,
+                lease: config.relay_lease.max(config.publish_timeout + Duration::from_secs(1)),
             },
             wake_relay.clone(),
             relay_metrics.clone(),

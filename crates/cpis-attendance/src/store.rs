@@ -121,7 +121,57 @@ CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
         // A setting's ListEpisodes is audited as an access without an episode.
         sql: "ALTER TABLE attendance.accesses ADD COLUMN episodes_read boolean NOT NULL DEFAULT false;",
     },
+    Migration { version: 6, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
 ];
+
+/// Each council's outbox rows get a `position` in the order their check-ins
+/// commit: a trigger bumps the council's counter row, whose lock is held
+/// until the check-in commits, so a later position is never visible before an
+/// earlier one. The relay publishes each council's rows by position, one
+/// replica at a time per council (a lease in `relay_councils`, which also
+/// holds the council's retry schedule: head of line first, never row by row).
+const OUTBOX_ORDER: &str = r#"
+CREATE TABLE attendance.outbox_positions (
+    council_code  text PRIMARY KEY,
+    last_position bigint NOT NULL
+);
+ALTER TABLE attendance.outbox ADD COLUMN position bigint;
+UPDATE attendance.outbox o SET position = r.n
+FROM (SELECT outbox_id, row_number() OVER (PARTITION BY council_code ORDER BY outbox_id) AS n
+      FROM attendance.outbox) r
+WHERE r.outbox_id = o.outbox_id;
+INSERT INTO attendance.outbox_positions (council_code, last_position)
+SELECT council_code, max(position) FROM attendance.outbox GROUP BY council_code;
+ALTER TABLE attendance.outbox ALTER COLUMN position SET NOT NULL;
+CREATE UNIQUE INDEX outbox_by_council_position ON attendance.outbox (council_code, position);
+CREATE INDEX outbox_pending_by_council ON attendance.outbox (council_code, position)
+    WHERE delivered_at IS NULL;
+DROP INDEX attendance.outbox_due;
+
+CREATE FUNCTION attendance.outbox_position() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO attendance.outbox_positions AS p (council_code, last_position)
+    VALUES (NEW.council_code, 1)
+    ON CONFLICT (council_code) DO UPDATE SET last_position = p.last_position + 1
+    RETURNING p.last_position INTO NEW.position;
+    RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER outbox_position BEFORE INSERT ON attendance.outbox
+    FOR EACH ROW EXECUTE FUNCTION attendance.outbox_position();
+
+-- One row per council the relay has worked on: which relay holds it until
+-- when (a lease, not a lock: nothing is held across a PublishAlert call),
+-- and when its head-of-line alert may be tried again.
+CREATE TABLE attendance.relay_councils (
+    council_code    text PRIMARY KEY,
+    holder          uuid,
+    lease_until     timestamptz,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text
+);
+"#;
 
 /// The most previous episodes a check-in answer carries (the contract's 25).
 pub const PREVIOUS_EPISODES: i64 = 25;
@@ -315,7 +365,11 @@ pub async fn record_flagged(
     let mut alerts_queued = 0;
     // The relay continues this check-in's trace from here.
     let traceparent = cpis_core::telemetry::current_traceparent();
-    for a in c.alerts {
+    // Each insert takes its council's position counter (locked until commit):
+    // always in council order, so two check-ins never wait for each other's.
+    let mut by_council: Vec<_> = c.alerts.iter().collect();
+    by_council.sort_by(|x, y| x.council_code.cmp(&y.council_code));
+    for a in by_council {
         alerts_queued += tx
             .execute(
                 &tx.prepare_cached(
@@ -511,31 +565,70 @@ pub async fn list_accesses(
 pub struct PendingAlert {
     /// The row's id.
     pub outbox_id: i64,
-    /// Failed attempts so far.
-    pub attempts: i32,
     /// What to publish.
     pub request: cpis_proto::notification::v1::PublishAlertRequest,
     /// The check-in's trace context.
     pub traceparent: Option<String>,
+    /// Its place in the council's order (check-in commit order).
+    pub position: i64,
 }
 
-/// Locks up to `limit` due outbox rows, oldest first, skipping rows another
-/// relay (another replica) holds, so no alert is being sent twice at once.
-/// The locks last until `tx` ends.
-pub async fn claim_due_alerts(
-    tx: &tokio_postgres::Transaction<'_>,
+/// Leases up to `limit` councils that have undelivered alerts, are due (no
+/// retry pending) and are not leased by a live relay: `holder` publishes
+/// them until `lease` from now unless it renews. One statement, so no lock
+/// outlives it; two relays racing for a council cannot both win (the upsert
+/// re-checks the lease on the row it waited for).
+pub async fn lease_councils(
+    db: &impl deadpool_postgres::GenericClient,
+    holder: Uuid,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<LeasedCouncil>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "INSERT INTO attendance.relay_councils AS r (council_code, holder, lease_until)
+             SELECT p.council_code, $1, now() + make_interval(secs => $2::float8)
+             FROM (SELECT DISTINCT council_code FROM attendance.outbox WHERE delivered_at IS NULL) p
+             LEFT JOIN attendance.relay_councils c USING (council_code)
+             WHERE c.council_code IS NULL
+                OR (COALESCE(c.lease_until, '-infinity') < now() AND c.next_attempt_at <= now())
+             ORDER BY c.next_attempt_at NULLS FIRST, p.council_code
+             LIMIT $3
+             ON CONFLICT (council_code) DO UPDATE
+                 SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
+                 WHERE COALESCE(r.lease_until, '-infinity') < now() AND r.next_attempt_at <= now()
+             RETURNING council_code, attempts",
+            &[&holder, &secs(lease), &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| LeasedCouncil { council_code: r.get(0), attempts: r.get(1) }).collect())
+}
+
+/// A council a relay holds the lease of.
+#[derive(Debug, Clone)]
+pub struct LeasedCouncil {
+    /// The council's GSS code.
+    pub council_code: String,
+    /// Failed attempts at its head-of-line alert since its last delivery.
+    pub attempts: i32,
+}
+
+/// The first `limit` undelivered alerts of `council`, in position order
+/// (its check-ins' commit order).
+pub async fn pending_for_council(
+    db: &impl deadpool_postgres::GenericClient,
+    council: &str,
     limit: i64,
 ) -> Result<Vec<PendingAlert>, tokio_postgres::Error> {
-    let rows = tx
+    let rows = db
         .query(
             "SELECT outbox_id, attempts, council_code, nhs_number, plan_type, local_reference,
-                    episode_id, setting_code, setting_type, arrived_at, priority, traceparent
+                    episode_id, setting_code, setting_type, arrived_at, priority, traceparent, position
              FROM attendance.outbox
-             WHERE delivered_at IS NULL AND next_attempt_at <= now()
-             ORDER BY outbox_id
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
-            &[&limit],
+             WHERE council_code = $1 AND delivered_at IS NULL
+             ORDER BY position
+             LIMIT $2",
+            &[&council, &limit],
         )
         .await?;
     Ok(rows
@@ -545,7 +638,6 @@ pub async fn claim_due_alerts(
             let arrived_at: DateTime<Utc> = r.get(9);
             PendingAlert {
                 outbox_id: r.get(0),
-                attempts: r.get(1),
                 request: cpis_proto::notification::v1::PublishAlertRequest {
                     council_code: r.get(2),
                     nhs_number: r.get(3),
@@ -560,38 +652,86 @@ pub async fn claim_due_alerts(
                     priority: r.get(10),
                 },
                 traceparent: r.get(11),
+                position: r.get(12),
             }
         })
         .collect())
 }
 
-/// Marks an outbox row delivered: the Notification service has stored it.
-pub async fn mark_delivered(tx: &tokio_postgres::Transaction<'_>, outbox_id: i64) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE attendance.outbox
-         SET delivered_at = now(), attempts = attempts + 1, last_error = NULL
-         WHERE outbox_id = $1",
-        &[&outbox_id],
+/// Marks an outbox row delivered (the Notification service has stored it)
+/// and renews `holder`'s lease of the row's council in the same statement.
+/// Returns false when `holder` no longer holds the lease (it expired and
+/// another relay took the council over): the caller then stops.
+pub async fn mark_delivered(
+    db: &impl deadpool_postgres::GenericClient,
+    outbox_id: i64,
+    holder: Uuid,
+    lease: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let renewed = db
+        .query(
+            "WITH delivered AS (
+                 UPDATE attendance.outbox
+                 SET delivered_at = COALESCE(delivered_at, now()), attempts = attempts + 1, last_error = NULL
+                 WHERE outbox_id = $1
+                 RETURNING council_code)
+             UPDATE attendance.relay_councils r
+             SET lease_until = now() + make_interval(secs => $3::float8), attempts = 0, last_error = NULL
+             FROM delivered d
+             WHERE r.council_code = d.council_code AND r.holder = $2
+             RETURNING 1",
+            &[&outbox_id, &holder, &secs(lease)],
+        )
+        .await?;
+    Ok(!renewed.is_empty())
+}
+
+/// Records a failed attempt at a council's head-of-line alert and gives the
+/// council up until `retry_in` from now: the whole council waits, so no
+/// later alert can overtake it. `error` must hold no personal data.
+pub async fn mark_failed(
+    db: &impl deadpool_postgres::GenericClient,
+    outbox_id: i64,
+    holder: Uuid,
+    retry_in: Duration,
+    error: &str,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "WITH failed AS (
+             UPDATE attendance.outbox SET attempts = attempts + 1, last_error = $4
+             WHERE outbox_id = $1
+             RETURNING council_code)
+         UPDATE attendance.relay_councils r
+         SET holder = NULL, lease_until = NULL, attempts = r.attempts + 1,
+             next_attempt_at = now() + make_interval(secs => $3::float8), last_error = $4
+         FROM failed f
+         WHERE r.council_code = f.council_code AND r.holder = $2",
+        &[&outbox_id, &holder, &secs(retry_in), &error],
     )
     .await?;
     Ok(())
 }
 
-/// Records a failed attempt and when to try again. `error` must hold no
-/// personal data.
-pub async fn mark_failed(
-    tx: &tokio_postgres::Transaction<'_>,
-    outbox_id: i64,
-    retry_in: Duration,
-    error: &str,
+/// Gives up every lease `holder` holds (a relay stopping), so the other
+/// replicas carry on at once instead of after the lease runs out.
+pub async fn release_all(
+    db: &impl deadpool_postgres::GenericClient,
+    holder: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute("UPDATE attendance.relay_councils SET holder = NULL, lease_until = NULL WHERE holder = $1", &[&holder])
+        .await
+}
+
+/// Gives up `holder`'s lease of `council`, so any relay may take it at once.
+pub async fn release_council(
+    db: &impl deadpool_postgres::GenericClient,
+    council: &str,
+    holder: Uuid,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE attendance.outbox
-         SET attempts = attempts + 1,
-             next_attempt_at = now() + make_interval(secs => $2::float8),
-             last_error = $3
-         WHERE outbox_id = $1",
-        &[&outbox_id, &secs(retry_in), &error],
+    db.execute(
+        "UPDATE attendance.relay_councils SET holder = NULL, lease_until = NULL
+         WHERE council_code = $1 AND holder = $2",
+        &[&council, &holder],
     )
     .await?;
     Ok(())
@@ -609,14 +749,19 @@ pub struct Backlog {
     pub next_due_in: Option<Duration>,
 }
 
-/// Reads the outbox's [`Backlog`].
-pub async fn backlog(db: &tokio_postgres::Client) -> Result<Backlog, tokio_postgres::Error> {
+/// Reads the outbox's [`Backlog`]; a council falls due when its retry
+/// delay and any other relay's lease have both passed.
+pub async fn backlog(db: &impl deadpool_postgres::GenericClient) -> Result<Backlog, tokio_postgres::Error> {
     let row = db
         .query_one(
-            "SELECT count(*),
-                    coalesce(extract(epoch FROM now() - min(created_at))::float8, 0),
-                    extract(epoch FROM min(next_attempt_at) - now())::float8
-             FROM attendance.outbox WHERE delivered_at IS NULL",
+            "WITH pending AS (
+                 SELECT council_code, count(*) AS n, min(created_at) AS oldest
+                 FROM attendance.outbox WHERE delivered_at IS NULL GROUP BY council_code)
+             SELECT COALESCE(sum(p.n), 0)::bigint,
+                    COALESCE(extract(epoch FROM now() - min(p.oldest))::float8, 0),
+                    extract(epoch FROM min(GREATEST(COALESCE(r.next_attempt_at, now()),
+                                                    COALESCE(r.lease_until, now()))) - now())::float8
+             FROM pending p LEFT JOIN attendance.relay_councils r USING (council_code)",
             &[],
         )
         .await?;

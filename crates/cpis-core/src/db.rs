@@ -21,6 +21,7 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
         config.application_name("cpis");
     }
     config.connect_timeout(Duration::from_secs(5));
+    SessionSettings::from_env()?.apply(&mut config);
     let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)
@@ -29,6 +30,123 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()?)
+}
+
+/// What every connection to PostgreSQL sets, so that a client that vanishes
+/// without FIN or RST (node loss, partition) cannot hold locks for the two
+/// hours PostgreSQL's default TCP keepalives take to notice, and no statement
+/// or lock wait runs unbounded.
+///
+/// The server settings travel in the startup packet (`options`), so they hold
+/// from the first statement, on pool connections and the LISTEN connection
+/// alike, at no extra round trip. Each is read from the environment (see
+/// [`SessionSettings::from_env`]); 0 turns a timeout off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `statement_timeout`: the longest one statement may run.
+    pub statement_timeout: Duration,
+    /// `lock_timeout`: the longest one statement waits for a lock.
+    pub lock_timeout: Duration,
+    /// `idle_in_transaction_session_timeout`: a session idle inside a
+    /// transaction this long is ended by the server, releasing its locks.
+    pub idle_in_transaction_timeout: Duration,
+    /// Client-side TCP keepalive: idle time before the first probe.
+    pub keepalives_idle: Duration,
+    /// Client-side TCP keepalive: time between probes.
+    pub keepalives_interval: Duration,
+    /// Client-side TCP keepalive: unanswered probes before the connection is dropped.
+    pub keepalives_retries: u32,
+    /// `TCP_USER_TIMEOUT`: the longest sent data may stay unacknowledged
+    /// before the connection is dropped (keepalives cover idle connections only).
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            statement_timeout: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(15),
+            keepalives_idle: Duration::from_secs(30),
+            keepalives_interval: Duration::from_secs(10),
+            keepalives_retries: 3,
+            tcp_user_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The environment variables of [`SessionSettings`], with their units.
+pub const SESSION_ENV: &[&str] = &[
+    "CPIS_DB_STATEMENT_TIMEOUT_MS",
+    "CPIS_DB_LOCK_TIMEOUT_MS",
+    "CPIS_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+    "CPIS_DB_KEEPALIVES_IDLE_SECS",
+    "CPIS_DB_KEEPALIVES_INTERVAL_SECS",
+    "CPIS_DB_KEEPALIVES_RETRIES",
+    "CPIS_DB_TCP_USER_TIMEOUT_MS",
+];
+
+impl SessionSettings {
+    /// The defaults, overridden by `CPIS_DB_STATEMENT_TIMEOUT_MS`,
+    /// `CPIS_DB_LOCK_TIMEOUT_MS`, `CPIS_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`,
+    /// `CPIS_DB_KEEPALIVES_IDLE_SECS`, `CPIS_DB_KEEPALIVES_INTERVAL_SECS`,
+    /// `CPIS_DB_KEEPALIVES_RETRIES` and `CPIS_DB_TCP_USER_TIMEOUT_MS` when set.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`SessionSettings::from_env`], reading variables through `get`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let d = Self::default();
+        let num = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) if v.trim().is_empty() => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name} must be a whole number, not {v:?}")),
+            }
+        };
+        let ms = |name: &str, default: Duration| num(name, default.as_millis() as u64).map(Duration::from_millis);
+        let secs = |name: &str, default: Duration| num(name, default.as_secs()).map(Duration::from_secs);
+        Ok(Self {
+            statement_timeout: ms(SESSION_ENV[0], d.statement_timeout)?,
+            lock_timeout: ms(SESSION_ENV[1], d.lock_timeout)?,
+            idle_in_transaction_timeout: ms(SESSION_ENV[2], d.idle_in_transaction_timeout)?,
+            keepalives_idle: secs(SESSION_ENV[3], d.keepalives_idle)?.max(Duration::from_secs(1)),
+            keepalives_interval: secs(SESSION_ENV[4], d.keepalives_interval)?.max(Duration::from_secs(1)),
+            keepalives_retries: u32::try_from(num(SESSION_ENV[5], u64::from(d.keepalives_retries))?)
+                .unwrap_or(u32::MAX)
+                .max(1),
+            tcp_user_timeout: ms(SESSION_ENV[6], d.tcp_user_timeout)?,
+        })
+    }
+
+    /// The `-c name=value` startup options that set the server-side timeouts.
+    pub fn options(&self) -> String {
+        format!(
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            self.statement_timeout.as_millis(),
+            self.lock_timeout.as_millis(),
+            self.idle_in_transaction_timeout.as_millis()
+        )
+    }
+
+    /// Applies these settings to `config` (after any `options` the
+    /// connection string already carries, which they override).
+    pub fn apply(&self, config: &mut tokio_postgres::Config) {
+        let options = match config.get_options() {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing} {}", self.options()),
+            _ => self.options(),
+        };
+        config
+            .options(&options)
+            .keepalives(true)
+            .keepalives_idle(self.keepalives_idle)
+            .keepalives_interval(self.keepalives_interval)
+            .keepalives_retries(self.keepalives_retries);
+        if !self.tcp_user_timeout.is_zero() {
+            config.tcp_user_timeout(self.tcp_user_timeout);
+        }
+    }
 }
 
 /// One schema migration: applied once, in version order, inside the
@@ -48,6 +166,9 @@ pub struct Migration {
 pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> anyhow::Result<()> {
     let mut client = pool.get().await.map_err(connect_failure)?;
     let tx = client.transaction().await?;
+    // Replicas starting together wait here for the first one's migrations,
+    // and a migration may rewrite a large table: no session timeouts apply.
+    tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("cpis-migrate-{schema}")]).await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
@@ -185,4 +306,41 @@ pub async fn ping(pool: &Pool) -> bool {
         client.simple_query("SELECT 1").await.ok()
     });
     matches!(attempt.await, Ok(Some(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_settings_come_from_the_environment_with_defaults() {
+        let none = SessionSettings::from_lookup(|_| None).unwrap();
+        assert_eq!(none, SessionSettings::default());
+        let set = SessionSettings::from_lookup(|name| match name {
+            "CPIS_DB_LOCK_TIMEOUT_MS" => Some("1500".into()),
+            "CPIS_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS" => Some("0".into()),
+            "CPIS_DB_KEEPALIVES_IDLE_SECS" => Some("2".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(set.lock_timeout, Duration::from_millis(1500));
+        assert_eq!(set.idle_in_transaction_timeout, Duration::ZERO);
+        assert_eq!(set.keepalives_idle, Duration::from_secs(2));
+        assert_eq!(
+            set.options(),
+            "-c statement_timeout=60000 -c lock_timeout=1500 -c idle_in_transaction_session_timeout=0"
+        );
+        let bad = SessionSettings::from_lookup(|name| (name == "CPIS_DB_LOCK_TIMEOUT_MS").then(|| "5s".into()));
+        assert!(bad.unwrap_err().to_string().contains("CPIS_DB_LOCK_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn session_settings_keep_options_of_the_connection_string() {
+        let mut config: tokio_postgres::Config = "host=localhost options='-c search_path=x'".parse().unwrap();
+        SessionSettings::default().apply(&mut config);
+        let options = config.get_options().unwrap();
+        assert!(options.starts_with("-c search_path=x -c statement_timeout="), "{options}");
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(30));
+    }
 }

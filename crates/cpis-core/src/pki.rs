@@ -122,8 +122,27 @@ impl Pki {
         self.issue(caller, trust_domain)
     }
 
+    /// Issues the certificate of service `caller`, also valid as a server at
+    /// `addresses` (a service reached by IP address, e.g. across the network
+    /// namespaces of the fault tests).
+    pub fn issue_service_at(
+        &self,
+        caller: &Caller,
+        trust_domain: &str,
+        addresses: &[IpAddr],
+    ) -> anyhow::Result<TlsPaths> {
+        let mut options = IssueOptions::client(Some(caller.spiffe_id(trust_domain)));
+        options.server = true;
+        let stem = format!("{}-{}", caller.kind().as_str(), caller.code());
+        self.issue_with(&stem, &options, addresses)
+    }
+
     /// Issues a certificate named `stem` as `options` say.
     pub fn issue_custom(&self, stem: &str, options: &IssueOptions) -> anyhow::Result<TlsPaths> {
+        self.issue_with(stem, options, &[])
+    }
+
+    fn issue_with(&self, stem: &str, options: &IssueOptions, addresses: &[IpAddr]) -> anyhow::Result<TlsPaths> {
         anyhow::ensure!(self.exists(), "no CA under {}: run `cpis certs init` first", self.dir.display());
         let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.ca_key_path())?)?;
         let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(self.ca_path())?, ca_key)?;
@@ -140,6 +159,7 @@ impl Pki {
             params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
             params.subject_alt_names.push(SanType::DnsName("localhost".try_into()?));
             params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            params.subject_alt_names.extend(addresses.iter().map(|a| SanType::IpAddress(*a)));
         }
         params.not_before = options.not_before;
         params.not_after = options.not_after;

@@ -62,6 +62,11 @@ impl Fanout {
     pub fn councils_watched(&self) -> usize {
         self.lock().len()
     }
+
+    /// Each council with an open stream on this instance, and how many.
+    pub fn streams_by_council(&self) -> Vec<(String, usize)> {
+        self.lock().iter().map(|(council, tx)| (council.clone(), tx.receiver_count())).collect()
+    }
 }
 
 /// One stream's wake-up signal; leaving deregisters it, and the council's
@@ -117,19 +122,15 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
-    /// Settings for `database_url`, with TCP keepalives short enough to
-    /// notice a silently dead connection within about a minute.
+    /// Settings for `database_url`, with the session settings of every
+    /// connection ([`cpis_core::db::SessionSettings`]): TCP keepalives short
+    /// enough to notice a silently dead connection within about a minute.
     pub fn new(database_url: &str, backoff_max: Duration) -> anyhow::Result<Self> {
         let target = cpis_core::db_tls::DbTarget::parse(database_url)?;
         let tls = target.tls()?;
         let mut database = target.config;
-        database
-            .application_name("cpis-notification-listen")
-            .connect_timeout(Duration::from_secs(5))
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
-            .keepalives_interval(Duration::from_secs(10))
-            .keepalives_retries(3);
+        database.application_name("cpis-notification-listen").connect_timeout(Duration::from_secs(5));
+        cpis_core::db::SessionSettings::from_env()?.apply(&mut database);
         Ok(Self { database, tls, backoff_min: Duration::from_millis(100), backoff_max })
     }
 }

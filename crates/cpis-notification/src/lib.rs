@@ -28,12 +28,20 @@
 //!   15 s) while idle, so proxies that ignore HTTP/2 pings still see traffic
 //!   and a client that misses two or three heartbeats knows to reconnect.
 //!
-//! A client that reconnects (after a deploy, a `max_connection_age` cut, a
-//! shutdown ending its stream with `UNAVAILABLE`, or a database failure)
-//! resumes with `after_sequence` = the last sequence it holds, or 0 after
-//! acknowledging, and loses nothing.
+//! A stream the server ends (shutdown, database failure) always ends with a
+//! non-OK status, `UNAVAILABLE`, sent after every alert already buffered, so
+//! a full buffer cannot swallow it and no client reads the end as "done". A
+//! client that reconnects (after a deploy, a `max_connection_age` cut, or
+//! such an end) resumes with `after_sequence` = the last sequence it holds,
+//! or 0 after acknowledging, and loses nothing. With `replay` set,
+//! `after_sequence` is taken as given whatever was acknowledged (0: from
+//! sequence 1), for a case system that lost what it had received.
+//!
+//! Operators see each council's unacknowledged alerts, the age of the oldest
+//! and its open subscriptions ([`delivery`]).
 
 pub mod alert;
+pub mod delivery;
 pub mod fanout;
 pub mod retention;
 pub mod store;
@@ -49,6 +57,7 @@ use cpis_core::server::Shutdown;
 use cpis_core::validate::Violations;
 use cpis_core::ApiError;
 use cpis_proto::notification::v1 as pb;
+use futures::StreamExt;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
@@ -83,6 +92,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Longest wait between attempts to re-establish the LISTEN connection.
     pub reconnect_backoff_max: Duration,
+    /// How often the per-council backlog metrics are re-read.
+    pub council_metrics_interval: Duration,
 }
 
 impl Config {
@@ -94,6 +105,7 @@ impl Config {
             stream_buffer: 64,
             poll_interval: Duration::from_secs(5),
             reconnect_backoff_max: Duration::from_secs(5),
+            council_metrics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -107,6 +119,7 @@ impl std::fmt::Debug for Config {
             .field("stream_buffer", &self.stream_buffer)
             .field("poll_interval", &self.poll_interval)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
+            .field("council_metrics_interval", &self.council_metrics_interval)
             .finish()
     }
 }
@@ -119,6 +132,7 @@ pub struct Notification {
     config: Config,
     shutdown: Shutdown,
     metrics: stream::StreamMetrics,
+    council_metrics: delivery::CouncilMetrics,
 }
 
 impl Notification {
@@ -133,11 +147,20 @@ impl Notification {
             fanout::listen(listener, fanout.clone(), shutdown.stopping().clone())
                 .instrument(tracing::info_span!("alert_listener")),
         );
-        Ok(Self { store: Store::new(pool), fanout, config, shutdown, metrics: stream::StreamMetrics::new() })
+        let store = Store::new(pool);
+        let council_metrics = delivery::CouncilMetrics::new();
+        tokio::spawn(council_metrics.clone().run(
+            store.clone(),
+            config.council_metrics_interval,
+            shutdown.stopping().clone(),
+        ));
+        Ok(Self { store, fanout, config, shutdown, metrics: stream::StreamMetrics::new(), council_metrics })
     }
 
-    /// Registers this service's own metrics (open subscriptions, delivery lag).
+    /// Registers this service's own metrics (open subscriptions, delivery
+    /// lag, and per council: unacknowledged alerts, the oldest one's age, subscriptions).
     pub fn register_metrics(&self, metrics: &cpis_core::metrics::Metrics) {
+        self.council_metrics.register(metrics, self.fanout.clone());
         metrics.register(self.metrics.open.clone());
         metrics.register(self.metrics.delivered.clone());
         metrics.register(self.metrics.delivery_lag.clone());
@@ -157,15 +180,16 @@ impl Notification {
     }
 
     /// The sequence to read after: `after` itself, or the council's
-    /// acknowledgement when it is 0. Refuses negative values and values
-    /// beyond the latest sequence (a client ahead of the log has lost track,
-    /// e.g. after a database restore, and must not silently skip alerts).
-    async fn start_after(&self, council: &str, after: i64) -> Result<i64, ApiError> {
+    /// acknowledgement when it is 0 and `replay` is not set (with `replay`,
+    /// 0 means from sequence 1). Refuses negative values and values beyond
+    /// the latest sequence (a client ahead of the log has lost track, e.g.
+    /// after a database restore, and must not silently skip alerts).
+    async fn start_after(&self, council: &str, after: i64, replay: bool) -> Result<i64, ApiError> {
         if after < 0 {
             return Err(ApiError::invalid("after_sequence", "must not be negative"));
         }
         if after == 0 {
-            return self.store.acknowledged(council).await;
+            return if replay { Ok(0) } else { self.store.acknowledged(council).await };
         }
         let latest = self.store.latest_sequence(council).await?;
         if after > latest {
@@ -175,7 +199,7 @@ impl Notification {
     }
 
     async fn do_subscribe(&self, council: String, r: pb::SubscribeRequest) -> Result<EventStream, ApiError> {
-        let cursor = self.start_after(&council, r.after_sequence).await?;
+        let cursor = self.start_after(&council, r.after_sequence, r.replay).await?;
         // Registered before the task's first read, so no wake-up falls between.
         let wakeups = self.fanout.subscribe(&council);
         let (tx, rx) = tokio::sync::mpsc::channel(self.config.stream_buffer.max(1));
@@ -188,22 +212,25 @@ impl Notification {
             "subscription",
             council = %council,
             stream = %uuid::Uuid::new_v4(),
-            from = cursor
+            from = cursor,
+            replay = r.replay
         );
         span.in_scope(|| tracing::debug!("subscribed"));
         let subscription = Subscription { council, cursor, wakeups };
+        // The stream's last word is sent after every buffered alert, so a
+        // full buffer cannot swallow it: a stream the server ends always ends
+        // with a non-OK status, and clients know to reconnect.
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
+        let (store, stopping, metrics) = (self.store.clone(), self.shutdown.stopping().clone(), self.metrics.clone());
         tokio::spawn(
-            stream::run(
-                self.store.clone(),
-                subscription,
-                settings,
-                tx,
-                self.shutdown.stopping().clone(),
-                self.metrics.clone(),
-            )
+            async move {
+                if let Some(status) = stream::run(store, subscription, settings, tx, stopping, metrics).await {
+                    let _ = end_tx.send(status);
+                }
+            }
             .instrument(span),
         );
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        Ok(Box::pin(ReceiverStream::new(rx).chain(futures::stream::once(last_word(end_rx)))))
     }
 
     async fn do_ack(&self, council: &str, r: pb::AckAlertsRequest) -> Result<i64, ApiError> {
@@ -224,7 +251,7 @@ impl Notification {
             v.add("after_sequence", "must not be negative");
         }
         v.finish()?;
-        let after = self.start_after(council, r.after_sequence).await?;
+        let after = self.start_after(council, r.after_sequence, r.replay).await?;
         // One more than asked tells whether more follow.
         let mut alerts = self.store.alerts_after(council, after, page_size + 1).await?;
         let has_more = alerts.len() as i64 > page_size;
@@ -245,6 +272,14 @@ impl Notification {
         );
         Ok(pb::PublishAlertResponse { alert_id: published.alert_id.to_string(), sequence: published.sequence })
     }
+}
+
+/// The status that ends a stream: the one its task chose, or `UNAVAILABLE`
+/// if the task ended without one (never OK: some clients read OK as "done").
+async fn last_word(end: tokio::sync::oneshot::Receiver<Status>) -> stream::Item {
+    Err(end
+        .await
+        .unwrap_or_else(|_| Status::unavailable("the stream ended; reconnect and resume from your last sequence")))
 }
 
 /// The calling council, from the identity the authorization layer verified.

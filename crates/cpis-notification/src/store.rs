@@ -4,6 +4,8 @@
 //! it (which locks the row) and inserts the alert in one transaction, so
 //! sequences are gapless (a rollback undoes the bump, unlike a `SEQUENCE`)
 //! and an alert is visible before the next sequence is even handed out.
+//! That transaction is a single statement (a function run by the server), so
+//! the lock is never held while waiting on the network.
 
 use crate::alert::NewAlert;
 use cpis_core::db::{DbPool, Migration};
@@ -76,7 +78,50 @@ pub const MIGRATIONS: &[Migration] = &[
             purged_at      timestamptz NOT NULL DEFAULT now()
         );",
     },
+    Migration { version: 4, name: "publish in one statement", sql: PUBLISH_FUNCTION },
 ];
+
+/// `notification.publish_alert`: the whole of `PublishAlert` in one
+/// statement. The repeat check, the counter bump (the council's row lock) and
+/// the insert run inside the server, so the lock lasts as long as the
+/// statement and never across a round trip to a client that may vanish. A
+/// concurrent repeat of the same episode that commits while this one waits
+/// for the counter makes the insert fail; the block then undoes its bump (no
+/// gap) and answers with the stored alert.
+pub const PUBLISH_FUNCTION: &str = r#"
+CREATE FUNCTION notification.publish_alert(
+    p_council text, p_alert_id uuid, p_episode text, p_nhs_number text, p_plan_type integer,
+    p_local_reference text, p_setting_code text, p_setting_type integer, p_arrived_at timestamptz,
+    p_priority integer, p_traceparent text)
+RETURNS TABLE (o_alert_id uuid, o_sequence bigint, o_created boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_sequence bigint;
+BEGIN
+    RETURN QUERY SELECT a.alert_id, a.sequence, false FROM notification.alerts a
+        WHERE a.council_code = p_council AND a.episode_id = p_episode;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    BEGIN
+        INSERT INTO notification.council_sequences AS c (council_code, last_sequence)
+        VALUES (p_council, 1)
+        ON CONFLICT (council_code) DO UPDATE SET last_sequence = c.last_sequence + 1
+        RETURNING c.last_sequence INTO v_sequence;
+        INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id, nhs_number,
+            plan_type, local_reference, setting_code, setting_type, arrived_at, priority, traceparent)
+        VALUES (p_council, v_sequence, p_alert_id, p_episode, p_nhs_number, p_plan_type,
+            p_local_reference, p_setting_code, p_setting_type, p_arrived_at, p_priority, p_traceparent);
+    EXCEPTION WHEN unique_violation THEN
+        RETURN QUERY SELECT a.alert_id, a.sequence, false FROM notification.alerts a
+            WHERE a.council_code = p_council AND a.episode_id = p_episode;
+        RETURN;
+    END;
+    PERFORM pg_notify('cpis_notification_alert', p_council);
+    RETURN QUERY SELECT p_alert_id, v_sequence, true;
+END
+$fn$;
+"#;
 
 /// The identity of a stored alert, as `PublishAlert` answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,47 +165,27 @@ impl Store {
     }
 
     /// Stores `alert` with the council's next sequence and wakes its streams
-    /// (on every replica) when the transaction commits. A repeat of the same
-    /// council and episode returns the original alert and wakes nobody.
+    /// (on every replica) when it commits. A repeat of the same council and
+    /// episode returns the original alert and wakes nobody.
+    ///
+    /// One statement, one round trip ([`PUBLISH_FUNCTION`]): the council's
+    /// counter row is locked only while the server runs it, never while a
+    /// packet is in flight, so a publisher that loses its connection (even
+    /// silently) cannot leave the counter locked and stall the council.
     pub async fn publish(&self, alert: &NewAlert) -> Result<Published, ApiError> {
-        let mut client = self.pool.get().await?;
-        // Fast path for retries: no counter lock taken.
-        if let Some(existing) = find_by_episode(&client, alert).await? {
-            return Ok(existing);
-        }
-        let tx = client.transaction().await?;
-        // Locks the council's counter row until commit: publishers of one
-        // council queue here, publishers of other councils do not.
-        let sequence: i64 = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "INSERT INTO notification.council_sequences (council_code, last_sequence)
-                 VALUES ($1, 1)
-                 ON CONFLICT (council_code)
-                 DO UPDATE SET last_sequence = notification.council_sequences.last_sequence + 1
-                 RETURNING last_sequence",
-                )
-                .await?,
-                &[&alert.council_code],
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT o_alert_id, o_sequence, o_created
+                 FROM notification.publish_alert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
-            .await?
-            .get(0);
-        let alert_id = Uuid::now_v7();
-        let inserted = tx
-            .query_opt(
-                &tx.prepare_cached(
-                    "INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id,
-                     nhs_number, plan_type, local_reference, setting_code, setting_type,
-                     arrived_at, priority, traceparent)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT ON CONSTRAINT alerts_council_episode_key DO NOTHING
-                 RETURNING alert_id",
-                )
-                .await?,
+            .await?;
+        let row = client
+            .query_one(
+                &stmt,
                 &[
                     &alert.council_code,
-                    &sequence,
-                    &alert_id,
+                    &Uuid::now_v7(),
                     &alert.episode_id,
                     &alert.nhs_number.as_str(),
                     &alert.plan_type,
@@ -172,36 +197,8 @@ impl Store {
                     &cpis_core::telemetry::current_traceparent(),
                 ],
             )
-            .await;
-        match inserted {
-            Ok(Some(_)) => {
-                // Delivered to listeners only when (and if) the commit succeeds.
-                tx.execute(&tx.prepare_cached("SELECT pg_notify($1, $2)").await?, &[&CHANNEL, &alert.council_code])
-                    .await?;
-                tx.commit().await?;
-                Ok(Published { alert_id, sequence, created: true })
-            }
-            // A concurrent repeat of this episode committed first (we waited
-            // for it on the counter lock). Roll back, so the sequence we took
-            // is handed out again and no gap appears, and answer with its row.
-            Ok(None) => {
-                tx.rollback().await?;
-                self.reread(&client, alert).await
-            }
-            Err(e) if cpis_core::db::is_unique_violation(&e) => {
-                tracing::warn!(cause = %cpis_core::db::describe(&e), "publish raced; re-reading");
-                tx.rollback().await?;
-                self.reread(&client, alert).await
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The stored alert of a repeat that lost the race to insert.
-    async fn reread(&self, client: &deadpool_postgres::Client, alert: &NewAlert) -> Result<Published, ApiError> {
-        find_by_episode(client, alert)
-            .await?
-            .ok_or_else(|| ApiError::internal("alert vanished after a unique-key conflict"))
+            .await?;
+        Ok(Published { alert_id: row.get(0), sequence: row.get(1), created: row.get(2) })
     }
 
     /// Up to `limit` alerts of `council` with a sequence above `after`, in order.
@@ -247,6 +244,33 @@ impl Store {
             .map_or(0, |r| r.get(0)))
     }
 
+    /// What each council that ever had an alert has not yet acknowledged
+    /// (one row per council: at most the ~153 councils of England).
+    pub async fn council_backlogs(&self) -> Result<Vec<CouncilBacklog>, ApiError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT s.council_code,
+                        s.last_sequence - COALESCE(a.acknowledged_through, 0),
+                        COALESCE(extract(epoch FROM now() - al.created_at)::float8, 0)
+                 FROM notification.council_sequences s
+                 LEFT JOIN notification.acks a USING (council_code)
+                 LEFT JOIN notification.alerts al
+                        ON al.council_code = s.council_code
+                       AND al.sequence = COALESCE(a.acknowledged_through, 0) + 1",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CouncilBacklog {
+                council: r.get(0),
+                unacked: r.get(1),
+                oldest_unacked_age: r.get::<_, f64>(2).max(0.0),
+            })
+            .collect())
+    }
+
     /// Records that the council holds everything up to `up_to`; a lower value
     /// than the current one changes nothing. Returns the acknowledgement now
     /// stored.
@@ -279,6 +303,17 @@ impl Store {
     }
 }
 
+/// One council's unacknowledged alerts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CouncilBacklog {
+    /// The council's GSS code.
+    pub council: String,
+    /// Alerts stored after its acknowledgement.
+    pub unacked: i64,
+    /// Seconds since the oldest of them was stored (0 when none).
+    pub oldest_unacked_age: f64,
+}
+
 /// The wire form of one row of `notification.alerts`.
 fn alert_from_row(r: &Row) -> pb::Alert {
     pb::Alert {
@@ -297,19 +332,4 @@ fn alert_from_row(r: &Row) -> pb::Alert {
         priority: r.get("priority"),
         created_at: Some(to_timestamp(r.get("created_at"))),
     }
-}
-
-/// The alert already stored for this council and episode, if any (a
-/// statement prepared once per connection: it runs on every publish).
-async fn find_by_episode(client: &deadpool_postgres::Client, alert: &NewAlert) -> Result<Option<Published>, ApiError> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT alert_id, sequence FROM notification.alerts WHERE council_code = $1 AND episode_id = $2",
-        )
-        .await?;
-    Ok(client.query_opt(&stmt, &[&alert.council_code, &alert.episode_id]).await?.map(|r| Published {
-        alert_id: r.get(0),
-        sequence: r.get(1),
-        created: false,
-    }))
 }

@@ -54,8 +54,9 @@ enum End {
 }
 
 /// Feeds `tx` until the client goes away, the service stops or the database
-/// fails; the stream then ends (with `UNAVAILABLE` when the client should
-/// reconnect and resume from its last sequence).
+/// fails; returns the status that ends the stream (`UNAVAILABLE` when the
+/// client should reconnect and resume from its last sequence), or `None`
+/// when the client left. The caller sends it after the buffered alerts.
 pub async fn run(
     store: Store,
     mut sub: Subscription,
@@ -63,13 +64,13 @@ pub async fn run(
     tx: mpsc::Sender<Item>,
     stop: CancellationToken,
     metrics: StreamMetrics,
-) {
+) -> Option<Status> {
     metrics.open.inc();
     let _open = OpenGuard(metrics.open.clone());
     let ending = match pump(&store, &mut sub, settings, &tx, &stop, &metrics).await {
         Ok(End::ClientGone) => {
             tracing::debug!(cursor = sub.cursor, "subscriber left");
-            return;
+            return None;
         }
         Ok(End::Stopping) => {
             tracing::debug!(cursor = sub.cursor, "subscription ended by shutdown");
@@ -80,8 +81,7 @@ pub async fn run(
             Status::from(e)
         }
     };
-    // Best effort: a stalled client has no room for it, and the stream ends anyway.
-    let _ = tx.try_send(Err(ending));
+    Some(ending)
 }
 
 async fn pump(
