@@ -322,6 +322,10 @@ impl Sync {
         dry_run: bool,
     ) -> Result<(), ApiError> {
         let tx = client.transaction().await?;
+        // A whole register (up to the row cap) is applied in this one
+        // transaction: allow it longer than the per-statement limit that
+        // every other statement keeps (CPIS_DB_STATEMENT_TIMEOUT_MS).
+        tx.batch_execute("SET LOCAL statement_timeout = '15min'").await?;
         lock_council(&*tx, &self.council, true).await?;
         // Hold this upload's row while applying: a sweep (which skips locked
         // uploads) can then never remove its staged rows mid-way.
