@@ -127,14 +127,6 @@ async fn killing_notification_mid_burst_loses_and_duplicates_nothing() {
     ts.suite.stop().await.unwrap();
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hoarding_a_thousand_unread_streams_is_capped_and_delays_no_one() {
     let ts = TestSuite::start().await;
@@ -230,16 +222,8 @@ async fn rotated_certificates_are_served_without_dropping_open_streams() {
         .await
         .unwrap();
     ts.attendance(&setting(ALDER_HEY)).check_in(arrival(&nhs(1500))).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Event::Alert(a)) = stream.message().await.unwrap().unwrap().event {
-                assert_eq!(a.council_code, KENT);
-                break;
-            }
-        }
-    })
-    .await
-    .expect("the open stream survives the rotation");
+    let alert = next_alert(&mut stream, 10, "the open stream survives the rotation").await;
+    assert_eq!(alert.council_code, KENT);
     drop(stream);
     ts.suite.stop().await.unwrap();
 }

@@ -432,3 +432,30 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// The next alert on an open stream (skipping heartbeats), within `secs`.
+pub async fn next_alert(
+    stream: &mut tonic::Streaming<cpis_proto::notification::v1::SubscribeResponse>,
+    secs: u64,
+    what: &str,
+) -> cpis_proto::notification::v1::Alert {
+    use cpis_proto::notification::v1::subscribe_response::Event;
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            if let Some(Event::Alert(a)) = stream.message().await.expect("stream").expect("stream open").event {
+                return a;
+            }
+        }
+    })
+    .await
+    .expect(what)
+}
+
+/// This process's resident memory, in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}

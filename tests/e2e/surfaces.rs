@@ -4,20 +4,11 @@
 
 use crate::harness::*;
 use cpis_core::pki::IssueOptions;
-use cpis_proto::notification::v1::subscribe_response::Event;
 use cpis_proto::notification::v1::SubscribeRequest;
 use cpis_proto::registry::v1::{ListPlansRequest, UpsertPlanRequest};
 use futures::StreamExt as _;
 use std::time::{Duration, Instant};
 use tonic::Code;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// The number of exported time series (sample lines) in a scrape.
 fn series(text: &str) -> usize {
@@ -260,16 +251,8 @@ async fn a_revoked_council_is_refused_without_a_restart_while_other_streams_cont
     .await;
     // Kent's open stream still delivers.
     ts.attendance(&setting(ALDER_HEY)).check_in(arrival(&nhs(2102))).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Event::Alert(a)) = kent_stream.message().await.unwrap().unwrap().event {
-                assert_eq!(a.council_code, KENT);
-                break;
-            }
-        }
-    })
-    .await
-    .expect("another council's stream continues");
+    let alert = next_alert(&mut kent_stream, 10, "another council's stream continues").await;
+    assert_eq!(alert.council_code, KENT);
     // A new connection with the revoked certificate is refused too.
     let refused = ts.registry(&council(MANCHESTER)).list_plans(ListPlansRequest::default()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
