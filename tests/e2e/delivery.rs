@@ -6,34 +6,15 @@
 
 use crate::harness::*;
 use cpis_core::identity::ServiceName;
-use cpis_proto::common::v1::{Episode, PlanType, SettingType};
+
 use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
-use cpis_proto::notification::v1::{
-    subscribe_response::Event, AckAlertsRequest, AlertPriority, ListAlertsRequest, PublishAlertRequest,
-    SubscribeRequest,
-};
+use cpis_proto::notification::v1::{subscribe_response::Event, AckAlertsRequest, ListAlertsRequest, SubscribeRequest};
 use std::time::Duration;
 use tokio::time::timeout;
 use tonic::transport::Channel;
 use tonic::Code;
 
 const PATIENCE: Duration = Duration::from_secs(15);
-
-fn alert_for(council: &str, serial: u32) -> PublishAlertRequest {
-    PublishAlertRequest {
-        council_code: council.into(),
-        nhs_number: nhs(serial),
-        plan_type: PlanType::ChildProtection as i32,
-        local_reference: format!("REF-{serial}"),
-        episode: Some(Episode {
-            episode_id: format!("episode-{council}-{serial}"),
-            setting_code: ALDER_HEY.into(),
-            setting_type: SettingType::EmergencyDepartment as i32,
-            arrived_at: Some(prost_types::Timestamp { seconds: 1_760_000_000 + i64::from(serial), nanos: 0 }),
-        }),
-        priority: AlertPriority::Routine as i32,
-    }
-}
 
 async fn publish(ts: &TestSuite, council: &str, serials: std::ops::Range<u32>) {
     let mut client = ts.notification(&service(ServiceName::Attendance));

@@ -459,3 +459,20 @@ pub fn rss_kib() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
+
+/// A valid alert for `council`; `serial` picks the person and the episode.
+pub fn alert_for(council: &str, serial: u32) -> cpis_proto::notification::v1::PublishAlertRequest {
+    cpis_proto::notification::v1::PublishAlertRequest {
+        council_code: council.into(),
+        nhs_number: nhs(serial),
+        plan_type: PlanType::ChildProtection as i32,
+        local_reference: format!("REF-{serial}"),
+        episode: Some(cpis_proto::common::v1::Episode {
+            episode_id: format!("episode-{council}-{serial}"),
+            setting_code: ALDER_HEY.into(),
+            setting_type: SettingType::EmergencyDepartment as i32,
+            arrived_at: Some(prost_types::Timestamp { seconds: 1_760_000_000 + i64::from(serial), nanos: 0 }),
+        }),
+        priority: cpis_proto::notification::v1::AlertPriority::Routine as i32,
+    }
+}

@@ -6,8 +6,7 @@ use cpis_core::identity::ServiceName;
 use cpis_proto::common::v1::{Episode, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, AckAlertsRequest, Alert,
-    AlertPriority, Heartbeat, ListAlertsRequest, PublishAlertRequest, PublishAlertResponse, SubscribeRequest,
-    SubscribeResponse,
+    Heartbeat, ListAlertsRequest, PublishAlertRequest, PublishAlertResponse, SubscribeRequest, SubscribeResponse,
 };
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -18,23 +17,6 @@ use tonic_types::StatusExt;
 
 /// Longest wait for anything a test expects to happen.
 const PATIENCE: Duration = Duration::from_secs(15);
-
-/// A valid alert for `council`; `serial` picks the person and the episode.
-fn alert_for(council: &str, serial: u32) -> PublishAlertRequest {
-    PublishAlertRequest {
-        council_code: council.into(),
-        nhs_number: nhs(serial),
-        plan_type: PlanType::ChildProtection as i32,
-        local_reference: format!("REF-{serial}"),
-        episode: Some(Episode {
-            episode_id: format!("episode-{council}-{serial}"),
-            setting_code: ALDER_HEY.into(),
-            setting_type: SettingType::EmergencyDepartment as i32,
-            arrived_at: Some(prost_types::Timestamp { seconds: 1_760_000_000 + i64::from(serial), nanos: 0 }),
-        }),
-        priority: AlertPriority::Routine as i32,
-    }
-}
 
 /// The Attendance service's client, the only identity allowed to publish.
 fn publisher(ts: &TestSuite) -> NotificationServiceClient<Channel> {

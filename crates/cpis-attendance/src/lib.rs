@@ -181,16 +181,7 @@ impl Attendance {
                 if found.flags.is_empty() {
                     return Ok(pb::ListEpisodesResponse::default());
                 }
-                let mut councils: Vec<&str> = found.flags.iter().map(|f| f.council_code.as_str()).collect();
-                councils.dedup();
-                let access = store::SilentAccess {
-                    setting_code,
-                    nhs_number: nhs_number.as_str(),
-                    setting_type: 0,
-                    user_id: &req.user_id,
-                    council_codes: &councils,
-                };
-                store::record_episodes_read(&db, &access).await?;
+                store::record_episodes_read(&db, setting_code, nhs_number.as_str(), &req.user_id, &found).await?;
                 None
             }
             // A council sees the episodes since its own plan began.

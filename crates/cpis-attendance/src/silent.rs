@@ -69,12 +69,7 @@ pub async fn silent_read(
     if found.flags.is_empty() {
         return Ok(SilentReadResponse::default());
     }
-    let mut councils: Vec<&str> = Vec::new();
-    for flag in &found.flags {
-        if !councils.contains(&flag.council_code.as_str()) {
-            councils.push(flag.council_code.as_str());
-        }
-    }
+    let councils = store::flag_councils(&found);
     let db = svc.pool.get().await?;
     store::record_silent(
         &db,

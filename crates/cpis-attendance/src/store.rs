@@ -459,10 +459,30 @@ pub async fn record_silent(db: &tokio_postgres::Client, a: &SilentAccess<'_>) ->
     record_read(db, a, true, false).await
 }
 
-/// Records a setting's read of a flagged person's episodes (ListEpisodes)
-/// in the access audit: no episode, no outbox row.
-pub async fn record_episodes_read(db: &tokio_postgres::Client, a: &SilentAccess<'_>) -> Result<(), ApiError> {
-    record_read(db, a, false, true).await
+/// Records a setting's read of a flagged person's episodes (gRPC
+/// `ListEpisodes`, FHIR `AuditEvent`) in the access audit, for the councils
+/// holding the person's flags: no episode, no outbox row.
+pub async fn record_episodes_read(
+    db: &tokio_postgres::Client,
+    setting_code: &str,
+    nhs_number: &str,
+    user_id: &str,
+    found: &cpis_proto::registry::v1::LookupFlagsResponse,
+) -> Result<(), ApiError> {
+    let councils = flag_councils(found);
+    let access = SilentAccess { setting_code, nhs_number, setting_type: 0, user_id, council_codes: &councils };
+    record_read(db, &access, false, true).await
+}
+
+/// Each council holding one of the flags found, once, in the Registry's order.
+pub fn flag_councils(found: &cpis_proto::registry::v1::LookupFlagsResponse) -> Vec<&str> {
+    let mut councils: Vec<&str> = Vec::new();
+    for flag in &found.flags {
+        if !councils.contains(&flag.council_code.as_str()) {
+            councils.push(flag.council_code.as_str());
+        }
+    }
+    councils
 }
 
 async fn record_read(

@@ -466,16 +466,7 @@ async fn audit_event_search(
         Vec::new()
     } else {
         let db = svc.pool.get().await.map_err(ApiError::from)?;
-        let mut councils: Vec<&str> = found.flags.iter().map(|f| f.council_code.as_str()).collect();
-        councils.dedup();
-        let access = crate::store::SilentAccess {
-            setting_code: setting,
-            nhs_number: nhs_number.as_str(),
-            setting_type: 0,
-            user_id,
-            council_codes: &councils,
-        };
-        crate::store::record_episodes_read(&db, &access).await?;
+        crate::store::record_episodes_read(&db, setting, nhs_number.as_str(), user_id, &found).await?;
         crate::store::list_episodes(&db, nhs_number.as_str(), None, None, ACCESS_HISTORY)
             .await?
             .into_iter()
