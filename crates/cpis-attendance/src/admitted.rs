@@ -3,7 +3,7 @@
 //! caller `POLICY` does not admit to a method never reaches its handler, so
 //! meeting one here is a bug (an internal error), not a refusal.
 
-use cpis_core::{ApiError, Caller};
+use cpis_runtime::{ApiError, Caller};
 
 /// The setting calling a method `POLICY` opens to settings only.
 pub fn setting(caller: &Caller) -> Result<&str, ApiError> {
@@ -23,5 +23,8 @@ pub fn council(caller: &Caller) -> Result<&str, ApiError> {
 
 /// The error for a caller that `POLICY` should have refused.
 pub fn not_admitted(caller: &Caller) -> ApiError {
-    ApiError::internal(format!("a {} caller passed the authorization layer of a method not open to it", caller.kind().as_str()))
+    ApiError::internal(format!(
+        "a {} caller passed the authorization layer of a method not open to it",
+        caller.kind().as_str()
+    ))
 }

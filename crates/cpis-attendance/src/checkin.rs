@@ -3,19 +3,19 @@
 //! transaction, owned here: the store runs single statements and
 //! `crate::rules` decides what they write. An unflagged person leaves no trace.
 
+use crate::convert;
 use crate::model::{FlaggedRows, StoredRequest};
 use crate::registry::{CallerDeadline, FlagLookup};
 use crate::rules::{self, EpisodeRules};
 use crate::store::checkin as store;
-use crate::convert;
 use chrono::{DateTime, Utc};
-use cpis_core::db::DbPool;
-use cpis_core::time::from_timestamp;
-use cpis_core::validate::{NhsNumber, Violations};
-use cpis_core::ApiError;
+use cpis_domain::time::from_timestamp;
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::{CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
 use cpis_proto::registry::v1::LookupFlagsResponse;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::ApiError;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -187,7 +187,7 @@ impl CheckIns {
         deadline: CallerDeadline,
     ) -> Result<CheckInResponse, ApiError> {
         let now = Utc::now();
-        let timed = CheckInRequest { arrived_at: Some(cpis_core::time::to_timestamp(now)), ..req.clone() };
+        let timed = CheckInRequest { arrived_at: Some(cpis_domain::time::to_timestamp(now)), ..req.clone() };
         let mut valid = validate(&timed, now, self.arrival_window)?;
         valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req });
         self.check_in_valid(setting_code, valid, deadline).await
@@ -214,7 +214,7 @@ impl CheckIns {
         }
 
         // The day of the arrival in England, not UTC (they differ after midnight in summer).
-        let day = cpis_core::time::london_date(valid.arrived_at);
+        let day = cpis_domain::time::london_date(valid.arrived_at);
         let found = self.flags.lookup(&valid.nhs_number, Some(day), deadline).await?;
         if found.flags.is_empty() {
             // Nothing about the person is stored, not even the request; and
@@ -260,7 +260,8 @@ impl CheckIns {
         }
 
         let setting_type = valid.setting_type as i32;
-        let decision = rules::decide(&history, setting_code, setting_type, valid.arrived_at, self.rules, Uuid::now_v7());
+        let decision =
+            rules::decide(&history, setting_code, setting_type, valid.arrived_at, self.rules, Uuid::now_v7());
         let response = convert::flagged_check_in(found.flags, &decision.episode, &decision.previous);
         let encoded = response.encode_to_vec();
         let rows = FlaggedRows {
@@ -273,7 +274,7 @@ impl CheckIns {
             alerts: &alerts,
             priority: decision.priority as i32,
             // The relay continues this check-in's trace from here.
-            traceparent: cpis_core::telemetry::current_traceparent(),
+            traceparent: cpis_runtime::telemetry::current_traceparent(),
             request_id: &valid.request_id,
             fingerprint: &valid.fingerprint,
             response: &encoded,
@@ -283,7 +284,7 @@ impl CheckIns {
             // The same request_id was used concurrently for another person
             // (the lock covers the same person): the first one wins.
             tx.rollback().await?;
-            return match store::find_request(&*db, setting_code, &valid.request_id).await? {
+            return match store::find_request(&db, setting_code, &valid.request_id).await? {
                 Some(earlier) => {
                     tracing::info!(replay = true, "check-in answered from a concurrent request");
                     replay(&earlier, &valid.fingerprint)
@@ -317,7 +318,7 @@ mod tests {
         CheckInRequest {
             request_id: "req-1".into(),
             nhs_number: "9990000018".into(),
-            arrived_at: Some(cpis_core::time::to_timestamp(Utc::now())),
+            arrived_at: Some(cpis_domain::time::to_timestamp(Utc::now())),
             setting_type: SettingType::EmergencyDepartment as i32,
             user_id: "nurse-7".into(),
         }
@@ -339,7 +340,7 @@ mod tests {
             ["request_id", "nhs_number", "arrived_at", "setting_type", "user_id"]
         );
         let mut future = request();
-        future.arrived_at = Some(cpis_core::time::to_timestamp(Utc::now() + chrono::TimeDelta::minutes(6)));
+        future.arrived_at = Some(cpis_domain::time::to_timestamp(Utc::now() + chrono::TimeDelta::minutes(6)));
         future.setting_type = 42;
         future.user_id = "x".repeat(129);
         assert_eq!(

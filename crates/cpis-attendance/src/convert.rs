@@ -1,7 +1,7 @@
 //! The one place the service's own types become the contract's messages.
 
 use crate::model::{Access, Episode};
-use cpis_core::time::to_timestamp;
+use cpis_domain::time::to_timestamp;
 use cpis_proto::attendance::v1 as pb;
 use cpis_proto::common::v1 as common;
 
@@ -47,8 +47,8 @@ pub fn flagged_check_in(flags: Vec<common::Flag>, episode: &Episode, previous: &
 }
 
 /// A stored check-in answer, for a replay.
-pub fn stored_check_in(encoded: &[u8]) -> Result<pb::CheckInResponse, cpis_core::ApiError> {
+pub fn stored_check_in(encoded: &[u8]) -> Result<pb::CheckInResponse, cpis_runtime::ApiError> {
     use prost::Message;
     pb::CheckInResponse::decode(encoded)
-        .map_err(|e| cpis_core::ApiError::internal(format!("stored check-in response: {e}")))
+        .map_err(|e| cpis_runtime::ApiError::internal(format!("stored check-in response: {e}")))
 }

@@ -25,9 +25,9 @@ mod rules;
 mod silent;
 mod store;
 
-use cpis_core::db::{DbPool, Migration};
-use cpis_core::server::Shutdown;
 use cpis_proto::attendance::v1 as pb;
+use cpis_runtime::db::{DbPool, Migration};
+use cpis_runtime::server::Shutdown;
 use registry::{CallerDeadline, FlagLookup};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +113,7 @@ impl Attendance {
         notification: Channel,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
+        cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
         let wake_relay = Arc::new(Notify::new());
         let relay_metrics = relay::RelayMetrics::new();
         relay::Relay::new(
@@ -142,7 +142,7 @@ impl Attendance {
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
-    pub fn register_metrics(&self, metrics: &cpis_core::metrics::Metrics) {
+    pub fn register_metrics(&self, metrics: &cpis_runtime::metrics::Metrics) {
         self.relay_metrics.register(metrics);
     }
 
@@ -150,7 +150,7 @@ impl Attendance {
     pub fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(
             pb::attendance_service_server::AttendanceServiceServer::new(self.clone())
-                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(cpis_runtime::limits::MAX_MESSAGE_BYTES),
         )
     }
 
@@ -174,11 +174,15 @@ impl Attendance {
 impl pb::attendance_service_server::AttendanceService for Attendance {
     #[tracing::instrument(skip_all, fields(rpc = "CheckIn", setting, request_id))]
     async fn check_in(&self, request: Request<pb::CheckInRequest>) -> Result<Response<pb::CheckInResponse>, Status> {
-        let (caller, deadline) = (cpis_core::authz::caller(&request)?, CallerDeadline::of(&request));
+        let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         let setting = admitted::setting(&caller)?;
         tracing::Span::current().record("setting", setting);
         // The client's key is recorded once validated.
-        self.check_ins().check_in(setting, request.into_inner(), deadline).await.map(Response::new).map_err(Status::from)
+        self.check_ins()
+            .check_in(setting, request.into_inner(), deadline)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListEpisodes", caller))]
@@ -186,7 +190,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         &self,
         request: Request<pb::ListEpisodesRequest>,
     ) -> Result<Response<pb::ListEpisodesResponse>, Status> {
-        let (caller, deadline) = (cpis_core::authz::caller(&request)?, CallerDeadline::of(&request));
+        let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         tracing::Span::current().record("caller", caller.to_string());
         self.reads().list_episodes(&caller, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
@@ -196,7 +200,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         &self,
         request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
-        let caller = cpis_core::authz::caller(&request)?;
+        let caller = cpis_runtime::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
         let council = admitted::council(&caller)?;
         self.reads().list_accesses(council, request.get_ref()).await.map(Response::new).map_err(Status::from)
@@ -207,7 +211,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         &self,
         request: Request<pb::SilentReadRequest>,
     ) -> Result<Response<pb::SilentReadResponse>, Status> {
-        let (caller, deadline) = (cpis_core::authz::caller(&request)?, CallerDeadline::of(&request));
+        let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         let setting = admitted::setting(&caller)?;
         let span = tracing::Span::current();
         span.record("setting", setting);

@@ -10,10 +10,10 @@ use crate::registry::{CallerDeadline, FlagLookup};
 use crate::rules;
 use crate::silent;
 use crate::store::reads::{self as store, Read, ReadKind};
-use cpis_core::db::DbPool;
-use cpis_core::validate::{NhsNumber, Violations};
-use cpis_core::{ApiError, Caller};
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1 as pb;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::{ApiError, Caller};
 
 /// The read operations and what they run on.
 #[derive(Debug, Clone)]
@@ -55,7 +55,8 @@ impl Reads {
             council_codes: &councils,
         };
         store::record_read(&db, &read).await?;
-        let recent = store::list_episodes(&db, valid.nhs_number.as_str(), None, rules::PREVIOUS_EPISODES as i64).await?;
+        let recent =
+            store::list_episodes(&db, valid.nhs_number.as_str(), None, rules::PREVIOUS_EPISODES as i64).await?;
         Ok(pb::SilentReadResponse { flagged: true, flags: found.flags, recent_episodes: convert::episodes(&recent) })
     }
 
@@ -132,10 +133,12 @@ impl Reads {
     ) -> Result<Vec<Episode>, ApiError> {
         let found = self.flags.lookup(nhs_number, None, deadline).await?;
         let starts = found.flags.iter().filter(|f| f.council_code == council_code);
-        let Some(start) = starts.filter_map(|f| cpis_core::validate::parse_date(&f.start_date)).min() else {
-            return Err(ApiError::PermissionDenied("the calling council holds no flag in scope for this person".into()));
+        let Some(start) = starts.filter_map(|f| cpis_domain::validate::parse_date(&f.start_date)).min() else {
+            return Err(ApiError::PermissionDenied(
+                "the calling council holds no flag in scope for this person".into(),
+            ));
         };
-        let since = cpis_core::time::london_start_of_day(start);
+        let since = cpis_domain::time::london_start_of_day(start);
         let db = self.pool.get().await?;
         store::list_episodes(&db, nhs_number.as_str(), Some(since), rules::PREVIOUS_EPISODES as i64).await
     }

@@ -64,10 +64,9 @@ pub fn decide(
     let arrived_at = stored_precision(arrived_at);
     let (episode, new_episode) = match same_episode(history, setting_code, arrived_at, rules.same_episode_window) {
         Some(earlier) => (earlier.clone(), false),
-        None => (
-            Episode { episode_id: new_id, setting_code: setting_code.to_string(), setting_type, arrived_at },
-            true,
-        ),
+        None => {
+            (Episode { episode_id: new_id, setting_code: setting_code.to_string(), setting_type, arrived_at }, true)
+        }
     };
     let count = repeat_count(history, &episode, new_episode, rules.repeat_window);
     Decision {

@@ -5,10 +5,10 @@
 //! no council is alerted (`crate::reads`). Here: what a valid request is.
 
 use crate::checkin::is_scheduled;
-use cpis_core::validate::{NhsNumber, Violations};
-use cpis_core::ApiError;
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::SilentReadRequest;
 use cpis_proto::common::v1::SettingType;
+use cpis_runtime::ApiError;
 
 /// Longest accepted `request_id` and `user_id`, in characters.
 const MAX_ID_CHARS: usize = 128;

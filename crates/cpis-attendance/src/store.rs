@@ -12,9 +12,9 @@ pub mod checkin;
 pub mod reads;
 
 use chrono::{DateTime, Utc};
-use cpis_core::db::Migration;
-use cpis_core::time::to_timestamp;
+use cpis_domain::time::to_timestamp;
 use cpis_proto::common::v1::Episode;
+use cpis_runtime::db::Migration;
 use std::time::Duration;
 use uuid::Uuid;
 

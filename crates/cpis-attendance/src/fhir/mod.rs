@@ -19,12 +19,12 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cpis_core::authz::{AuthzLayer, Surface};
-use cpis_core::limits::{LimitLayer, Limits};
-use cpis_core::metrics::Metrics;
-use cpis_core::server::{ConnectionLimits, PeerInfo, Shutdown};
-use cpis_core::telemetry::GrpcTraceLayer;
-use cpis_core::tls::ServerTls;
+use cpis_runtime::authz::{AuthzLayer, Surface};
+use cpis_runtime::limits::{LimitLayer, Limits};
+use cpis_runtime::metrics::Metrics;
+use cpis_runtime::server::{ConnectionLimits, PeerInfo, Shutdown};
+use cpis_runtime::telemetry::GrpcTraceLayer;
+use cpis_runtime::tls::ServerTls;
 use futures::StreamExt;
 pub use outcome::{Outcome, OutcomeLayer};
 use resources::HEADERS_DOC;
@@ -89,7 +89,7 @@ pub async fn serve(
         .map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>)
         .service(router(svc));
     let mut incoming =
-        cpis_core::server::mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
+        cpis_runtime::server::mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     while let Some(conn) = incoming.next().await {
         let Ok(stream) = conn else { continue };

@@ -8,8 +8,8 @@ use super::resources::{self, Issue};
 use super::{fhir, to_tonic_body, BASE_PATH, CORRELATION_HEADER};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use cpis_core::server::PeerInfo;
-use cpis_core::ApiError;
+use cpis_runtime::server::PeerInfo;
+use cpis_runtime::ApiError;
 use futures::future::BoxFuture;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -136,11 +136,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let authenticated = req.extensions().get::<PeerInfo>().is_some_and(|p| p.caller_now().is_ok());
         let path = req.uri().path();
-        if !authenticated && cpis_core::authz::rule(path).is_none() {
+        if !authenticated && cpis_runtime::authz::rule(path).is_none() {
             // The inner layers answer 401; an arbitrary path (which could hold
             // an NHS number) must not reach their logs, spans or metric labels.
             *req.uri_mut() = Uri::from_static(UNKNOWN_PATH);
-        } else if cpis_core::authz::rule(path).is_none() {
+        } else if cpis_runtime::authz::rule(path).is_none() {
             let what = path.strip_prefix(BASE_PATH).unwrap_or(path).trim_start_matches('/');
             // Resource types are letters: nothing else is echoed (a path may hold an NHS number).
             let what: String =
@@ -160,10 +160,8 @@ where
 
 /// Makes any answer a FHIR one and removes the gRPC status headers.
 pub fn finish(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
-    let is_fhir = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == super::FHIR_JSON.as_bytes());
+    let is_fhir =
+        response.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == super::FHIR_JSON.as_bytes());
     let grpc = response
         .headers()
         .get("grpc-status")
@@ -192,7 +190,7 @@ pub fn finish(mut response: http::Response<tonic::body::Body>) -> http::Response
         };
         let issue = Issue { code, diagnostics, expression: None };
         let mut fresh = fhir(status, &resources::operation_outcome(&[issue]));
-        for name in [cpis_core::telemetry::REQUEST_ID, CORRELATION_HEADER] {
+        for name in [cpis_runtime::telemetry::REQUEST_ID, CORRELATION_HEADER] {
             if let Some(v) = response.headers().get(name) {
                 fresh.headers_mut().insert(name, v.clone());
             }

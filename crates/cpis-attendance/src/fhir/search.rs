@@ -5,17 +5,20 @@
 
 use super::outcome::FhirError;
 use super::resources::{self, NHS_NUMBER_SYSTEM};
-use super::{base_url, fhir, CORRELATION_HEADER, REQUEST_ID_HEADER, SETTING_TYPE_HEADER, UNSCHEDULED_HEADER, USER_HEADER};
+use super::{
+    base_url, fhir, CORRELATION_HEADER, REQUEST_ID_HEADER, SETTING_TYPE_HEADER, UNSCHEDULED_HEADER, USER_HEADER,
+};
 use crate::admitted;
 use crate::registry::CallerDeadline;
 use crate::Attendance;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use cpis_core::identity::Caller;
-use cpis_core::validate::{NhsNumber, Violations};
+use cpis_domain::identity::Caller;
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::{CheckInRequest, SilentReadRequest};
 use cpis_proto::common::v1::SettingType;
+use cpis_runtime::ApiError;
 use serde_json::Value;
 
 /// `GET CareTeam`: the flags of one person, one CareTeam per flag.
@@ -121,15 +124,12 @@ async fn audit_event_search(
     let user_id = header(headers, USER_HEADER)?.unwrap_or_default();
     let mut v = Violations::new();
     v.text("X-User-ID", user_id, 128);
-    v.finish()?;
+    v.finish().map_err(ApiError::from)?;
     // Need to know: the history of a person with no flag in scope is not
     // shown; a read of it is audited like a gRPC ListEpisodes.
-    let episodes =
-        svc.reads().episodes_for_setting(setting, &nhs_number, user_id, CallerDeadline::unbounded()).await?;
-    let events = episodes
-        .iter()
-        .map(|e| resources::audit_event(nhs_number.as_str(), &crate::convert::episode(e)))
-        .collect();
+    let episodes = svc.reads().episodes_for_setting(setting, &nhs_number, user_id, CallerDeadline::unbounded()).await?;
+    let events =
+        episodes.iter().map(|e| resources::audit_event(nhs_number.as_str(), &crate::convert::episode(e))).collect();
     Ok(resources::searchset(&self_link(uri, headers, "AuditEvent"), events))
 }
 

@@ -4,7 +4,7 @@
 
 use crate::model::{Episode, FlaggedRows, Inserted, StoredRequest};
 use chrono::{DateTime, Utc};
-use cpis_core::ApiError;
+use cpis_runtime::ApiError;
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -61,12 +61,7 @@ pub async fn person_history(
     let rows = db.query(&stmt, &[&nhs_number, &since, &recent]).await?;
     Ok(rows
         .iter()
-        .map(|r| Episode {
-            episode_id: r.get(0),
-            setting_code: r.get(1),
-            setting_type: r.get(2),
-            arrived_at: r.get(3),
-        })
+        .map(|r| Episode { episode_id: r.get(0), setting_code: r.get(1), setting_type: r.get(2), arrived_at: r.get(3) })
         .collect())
 }
 

@@ -4,7 +4,7 @@
 use crate::model::{Access, Episode};
 use crate::page::Cursor;
 use chrono::{DateTime, Utc};
-use cpis_core::ApiError;
+use cpis_runtime::ApiError;
 use uuid::Uuid;
 
 /// How a flagged person's record was read without a check-in.
@@ -75,12 +75,7 @@ pub async fn list_episodes(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Episode {
-            episode_id: r.get(0),
-            setting_code: r.get(1),
-            setting_type: r.get(2),
-            arrived_at: r.get(3),
-        })
+        .map(|r| Episode { episode_id: r.get(0), setting_code: r.get(1), setting_type: r.get(2), arrived_at: r.get(3) })
         .collect())
 }
 
