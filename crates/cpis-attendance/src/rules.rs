@@ -114,7 +114,7 @@ pub fn priority(count: u64, threshold: u32) -> AlertPriority {
 /// The person's 25 most recent episodes other than `current`, most recent first.
 pub fn previous_episodes(history: &[Episode], current: Uuid) -> Vec<Episode> {
     let mut others: Vec<&Episode> = history.iter().filter(|e| e.episode_id != current).collect();
-    others.sort_by(|a, b| (b.arrived_at, b.episode_id).cmp(&(a.arrived_at, a.episode_id)));
+    others.sort_by_key(|e| std::cmp::Reverse((e.arrived_at, e.episode_id)));
     others.dedup_by_key(|e| e.episode_id);
     others.into_iter().take(PREVIOUS_EPISODES).cloned().collect()
 }
