@@ -7,6 +7,7 @@ use crate::convert;
 use crate::model::{FlaggedRows, StoredRequest};
 use crate::registry::{CallerDeadline, FlagLookup};
 use crate::rules::{self, EpisodeRules};
+use crate::settings::ArrivalWindow;
 use crate::store::checkin as store;
 use chrono::{DateTime, Utc};
 use cpis_domain::time::from_timestamp;
@@ -24,24 +25,6 @@ use uuid::Uuid;
 
 /// Longest accepted `request_id` and `user_id`, in characters.
 const MAX_ID_CHARS: usize = 128;
-
-/// When an arrival may have happened, relative to now: check-ins are
-/// reported as they happen, so an arrival days in the past is a mistake or
-/// misuse (it would raise alerts for plans long out of scope), and one in
-/// the future is at most clock skew at the setting.
-#[derive(Debug, Clone, Copy)]
-pub struct ArrivalWindow {
-    /// How far back.
-    pub past: chrono::TimeDelta,
-    /// How far ahead.
-    pub future: chrono::TimeDelta,
-}
-
-impl Default for ArrivalWindow {
-    fn default() -> Self {
-        Self { past: chrono::TimeDelta::hours(72), future: chrono::TimeDelta::minutes(5) }
-    }
-}
 
 /// A check-in request that passed validation.
 #[derive(Debug)]
