@@ -10,11 +10,17 @@
 //! the same code as `CheckIn` (notifying read) or `SilentRead` (silent read).
 //! Only the outermost layer is FHIR's own: it turns any refusal by the inner
 //! layers into an `OperationOutcome` with the HTTP status that fits.
+//!
+//! Here: the listener and routes. `search`: the two searches, read into the
+//! contract's requests and run by the same operations as gRPC. `outcome`:
+//! every error answer, from one table of codes to HTTP statuses. `resources`:
+//! the FHIR JSON.
 
 mod outcome;
 mod resources;
 mod search;
 
+use crate::Attendance;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,8 +40,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::server::Connected;
 use tower::{ServiceBuilder, ServiceExt};
-
-use crate::Attendance;
 
 /// The FHIR base path.
 pub const BASE_PATH: &str = "/FHIR/R4";
