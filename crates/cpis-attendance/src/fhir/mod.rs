@@ -87,7 +87,7 @@ pub async fn serve(
     let tls = tls.with_alpn(&[b"h2", b"http/1.1"]);
     let stack = ServiceBuilder::new()
         .layer(OutcomeLayer)
-        .layer(GrpcTraceLayer::new("attendance", options.metrics.clone()))
+        .layer(GrpcTraceLayer::fhir("attendance", options.metrics.clone()))
         .layer(AuthzLayer::new(Surface::Combined))
         .layer(LimitLayer::new(options.limits))
         .map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>)
