@@ -15,7 +15,8 @@ pub mod retention;
 mod silent;
 mod store;
 
-use cpis_core::db::{DbPool, Migration};
+use cpis_core::db::DbPool;
+use cpis_core::migrate::{Frozen, Migrations};
 use cpis_core::server::Shutdown;
 use cpis_core::validate::{NhsNumber, Violations};
 use cpis_core::{ApiError, Caller};
@@ -34,8 +35,24 @@ pub const SERVICE_NAME: &str = "cpis.attendance.v1.AttendanceService";
 /// The schema this service owns.
 pub const SCHEMA: &str = "attendance";
 
-/// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = store::MIGRATIONS;
+/// Schema migrations (`migrations/V{n}__{name}.sql`), applied in order at start-up.
+pub const MIGRATIONS: Migrations = Migrations { schema: SCHEMA, runner: embedded::migrations::runner, frozen: FROZEN };
+
+/// The migrations embedded from `migrations/`.
+mod embedded {
+    cpis_core::migrate::embed_migrations!("migrations");
+}
+
+/// The migrations the earlier hand-rolled runner applied, frozen: a database
+/// it migrated is adopted with these checksums (see [`cpis_core::migrate`]).
+const FROZEN: &[Frozen] = &[
+    Frozen { version: 1, name: "episodes_accesses_requests_outbox", checksum: 0 },
+    Frozen { version: 2, name: "outbox_traceparent", checksum: 0 },
+    Frozen { version: 3, name: "silent_reads", checksum: 0 },
+    Frozen { version: 4, name: "purges", checksum: 0 },
+    Frozen { version: 5, name: "episode_reads", checksum: 0 },
+    Frozen { version: 6, name: "outbox_order_and_relay_leases", checksum: 0 },
+];
 
 /// Settings of the Attendance service.
 #[derive(Debug, Clone)]
@@ -109,7 +126,7 @@ impl Attendance {
         notification: Channel,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
+        MIGRATIONS.run(&pool).await?;
         let wake_relay = Arc::new(Notify::new());
         let relay_metrics = relay::RelayMetrics::new();
         relay::Relay::new(
@@ -289,5 +306,14 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         span.record("setting", setting.as_str());
         span.record("request_id", request.get_ref().request_id.as_str());
         silent::silent_read(self, &setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    /// A migration file the earlier runner may have applied is never edited.
+    #[test]
+    fn frozen_migrations_are_unchanged() {
+        super::MIGRATIONS.check_frozen().unwrap();
     }
 }

@@ -1,4 +1,4 @@
-//! The `attendance` schema and every SQL statement of the service: episodes,
+//! Every SQL statement of the service (its schema is in `migrations/`): episodes,
 //! the access audit, check-in requests kept for idempotency, and the outbox
 //! of alerts waiting to be published.
 //!
@@ -7,7 +7,6 @@
 
 use crate::page::Cursor;
 use chrono::{DateTime, Utc};
-use cpis_core::db::Migration;
 use cpis_core::time::to_timestamp;
 use cpis_core::ApiError;
 use cpis_proto::attendance::v1 as pb;
@@ -16,162 +15,6 @@ use prost::Message;
 use std::time::Duration;
 use tokio_postgres::Row;
 use uuid::Uuid;
-
-/// The schema, created once at start-up. Every name is qualified with
-/// `attendance.` because services never rely on `search_path`.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "episodes, accesses, check-in requests, outbox",
-        sql: r#"
-CREATE TABLE attendance.episodes (
-    episode_id   uuid PRIMARY KEY,
-    nhs_number   text NOT NULL,
-    setting_code text NOT NULL,
-    setting_type integer NOT NULL,
-    arrived_at   timestamptz NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
--- A person's history, most recent first (CheckIn, ListEpisodes, repeat count).
-CREATE INDEX episodes_by_person
-    ON attendance.episodes (nhs_number, arrived_at DESC, episode_id DESC);
-
--- Every time a flag was shown: who, where, when, and which councils held a
--- flag at that moment (they may list it later, even after the plan ends).
-CREATE TABLE attendance.accesses (
-    access_id     uuid PRIMARY KEY,
-    episode_id    uuid NOT NULL REFERENCES attendance.episodes (episode_id),
-    nhs_number    text NOT NULL,
-    setting_code  text NOT NULL,
-    setting_type  integer NOT NULL,
-    user_id       text NOT NULL,
-    accessed_at   timestamptz NOT NULL DEFAULT now(),
-    council_codes text[] NOT NULL
-);
-CREATE INDEX accesses_by_council ON attendance.accesses USING gin (council_codes);
-CREATE INDEX accesses_by_time ON attendance.accesses (accessed_at DESC, access_id DESC);
-CREATE INDEX accesses_by_person
-    ON attendance.accesses (nhs_number, accessed_at DESC, access_id DESC);
-
--- The first answer to each (setting, request_id), replayed on retries.
--- fingerprint is a SHA-256 of the request body without its request_id.
-CREATE TABLE attendance.check_in_requests (
-    setting_code text NOT NULL,
-    request_id   text NOT NULL,
-    fingerprint  bytea NOT NULL,
-    response     bytea NOT NULL,
-    episode_id   uuid NOT NULL REFERENCES attendance.episodes (episode_id),
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (setting_code, request_id)
-);
-
--- Alerts waiting for the Notification service: one row per council per episode.
--- last_error holds a status code only, never personal data.
-CREATE TABLE attendance.outbox (
-    outbox_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    council_code    text NOT NULL,
-    nhs_number      text NOT NULL,
-    plan_type       integer NOT NULL,
-    local_reference text NOT NULL,
-    episode_id      uuid NOT NULL REFERENCES attendance.episodes (episode_id),
-    setting_code    text NOT NULL,
-    setting_type    integer NOT NULL,
-    arrived_at      timestamptz NOT NULL,
-    priority        integer NOT NULL,
-    attempts        integer NOT NULL DEFAULT 0,
-    next_attempt_at timestamptz NOT NULL DEFAULT now(),
-    last_error      text,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    delivered_at    timestamptz,
-    UNIQUE (episode_id, council_code)
-);
-CREATE INDEX outbox_due ON attendance.outbox (next_attempt_at, outbox_id)
-    WHERE delivered_at IS NULL;
-"#,
-    },
-    Migration {
-        version: 2,
-        name: "trace context of outbox rows",
-        // The W3C traceparent of the check-in, so the relay's publish joins the
-        // check-in's trace. Ids only: no personal data.
-        sql: "ALTER TABLE attendance.outbox ADD COLUMN traceparent text;",
-    },
-    Migration {
-        version: 3,
-        name: "silent reads in the access audit",
-        // A silent read (scheduled care) is audited without an episode.
-        sql: "ALTER TABLE attendance.accesses ALTER COLUMN episode_id DROP NOT NULL,
-                  ADD COLUMN silent boolean NOT NULL DEFAULT false;",
-    },
-    Migration {
-        version: 4,
-        name: "record of purges",
-        // `cpis purge`: what kind, how many, when (see crate::retention).
-        sql: "CREATE TABLE attendance.purges (
-            purge_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            kind           text NOT NULL,
-            count          bigint NOT NULL,
-            retention_days integer NOT NULL,
-            purged_at      timestamptz NOT NULL DEFAULT now()
-        );",
-    },
-    Migration {
-        version: 5,
-        name: "episode reads in the access audit",
-        // A setting's ListEpisodes is audited as an access without an episode.
-        sql: "ALTER TABLE attendance.accesses ADD COLUMN episodes_read boolean NOT NULL DEFAULT false;",
-    },
-    Migration { version: 6, name: "per-council outbox order and relay leases", sql: OUTBOX_ORDER },
-];
-
-/// Each council's outbox rows get a `position` in the order their check-ins
-/// commit: a trigger bumps the council's counter row, whose lock is held
-/// until the check-in commits, so a later position is never visible before an
-/// earlier one. The relay publishes each council's rows by position, one
-/// replica at a time per council (a lease in `relay_councils`, which also
-/// holds the council's retry schedule: head of line first, never row by row).
-const OUTBOX_ORDER: &str = r#"
-CREATE TABLE attendance.outbox_positions (
-    council_code  text PRIMARY KEY,
-    last_position bigint NOT NULL
-);
-ALTER TABLE attendance.outbox ADD COLUMN position bigint;
-UPDATE attendance.outbox o SET position = r.n
-FROM (SELECT outbox_id, row_number() OVER (PARTITION BY council_code ORDER BY outbox_id) AS n
-      FROM attendance.outbox) r
-WHERE r.outbox_id = o.outbox_id;
-INSERT INTO attendance.outbox_positions (council_code, last_position)
-SELECT council_code, max(position) FROM attendance.outbox GROUP BY council_code;
-ALTER TABLE attendance.outbox ALTER COLUMN position SET NOT NULL;
-CREATE UNIQUE INDEX outbox_by_council_position ON attendance.outbox (council_code, position);
-CREATE INDEX outbox_pending_by_council ON attendance.outbox (council_code, position)
-    WHERE delivered_at IS NULL;
-DROP INDEX attendance.outbox_due;
-
-CREATE FUNCTION attendance.outbox_position() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    INSERT INTO attendance.outbox_positions AS p (council_code, last_position)
-    VALUES (NEW.council_code, 1)
-    ON CONFLICT (council_code) DO UPDATE SET last_position = p.last_position + 1
-    RETURNING p.last_position INTO NEW.position;
-    RETURN NEW;
-END
-$fn$;
-CREATE TRIGGER outbox_position BEFORE INSERT ON attendance.outbox
-    FOR EACH ROW EXECUTE FUNCTION attendance.outbox_position();
-
--- One row per council the relay has worked on: which relay holds it until
--- when (a lease, not a lock: nothing is held across a PublishAlert call),
--- and when its head-of-line alert may be tried again.
-CREATE TABLE attendance.relay_councils (
-    council_code    text PRIMARY KEY,
-    holder          uuid,
-    lease_until     timestamptz,
-    attempts        integer NOT NULL DEFAULT 0,
-    next_attempt_at timestamptz NOT NULL DEFAULT now(),
-    last_error      text
-);
-"#;
 
 /// The most previous episodes a check-in answer carries (the contract's 25).
 pub const PREVIOUS_EPISODES: i64 = 25;

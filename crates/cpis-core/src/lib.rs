@@ -12,6 +12,7 @@ pub mod error;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 pub mod pgcluster;
 pub mod pki;
 pub mod plan_csv;
