@@ -3,13 +3,13 @@
 //! replicas starting together apply each migration once; a database migrated
 //! by the earlier hand-rolled runner is adopted and keeps working.
 
-use crate::harness::*;
-use cpis_core::db::DbPool;
-use cpis_core::migrate::{Migration, Migrations, Runner};
+use cpis_runtime::db::DbPool;
+use cpis_runtime::migrate::{Migration, Migrations, Runner};
+use cpis_testkit::*;
 use std::time::Duration;
 
 fn pool(url: &str) -> DbPool {
-    cpis_core::db::pool(url, 4).expect("pool")
+    cpis_runtime::db::pool(url, 4).expect("pool")
 }
 
 /// `cpis migrate SERVICE` against `url`, as a Kubernetes init step runs it.
@@ -26,7 +26,8 @@ fn cpis_migrate(service: &str, url: &str) -> std::process::Output {
 fn registry_with_edited_retention() -> Runner {
     let mut edited: Vec<Migration> = (cpis_registry::MIGRATIONS.runner)().get_migrations().clone();
     let v2 = edited.iter_mut().find(|m| m.version() == 2).expect("V2 exists");
-    let sql = format!("{}\nCREATE INDEX purges_by_time ON registry.purges (purged_at);\n", v2.sql().unwrap_or_default());
+    let sql =
+        format!("{}\nCREATE INDEX purges_by_time ON registry.purges (purged_at);\n", v2.sql().unwrap_or_default());
     *v2 = Migration::unapplied("V2__retention", &sql).expect("a migration name");
     Runner::new(&edited)
 }
@@ -40,7 +41,7 @@ async fn an_edited_applied_migration_stops_start_up_naming_it() {
     let edited = Migrations { runner: registry_with_edited_retention, ..cpis_registry::MIGRATIONS };
     let err = format!("{:#}", edited.run(&pool(&url)).await.expect_err("an edited migration must stop start-up"));
     assert!(err.contains("V2__retention") && err.contains("changed after it was applied"), "{err}");
-    let db = cpis_core::db::connect(&url).await.unwrap();
+    let db = cpis_runtime::db::connect(&url).await.unwrap();
     let index: Option<String> =
         db.query_one("SELECT to_regclass('registry.purges_by_time')::text", &[]).await.unwrap().get(0);
     assert_eq!(index, None, "nothing of the edited migration is applied");
@@ -59,9 +60,12 @@ async fn an_edited_applied_migration_stops_start_up_naming_it() {
 
     // Put right, the same database starts again.
     let frozen = cpis_registry::MIGRATIONS.frozen.iter().find(|f| f.version == 3).expect("V3 frozen");
-    db.execute("UPDATE registry.schema_migrations SET checksum = $1 WHERE version = 3", &[&frozen.checksum.to_string()])
-        .await
-        .unwrap();
+    db.execute(
+        "UPDATE registry.schema_migrations SET checksum = $1 WHERE version = 3",
+        &[&frozen.checksum.to_string()],
+    )
+    .await
+    .unwrap();
     let out = cpis_migrate("registry", &url);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -80,7 +84,7 @@ async fn replicas_starting_together_apply_each_migration_once() {
     for start in starts {
         start.await.unwrap().expect("every replica starts");
     }
-    let db = cpis_core::db::connect(&url).await.unwrap();
+    let db = cpis_runtime::db::connect(&url).await.unwrap();
     for m in [cpis_registry::MIGRATIONS, cpis_attendance::MIGRATIONS, cpis_notification::MIGRATIONS] {
         let files = (m.runner)().get_migrations().len() as i64;
         let row = db
@@ -92,7 +96,7 @@ async fn replicas_starting_together_apply_each_migration_once() {
 
     // A replica waits while another holds the schema's migration lock.
     let fresh = fresh_database().await;
-    let holder = cpis_core::db::connect(&fresh).await.unwrap();
+    let holder = cpis_runtime::db::connect(&fresh).await.unwrap();
     holder.execute("SELECT pg_advisory_lock(hashtext('cpis-migrate-attendance'))", &[]).await.unwrap();
     let waiting = {
         let fresh = fresh.clone();
@@ -110,7 +114,7 @@ async fn replicas_starting_together_apply_each_migration_once() {
 #[tokio::test]
 async fn a_database_migrated_by_the_earlier_runner_is_adopted() {
     let url = fresh_database().await;
-    let db = cpis_core::db::connect(&url).await.unwrap();
+    let db = cpis_runtime::db::connect(&url).await.unwrap();
     // What the earlier runner left: its own history table (no checksums) and
     // the first two migrations of the attendance schema applied.
     db.batch_execute(
@@ -124,11 +128,18 @@ async fn a_database_migrated_by_the_earlier_runner_is_adopted() {
     .await
     .unwrap();
     let runner = (cpis_attendance::MIGRATIONS.runner)();
-    for (m, old_name) in runner.get_migrations().iter().zip(["episodes, accesses, check-in requests, outbox", "trace context of outbox rows"]) {
+    for (m, old_name) in runner
+        .get_migrations()
+        .iter()
+        .zip(["episodes, accesses, check-in requests, outbox", "trace context of outbox rows"])
+    {
         db.batch_execute(m.sql().unwrap()).await.unwrap();
-        db.execute("INSERT INTO attendance.schema_migrations (version, name) VALUES ($1, $2)", &[&m.version(), &old_name])
-            .await
-            .unwrap();
+        db.execute(
+            "INSERT INTO attendance.schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version(), &old_name],
+        )
+        .await
+        .unwrap();
     }
     db.execute(
         "INSERT INTO attendance.episodes (episode_id, nhs_number, setting_code, setting_type, arrived_at)
@@ -140,7 +151,10 @@ async fn a_database_migrated_by_the_earlier_runner_is_adopted() {
 
     let out = cpis_migrate("attendance", &url);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows = db.query("SELECT version, name, checksum FROM attendance.schema_migrations ORDER BY version", &[]).await.unwrap();
+    let rows = db
+        .query("SELECT version, name, checksum FROM attendance.schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap();
     assert_eq!(rows.len(), runner.get_migrations().len(), "the remaining migrations are applied");
     for (row, m) in rows.iter().zip(runner.get_migrations()) {
         assert_eq!(row.get::<_, i32>(0), m.version());
@@ -154,7 +168,7 @@ async fn a_database_migrated_by_the_earlier_runner_is_adopted() {
 
     // A version the earlier runner applied that this build does not know is refused.
     let other = fresh_database().await;
-    let db = cpis_core::db::connect(&other).await.unwrap();
+    let db = cpis_runtime::db::connect(&other).await.unwrap();
     db.batch_execute(
         "CREATE SCHEMA notification;
          CREATE TABLE notification.schema_migrations (

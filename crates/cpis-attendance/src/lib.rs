@@ -15,12 +15,12 @@ pub mod retention;
 mod silent;
 mod store;
 
-use cpis_core::db::DbPool;
-use cpis_core::migrate::{Frozen, Migrations};
-use cpis_core::server::Shutdown;
-use cpis_core::validate::{NhsNumber, Violations};
-use cpis_core::{ApiError, Caller};
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1 as pb;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::migrate::{Frozen, Migrations};
+use cpis_runtime::server::Shutdown;
+use cpis_runtime::{ApiError, Caller};
 use page::{paginate, Cursor};
 use registry::{CallerDeadline, FlagLookup};
 use std::sync::Arc;
@@ -40,18 +40,18 @@ pub const MIGRATIONS: Migrations = Migrations { schema: SCHEMA, runner: embedded
 
 /// The migrations embedded from `migrations/`.
 mod embedded {
-    cpis_core::migrate::embed_migrations!("migrations");
+    cpis_runtime::migrate::embed_migrations!("migrations");
 }
 
 /// The migrations the earlier hand-rolled runner applied, frozen: a database
-/// it migrated is adopted with these checksums (see [`cpis_core::migrate`]).
+/// it migrated is adopted with these checksums (see [`cpis_runtime::migrate`]).
 const FROZEN: &[Frozen] = &[
-    Frozen { version: 1, name: "episodes_accesses_requests_outbox", checksum: 0 },
-    Frozen { version: 2, name: "outbox_traceparent", checksum: 0 },
-    Frozen { version: 3, name: "silent_reads", checksum: 0 },
-    Frozen { version: 4, name: "purges", checksum: 0 },
-    Frozen { version: 5, name: "episode_reads", checksum: 0 },
-    Frozen { version: 6, name: "outbox_order_and_relay_leases", checksum: 0 },
+    Frozen { version: 1, name: "episodes_accesses_requests_outbox", checksum: 36458882460180646 },
+    Frozen { version: 2, name: "outbox_traceparent", checksum: 9802713693609369866 },
+    Frozen { version: 3, name: "silent_reads", checksum: 5519955189002530757 },
+    Frozen { version: 4, name: "purges", checksum: 17255716432972443069 },
+    Frozen { version: 5, name: "episode_reads", checksum: 4774709518595582982 },
+    Frozen { version: 6, name: "outbox_order_and_relay_leases", checksum: 15115489201702178432 },
 ];
 
 /// Settings of the Attendance service.
@@ -148,7 +148,7 @@ impl Attendance {
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
-    pub fn register_metrics(&self, metrics: &cpis_core::metrics::Metrics) {
+    pub fn register_metrics(&self, metrics: &cpis_runtime::metrics::Metrics) {
         self.relay_metrics.register(metrics);
     }
 
@@ -156,7 +156,7 @@ impl Attendance {
     pub fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(
             pb::attendance_service_server::AttendanceServiceServer::new(self.clone())
-                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(cpis_runtime::limits::MAX_MESSAGE_BYTES),
         )
     }
 
@@ -204,12 +204,12 @@ impl Attendance {
             // A council sees the episodes since its own plan began.
             Caller::Council(code) => {
                 let starts = found.flags.iter().filter(|f| &f.council_code == code);
-                let Some(start) = starts.filter_map(|f| cpis_core::validate::parse_date(&f.start_date)).min() else {
+                let Some(start) = starts.filter_map(|f| cpis_domain::validate::parse_date(&f.start_date)).min() else {
                     return Err(ApiError::PermissionDenied(
                         "the calling council holds no flag in scope for this person".into(),
                     ));
                 };
-                Some(cpis_core::time::london_start_of_day(start))
+                Some(cpis_domain::time::london_start_of_day(start))
             }
             Caller::Service(_) => return Err(ApiError::PermissionDenied("services may not list episodes".into())),
         };
@@ -264,7 +264,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
     #[tracing::instrument(skip_all, fields(rpc = "CheckIn", setting, request_id))]
     async fn check_in(&self, request: Request<pb::CheckInRequest>) -> Result<Response<pb::CheckInResponse>, Status> {
         let deadline = CallerDeadline::of(&request);
-        let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
+        let Caller::Setting(setting) = cpis_runtime::authz::caller(&request)? else {
             return Err(ApiError::PermissionDenied("only settings may check people in".into()).into());
         };
         tracing::Span::current().record("setting", setting.as_str());
@@ -278,7 +278,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         request: Request<pb::ListEpisodesRequest>,
     ) -> Result<Response<pb::ListEpisodesResponse>, Status> {
         let deadline = CallerDeadline::of(&request);
-        let caller = cpis_core::authz::caller(&request)?;
+        let caller = cpis_runtime::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
         self.list_episodes(&caller, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
@@ -288,7 +288,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         &self,
         request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
-        let caller = cpis_core::authz::caller(&request)?;
+        let caller = cpis_runtime::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
         self.list_accesses(&caller, request.get_ref()).await.map(Response::new).map_err(Status::from)
     }
@@ -299,7 +299,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         request: Request<pb::SilentReadRequest>,
     ) -> Result<Response<pb::SilentReadResponse>, Status> {
         let deadline = CallerDeadline::of(&request);
-        let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
+        let Caller::Setting(setting) = cpis_runtime::authz::caller(&request)? else {
             return Err(ApiError::PermissionDenied("only settings may read flags".into()).into());
         };
         let span = tracing::Span::current();

@@ -4,8 +4,8 @@
 //! methods, only the Attendance service `LookupFlags`); nothing here checks it again.
 
 use crate::Registry;
-use cpis_core::{ApiError, Caller};
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::{ApiError, Caller};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The calling council's code, as the authorization layer verified it.
@@ -18,7 +18,10 @@ fn council<T>(req: &Request<T>) -> Result<String, ApiError> {
 
 #[tonic::async_trait]
 impl pb::registry_service_server::RegistryService for Registry {
-    async fn upsert_plan(&self, req: Request<pb::UpsertPlanRequest>) -> Result<Response<pb::UpsertPlanResponse>, Status> {
+    async fn upsert_plan(
+        &self,
+        req: Request<pb::UpsertPlanRequest>,
+    ) -> Result<Response<pb::UpsertPlanResponse>, Status> {
         let council = council(&req)?;
         let plan = self.upsert(&council, req.into_inner()).await?;
         Ok(Response::new(pb::UpsertPlanResponse { plan: Some(plan) }))
@@ -30,7 +33,10 @@ impl pb::registry_service_server::RegistryService for Registry {
         Ok(Response::new(pb::EndPlanResponse { plan: Some(plan) }))
     }
 
-    async fn delete_plan(&self, req: Request<pb::DeletePlanRequest>) -> Result<Response<pb::DeletePlanResponse>, Status> {
+    async fn delete_plan(
+        &self,
+        req: Request<pb::DeletePlanRequest>,
+    ) -> Result<Response<pb::DeletePlanResponse>, Status> {
         let council = council(&req)?;
         self.delete(&council, req.into_inner()).await?;
         Ok(Response::new(pb::DeletePlanResponse {}))

@@ -23,10 +23,10 @@ pub mod sync;
 mod upload;
 
 use chrono::NaiveDate;
-use cpis_core::db::DbPool;
-use cpis_core::migrate::{Frozen, Migrations};
-use cpis_core::ApiError;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::migrate::{Frozen, Migrations};
+use cpis_runtime::ApiError;
 use share::CouncilConn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,15 +42,15 @@ pub const MIGRATIONS: Migrations = Migrations { schema: SCHEMA, runner: embedded
 
 /// The migrations embedded from `migrations/`.
 mod embedded {
-    cpis_core::migrate::embed_migrations!("migrations");
+    cpis_runtime::migrate::embed_migrations!("migrations");
 }
 
 /// The migrations the earlier hand-rolled runner applied, frozen: a database
-/// it migrated is adopted with these checksums (see [`cpis_core::migrate`]).
+/// it migrated is adopted with these checksums (see [`cpis_runtime::migrate`]).
 const FROZEN: &[Frozen] = &[
-    Frozen { version: 1, name: "plans", checksum: 0 },
-    Frozen { version: 2, name: "retention", checksum: 0 },
-    Frozen { version: 3, name: "sync_uploads", checksum: 0 },
+    Frozen { version: 1, name: "plans", checksum: 912621387799110271 },
+    Frozen { version: 2, name: "retention", checksum: 4982255876789736658 },
+    Frozen { version: 3, name: "sync_uploads", checksum: 7079598716761122268 },
 ];
 
 /// Settings of the Registry service.
@@ -118,7 +118,7 @@ pub(crate) fn pg(client: &deadpool_postgres::Client) -> &tokio_postgres::Client 
 }
 
 fn today() -> NaiveDate {
-    cpis_core::time::today_in_london()
+    cpis_domain::time::today_in_london()
 }
 
 impl Registry {
@@ -141,7 +141,7 @@ impl Registry {
     pub fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(
             pb::registry_service_server::RegistryServiceServer::new(self.clone())
-                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(cpis_runtime::limits::MAX_MESSAGE_BYTES),
         )
     }
 }

@@ -3,10 +3,10 @@
 
 use crate::{councils, model, store, today, Registry};
 use chrono::NaiveDate;
-use cpis_core::validate::Violations;
-use cpis_core::ApiError;
+use cpis_domain::validate::Violations;
 use cpis_proto::common::v1 as common;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::ApiError;
 
 impl Registry {
     /// `LookupFlags`: not through the council gate, with a connection wait

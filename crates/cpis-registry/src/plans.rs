@@ -5,9 +5,9 @@
 
 use crate::model::{self, validate_plan, StoredPlan};
 use crate::{pg, store, today, Registry};
-use cpis_core::validate::Violations;
-use cpis_core::ApiError;
+use cpis_domain::validate::Violations;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::ApiError;
 
 /// Who a council's change is recorded as.
 fn author(council: &str) -> String {
@@ -33,7 +33,7 @@ fn decode_token(token: &str) -> Option<String> {
 fn reference(value: &str) -> Result<(), ApiError> {
     let mut v = Violations::new();
     model::local_reference(&mut v, "local_reference", value);
-    v.finish()
+    Ok(v.finish()?)
 }
 
 impl Registry {
@@ -41,7 +41,7 @@ impl Registry {
     /// is 0 or matches); an identical plan changes nothing.
     pub(crate) async fn upsert(&self, council: &str, req: pb::UpsertPlanRequest) -> Result<pb::Plan, ApiError> {
         let input = validate_plan(req.plan.as_ref(), "plan", today()).map_err(|v| match v.finish() {
-            Err(e) => e,
+            Err(e) => e.into(),
             Ok(()) => ApiError::internal("validation failed without a reason"),
         })?;
         if req.expected_version < 0 {
@@ -134,7 +134,11 @@ impl Registry {
     }
 
     /// `ListPlans`: one page of the council's plans, by reference.
-    pub(crate) async fn list(&self, council: &str, req: pb::ListPlansRequest) -> Result<pb::ListPlansResponse, ApiError> {
+    pub(crate) async fn list(
+        &self,
+        council: &str,
+        req: pb::ListPlansRequest,
+    ) -> Result<pb::ListPlansResponse, ApiError> {
         let mut v = Violations::new();
         let limit = v.page_size("page_size", req.page_size, 100, 1000);
         let after = if req.page_token.is_empty() {

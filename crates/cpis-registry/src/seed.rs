@@ -6,7 +6,7 @@
 //! store that writes `registry.plans`.
 //!
 //! ```ignore
-//! let db = cpis_core::db::connect(&database_url).await?; // migrated: the service has started
+//! let db = cpis_runtime::db::connect(&database_url).await?; // migrated: the service has started
 //! let plan = cpis_registry::model::validate_plan(Some(&wire_plan), "plan", today)?;
 //! let added = cpis_registry::seed::copy_plans(&db, [SeedPlan { council_code: "E08000003".into(), plan }], "bench/setup").await?;
 //! ```

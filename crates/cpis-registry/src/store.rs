@@ -10,7 +10,7 @@ pub mod uploads;
 use crate::model::{Contact, PlanInput, StoredPlan};
 use chrono::NaiveDate;
 use columns::{plan_from_row, PLAN_COLUMNS};
-use cpis_core::ApiError;
+use cpis_runtime::ApiError;
 use std::sync::LazyLock;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
@@ -77,7 +77,7 @@ pub async fn insert_plan(
     params.push(&by);
     match tx.query_one(INSERT_PLAN.as_str(), &params).await {
         Ok(row) => plan_from_row(&row).map(Some),
-        Err(e) if cpis_core::db::is_unique_violation(&e) => Ok(None),
+        Err(e) if cpis_runtime::db::is_unique_violation(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -3,8 +3,8 @@
 //! after a completion message stating the number of rows received.
 
 use crate::{pg, sync, today, Registry};
-use cpis_core::ApiError;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::ApiError;
 use tonic::Streaming;
 
 impl Registry {

@@ -8,9 +8,9 @@
 
 use crate::model::{Contact, PlanInput, StoredPlan};
 use chrono::{DateTime, Utc};
-use cpis_core::validate::NhsNumber;
-use cpis_core::ApiError;
+use cpis_domain::validate::NhsNumber;
 use cpis_proto::common::v1 as common;
+use cpis_runtime::ApiError;
 use std::sync::LazyLock;
 use tokio_postgres::Row;
 
@@ -129,7 +129,8 @@ pub fn assign_from(from: &str) -> String {
 /// The names of the fields whose values differ between rows `old` and `new`
 /// (a `text[]`, empty when nothing changed).
 pub fn changed_fields(old: &str, new: &str) -> String {
-    let cases = each(|f| format!("CASE WHEN {old}.{c} IS DISTINCT FROM {new}.{c} THEN '{p}' END", c = f.column, p = f.path));
+    let cases =
+        each(|f| format!("CASE WHEN {old}.{c} IS DISTINCT FROM {new}.{c} THEN '{p}' END", c = f.column, p = f.path));
     format!("array_remove(ARRAY[{cases}]::text[], NULL)")
 }
 

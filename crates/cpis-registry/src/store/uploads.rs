@@ -6,7 +6,7 @@
 use super::columns;
 use crate::model::PlanInput;
 use chrono::NaiveDate;
-use cpis_core::ApiError;
+use cpis_runtime::ApiError;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;

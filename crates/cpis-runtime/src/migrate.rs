@@ -62,21 +62,25 @@ impl Migrations {
     /// ones frozen (a unit test of each service calls this).
     pub fn check_frozen(&self) -> Result<(), String> {
         let runner = (self.runner)();
+        let mut wrong = Vec::new();
         for f in self.frozen {
-            let Some(m) = runner.get_migrations().iter().find(|m| m.version() == f.version) else {
-                return Err(format!("migration V{}__{} is frozen but has no file", f.version, f.name));
-            };
-            if m.name() != f.name || m.checksum() != f.checksum {
-                return Err(format!(
-                    "migration {m} has checksum {} but V{}__{} was frozen with {}",
+            match runner.get_migrations().iter().find(|m| m.version() == f.version) {
+                None => wrong.push(format!("V{}__{} is frozen but has no file", f.version, f.name)),
+                Some(m) if m.name() != f.name || m.checksum() != f.checksum => wrong.push(format!(
+                    "{m} has checksum {} but V{}__{} was frozen with {}",
                     m.checksum(),
                     f.version,
                     f.name,
                     f.checksum
-                ));
+                )),
+                Some(_) => {}
             }
         }
-        Ok(())
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
     }
 
     /// Applies the pending migrations, once, even when several replicas start
