@@ -20,5 +20,6 @@ mod registry;
 mod relay;
 mod retention;
 mod scope;
+mod seeding;
 mod surfaces;
 mod uploads;
