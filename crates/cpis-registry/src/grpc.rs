@@ -5,14 +5,15 @@
 
 use crate::Registry;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::authz::caller;
 use cpis_runtime::{ApiError, Caller};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The calling council's code, as the authorization layer verified it.
 fn council<T>(req: &Request<T>) -> Result<String, ApiError> {
-    match req.extensions().get::<Caller>() {
-        Some(Caller::Council(code)) => Ok(code.clone()),
-        _ => Err(ApiError::internal("a plan method was reached without a verified council")),
+    match caller(req)? {
+        Caller::Council(code) => Ok(code),
+        _ => Err(ApiError::internal("a plan method was reached by a caller other than a council")),
     }
 }
 
