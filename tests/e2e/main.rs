@@ -21,5 +21,6 @@ mod relay;
 mod retention;
 mod scope;
 mod seeding;
+mod settings;
 mod surfaces;
 mod uploads;

@@ -48,7 +48,7 @@ async fn an_edited_applied_migration_stops_start_up_naming_it() {
 
     // The history edited in the database: the service's start-up and `cpis migrate` both refuse.
     db.execute("UPDATE registry.schema_migrations SET checksum = '12345' WHERE version = 3", &[]).await.unwrap();
-    let err = cpis_registry::Registry::new(cpis_registry::Config::default(), pool(&url))
+    let err = cpis_registry::Registry::new(cpis_registry::Settings::default(), pool(&url))
         .await
         .map(|_| ())
         .expect_err("the Registry must not start");

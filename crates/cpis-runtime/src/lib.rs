@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod peer;
 pub mod retention;
 pub mod server;
+pub mod settings;
 pub mod telemetry;
 pub mod tls;
 
