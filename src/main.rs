@@ -349,14 +349,14 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
 
 async fn migrate(service: &str, database_url: &str) -> anyhow::Result<()> {
     let pool = cpis_runtime::db::pool(database_url, 2)?;
-    let (schema, migrations) = match ServiceName::parse(service) {
-        Some(ServiceName::Registry) => (cpis_registry::SCHEMA, cpis_registry::MIGRATIONS),
-        Some(ServiceName::Attendance) => (cpis_attendance::SCHEMA, cpis_attendance::MIGRATIONS),
-        Some(ServiceName::Notification) => (cpis_notification::SCHEMA, cpis_notification::MIGRATIONS),
+    let migrations = match ServiceName::parse(service) {
+        Some(ServiceName::Registry) => cpis_registry::MIGRATIONS,
+        Some(ServiceName::Attendance) => cpis_attendance::MIGRATIONS,
+        Some(ServiceName::Notification) => cpis_notification::MIGRATIONS,
         None => anyhow::bail!("unknown service {service:?}: expected registry, attendance or notification"),
     };
-    cpis_runtime::db::migrate(&pool, schema, migrations).await?;
-    println!("{schema}: migrations applied");
+    migrations.run(&pool).await?;
+    println!("{}: migrations applied", migrations.schema);
     Ok(())
 }
 

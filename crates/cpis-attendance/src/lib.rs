@@ -26,7 +26,8 @@ mod silent;
 mod store;
 
 use cpis_proto::attendance::v1 as pb;
-use cpis_runtime::db::{DbPool, Migration};
+use cpis_runtime::db::DbPool;
+use cpis_runtime::migrate::{Frozen, Migrations};
 use cpis_runtime::server::Shutdown;
 use registry::{CallerDeadline, FlagLookup};
 use std::sync::Arc;
@@ -43,8 +44,24 @@ pub const SERVICE_NAME: &str = "cpis.attendance.v1.AttendanceService";
 /// The schema this service owns.
 pub const SCHEMA: &str = "attendance";
 
-/// Schema migrations, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = store::MIGRATIONS;
+/// Schema migrations (`migrations/V{n}__{name}.sql`), applied in order at start-up.
+pub const MIGRATIONS: Migrations = Migrations { schema: SCHEMA, runner: embedded::migrations::runner, frozen: FROZEN };
+
+/// The migrations embedded from `migrations/`.
+mod embedded {
+    cpis_runtime::migrate::embed_migrations!("migrations");
+}
+
+/// The migrations the earlier hand-rolled runner applied, frozen: a database
+/// it migrated is adopted with these checksums (see [`cpis_runtime::migrate`]).
+const FROZEN: &[Frozen] = &[
+    Frozen { version: 1, name: "episodes_accesses_requests_outbox", checksum: 36458882460180646 },
+    Frozen { version: 2, name: "outbox_traceparent", checksum: 9802713693609369866 },
+    Frozen { version: 3, name: "silent_reads", checksum: 5519955189002530757 },
+    Frozen { version: 4, name: "purges", checksum: 17255716432972443069 },
+    Frozen { version: 5, name: "episode_reads", checksum: 4774709518595582982 },
+    Frozen { version: 6, name: "outbox_order_and_relay_leases", checksum: 15115489201702178432 },
+];
 
 /// The Attendance service.
 #[derive(Debug, Clone)]
@@ -66,7 +83,7 @@ impl Attendance {
         notification: Channel,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
+        MIGRATIONS.run(&pool).await?;
         let wake_relay = Arc::new(Notify::new());
         let relay_metrics = relay::RelayMetrics::new();
         relay::Relay::new(
@@ -170,5 +187,14 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         span.record("setting", setting);
         span.record("request_id", request.get_ref().request_id.as_str());
         self.reads().silent_read(setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    /// A migration file the earlier runner may have applied is never edited.
+    #[test]
+    fn frozen_migrations_are_unchanged() {
+        super::MIGRATIONS.check_frozen().unwrap();
     }
 }

@@ -56,6 +56,7 @@ use cpis_domain::identity::Caller;
 use cpis_domain::validate::Violations;
 use cpis_proto::notification::v1 as pb;
 use cpis_runtime::db::DbPool;
+use cpis_runtime::migrate::{Frozen, Migrations};
 use cpis_runtime::server::Shutdown;
 use cpis_runtime::ApiError;
 use futures::StreamExt;
@@ -64,13 +65,28 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-pub use crate::store::MIGRATIONS;
-
 /// The gRPC name of this service (readiness is reported under it).
 pub const SERVICE_NAME: &str = "cpis.notification.v1.NotificationService";
 
 /// The schema this service owns.
 pub const SCHEMA: &str = "notification";
+
+/// Schema migrations (`migrations/V{n}__{name}.sql`), applied in order at start-up.
+pub const MIGRATIONS: Migrations = Migrations { schema: SCHEMA, runner: embedded::migrations::runner, frozen: FROZEN };
+
+/// The migrations embedded from `migrations/`.
+mod embedded {
+    cpis_runtime::migrate::embed_migrations!("migrations");
+}
+
+/// The migrations the earlier hand-rolled runner applied, frozen: a database
+/// it migrated is adopted with these checksums (see [`cpis_runtime::migrate`]).
+const FROZEN: &[Frozen] = &[
+    Frozen { version: 1, name: "alert_log", checksum: 2190899616022051400 },
+    Frozen { version: 2, name: "alert_traceparent", checksum: 1125584586275494508 },
+    Frozen { version: 3, name: "purges", checksum: 2893424490802475844 },
+    Frozen { version: 4, name: "publish_function", checksum: 9704832628326661016 },
+];
 
 /// `ListAlerts` page size when the request says 0.
 const DEFAULT_LIST_PAGE: i32 = 100;
@@ -95,7 +111,7 @@ impl Notification {
     /// Migrates the schema, starts this instance's LISTEN connection (which
     /// runs until `shutdown` stops the service) and builds the service.
     pub async fn new(config: Settings, pool: DbPool, shutdown: Shutdown) -> anyhow::Result<Self> {
-        cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
+        MIGRATIONS.run(&pool).await?;
         // Parsed here so a bad URL fails start-up instead of looping in the listener.
         let listener = ListenerConfig::new(&config.database_url, config.reconnect_backoff_max)?;
         let fanout = Fanout::new();
@@ -275,5 +291,14 @@ impl pb::notification_service_server::NotificationService for Notification {
         r: Request<pb::PublishAlertRequest>,
     ) -> Result<Response<pb::PublishAlertResponse>, Status> {
         Ok(Response::new(self.do_publish(r.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    /// A migration file the earlier runner may have applied is never edited.
+    #[test]
+    fn frozen_migrations_are_unchanged() {
+        super::MIGRATIONS.check_frozen().unwrap();
     }
 }

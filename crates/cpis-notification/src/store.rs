@@ -11,117 +11,13 @@ use crate::alert::NewAlert;
 use cpis_domain::time::to_timestamp;
 use cpis_proto::common::v1::Episode;
 use cpis_proto::notification::v1 as pb;
-use cpis_runtime::db::{DbPool, Migration};
+use cpis_runtime::db::DbPool;
 use cpis_runtime::ApiError;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 /// The `LISTEN/NOTIFY` channel; the payload is a council code, nothing more.
 pub const CHANNEL: &str = "cpis_notification_alert";
-
-/// Schema migrations of the `notification` schema, applied in order at start-up.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "alert log, counters and acknowledgements",
-        sql: "
-        -- One row per council: the last sequence handed out. Updating it takes
-        -- the row lock that serialises publishers of one council.
-        CREATE TABLE notification.council_sequences (
-            council_code  text PRIMARY KEY,
-            last_sequence bigint NOT NULL CHECK (last_sequence >= 1)
-        );
-
-        -- The alert log. Streams read it by (council_code, sequence).
-        CREATE TABLE notification.alerts (
-            council_code    text NOT NULL,
-            sequence        bigint NOT NULL CHECK (sequence >= 1),
-            alert_id        uuid NOT NULL UNIQUE,
-            episode_id      text NOT NULL,
-            nhs_number      text NOT NULL,
-            plan_type       integer NOT NULL,
-            local_reference text NOT NULL,
-            setting_code    text NOT NULL,
-            setting_type    integer NOT NULL,
-            arrived_at      timestamptz NOT NULL,
-            priority        integer NOT NULL,
-            created_at      timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (council_code, sequence),
-            -- PublishAlert is idempotent by council and episode.
-            CONSTRAINT alerts_council_episode_key UNIQUE (council_code, episode_id)
-        );
-
-        -- One row per council: everything up to here has been received.
-        CREATE TABLE notification.acks (
-            council_code         text PRIMARY KEY,
-            acknowledged_through bigint NOT NULL CHECK (acknowledged_through >= 0),
-            updated_at           timestamptz NOT NULL DEFAULT now()
-        );
-    ",
-    },
-    Migration {
-        version: 2,
-        name: "trace context of each alert",
-        // The W3C traceparent of the PublishAlert call, so the stream send to
-        // the council joins the check-in's trace. Ids only: no personal data.
-        sql: "ALTER TABLE notification.alerts ADD COLUMN traceparent text;",
-    },
-    Migration {
-        version: 3,
-        name: "record of purges",
-        // `cpis purge`: what kind, how many, when (see crate::retention).
-        sql: "CREATE TABLE notification.purges (
-            purge_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            kind           text NOT NULL,
-            count          bigint NOT NULL,
-            retention_days integer NOT NULL,
-            purged_at      timestamptz NOT NULL DEFAULT now()
-        );",
-    },
-    Migration { version: 4, name: "publish in one statement", sql: PUBLISH_FUNCTION },
-];
-
-/// `notification.publish_alert`: the whole of `PublishAlert` in one
-/// statement. The repeat check, the counter bump (the council's row lock) and
-/// the insert run inside the server, so the lock lasts as long as the
-/// statement and never across a round trip to a client that may vanish. A
-/// concurrent repeat of the same episode that commits while this one waits
-/// for the counter makes the insert fail; the block then undoes its bump (no
-/// gap) and answers with the stored alert.
-pub const PUBLISH_FUNCTION: &str = r#"
-CREATE FUNCTION notification.publish_alert(
-    p_council text, p_alert_id uuid, p_episode text, p_nhs_number text, p_plan_type integer,
-    p_local_reference text, p_setting_code text, p_setting_type integer, p_arrived_at timestamptz,
-    p_priority integer, p_traceparent text)
-RETURNS TABLE (o_alert_id uuid, o_sequence bigint, o_created boolean)
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_sequence bigint;
-BEGIN
-    RETURN QUERY SELECT a.alert_id, a.sequence, false FROM notification.alerts a
-        WHERE a.council_code = p_council AND a.episode_id = p_episode;
-    IF FOUND THEN
-        RETURN;
-    END IF;
-    BEGIN
-        INSERT INTO notification.council_sequences AS c (council_code, last_sequence)
-        VALUES (p_council, 1)
-        ON CONFLICT (council_code) DO UPDATE SET last_sequence = c.last_sequence + 1
-        RETURNING c.last_sequence INTO v_sequence;
-        INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id, nhs_number,
-            plan_type, local_reference, setting_code, setting_type, arrived_at, priority, traceparent)
-        VALUES (p_council, v_sequence, p_alert_id, p_episode, p_nhs_number, p_plan_type,
-            p_local_reference, p_setting_code, p_setting_type, p_arrived_at, p_priority, p_traceparent);
-    EXCEPTION WHEN unique_violation THEN
-        RETURN QUERY SELECT a.alert_id, a.sequence, false FROM notification.alerts a
-            WHERE a.council_code = p_council AND a.episode_id = p_episode;
-        RETURN;
-    END;
-    PERFORM pg_notify('cpis_notification_alert', p_council);
-    RETURN QUERY SELECT p_alert_id, v_sequence, true;
-END
-$fn$;
-"#;
 
 /// The identity of a stored alert, as `PublishAlert` answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +64,7 @@ impl Store {
     /// (on every replica) when it commits. A repeat of the same council and
     /// episode returns the original alert and wakes nobody.
     ///
-    /// One statement, one round trip ([`PUBLISH_FUNCTION`]): the council's
+    /// One statement, one round trip (`notification.publish_alert`, `migrations/V4__publish_function.sql`): the council's
     /// counter row is locked only while the server runs it, never while a
     /// packet is in flight, so a publisher that loses its connection (even
     /// silently) cannot leave the counter locked and stall the council.

@@ -1,46 +1,20 @@
-//! The registry's SQL. Every statement names the `registry` schema; nothing
-//! here reads another service's tables.
+//! The registry's SQL, all of it: plans and their history (here), the
+//! staging and applying of `SyncPlans` uploads ([`uploads`]), the bulk load
+//! for benchmarks ([`crate::seed`]), and `LookupFlags`. Every statement names
+//! the `registry` schema; nothing here reads another service's tables. The
+//! plan's columns come from one list ([`columns::FIELDS`]).
+
+pub mod columns;
+pub mod uploads;
 
 use crate::model::{Contact, PlanInput, StoredPlan};
-use chrono::{DateTime, NaiveDate, Utc};
-use cpis_domain::validate::NhsNumber;
-use cpis_proto::common::v1 as common;
+use chrono::NaiveDate;
+use columns::{plan_from_row, PLAN_COLUMNS};
 use cpis_runtime::ApiError;
-use tokio_postgres::{GenericClient, Row};
+use std::sync::LazyLock;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
-
-/// The columns read by [`plan_from_row`], in order.
-pub const PLAN_COLUMNS: &str = "plan_id, council_code, local_reference, nhs_number, date_of_birth, plan_type, \
-     start_date, end_date, expected_delivery_date, team_name, office_phone, emergency_duty_phone, email, \
-     version, updated_at";
-
-/// Reads a plan selected with [`PLAN_COLUMNS`].
-pub fn plan_from_row(row: &Row) -> Result<StoredPlan, ApiError> {
-    let nhs: String = row.get(3);
-    let plan_type: i16 = row.get(5);
-    Ok(StoredPlan {
-        plan_id: row.get(0),
-        council_code: row.get(1),
-        input: PlanInput {
-            local_reference: row.get(2),
-            nhs_number: NhsNumber::parse(&nhs).ok_or_else(|| ApiError::internal("stored NHS number is invalid"))?,
-            date_of_birth: row.get(4),
-            plan_type: common::PlanType::try_from(i32::from(plan_type))
-                .map_err(|_| ApiError::internal("stored plan type is invalid"))?,
-            start_date: row.get(6),
-            end_date: row.get(7),
-            expected_delivery_date: row.get(8),
-            contact: Contact {
-                team_name: row.get(9),
-                office_phone: row.get(10),
-                emergency_duty_phone: row.get(11),
-                email: row.get(12),
-            },
-        },
-        version: row.get(13),
-        updated_at: row.get::<_, DateTime<Utc>>(14),
-    })
-}
 
 /// Serialises writers of one council: bulk syncs take it exclusively, single
 /// changes shared, so a sync never races an upsert of the same council.
@@ -62,157 +36,120 @@ pub async fn find_plan(
     for_update: bool,
 ) -> Result<Option<StoredPlan>, ApiError> {
     let sql = format!(
-        "SELECT {PLAN_COLUMNS} FROM registry.plans
+        "SELECT {} FROM registry.plans
          WHERE council_code = $1 AND local_reference = $2 AND deleted_at IS NULL{}",
+        *PLAN_COLUMNS,
         if for_update { " FOR UPDATE" } else { "" }
     );
     client.query_opt(&sql, &[&council, &reference]).await?.as_ref().map(plan_from_row).transpose()
 }
 
-/// Inserts a new plan at version 1; `None` when a concurrent insert of the
-/// same reference won the race.
+/// `$1` plan id, `$2` council, `$3` reference, `$4..` the fields, then the author.
+static INSERT_PLAN: LazyLock<String> = LazyLock::new(|| {
+    let author = 4 + columns::FIELDS.len();
+    format!(
+        "WITH ins AS (
+             INSERT INTO registry.plans (plan_id, council_code, local_reference, {fields}, version)
+             VALUES ($1, $2, $3, {params}, 1)
+             RETURNING *),
+         hist AS (
+             INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
+             SELECT plan_id, 1, 'created', ARRAY[]::text[], ${author} FROM ins)
+         SELECT {select} FROM ins",
+        fields = columns::list(""),
+        params = columns::params_from(4),
+        select = *PLAN_COLUMNS,
+    )
+});
+
+/// Inserts a new plan at version 1 with its `created` history row; `None`
+/// when a concurrent insert of the same reference won the race.
 pub async fn insert_plan(
     tx: &impl GenericClient,
     council: &str,
     p: &PlanInput,
+    by: &str,
 ) -> Result<Option<StoredPlan>, ApiError> {
-    let sql = format!(
-        "INSERT INTO registry.plans (plan_id, council_code, local_reference, nhs_number, date_of_birth, plan_type,
-             start_date, end_date, expected_delivery_date, team_name, office_phone, emergency_duty_phone, email, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1)
-         RETURNING {PLAN_COLUMNS}"
-    );
-    let row = tx
-        .query_one(
-            &sql,
-            &[
-                &Uuid::new_v4(),
-                &council,
-                &p.local_reference,
-                &p.nhs_number.as_str(),
-                &p.date_of_birth,
-                &(p.plan_type as i16),
-                &p.start_date,
-                &p.end_date,
-                &p.expected_delivery_date,
-                &p.contact.team_name,
-                &p.contact.office_phone,
-                &p.contact.emergency_duty_phone,
-                &p.contact.email,
-            ],
-        )
-        .await;
-    match row {
+    let id = Uuid::new_v4();
+    let values = columns::values(p);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id, &council, &p.local_reference];
+    params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+    params.push(&by);
+    match tx.query_one(INSERT_PLAN.as_str(), &params).await {
         Ok(row) => plan_from_row(&row).map(Some),
         Err(e) if cpis_runtime::db::is_unique_violation(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Overwrites a plan's fields and bumps its version.
-pub async fn update_plan(tx: &impl GenericClient, plan_id: Uuid, p: &PlanInput) -> Result<StoredPlan, ApiError> {
-    let sql = format!(
-        "UPDATE registry.plans SET nhs_number = $2, date_of_birth = $3, plan_type = $4, start_date = $5,
-             end_date = $6, expected_delivery_date = $7, team_name = $8, office_phone = $9,
-             emergency_duty_phone = $10, email = $11, version = version + 1, updated_at = now()
-         WHERE plan_id = $1
-         RETURNING {PLAN_COLUMNS}"
-    );
-    let row = tx
-        .query_one(
-            &sql,
-            &[
-                &plan_id,
-                &p.nhs_number.as_str(),
-                &p.date_of_birth,
-                &(p.plan_type as i16),
-                &p.start_date,
-                &p.end_date,
-                &p.expected_delivery_date,
-                &p.contact.team_name,
-                &p.contact.office_phone,
-                &p.contact.emergency_duty_phone,
-                &p.contact.email,
-            ],
-        )
-        .await?;
-    plan_from_row(&row)
-}
+/// `$1` plan id, `$2..` the fields, then the author.
+static UPDATE_PLAN: LazyLock<String> = LazyLock::new(|| {
+    let author = 2 + columns::FIELDS.len();
+    let new_row = columns::params_as(2);
+    format!(
+        "WITH new AS (SELECT {new_row}),
+         diff AS (SELECT p.plan_id, {changed} AS fields FROM registry.plans p, new n WHERE p.plan_id = $1),
+         upd AS (
+             UPDATE registry.plans p SET {assign}, version = p.version + 1, updated_at = now()
+             FROM new n, diff d WHERE p.plan_id = $1 AND cardinality(d.fields) > 0
+             RETURNING p.*),
+         hist AS (
+             INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
+             SELECT u.plan_id, u.version, 'updated', d.fields, ${author} FROM upd u JOIN diff d USING (plan_id))
+         SELECT {select} FROM upd",
+        changed = columns::changed_fields("p", "n"),
+        assign = columns::assign_from("n"),
+        select = *PLAN_COLUMNS,
+    )
+});
 
-/// Sets a plan's end date and bumps its version.
-pub async fn set_end_date(tx: &impl GenericClient, plan_id: Uuid, end: NaiveDate) -> Result<StoredPlan, ApiError> {
-    let sql = format!(
-        "UPDATE registry.plans SET end_date = $2, version = version + 1, updated_at = now()
-         WHERE plan_id = $1 RETURNING {PLAN_COLUMNS}"
-    );
-    plan_from_row(&tx.query_one(&sql, &[&plan_id, &end]).await?)
-}
-
-/// Marks a plan entered in error; it is never shown again.
-pub async fn mark_deleted(tx: &impl GenericClient, plan_id: Uuid) -> Result<i64, ApiError> {
-    let row = tx
-        .query_one(
-            "UPDATE registry.plans SET deleted_at = now(), version = version + 1, updated_at = now()
-             WHERE plan_id = $1 RETURNING version",
-            &[&plan_id],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// Appends to a plan's change history.
-pub async fn record_change(
+/// Overwrites a plan's fields, bumps its version and records which fields
+/// changed; `None` (and nothing written) when no field differs.
+pub async fn update_plan(
     tx: &impl GenericClient,
     plan_id: Uuid,
-    version: i64,
-    action: &str,
-    fields: &[&str],
+    p: &PlanInput,
     by: &str,
-) -> Result<(), ApiError> {
-    let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+) -> Result<Option<StoredPlan>, ApiError> {
+    let values = columns::values(p);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&plan_id];
+    params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+    params.push(&by);
+    tx.query_opt(UPDATE_PLAN.as_str(), &params).await?.as_ref().map(plan_from_row).transpose()
+}
+
+/// Sets a plan's end date, bumps its version and records the change.
+pub async fn set_end_date(
+    tx: &impl GenericClient,
+    plan_id: Uuid,
+    end: NaiveDate,
+    by: &str,
+) -> Result<StoredPlan, ApiError> {
+    let sql = format!(
+        "WITH upd AS (
+             UPDATE registry.plans SET end_date = $2, version = version + 1, updated_at = now()
+             WHERE plan_id = $1 RETURNING *),
+         hist AS (
+             INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
+             SELECT plan_id, version, 'ended', ARRAY['end_date'], $3 FROM upd)
+         SELECT {} FROM upd",
+        *PLAN_COLUMNS
+    );
+    plan_from_row(&tx.query_one(&sql, &[&plan_id, &end, &by]).await?)
+}
+
+/// Marks a plan entered in error (it is never shown again) and records it.
+pub async fn mark_deleted(tx: &impl GenericClient, plan_id: Uuid, by: &str) -> Result<(), ApiError> {
     tx.execute(
-        "INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&plan_id, &version, &action, &fields, &by],
+        "WITH upd AS (
+             UPDATE registry.plans SET deleted_at = now(), version = version + 1, updated_at = now()
+             WHERE plan_id = $1 RETURNING plan_id, version)
+         INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
+         SELECT plan_id, version, 'deleted', ARRAY[]::text[], $2 FROM upd",
+        &[&plan_id, &by],
     )
     .await?;
     Ok(())
-}
-
-/// The names of the fields that differ between two versions of a plan.
-pub fn changed_fields(old: &PlanInput, new: &PlanInput) -> Vec<&'static str> {
-    let mut f = Vec::new();
-    if old.nhs_number != new.nhs_number {
-        f.push("nhs_number");
-    }
-    if old.date_of_birth != new.date_of_birth {
-        f.push("date_of_birth");
-    }
-    if old.plan_type != new.plan_type {
-        f.push("plan_type");
-    }
-    if old.start_date != new.start_date {
-        f.push("start_date");
-    }
-    if old.end_date != new.end_date {
-        f.push("end_date");
-    }
-    if old.expected_delivery_date != new.expected_delivery_date {
-        f.push("expected_delivery_date");
-    }
-    if old.contact.team_name != new.contact.team_name {
-        f.push("contact.team_name");
-    }
-    if old.contact.office_phone != new.contact.office_phone {
-        f.push("contact.office_phone");
-    }
-    if old.contact.emergency_duty_phone != new.contact.emergency_duty_phone {
-        f.push("contact.emergency_duty_phone");
-    }
-    if old.contact.email != new.contact.email {
-        f.push("contact.email");
-    }
-    f
 }
 
 /// One page of a council's plans after `after` (by local_reference).
@@ -225,11 +162,12 @@ pub async fn list_plans(
     limit: i64,
 ) -> Result<Vec<StoredPlan>, ApiError> {
     let sql = format!(
-        "SELECT {PLAN_COLUMNS} FROM registry.plans
+        "SELECT {} FROM registry.plans
          WHERE council_code = $1 AND deleted_at IS NULL AND local_reference > $2
            AND ($3 OR end_date IS NULL OR end_date >= $4)
          ORDER BY local_reference
-         LIMIT $5"
+         LIMIT $5",
+        *PLAN_COLUMNS
     );
     let rows = client.query(&sql, &[&council, &after, &include_ended, &today, &limit]).await?;
     rows.iter().map(plan_from_row).collect()

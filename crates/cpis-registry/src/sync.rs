@@ -16,7 +16,7 @@
 //! rows with the same reference the first counts, whatever the batch size.
 
 use crate::model::{validate_plan, PlanInput};
-use crate::store::lock_council;
+use crate::store::{lock_council, uploads};
 use chrono::NaiveDate;
 use cpis_proto::registry::v1 as pb;
 use cpis_runtime::ApiError;
@@ -111,27 +111,12 @@ impl Sync {
     /// upload of the council not heard of for that long is abandoned and
     /// swept (with its rows) first.
     pub async fn claim(&mut self, client: &impl GenericClient, stale_after: Duration) -> Result<(), ApiError> {
-        sweep_abandoned(client, stale_after).await?;
-        let claimed = client
-            .execute(
-                "INSERT INTO registry.sync_uploads (sync_id, council_code) VALUES ($1, $2)
-                 ON CONFLICT (council_code) DO NOTHING",
-                &[&self.sync_id, &self.council],
-            )
-            .await?;
-        if claimed == 1 {
+        uploads::sweep_abandoned(client, stale_after).await?;
+        if uploads::claim(client, self.sync_id, &self.council).await? {
             self.last_touch = Instant::now();
             return Ok(());
         }
-        let since = client
-            .query_opt(
-                "SELECT to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-                 FROM registry.sync_uploads WHERE council_code = $1",
-                &[&self.council],
-            )
-            .await?
-            .map(|r| r.get::<_, String>(0))
-            .unwrap_or_default();
+        let since = uploads::started_at(client, &self.council).await?.unwrap_or_default();
         Err(ApiError::Aborted(format!(
             "another SyncPlans upload of this council is in progress (since {since}): only one runs at a time; \
              nothing was changed; resend when it has finished"
@@ -197,93 +182,34 @@ impl Sync {
     /// Stages the pending rows (references already staged by earlier rows are
     /// refused) and marks the upload alive.
     pub async fn flush(&mut self, client: &impl GenericClient) -> Result<(), ApiError> {
-        let alive = client
-            .execute("UPDATE registry.sync_uploads SET last_seen_at = now() WHERE sync_id = $1", &[&self.sync_id])
-            .await?;
-        if alive != 1 {
-            return Err(ApiError::Aborted(
-                "this upload was idle too long and has been discarded: nothing was changed; resend it".into(),
-            ));
+        if !uploads::mark_alive(client, self.sync_id).await? {
+            return Err(idle_too_long());
         }
         self.last_touch = Instant::now();
         self.batch_refs.clear();
         let batch = std::mem::take(&mut self.batch);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let (mut refused_refs, mut refused_rows) = (Vec::new(), Vec::new());
+        let mut refused = Vec::new();
         let mut valid = Vec::with_capacity(batch.len());
         for (row, p) in &batch {
             match p {
                 Pending::Valid(p) => valid.push((*row, p)),
-                Pending::Refused(r) => {
-                    refused_refs.push(r.as_str());
-                    refused_rows.push(*row);
-                }
+                Pending::Refused(r) => refused.push((*row, r.as_str())),
             }
         }
-        if !refused_refs.is_empty() {
-            client
-                .execute(
-                    "INSERT INTO registry.sync_rows (sync_id, local_reference, row_no, rejected)
-                     SELECT $1, r, n, true FROM unnest($2::text[], $3::int8[]) AS t(r, n)
-                     ON CONFLICT (sync_id, local_reference) DO NOTHING",
-                    &[&self.sync_id, &refused_refs, &refused_rows],
-                )
-                .await?;
+        if !refused.is_empty() {
+            uploads::stage_refused(client, self.sync_id, &refused).await?;
         }
         if valid.is_empty() {
             return Ok(());
         }
-        let mut refs = Vec::with_capacity(valid.len());
-        let mut rows = Vec::with_capacity(valid.len());
-        let mut nhs = Vec::with_capacity(valid.len());
-        let mut dob = Vec::with_capacity(valid.len());
-        let mut kind = Vec::with_capacity(valid.len());
-        let mut start = Vec::with_capacity(valid.len());
-        let mut end = Vec::with_capacity(valid.len());
-        let mut edd = Vec::with_capacity(valid.len());
-        let mut team = Vec::with_capacity(valid.len());
-        let mut office = Vec::with_capacity(valid.len());
-        let mut duty = Vec::with_capacity(valid.len());
-        let mut email = Vec::with_capacity(valid.len());
-        for (row, p) in &valid {
-            refs.push(p.local_reference.as_str());
-            rows.push(*row);
-            nhs.push(p.nhs_number.as_str());
-            dob.push(p.date_of_birth);
-            kind.push(p.plan_type as i16);
-            start.push(p.start_date);
-            end.push(p.end_date);
-            edd.push(p.expected_delivery_date);
-            team.push(p.contact.team_name.as_str());
-            office.push(p.contact.office_phone.as_str());
-            duty.push(p.contact.emergency_duty_phone.as_str());
-            email.push(p.contact.email.as_str());
-        }
-        let inserted = client
-            .query(
-                "INSERT INTO registry.sync_rows (sync_id, local_reference, row_no, rejected, nhs_number, date_of_birth,
-                     plan_type, start_date, end_date, expected_delivery_date, team_name, office_phone,
-                     emergency_duty_phone, email)
-                 SELECT $1, t.*  FROM unnest($2::text[], $3::int8[], array_fill(false, ARRAY[cardinality($2::text[])]),
-                     $4::text[], $5::date[], $6::int2[], $7::date[], $8::date[], $9::date[], $10::text[], $11::text[],
-                     $12::text[], $13::text[]) AS t
-                 ON CONFLICT (sync_id, local_reference) DO NOTHING
-                 RETURNING row_no",
-                &[&self.sync_id, &refs, &rows, &nhs, &dob, &kind, &start, &end, &edd, &team, &office, &duty, &email],
-            )
-            .await?;
-        self.staged += inserted.len() as i64;
-        if inserted.len() < valid.len() {
-            let kept: HashSet<i64> = inserted.iter().map(|r| r.get(0)).collect();
-            let lost: Vec<(i64, String)> = valid
-                .iter()
-                .filter(|(row, _)| !kept.contains(row))
-                .map(|(row, p)| (*row, p.local_reference.clone()))
-                .collect();
-            for (row, reference) in lost {
-                self.reject_duplicate(row, &reference);
+        let staged = uploads::stage_valid(client, self.sync_id, &valid).await?;
+        self.staged += staged.len() as i64;
+        if staged.len() < valid.len() {
+            let kept: HashSet<i64> = staged.into_iter().collect();
+            for (row, p) in &valid {
+                if !kept.contains(row) {
+                    self.reject_duplicate(*row, &p.local_reference);
+                }
             }
         }
         Ok(())
@@ -307,7 +233,7 @@ impl Sync {
             Err(e) => Err(e),
         };
         // Staged rows are scratch data: drop them whatever happened.
-        let _ = discard(crate::pg(client), self.sync_id).await;
+        let _ = uploads::discard(crate::pg(client), self.sync_id).await;
         result?;
         self.outcome.rejections.sort_by_key(|r| r.row);
         Ok(self.outcome)
@@ -329,26 +255,11 @@ impl Sync {
         lock_council(&*tx, &self.council, true).await?;
         // Hold this upload's row while applying: a sweep (which skips locked
         // uploads) can then never remove its staged rows mid-way.
-        let mine =
-            tx.query_opt("SELECT 1 FROM registry.sync_uploads WHERE sync_id = $1 FOR UPDATE", &[&self.sync_id]).await?;
-        if mine.is_none() {
-            return Err(ApiError::Aborted(
-                "this upload was idle too long and has been discarded: nothing was changed; resend it".into(),
-            ));
+        if !uploads::lock(&*tx, self.sync_id).await? {
+            return Err(idle_too_long());
         }
-        let (id, council, today) = (&self.sync_id, self.council.as_str(), &self.today);
-
-        let counts = tx
-            .query_one(
-                "SELECT count(*),
-                        count(*) FILTER (WHERE NOT EXISTS (
-                            SELECT 1 FROM registry.sync_rows s WHERE s.sync_id = $1 AND s.local_reference = p.local_reference))
-                 FROM registry.plans p
-                 WHERE p.council_code = $2 AND p.deleted_at IS NULL AND (p.end_date IS NULL OR p.end_date > $3)",
-                &[id, &council, today],
-            )
-            .await?;
-        let (open, to_end): (i64, i64) = (counts.get(0), counts.get(1));
+        let (id, council) = (self.sync_id, self.council.as_str());
+        let (open, to_end) = uploads::open_and_absent(&*tx, id, council, self.today).await?;
         if to_end > 0 && !allow_mass_end && (to_end as f64) > mass_end_share * (open as f64) {
             return Err(ApiError::FailedPrecondition(format!(
                 "this snapshot would end {to_end} of the council's {open} open plans, more than {:.0}%: \
@@ -356,88 +267,10 @@ impl Sync {
                 mass_end_share * 100.0
             )));
         }
-
-        let ended = tx
-            .query_one(
-                "WITH ended AS (
-                     UPDATE registry.plans p SET end_date = GREATEST($3, p.start_date), version = p.version + 1, updated_at = now()
-                     WHERE p.council_code = $2 AND p.deleted_at IS NULL AND (p.end_date IS NULL OR p.end_date > $3)
-                       AND NOT EXISTS (SELECT 1 FROM registry.sync_rows s
-                                       WHERE s.sync_id = $1 AND s.local_reference = p.local_reference)
-                     RETURNING p.plan_id, p.version, p.local_reference),
-                 hist AS (
-                     INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
-                     SELECT plan_id, version, 'ended_by_sync', ARRAY['end_date'], $4 FROM ended RETURNING 1)
-                 SELECT (SELECT count(*) FROM hist),
-                        coalesce((SELECT array_agg(local_reference ORDER BY local_reference) FROM ended)[1:$5], '{}')",
-                &[id, &council, today, &by, &MAX_LISTED_REFERENCES],
-            )
-            .await?;
-        let (ended, ended_refs): (i64, Vec<String>) = (ended.get(0), ended.get(1));
-
-        let updated = tx
-            .query_one(
-                "WITH diff AS (
-                     SELECT p.plan_id, array_remove(ARRAY[
-                         CASE WHEN p.nhs_number IS DISTINCT FROM s.nhs_number THEN 'nhs_number' END,
-                         CASE WHEN p.date_of_birth IS DISTINCT FROM s.date_of_birth THEN 'date_of_birth' END,
-                         CASE WHEN p.plan_type IS DISTINCT FROM s.plan_type THEN 'plan_type' END,
-                         CASE WHEN p.start_date IS DISTINCT FROM s.start_date THEN 'start_date' END,
-                         CASE WHEN p.end_date IS DISTINCT FROM s.end_date THEN 'end_date' END,
-                         CASE WHEN p.expected_delivery_date IS DISTINCT FROM s.expected_delivery_date THEN 'expected_delivery_date' END,
-                         CASE WHEN p.team_name IS DISTINCT FROM s.team_name THEN 'contact.team_name' END,
-                         CASE WHEN p.office_phone IS DISTINCT FROM s.office_phone THEN 'contact.office_phone' END,
-                         CASE WHEN p.emergency_duty_phone IS DISTINCT FROM s.emergency_duty_phone THEN 'contact.emergency_duty_phone' END,
-                         CASE WHEN p.email IS DISTINCT FROM s.email THEN 'contact.email' END
-                     ], NULL) AS fields
-                     FROM registry.plans p
-                     JOIN registry.sync_rows s ON s.sync_id = $1 AND s.local_reference = p.local_reference AND NOT s.rejected
-                     WHERE p.council_code = $2 AND p.deleted_at IS NULL),
-                 upd AS (
-                     UPDATE registry.plans p SET nhs_number = s.nhs_number, date_of_birth = s.date_of_birth,
-                         plan_type = s.plan_type, start_date = s.start_date, end_date = s.end_date,
-                         expected_delivery_date = s.expected_delivery_date, team_name = s.team_name,
-                         office_phone = s.office_phone, emergency_duty_phone = s.emergency_duty_phone,
-                         email = s.email, version = p.version + 1, updated_at = now()
-                     FROM diff d, registry.sync_rows s
-                     WHERE d.plan_id = p.plan_id AND cardinality(d.fields) > 0
-                       AND s.sync_id = $1 AND s.local_reference = p.local_reference
-                     RETURNING p.plan_id, p.version, p.local_reference),
-                 hist AS (
-                     INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
-                     SELECT u.plan_id, u.version, 'updated_by_sync', d.fields, $3 FROM upd u JOIN diff d USING (plan_id)
-                     RETURNING 1)
-                 SELECT (SELECT count(*) FROM hist),
-                        coalesce((SELECT array_agg(local_reference ORDER BY local_reference) FROM upd)[1:$4], '{}')",
-                &[id, &council, &by, &MAX_LISTED_REFERENCES],
-            )
-            .await?;
-        let (updated, updated_refs): (i64, Vec<String>) = (updated.get(0), updated.get(1));
-
-        let created = tx
-            .query_one(
-                "WITH ins AS (
-                     INSERT INTO registry.plans (plan_id, council_code, local_reference, nhs_number, date_of_birth,
-                         plan_type, start_date, end_date, expected_delivery_date, team_name, office_phone,
-                         emergency_duty_phone, email, version)
-                     SELECT gen_random_uuid(), $2, s.local_reference, s.nhs_number, s.date_of_birth, s.plan_type,
-                         s.start_date, s.end_date, s.expected_delivery_date, s.team_name, s.office_phone,
-                         s.emergency_duty_phone, s.email, 1
-                     FROM registry.sync_rows s
-                     WHERE s.sync_id = $1 AND NOT s.rejected
-                       AND NOT EXISTS (SELECT 1 FROM registry.plans p WHERE p.council_code = $2
-                                       AND p.local_reference = s.local_reference AND p.deleted_at IS NULL)
-                     RETURNING plan_id, local_reference),
-                 hist AS (
-                     INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
-                     SELECT plan_id, 1, 'created_by_sync', ARRAY[]::text[], $3 FROM ins RETURNING 1)
-                 SELECT (SELECT count(*) FROM hist),
-                        coalesce((SELECT array_agg(local_reference ORDER BY local_reference) FROM ins)[1:$4], '{}')",
-                &[id, &council, &by, &MAX_LISTED_REFERENCES],
-            )
-            .await?;
-        let (created, created_refs): (i64, Vec<String>) = (created.get(0), created.get(1));
-
+        let listed = MAX_LISTED_REFERENCES;
+        let (ended, ended_refs) = uploads::end_absent(&*tx, id, council, self.today, by, listed).await?;
+        let (updated, updated_refs) = uploads::update_changed(&*tx, id, council, by, listed).await?;
+        let (created, created_refs) = uploads::create_new(&*tx, id, council, by, listed).await?;
         self.outcome.ended = ended;
         self.outcome.updated = updated;
         self.outcome.created = created;
@@ -452,12 +285,10 @@ impl Sync {
         }
         Ok(())
     }
-}
 
-impl Sync {
     /// Removes this upload and its staged rows (it failed; nothing applied).
     pub async fn discard(&self, client: &impl GenericClient) -> Result<(), ApiError> {
-        discard(client, self.sync_id).await
+        uploads::discard(client, self.sync_id).await
     }
 
     /// A guard that drops this upload (and its staged rows) if it never
@@ -468,11 +299,8 @@ impl Sync {
     }
 }
 
-/// Removes one upload and its staged rows.
-async fn discard(client: &impl GenericClient, sync_id: Uuid) -> Result<(), ApiError> {
-    client.execute("DELETE FROM registry.sync_rows WHERE sync_id = $1", &[&sync_id]).await?;
-    client.execute("DELETE FROM registry.sync_uploads WHERE sync_id = $1", &[&sync_id]).await?;
-    Ok(())
+fn idle_too_long() -> ApiError {
+    ApiError::Aborted("this upload was idle too long and has been discarded: nothing was changed; resend it".into())
 }
 
 /// See [`Sync::staging_guard`]. Dropping it removes the upload and its staged
@@ -488,29 +316,9 @@ impl Drop for StagingGuard {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Ok(client) = pool.get().await {
-                    let _ = discard(crate::pg(&client), sync_id).await;
+                    let _ = uploads::discard(crate::pg(&client), sync_id).await;
                 }
             });
         }
     }
-}
-
-/// Removes uploads not heard of for `stale_after` (their client went away
-/// on a replica that then crashed), with their staged rows: by upload, never
-/// by the age of single rows, so a slow but live upload keeps all of its rows.
-pub async fn sweep_abandoned(client: &impl GenericClient, stale_after: Duration) -> Result<(), ApiError> {
-    let secs = stale_after.as_secs_f64();
-    client
-        .execute(
-            "WITH gone AS (
-                 DELETE FROM registry.sync_uploads WHERE sync_id IN (
-                     SELECT sync_id FROM registry.sync_uploads
-                     WHERE last_seen_at < now() - make_interval(secs => $1)
-                     FOR UPDATE SKIP LOCKED)
-                 RETURNING sync_id)
-             DELETE FROM registry.sync_rows WHERE sync_id IN (SELECT sync_id FROM gone)",
-            &[&secs],
-        )
-        .await?;
-    Ok(())
 }

@@ -1,5 +1,5 @@
-//! PostgreSQL: a deadpool pool from a connection string, a migrations runner
-//! (each service owns one schema), and error descriptions that are safe to log.
+//! PostgreSQL: a deadpool pool from a connection string and error
+//! descriptions that are safe to log (migrations: [`crate::migrate`]).
 //! Every connection goes through [`crate::db_tls`] (TLS, `sslmode`).
 
 use crate::db_tls::DbTarget;
@@ -147,58 +147,6 @@ impl SessionSettings {
             config.tcp_user_timeout(self.tcp_user_timeout);
         }
     }
-}
-
-/// One schema migration: applied once, in version order, inside the
-/// migration transaction.
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    /// Strictly increasing version number.
-    pub version: i32,
-    /// Short name for the record.
-    pub name: &'static str,
-    /// The SQL to run; it should qualify names with the service's schema.
-    pub sql: &'static str,
-}
-
-/// Applies the pending migrations of `schema`, once, even when several
-/// replicas start together (a transaction-scoped advisory lock serialises them).
-pub async fn migrate(pool: &Pool, schema: &str, migrations: &[Migration]) -> anyhow::Result<()> {
-    let mut client = pool.get().await.map_err(connect_failure)?;
-    let tx = client.transaction().await?;
-    // Replicas starting together wait here for the first one's migrations,
-    // and a migration may rewrite a large table: no session timeouts apply.
-    tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0").await?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("cpis-migrate-{schema}")]).await?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
-             version integer PRIMARY KEY,
-             name text NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );"
-    ))
-    .await?;
-    let applied: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for m in migrations {
-        if applied.contains(&m.version) {
-            continue;
-        }
-        tracing::info!(schema, version = m.version, name = m.name, "applying migration");
-        tx.batch_execute(m.sql).await?;
-        tx.execute(
-            &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
-            &[&m.version, &m.name],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 /// One direct connection (outside any pool) for tools and tests, with the

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 pub mod peer;
 pub mod retention;
 pub mod server;
