@@ -17,8 +17,6 @@ use cpis_proto::common::v1::Episode;
 use std::time::Duration;
 use uuid::Uuid;
 
-
-
 /// One outbox row claimed for publishing.
 #[derive(Debug, Clone)]
 pub struct PendingAlert {
