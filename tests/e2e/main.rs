@@ -13,6 +13,7 @@ mod faults;
 mod fhir;
 mod foundation;
 mod hostile;
+mod idle_streams;
 mod monitoring;
 mod need_to_know;
 mod notification;

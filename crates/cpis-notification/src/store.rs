@@ -16,7 +16,9 @@ use cpis_proto::notification::v1 as pb;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-/// The `LISTEN/NOTIFY` channel; the payload is a council code, nothing more.
+/// The `LISTEN/NOTIFY` channel; the payload is `council:sequence` (the
+/// council code and the sequence just committed), nothing more. A bare
+/// council code (from a publisher before migration 5) is also understood.
 pub const CHANNEL: &str = "cpis_notification_alert";
 
 /// Schema migrations of the `notification` schema, applied in order at start-up.
@@ -79,6 +81,7 @@ pub const MIGRATIONS: &[Migration] = &[
         );",
     },
     Migration { version: 4, name: "publish in one statement", sql: PUBLISH_FUNCTION },
+    Migration { version: 5, name: "the sequence in the notification", sql: PUBLISH_FUNCTION_NOTIFYING_SEQUENCE },
 ];
 
 /// `notification.publish_alert`: the whole of `PublishAlert` in one
@@ -235,6 +238,25 @@ impl Store {
             .map_or(0, |r| r.get(0)))
     }
 
+    /// The latest sequence of each of `councils` that has one (of every
+    /// council when `None`), in one query.
+    pub async fn latest_sequences(&self, councils: Option<&[String]>) -> Result<Vec<(String, i64)>, ApiError> {
+        let client = self.pool.get().await?;
+        let rows = match councils {
+            None => client.query("SELECT council_code, last_sequence FROM notification.council_sequences", &[]).await?,
+            Some(councils) => {
+                client
+                    .query(
+                        "SELECT council_code, last_sequence FROM notification.council_sequences
+                         WHERE council_code = ANY($1)",
+                        &[&councils],
+                    )
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// The highest sequence the council has acknowledged (0 when none).
     pub async fn acknowledged(&self, council: &str) -> Result<i64, ApiError> {
         let client = self.pool.get().await?;
@@ -333,3 +355,42 @@ fn alert_from_row(r: &Row) -> pb::Alert {
         created_at: Some(to_timestamp(r.get("created_at"))),
     }
 }
+
+/// Migration 5: [`PUBLISH_FUNCTION`] with the sequence in the notification
+/// (`council:sequence`), so every instance knows each council's latest
+/// sequence without reading it, and an idle stream reads nothing. The rest
+/// of the function is unchanged.
+pub const PUBLISH_FUNCTION_NOTIFYING_SEQUENCE: &str = r#"
+CREATE OR REPLACE FUNCTION notification.publish_alert(
+    p_council text, p_alert_id uuid, p_episode text, p_nhs_number text, p_plan_type integer,
+    p_local_reference text, p_setting_code text, p_setting_type integer, p_arrived_at timestamptz,
+    p_priority integer, p_traceparent text)
+RETURNS TABLE (o_alert_id uuid, o_sequence bigint, o_created boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_sequence bigint;
+BEGIN
+    RETURN QUERY SELECT a.alert_id, a.sequence, false FROM notification.alerts a
+        WHERE a.council_code = p_council AND a.episode_id = p_episode;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    BEGIN
+        INSERT INTO notification.council_sequences AS c (council_code, last_sequence)
+        VALUES (p_council, 1)
+        ON CONFLICT (council_code) DO UPDATE SET last_sequence = c.last_sequence + 1
+        RETURNING c.last_sequence INTO v_sequence;
+        INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id, nhs_number,
+            plan_type, local_reference, setting_code, setting_type, arrived_at, priority, traceparent)
+        VALUES (p_council, v_sequence, p_alert_id, p_episode, p_nhs_number, p_plan_type,
+            p_local_reference, p_setting_code, p_setting_type, p_arrived_at, p_priority, p_traceparent);
+    EXCEPTION WHEN unique_violation THEN
+        RETURN QUERY SELECT a.alert_id, a.sequence, false FROM notification.alerts a
+            WHERE a.council_code = p_council AND a.episode_id = p_episode;
+        RETURN;
+    END;
+    PERFORM pg_notify('cpis_notification_alert', p_council || ':' || v_sequence);
+    RETURN QUERY SELECT p_alert_id, v_sequence, true;
+END
+$fn$;
+"#;
