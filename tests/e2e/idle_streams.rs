@@ -4,8 +4,8 @@
 //! and an alert still reaches the right streams promptly, whether it was
 //! published here, on another instance, or only found by the safety poll.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
+use cpis_testkit::*;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, SubscribeRequest,
     SubscribeResponse,
