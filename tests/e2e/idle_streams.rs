@@ -4,12 +4,12 @@
 //! and an alert still reaches the right streams promptly, whether it was
 //! published here, on another instance, or only found by the safety poll.
 
-use cpis_testkit::*;
 use cpis_domain::identity::ServiceName;
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, SubscribeRequest,
     SubscribeResponse,
 };
+use cpis_testkit::*;
 use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tonic::Streaming;
@@ -121,19 +121,20 @@ async fn two_hundred_idle_streams_beat_on_time_without_a_query_and_alerts_still_
     let published = Instant::now();
     let mut publisher = ts.notification(&service(ServiceName::Attendance));
     let answer = publisher.publish_alert(alert_for(LIVERPOOL, 1)).await.expect("publish").into_inner();
-    let waits = streams.iter_mut().flat_map(|(code, list)| list.iter_mut().map(|s| (*code, s))).map(|(code, s)| async move {
-        let seen = timeout(Duration::from_millis(2500), async {
-            loop {
-                match next(s).await {
-                    Event::Alert(a) => return Some(a),
-                    Event::Heartbeat(h) if h.latest_sequence > 0 => return None,
-                    Event::Heartbeat(_) => {}
+    let waits =
+        streams.iter_mut().flat_map(|(code, list)| list.iter_mut().map(|s| (*code, s))).map(|(code, s)| async move {
+            let seen = timeout(Duration::from_millis(2500), async {
+                loop {
+                    match next(s).await {
+                        Event::Alert(a) => return Some(a),
+                        Event::Heartbeat(h) if h.latest_sequence > 0 => return None,
+                        Event::Heartbeat(_) => {}
+                    }
                 }
-            }
-        })
-        .await;
-        (code, seen)
-    });
+            })
+            .await;
+            (code, seen)
+        });
     for (code, seen) in futures::future::join_all(waits).await {
         if code == LIVERPOOL {
             let alert = seen.expect("promptly").expect("the alert, not a heartbeat announcing it");
@@ -226,5 +227,102 @@ async fn a_lost_notification_is_made_good_by_the_per_council_poll() {
     assert_eq!(alert.sequence, sequence);
     heartbeats(&mut stream, 1, sequence).await;
     drop(stream);
+    ts.suite.stop().await.unwrap();
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The memory experiment behind issue 17's goals (8)-(10), not a test:
+/// `cargo test --release --test e2e memory_of_idle_streams -- --ignored --nocapture`
+/// (`CPIS_EXPERIMENT_STREAMS`, default 10,000). Runs `cpis serve notification`
+/// as its own process and prints its RSS idle, with the streams open, after
+/// they close, for two rounds in the same process, and its peak (`VmHWM`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "an experiment: prints memory figures, takes about a minute"]
+async fn memory_of_idle_streams() {
+    let n: usize = std::env::var("CPIS_EXPERIMENT_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let ts = start().await;
+    let tls = ts.identity(&service(ServiceName::Notification));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(ts.state.path().join("notification.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpis"))
+        .args(["serve", "notification", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--ca", &tls.ca.display().to_string(), "--cert", &tls.cert.display().to_string()])
+        .args(["--key", &tls.key.display().to_string(), "--trust-domain", TRUST_DOMAIN])
+        .args(["--database-url", &ts.database_url, "--pool-size", "16", "--drain-secs", "0", "--heartbeat-secs", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("cpis serve notification");
+    let pid = child.id();
+    // Council identities, 50 streams each (the per-caller cap is 64).
+    let codes: Vec<String> = (0..n.div_ceil(50)).map(|i| format!("E0699{i:04}")).collect();
+    let channels: Vec<_> = codes.iter().map(|c| ts.channel(port, &council(c))).collect();
+    eventually(30, "the separate Notification service serving", || {
+        let mut client = NotificationServiceClient::new(channels[0].clone());
+        async move { client.list_alerts(cpis_proto::notification::v1::ListAlertsRequest::default()).await.is_ok() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = status_kib(pid, "VmRSS");
+    println!("streams {n}; notification idle RSS {:.1} MB", idle as f64 / 1024.0);
+    let mut peaks = Vec::new();
+    for round in 1..=2 {
+        let opening = (0..n).map(|i| {
+            let mut client = NotificationServiceClient::new(channels[i % channels.len()].clone());
+            async move {
+                let mut s = client
+                    .subscribe(SubscribeRequest { after_sequence: 0, replay: false })
+                    .await
+                    .expect("subscribe")
+                    .into_inner();
+                tokio::spawn(async move {
+                    let (mut beats, mut last, mut worst) = (0u32, Instant::now(), Duration::ZERO);
+                    while let Ok(Some(_)) = s.message().await {
+                        beats += 1;
+                        worst = worst.max(last.elapsed());
+                        last = Instant::now();
+                        if beats == 6 {
+                            break;
+                        }
+                    }
+                    worst
+                })
+            }
+        });
+        use futures::StreamExt as _;
+        let readers: Vec<_> = futures::stream::iter(opening).buffer_unordered(256).collect().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let open = status_kib(pid, "VmRSS");
+        let gaps = futures::future::join_all(readers).await;
+        let worst = gaps.into_iter().map(|g| g.unwrap()).max().unwrap_or_default();
+        // The readers stopped after six messages: their streams are closed now.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let closed = status_kib(pid, "VmRSS");
+        let peak = status_kib(pid, "VmHWM");
+        peaks.push(peak);
+        println!(
+            "round {round}: open {:.1} MB ({:.0} bytes per stream over idle); longest silence on any stream {:?} \
+             (heartbeat 1 s); 5 s after closing {:.1} MB ({:.2}x idle); peak {:.1} MB",
+            open as f64 / 1024.0,
+            (open.saturating_sub(idle) * 1024) as f64 / n as f64,
+            worst,
+            closed as f64 / 1024.0,
+            closed as f64 / idle.max(1) as f64,
+            peak as f64 / 1024.0
+        );
+    }
+    println!("second round raised the peak by {:.1} MB", (peaks[1] as f64 - peaks[0] as f64) / 1024.0);
+    let _ = child.kill();
+    let _ = child.wait();
     ts.suite.stop().await.unwrap();
 }

@@ -15,9 +15,9 @@
 use crate::fanout::{Change, Latest};
 use crate::listen::StreamQueries;
 use crate::store::Store;
+use cpis_proto::notification::v1 as pb;
 use cpis_runtime::server::CancellationToken;
 use cpis_runtime::ApiError;
-use cpis_proto::notification::v1 as pb;
 use pb::subscribe_response::Event;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
