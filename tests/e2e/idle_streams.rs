@@ -20,8 +20,12 @@ const COUNCILS: [&str; 5] = [MANCHESTER, LIVERPOOL, KENT, "E09000001", "E0600000
 const STREAMS_PER_COUNCIL: usize = 40;
 const PATIENCE: Duration = Duration::from_secs(15);
 
+fn configs() -> cpis::suite::ServiceConfigs {
+    cpis::suite::ServiceConfigs { notification: notification_settings(HEARTBEAT), ..Default::default() }
+}
+
 async fn start() -> TestSuite {
-    TestSuite::start_with(cpis::suite::ServiceConfigs { heartbeat: Some(HEARTBEAT), ..Default::default() }).await
+    TestSuite::start_with(configs()).await
 }
 
 /// The service's count of database queries made for streams, of `kind`
@@ -155,11 +159,7 @@ async fn two_hundred_idle_streams_beat_on_time_without_a_query_and_alerts_still_
 async fn an_alert_written_by_another_instance_reaches_an_idle_stream_here() {
     let ts = start().await;
     // Another suite on the same database: another replica of every service.
-    let other = TestSuite::start_on(
-        ts.database_url.clone(),
-        cpis::suite::ServiceConfigs { heartbeat: Some(HEARTBEAT), ..Default::default() },
-    )
-    .await;
+    let other = TestSuite::start_on(ts.database_url.clone(), configs()).await;
     let mut here = open(&ts, MANCHESTER, 3).await;
     for s in &mut here {
         heartbeats(s, 1, 0).await;
