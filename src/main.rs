@@ -15,6 +15,15 @@ use cpis_runtime::tls::TlsPaths;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// jemalloc, not glibc's per-thread arenas (which keep a service at its peak
+// after 10,000 streams close); background purging returns freed pages within ~1 s.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(not(target_env = "msvc"))]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 43] = b"background_thread:true,dirty_decay_ms:1000\0";
+
 #[derive(Parser, Debug)]
 #[command(name = "cpis", version, about = "Child protection information sharing")]
 struct Cli {

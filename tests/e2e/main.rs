@@ -11,6 +11,7 @@ mod faults;
 mod fhir;
 mod foundation;
 mod hostile;
+mod idle_streams;
 mod migrations;
 mod monitoring;
 mod need_to_know;

@@ -1,28 +1,47 @@
-//! Wake-ups: one dedicated `LISTEN` connection per service instance, fanned
-//! out in-process to the streams of each council.
+//! Each council's latest sequence, in memory, shared by every stream of
+//! this instance.
 //!
-//! A wake-up carries no alert, only "council X may have something new"; the
-//! stream then reads the table from its own cursor. Wake-ups for one council
-//! coalesce (a `watch` channel keeps only "changed"), so a burst of a
-//! thousand alerts costs a stream a few reads, and a stalled stream holds no
-//! queue at all. A notification missed while the connection was down costs
-//! latency, never an alert: after every (re)connection all streams re-read,
-//! and each stream also re-reads on a timer.
+//! The table is the truth; this is only what the instance knows of it: the
+//! highest sequence seen per council, raised by the `NOTIFY` payloads
+//! (`council:sequence`), by one re-read of every council after the `LISTEN`
+//! connection (re)connects, and by the safety poll of the councils that
+//! have streams here ([`crate::listen`]). The value only ever rises, so
+//! those sources can race freely. An idle stream compares it with its own
+//! cursor: heartbeats come from memory, and the table is read only when the
+//! council has something newer than the cursor. A burst of a thousand
+//! alerts coalesces (a `watch` keeps only the latest), so a stalled stream
+//! holds no queue at all.
 
-use crate::store::CHANNEL;
-use cpis_runtime::server::CancellationToken;
-use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-use tokio::sync::watch;
-use tokio_postgres::AsyncMessage;
+use tokio::sync::{watch, Notify};
 
-/// The in-process registry of wake-up channels, one per council with at
-/// least one open stream on this instance.
+/// The in-process registry: one entry per council seen (there are about
+/// 153 councils in England, and council codes are validated on the way in).
 #[derive(Debug, Clone, Default)]
 pub struct Fanout {
-    councils: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    councils: Mutex<HashMap<String, watch::Sender<i64>>>,
+    /// Councils whose notification carried no sequence (an older publisher):
+    /// the poller reads their latest in one query.
+    stale: Mutex<HashSet<String>>,
+    /// Every council must be re-read (the LISTEN connection (re)connected).
+    stale_all: AtomicBool,
+    /// Wakes the poller for the two above.
+    refresh: Notify,
+    /// Bumped when the instance lost sight of the database: streams end.
+    lost: watch::Sender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single insert, lookup or removal, so the
+    // data stays consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Fanout {
@@ -31,178 +50,146 @@ impl Fanout {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
-        // The map stays consistent even if a holder panicked: every critical
-        // section is a single insert, lookup or removal.
-        self.councils.lock().unwrap_or_else(|e| e.into_inner())
+    /// Registers one stream of `council`: it sees the council's latest
+    /// sequence until the result is dropped.
+    pub fn subscribe(&self, council: &str) -> Latest {
+        let mut councils = lock(&self.inner.councils);
+        let rx = match councils.get(council) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                councils.insert(council.to_string(), tx);
+                rx
+            }
+        };
+        let mut lost = self.inner.lost.subscribe();
+        lost.mark_unchanged();
+        Latest { rx, lost, _registry: self.clone() }
     }
 
-    /// Registers one stream of `council`; it is woken until the result is dropped.
-    pub fn subscribe(&self, council: &str) -> Wakeups {
-        let rx = self.lock().entry(council.to_string()).or_insert_with(|| watch::channel(0).0).subscribe();
-        Wakeups { rx: Some(rx), council: council.to_string(), fanout: self.clone() }
-    }
-
-    /// Wakes every stream of `council` on this instance.
-    pub fn wake(&self, council: &str) {
-        if let Some(tx) = self.lock().get(council) {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+    /// Records that `council` has `sequence` stored; wakes its streams if that is new.
+    pub fn advance(&self, council: &str, sequence: i64) {
+        let mut councils = lock(&self.inner.councils);
+        match councils.get(council) {
+            Some(tx) => {
+                tx.send_if_modified(|latest| {
+                    let newer = sequence > *latest;
+                    if newer {
+                        *latest = sequence;
+                    }
+                    newer
+                });
+            }
+            None => {
+                councils.insert(council.to_string(), watch::channel(sequence).0);
+            }
         }
     }
 
-    /// Wakes every stream on this instance (after the LISTEN connection was
-    /// (re)established, when notifications may have been missed).
-    pub fn wake_all(&self) {
-        for tx in self.lock().values() {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+    /// One `NOTIFY` payload: `council:sequence`, or a bare council code from
+    /// a publisher that does not send the sequence (then it is read).
+    pub fn notified(&self, payload: &str) {
+        match payload.split_once(':').map(|(c, s)| (c, s.parse::<i64>())) {
+            Some((council, Ok(sequence))) => self.advance(council, sequence),
+            _ => {
+                let council = payload.split(':').next().unwrap_or(payload);
+                lock(&self.inner.stale).insert(council.to_string());
+                self.inner.refresh.notify_one();
+            }
         }
+    }
+
+    /// Asks for every council's latest sequence to be read again (after the
+    /// LISTEN connection was (re)established: notifications may have been missed).
+    pub fn refresh_all(&self) {
+        self.inner.stale_all.store(true, Ordering::SeqCst);
+        self.inner.refresh.notify_one();
+    }
+
+    /// Resolves when a refresh was asked for.
+    pub(crate) async fn refresh_requested(&self) {
+        self.inner.refresh.notified().await
+    }
+
+    /// What must be read now: `None` for every council, or the councils named
+    /// by bare notifications (empty when nothing was asked).
+    pub(crate) fn take_refresh(&self) -> Option<Vec<String>> {
+        let stale: Vec<String> = lock(&self.inner.stale).drain().collect();
+        if self.inner.stale_all.swap(false, Ordering::SeqCst) {
+            None
+        } else {
+            Some(stale)
+        }
+    }
+
+    /// Ends every stream of this instance with `UNAVAILABLE`: the instance
+    /// can no longer tell what is new, and the client should go elsewhere.
+    pub fn lose_database(&self) {
+        self.inner.lost.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The councils with at least one open stream on this instance.
+    pub fn watched(&self) -> Vec<String> {
+        lock(&self.inner.councils).iter().filter(|(_, tx)| tx.receiver_count() > 0).map(|(c, _)| c.clone()).collect()
     }
 
     /// How many councils have an open stream on this instance.
     pub fn councils_watched(&self) -> usize {
-        self.lock().len()
+        lock(&self.inner.councils).values().filter(|tx| tx.receiver_count() > 0).count()
     }
 
     /// Each council with an open stream on this instance, and how many.
     pub fn streams_by_council(&self) -> Vec<(String, usize)> {
-        self.lock().iter().map(|(council, tx)| (council.clone(), tx.receiver_count())).collect()
+        lock(&self.inner.councils)
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(council, tx)| (council.clone(), tx.receiver_count()))
+            .collect()
+    }
+
+    /// The latest sequence known for `council` (0 when none is known).
+    pub fn latest(&self, council: &str) -> i64 {
+        lock(&self.inner.councils).get(council).map_or(0, |tx| *tx.borrow())
     }
 }
 
-/// One stream's wake-up signal; leaving deregisters it, and the council's
-/// entry goes with its last stream.
+/// One stream's view of its council's latest sequence.
 #[derive(Debug)]
-pub struct Wakeups {
-    // Always `Some` until `drop`, which must release it under the map lock.
-    rx: Option<watch::Receiver<u64>>,
-    council: String,
-    fanout: Fanout,
+pub struct Latest {
+    rx: watch::Receiver<i64>,
+    lost: watch::Receiver<u64>,
+    // Keeps the senders alive for as long as any stream waits on them.
+    _registry: Fanout,
 }
 
-impl Wakeups {
-    /// Resolves once the council may have new alerts since the last call
-    /// (immediately if a wake-up arrived in between).
-    pub async fn wait(&mut self) {
-        let changed = match self.rx.as_mut() {
-            Some(rx) => rx.changed().await.is_ok(),
-            None => false,
-        };
-        if !changed {
-            // The sender lives while any receiver does, so this cannot
-            // happen; never spin if it somehow did: the stream's timer still
-            // re-reads.
-            std::future::pending::<()>().await;
-        }
+/// What woke a waiting stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The council's latest sequence rose.
+    Advanced,
+    /// The instance lost sight of the database.
+    Lost,
+}
+
+impl Latest {
+    /// The latest sequence known now; marks it seen for [`Latest::changed`].
+    pub fn get(&mut self) -> i64 {
+        *self.rx.borrow_and_update()
     }
-}
 
-impl Drop for Wakeups {
-    fn drop(&mut self) {
-        let mut councils = self.fanout.lock();
-        // Release our receiver under the lock, so the count below is exact
-        // even when several streams of the council leave at once.
-        drop(self.rx.take());
-        if councils.get(&self.council).is_some_and(|tx| tx.receiver_count() == 0) {
-            councils.remove(&self.council);
-        }
-    }
-}
-
-/// Settings of the LISTEN connection.
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    /// Where to connect (the service's database).
-    pub database: tokio_postgres::Config,
-    /// TLS to the database, as the pool does it.
-    pub tls: cpis_runtime::db_tls::DbTls,
-    /// First delay before reconnecting; doubles on each failure.
-    pub backoff_min: Duration,
-    /// Longest delay between reconnection attempts.
-    pub backoff_max: Duration,
-}
-
-impl ListenerConfig {
-    /// Settings for `database_url`, with the session settings of every
-    /// connection ([`cpis_runtime::db::SessionSettings`]): TCP keepalives short
-    /// enough to notice a silently dead connection within about a minute.
-    pub fn new(database_url: &str, backoff_max: Duration) -> anyhow::Result<Self> {
-        let target = cpis_runtime::db_tls::DbTarget::parse(database_url)?;
-        let tls = target.tls()?;
-        let mut database = target.config;
-        database.application_name("cpis-notification-listen").connect_timeout(Duration::from_secs(5));
-        cpis_runtime::db::SessionSettings::from_env()?.apply(&mut database);
-        Ok(Self { database, tls, backoff_min: Duration::from_millis(100), backoff_max })
-    }
-}
-
-/// Runs the LISTEN connection until `stop` fires: connects, listens, wakes
-/// every stream, then turns each notification into a wake-up of its council;
-/// when the connection drops, reconnects with exponential backoff.
-pub async fn listen(config: ListenerConfig, fanout: Fanout, stop: CancellationToken) {
-    let mut backoff = config.backoff_min;
-    loop {
-        match listen_once(&config, &fanout, &stop, &mut backoff).await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!(
-                cause = %e,
-                retry_in_ms = backoff.as_millis() as u64,
-                "LISTEN connection lost; reconnecting"
-            ),
-        }
+    /// Resolves once the latest sequence rose since the last [`Latest::get`]
+    /// (at once if it did in between), or when the database is lost.
+    pub async fn changed(&mut self) -> Change {
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(config.backoff_max);
-    }
-}
-
-/// Why the LISTEN connection ended.
-#[derive(Debug, thiserror::Error)]
-enum ListenError {
-    /// Connecting, listening or reading failed.
-    #[error("{}", cpis_runtime::db::describe(.0))]
-    Db(#[from] tokio_postgres::Error),
-    /// The server closed the connection.
-    #[error("connection closed by the server")]
-    Closed,
-}
-
-/// One connection's life: `Ok` when stopped, `Err` when the connection failed.
-async fn listen_once(
-    config: &ListenerConfig,
-    fanout: &Fanout,
-    stop: &CancellationToken,
-    backoff: &mut Duration,
-) -> Result<(), ListenError> {
-    let (client, mut connection) = tokio::select! {
-        _ = stop.cancelled() => return Ok(()),
-        connected = config.database.connect(config.tls.clone()) => connected?,
-    };
-    // The connection must be polled for the LISTEN to complete, and from then
-    // on to receive notifications: one loop does both.
-    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let statement = format!("LISTEN {CHANNEL}");
-    let listen = client.batch_execute(&statement);
-    tokio::pin!(listen);
-    let mut listening = false;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            done = &mut listen, if !listening => {
-                done?;
-                listening = true;
-                *backoff = config.backoff_min;
-                tracing::info!("listening for new alerts");
-                // Anything published while we were not listening is only in
-                // the table: make every stream look.
-                fanout.wake_all();
-            }
-            message = messages.next() => match message {
-                Some(Ok(AsyncMessage::Notification(n))) => fanout.wake(n.payload()),
-                Some(Ok(_)) => {} // notices: nothing to do
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(ListenError::Closed),
+            biased;
+            r = self.lost.changed() => match r {
+                Ok(()) => Change::Lost,
+                Err(_) => std::future::pending().await,
+            },
+            r = self.rx.changed() => match r {
+                Ok(()) => Change::Advanced,
+                // `_registry` keeps the sender alive: cannot happen.
+                Err(_) => std::future::pending().await,
             },
         }
     }
@@ -211,9 +198,10 @@ async fn listen_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
-    async fn a_council_entry_lives_as_long_as_its_streams() {
+    async fn a_council_counts_as_watched_as_long_as_its_streams() {
         let fanout = Fanout::new();
         let a = fanout.subscribe("E08000003");
         let b = fanout.subscribe("E08000003");
@@ -223,24 +211,52 @@ mod tests {
         assert_eq!(fanout.councils_watched(), 2);
         drop(b);
         assert_eq!(fanout.councils_watched(), 1);
+        assert_eq!(fanout.watched(), vec!["E08000012".to_string()]);
         drop(c);
         assert_eq!(fanout.councils_watched(), 0);
     }
 
     #[tokio::test]
-    async fn wake_ups_reach_only_the_council_named() {
+    async fn notifications_raise_only_the_council_named_and_never_lower_it() {
         let fanout = Fanout::new();
         let mut manchester = fanout.subscribe("E08000003");
         let mut liverpool = fanout.subscribe("E08000012");
-        fanout.wake("E08000003");
-        fanout.wake("E08000003"); // coalesces with the first
+        assert_eq!(manchester.get(), 0);
+        assert_eq!(liverpool.get(), 0);
+        fanout.notified("E08000003:4");
+        fanout.notified("E08000003:5"); // coalesces with the first
         let quick = Duration::from_millis(50);
-        assert!(tokio::time::timeout(quick, manchester.wait()).await.is_ok());
-        assert!(tokio::time::timeout(quick, manchester.wait()).await.is_err());
-        assert!(tokio::time::timeout(quick, liverpool.wait()).await.is_err());
-        fanout.wake("E10000016"); // nobody streaming: nothing happens
-        fanout.wake_all();
-        assert!(tokio::time::timeout(quick, manchester.wait()).await.is_ok());
-        assert!(tokio::time::timeout(quick, liverpool.wait()).await.is_ok());
+        assert_eq!(tokio::time::timeout(quick, manchester.changed()).await, Ok(Change::Advanced));
+        assert_eq!(manchester.get(), 5);
+        assert!(tokio::time::timeout(quick, manchester.changed()).await.is_err());
+        assert!(tokio::time::timeout(quick, liverpool.changed()).await.is_err());
+        fanout.notified("E08000003:3"); // late and lower: nothing changes
+        assert!(tokio::time::timeout(quick, manchester.changed()).await.is_err());
+        assert_eq!(manchester.get(), 5);
+        fanout.notified("E10000016:9"); // nobody streaming: remembered
+        assert_eq!(fanout.latest("E10000016"), 9);
+        assert_eq!(fanout.take_refresh(), Some(vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_bare_council_code_asks_for_a_read_and_a_reconnection_for_all() {
+        let fanout = Fanout::new();
+        fanout.notified("E08000003");
+        fanout.notified("E08000003:x");
+        assert_eq!(fanout.take_refresh(), Some(vec!["E08000003".to_string()]));
+        fanout.refresh_all();
+        assert_eq!(fanout.take_refresh(), None);
+        assert_eq!(fanout.take_refresh(), Some(vec![]));
+    }
+
+    #[tokio::test]
+    async fn losing_the_database_reaches_every_stream() {
+        let fanout = Fanout::new();
+        let mut a = fanout.subscribe("E08000003");
+        fanout.lose_database();
+        let mut late = fanout.subscribe("E08000003");
+        let quick = Duration::from_millis(50);
+        assert_eq!(tokio::time::timeout(quick, a.changed()).await, Ok(Change::Lost));
+        assert!(tokio::time::timeout(quick, late.changed()).await.is_err(), "only streams open at the loss");
     }
 }

@@ -3,11 +3,18 @@
 //!
 //! How an alert travels: `PublishAlert` (the Attendance service only) stores
 //! it with the council's next gapless sequence and sends `NOTIFY` with the
-//! council code in the same transaction ([`store`]). Every instance holds
-//! one `LISTEN` connection and wakes its streams of that council ([`fanout`]);
-//! each stream reads the table after its own cursor and feeds a bounded
-//! channel ([`stream`]). The table is the truth, the notification only a
-//! wake-up, so any number of replicas can serve any council.
+//! council code and that sequence in the same transaction ([`store`]). Every
+//! instance holds one `LISTEN` connection and one safety poll ([`listen`])
+//! that keep each council's latest sequence in memory ([`fanout`]); a stream
+//! whose council has something newer than its cursor reads the table after
+//! the cursor and feeds a bounded channel, and an idle one sends heartbeats
+//! from memory without a query ([`stream`]). The table is the truth, the
+//! notification only a wake-up, so any number of replicas can serve any
+//! council.
+//!
+//! Every handler has one shape: the trait method takes the caller the
+//! authorization layer verified (which also guarantees the caller's kind),
+//! calls one operation returning `Result<_, ApiError>`, and converts.
 //!
 //! # Long-lived streams behind load balancers
 //!
@@ -43,15 +50,17 @@
 pub mod alert;
 pub mod delivery;
 pub mod fanout;
+pub mod listen;
 pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod stream;
 
 use crate::alert::NewAlert;
-use crate::fanout::{Fanout, ListenerConfig};
+use crate::fanout::Fanout;
+use crate::listen::ListenerConfig;
 use crate::store::{AckError, Store};
-use crate::stream::{StreamSettings, Subscription};
+use crate::stream::{StreamContext, StreamSettings, Subscription};
 use cpis_domain::identity::Caller;
 use cpis_domain::validate::Violations;
 use cpis_proto::notification::v1 as pb;
@@ -116,17 +125,28 @@ impl Notification {
         let listener = ListenerConfig::new(&config.database_url, config.reconnect_backoff_max)?;
         let fanout = Fanout::new();
         tokio::spawn(
-            fanout::listen(listener, fanout.clone(), shutdown.stopping().clone())
+            listen::listen(listener, fanout.clone(), shutdown.stopping().clone())
                 .instrument(tracing::info_span!("alert_listener")),
         );
         let store = Store::new(pool);
+        let metrics = stream::StreamMetrics::new();
+        tokio::spawn(
+            listen::poll(
+                store.clone(),
+                fanout.clone(),
+                config.poll_interval,
+                metrics.db_queries.clone(),
+                shutdown.stopping().clone(),
+            )
+            .instrument(tracing::info_span!("latest_poll")),
+        );
         let council_metrics = delivery::CouncilMetrics::new();
         tokio::spawn(council_metrics.clone().run(
             store.clone(),
             config.council_metrics_interval,
             shutdown.stopping().clone(),
         ));
-        Ok(Self { store, fanout, config, shutdown, metrics: stream::StreamMetrics::new(), council_metrics })
+        Ok(Self { store, fanout, config, shutdown, metrics, council_metrics })
     }
 
     /// Registers this service's own metrics (open subscriptions, delivery
@@ -136,6 +156,7 @@ impl Notification {
         metrics.register(self.metrics.open.clone());
         metrics.register(self.metrics.delivered.clone());
         metrics.register(self.metrics.delivery_lag.clone());
+        metrics.register(self.metrics.db_queries.collector());
     }
 
     /// The gRPC routes of this service.
@@ -170,16 +191,15 @@ impl Notification {
         Ok(after)
     }
 
-    async fn do_subscribe(&self, council: String, r: pb::SubscribeRequest) -> Result<EventStream, ApiError> {
+    /// `Subscribe`: the council's stream from the requested sequence on.
+    async fn open_stream(&self, council: String, r: pb::SubscribeRequest) -> Result<EventStream, ApiError> {
+        self.metrics.db_queries.inc("open");
         let cursor = self.start_after(&council, r.after_sequence, r.replay).await?;
-        // Registered before the task's first read, so no wake-up falls between.
-        let wakeups = self.fanout.subscribe(&council);
+        // Registered before the task's first read, so no new sequence falls between.
+        let latest = self.fanout.subscribe(&council);
         let (tx, rx) = tokio::sync::mpsc::channel(self.config.stream_buffer.max(1));
-        let settings = StreamSettings {
-            heartbeat: self.config.heartbeat,
-            poll_interval: self.config.poll_interval,
-            page_size: self.config.stream_buffer.max(1) as i64,
-        };
+        let settings =
+            StreamSettings { heartbeat: self.config.heartbeat, page_size: self.config.stream_buffer.max(1) as i64 };
         let span = tracing::info_span!(
             "subscription",
             council = %council,
@@ -188,35 +208,42 @@ impl Notification {
             replay = r.replay
         );
         span.in_scope(|| tracing::debug!("subscribed"));
-        let subscription = Subscription { council, cursor, wakeups };
+        let subscription = Subscription { council, cursor, latest };
         // The stream's last word is sent after every buffered alert, so a
         // full buffer cannot swallow it: a stream the server ends always ends
         // with a non-OK status, and clients know to reconnect.
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
-        let (store, stopping, metrics) = (self.store.clone(), self.shutdown.stopping().clone(), self.metrics.clone());
+        let cx = StreamContext {
+            store: self.store.clone(),
+            stop: self.shutdown.stopping().clone(),
+            metrics: self.metrics.clone(),
+        };
         tokio::spawn(
             async move {
-                if let Some(status) = stream::run(store, subscription, settings, tx, stopping, metrics).await {
+                if let Some(status) = stream::run(cx, subscription, settings, tx).await {
                     let _ = end_tx.send(status);
                 }
             }
             .instrument(span),
         );
-        Ok(Box::pin(ReceiverStream::new(rx).chain(futures::stream::once(last_word(end_rx)))))
+        let messages = ReceiverStream::new(rx).map(|m| Ok(*m));
+        Ok(Box::pin(messages.chain(futures::stream::once(last_word(end_rx)))))
     }
 
-    async fn do_ack(&self, council: &str, r: pb::AckAlertsRequest) -> Result<i64, ApiError> {
+    /// `AckAlerts`: the acknowledgement now stored.
+    async fn acknowledge(&self, council: &str, r: pb::AckAlertsRequest) -> Result<pb::AckAlertsResponse, ApiError> {
         if r.up_to_sequence < 0 {
             return Err(ApiError::invalid("up_to_sequence", "must not be negative"));
         }
         match self.store.acknowledge(council, r.up_to_sequence).await {
-            Ok(through) => Ok(through),
+            Ok(acknowledged_through) => Ok(pb::AckAlertsResponse { acknowledged_through }),
             Err(e @ AckError::BeyondLatest { .. }) => Err(ApiError::invalid("up_to_sequence", e.to_string())),
             Err(AckError::Api(e)) => Err(e),
         }
     }
 
-    async fn do_list(&self, council: &str, r: pb::ListAlertsRequest) -> Result<pb::ListAlertsResponse, ApiError> {
+    /// `ListAlerts`: one page of the council's log.
+    async fn list(&self, council: &str, r: pb::ListAlertsRequest) -> Result<pb::ListAlertsResponse, ApiError> {
         let mut v = Violations::new();
         let page_size = v.page_size("page_size", r.page_size, DEFAULT_LIST_PAGE, MAX_LIST_PAGE);
         if r.after_sequence < 0 {
@@ -231,7 +258,8 @@ impl Notification {
         Ok(pb::ListAlertsResponse { alerts, has_more })
     }
 
-    async fn do_publish(&self, r: pb::PublishAlertRequest) -> Result<pb::PublishAlertResponse, ApiError> {
+    /// `PublishAlert` (the Attendance service): stores one alert.
+    async fn publish(&self, r: pb::PublishAlertRequest) -> Result<pb::PublishAlertResponse, ApiError> {
         let alert = NewAlert::from_request(&r)?;
         let published = self.store.publish(&alert).await?;
         tracing::info!(
@@ -249,16 +277,20 @@ impl Notification {
 /// The status that ends a stream: the one its task chose, or `UNAVAILABLE`
 /// if the task ended without one (never OK: some clients read OK as "done").
 async fn last_word(end: tokio::sync::oneshot::Receiver<Status>) -> stream::Item {
-    Err(end
-        .await
-        .unwrap_or_else(|_| Status::unavailable("the stream ended; reconnect and resume from your last sequence")))
+    Err(end.await.unwrap_or_else(|_| {
+        Status::from(ApiError::Unavailable(
+            "the stream ended; reconnect and resume from your last sequence".to_string(),
+        ))
+    }))
 }
 
 /// The calling council, from the identity the authorization layer verified.
-fn council_of<T>(request: &Request<T>) -> Result<String, Status> {
+/// That layer admits only councils to the methods that ask (its policy
+/// table), so anything else here is a wiring fault, not a caller's error.
+fn council_of<T>(request: &Request<T>) -> Result<String, ApiError> {
     match cpis_runtime::authz::caller(request)? {
         Caller::Council(code) => Ok(code),
-        other => Err(Status::permission_denied(format!("{} callers have no alerts", other.kind().as_str()))),
+        _ => Err(ApiError::internal("a council method was reached without a verified council caller")),
     }
 }
 
@@ -271,26 +303,25 @@ impl pb::notification_service_server::NotificationService for Notification {
 
     async fn subscribe(&self, r: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let council = council_of(&r)?;
-        let stream = self.do_subscribe(council, r.into_inner()).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(self.open_stream(council, r.into_inner()).await?))
     }
 
     async fn ack_alerts(&self, r: Request<pb::AckAlertsRequest>) -> Result<Response<pb::AckAlertsResponse>, Status> {
         let council = council_of(&r)?;
-        let acknowledged_through = self.do_ack(&council, r.into_inner()).await?;
-        Ok(Response::new(pb::AckAlertsResponse { acknowledged_through }))
+        Ok(Response::new(self.acknowledge(&council, r.into_inner()).await?))
     }
 
     async fn list_alerts(&self, r: Request<pb::ListAlertsRequest>) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let council = council_of(&r)?;
-        Ok(Response::new(self.do_list(&council, r.into_inner()).await?))
+        Ok(Response::new(self.list(&council, r.into_inner()).await?))
     }
 
+    // The Attendance service only, which the authorization layer guarantees.
     async fn publish_alert(
         &self,
         r: Request<pb::PublishAlertRequest>,
     ) -> Result<Response<pb::PublishAlertResponse>, Status> {
-        Ok(Response::new(self.do_publish(r.into_inner()).await?))
+        Ok(Response::new(self.publish(r.into_inner()).await?))
     }
 }
 

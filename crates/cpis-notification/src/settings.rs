@@ -16,8 +16,9 @@ pub struct Settings {
     /// table and waits for the client.
     #[arg(long, env = "CPIS_STREAM_BUFFER", default_value_t = 64)]
     pub stream_buffer: usize,
-    /// How often a stream's alerts are re-read without a wake-up (the safety
-    /// net under LISTEN/NOTIFY), in milliseconds.
+    /// How often the latest sequence of every council with a stream on this
+    /// instance is re-read, in one query for all of them (the safety net
+    /// under LISTEN/NOTIFY), in milliseconds.
     #[arg(long = "stream-poll-ms", env = "CPIS_STREAM_POLL_MS", default_value = "5000", value_parser = millis)]
     pub poll_interval: Duration,
     /// Longest wait between attempts to re-establish the LISTEN connection,

@@ -16,7 +16,9 @@ use cpis_runtime::ApiError;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-/// The `LISTEN/NOTIFY` channel; the payload is a council code, nothing more.
+/// The `LISTEN/NOTIFY` channel; the payload is `council:sequence` (the
+/// council code and the sequence just committed), nothing more. A bare
+/// council code (from a publisher before migration 5) is also understood.
 pub const CHANNEL: &str = "cpis_notification_alert";
 
 /// The identity of a stored alert, as `PublishAlert` answers it.
@@ -129,6 +131,25 @@ impl Store {
             .query_opt("SELECT last_sequence FROM notification.council_sequences WHERE council_code = $1", &[&council])
             .await?
             .map_or(0, |r| r.get(0)))
+    }
+
+    /// The latest sequence of each of `councils` that has one (of every
+    /// council when `None`), in one query.
+    pub async fn latest_sequences(&self, councils: Option<&[String]>) -> Result<Vec<(String, i64)>, ApiError> {
+        let client = self.pool.get().await?;
+        let rows = match councils {
+            None => client.query("SELECT council_code, last_sequence FROM notification.council_sequences", &[]).await?,
+            Some(councils) => {
+                client
+                    .query(
+                        "SELECT council_code, last_sequence FROM notification.council_sequences
+                         WHERE council_code = ANY($1)",
+                        &[&councils],
+                    )
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// The highest sequence the council has acknowledged (0 when none).

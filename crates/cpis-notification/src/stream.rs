@@ -7,8 +7,13 @@
 //! only when the channel has room for it: a stalled subscriber costs one
 //! parked task and a cursor, never a growing queue, and never holds up
 //! anyone else.
+//!
+//! An idle stream costs no query: it waits on its council's latest sequence
+//! in memory ([`crate::fanout`]), sends heartbeats from there, and reads the
+//! table only when the council has something newer than its cursor.
 
-use crate::fanout::Wakeups;
+use crate::fanout::{Change, Latest};
+use crate::listen::StreamQueries;
 use crate::store::Store;
 use cpis_proto::notification::v1 as pb;
 use cpis_runtime::server::CancellationToken;
@@ -19,16 +24,18 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 use tonic::Status;
 
-/// What the channel carries to tonic.
+/// What the stream yields to tonic.
 pub type Item = Result<pb::SubscribeResponse, Status>;
+
+/// What the channel carries: one boxed message, so that an idle stream's
+/// channel (whose first block of slots is allocated up front) stays small.
+pub type Message = Box<pb::SubscribeResponse>;
 
 /// Timing and sizing of one stream.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamSettings {
     /// A heartbeat is sent after this long without anything sent.
     pub heartbeat: Duration,
-    /// Re-read the table this often even without a wake-up.
-    pub poll_interval: Duration,
     /// Most alerts read from the table at once.
     pub page_size: i64,
 }
@@ -40,8 +47,8 @@ pub struct Subscription {
     pub council: String,
     /// The last sequence delivered (or skipped on request).
     pub cursor: i64,
-    /// Wake-ups for the council, registered before the first read.
-    pub wakeups: Wakeups,
+    /// The council's latest sequence, registered before the first read.
+    pub latest: Latest,
 }
 
 /// Why a stream ended without an error.
@@ -53,49 +60,62 @@ enum End {
     Stopping,
 }
 
+/// What a stream needs from its instance.
+#[derive(Debug, Clone)]
+pub struct StreamContext {
+    /// The alert log.
+    pub store: Store,
+    /// Fires when the service stops.
+    pub stop: CancellationToken,
+    /// The instance's stream metrics.
+    pub metrics: StreamMetrics,
+}
+
 /// Feeds `tx` until the client goes away, the service stops or the database
 /// fails; returns the status that ends the stream (`UNAVAILABLE` when the
 /// client should reconnect and resume from its last sequence), or `None`
 /// when the client left. The caller sends it after the buffered alerts.
 pub async fn run(
-    store: Store,
+    cx: StreamContext,
     mut sub: Subscription,
     settings: StreamSettings,
-    tx: mpsc::Sender<Item>,
-    stop: CancellationToken,
-    metrics: StreamMetrics,
+    tx: mpsc::Sender<Message>,
 ) -> Option<Status> {
-    metrics.open.inc();
-    let _open = OpenGuard(metrics.open.clone());
-    let ending = match pump(&store, &mut sub, settings, &tx, &stop, &metrics).await {
+    cx.metrics.open.inc();
+    let _open = OpenGuard(cx.metrics.open.clone());
+    let ending = match pump(&cx, &mut sub, settings, &tx).await {
         Ok(End::ClientGone) => {
             tracing::debug!(cursor = sub.cursor, "subscriber left");
             return None;
         }
         Ok(End::Stopping) => {
             tracing::debug!(cursor = sub.cursor, "subscription ended by shutdown");
-            Status::unavailable("the service is shutting down; reconnect and resume from your last sequence")
+            ApiError::Unavailable(
+                "the service is shutting down; reconnect and resume from your last sequence".to_string(),
+            )
         }
         Err(e) => {
             tracing::warn!(cursor = sub.cursor, error = %e, "subscription failed");
-            Status::from(e)
+            e
         }
     };
-    Some(ending)
+    Some(Status::from(ending))
 }
 
 async fn pump(
-    store: &Store,
+    cx: &StreamContext,
     sub: &mut Subscription,
     settings: StreamSettings,
-    tx: &mpsc::Sender<Item>,
-    stop: &CancellationToken,
-    metrics: &StreamMetrics,
+    tx: &mpsc::Sender<Message>,
 ) -> Result<End, ApiError> {
+    let (store, stop, metrics) = (&cx.store, &cx.stop, &cx.metrics);
     let mut last_sent = Instant::now();
-    let mut poll = tokio::time::interval_at(Instant::now() + settings.poll_interval, settings.poll_interval);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The highest latest sequence the table was already read for: a value
+    // in memory that the table does not bear out (a restored database) is
+    // looked for once, never in a loop.
+    let mut looked_for = 0;
     loop {
+        let target = sub.latest.get();
         // Catch up: one page at a time, each no bigger than the room left.
         loop {
             let permit = tokio::select! {
@@ -108,7 +128,10 @@ async fn pump(
             };
             // This task is the only sender, so the room cannot shrink meanwhile.
             let limit = settings.page_size.min(tx.capacity() as i64 + 1);
-            let page = store.traced_alerts_after(&sub.council, sub.cursor, limit).await?;
+            metrics.db_queries.inc("read");
+            // Boxed: the query's state lives on the heap only while it runs,
+            // not in every idle stream's task.
+            let page = Box::pin(store.traced_alerts_after(&sub.council, sub.cursor, limit)).await?;
             let full = page.len() as i64 == limit;
             let mut alerts = page.into_iter().map(|(alert, traceparent)| {
                 sent(&alert, traceparent.as_deref(), metrics);
@@ -118,10 +141,10 @@ async fn pump(
                 break;
             };
             sub.cursor = first.sequence;
-            permit.send(Ok(event(Event::Alert(first))));
+            permit.send(event(Event::Alert(first)));
             for alert in alerts {
                 sub.cursor = alert.sequence;
-                match tx.try_send(Ok(event(Event::Alert(alert)))) {
+                match tx.try_send(event(Event::Alert(alert))) {
                     Ok(()) => {}
                     Err(TrySendError::Closed(_)) => return Ok(End::ClientGone),
                     // Cannot happen (see above); waiting is still correct.
@@ -137,30 +160,34 @@ async fn pump(
                 break;
             }
         }
+        looked_for = looked_for.max(target);
 
-        // Caught up: wait for a reason to look again.
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(End::Stopping),
-            _ = tx.closed() => return Ok(End::ClientGone),
-            _ = sub.wakeups.wait() => {}
-            _ = poll.tick() => {}
-            _ = tokio::time::sleep_until(last_sent + settings.heartbeat) => {
-                let latest = store.latest_sequence(&sub.council).await?;
-                // Something arrived without a wake-up reaching us: deliver it
-                // instead of a heartbeat that would announce it.
-                if latest > sub.cursor {
-                    continue;
-                }
-                let heartbeat = pb::Heartbeat {
-                    sent_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
-                    latest_sequence: latest,
-                };
-                match tx.try_send(Ok(event(Event::Heartbeat(heartbeat)))) {
-                    // A full buffer means the client is not reading: nothing
-                    // to prove to it right now.
-                    Ok(()) | Err(TrySendError::Full(_)) => last_sent = Instant::now(),
-                    Err(TrySendError::Closed(_)) => return Ok(End::ClientGone),
+        // Caught up: wait, from memory, until the council has something newer.
+        loop {
+            let latest = sub.latest.get();
+            if latest > sub.cursor && latest > looked_for {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(End::Stopping),
+                _ = tx.closed() => return Ok(End::ClientGone),
+                change = sub.latest.changed() => if change == Change::Lost {
+                    return Err(ApiError::Unavailable(
+                        "this instance lost its database; reconnect and resume from your last sequence".to_string(),
+                    ));
+                },
+                _ = tokio::time::sleep_until(last_sent + settings.heartbeat) => {
+                    let heartbeat = pb::Heartbeat {
+                        sent_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
+                        latest_sequence: latest.max(sub.cursor),
+                    };
+                    match tx.try_send(event(Event::Heartbeat(heartbeat))) {
+                        // A full buffer means the client is not reading: nothing
+                        // to prove to it right now.
+                        Ok(()) | Err(TrySendError::Full(_)) => last_sent = Instant::now(),
+                        Err(TrySendError::Closed(_)) => return Ok(End::ClientGone),
+                    }
                 }
             }
         }
@@ -189,6 +216,8 @@ pub struct StreamMetrics {
     pub delivered: prometheus::IntCounter,
     /// Seconds from an alert being stored to its being handed to a stream.
     pub delivery_lag: prometheus::Histogram,
+    /// Database queries made on behalf of streams.
+    pub db_queries: StreamQueries,
 }
 
 impl StreamMetrics {
@@ -213,6 +242,7 @@ impl StreamMetrics {
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0]),
             )
             .expect("static metric"),
+            db_queries: StreamQueries::new(),
         }
     }
 }
@@ -232,6 +262,6 @@ impl Drop for OpenGuard {
     }
 }
 
-fn event(event: Event) -> pb::SubscribeResponse {
-    pb::SubscribeResponse { event: Some(event) }
+fn event(event: Event) -> Message {
+    Box::new(pb::SubscribeResponse { event: Some(event) })
 }
