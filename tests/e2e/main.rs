@@ -6,6 +6,7 @@ mod harness;
 
 mod attendance;
 mod authz_matrix;
+mod batching;
 mod database_tls;
 mod delivery;
 mod failover;

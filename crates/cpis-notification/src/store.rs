@@ -8,6 +8,7 @@
 //! the lock is never held while waiting on the network.
 
 use crate::alert::NewAlert;
+use chrono::{DateTime, Utc};
 use cpis_core::db::{DbPool, Migration};
 use cpis_core::time::to_timestamp;
 use cpis_core::ApiError;
@@ -79,6 +80,7 @@ pub const MIGRATIONS: &[Migration] = &[
         );",
     },
     Migration { version: 4, name: "publish in one statement", sql: PUBLISH_FUNCTION },
+    Migration { version: 5, name: "publish a batch in one statement", sql: PUBLISH_BATCH_FUNCTION },
 ];
 
 /// `notification.publish_alert`: the whole of `PublishAlert` in one
@@ -119,6 +121,78 @@ BEGIN
     END;
     PERFORM pg_notify('cpis_notification_alert', p_council);
     RETURN QUERY SELECT p_alert_id, v_sequence, true;
+END
+$fn$;
+"#;
+
+/// `notification.publish_alerts`: the whole of `PublishAlerts` in one
+/// statement, so one transaction (and one commit) stores the batch, all or
+/// nothing. Each alert goes as in [`PUBLISH_FUNCTION`] (repeat check, counter
+/// bump, insert), with two differences:
+///
+/// - the alerts are taken in council-code order (request order within a
+///   council), so every batch takes the counter locks of its councils in the
+///   same order and two concurrent batches cannot deadlock; each council's
+///   alerts still get consecutive sequences in request order;
+/// - a repeat that another publisher committed while this one waited for the
+///   counter is found by a second look once the lock is held (each statement
+///   of a plpgsql function sees what committed before it started), and the
+///   bump is undone in place: no exception blocks, so a batch of 500 does not
+///   open 500 subtransactions.
+///
+/// Returns one row per alert with its 1-based index in the arrays.
+pub const PUBLISH_BATCH_FUNCTION: &str = r#"
+CREATE FUNCTION notification.publish_alerts(
+    p_councils text[], p_alert_ids uuid[], p_episodes text[], p_nhs_numbers text[], p_plan_types integer[],
+    p_local_references text[], p_setting_codes text[], p_setting_types integer[], p_arrived_at timestamptz[],
+    p_priorities integer[], p_traceparent text)
+RETURNS TABLE (o_index integer, o_alert_id uuid, o_sequence bigint, o_created boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_i integer;
+    v_council text;
+    v_sequence bigint;
+    v_found_id uuid;
+    v_found_sequence bigint;
+    v_woken text[] := '{}';
+BEGIN
+    FOR v_i IN
+        SELECT t.idx::integer FROM unnest(p_councils) WITH ORDINALITY AS t(code, idx) ORDER BY t.code, t.idx
+    LOOP
+        v_council := p_councils[v_i];
+        SELECT a.alert_id, a.sequence INTO v_found_id, v_found_sequence FROM notification.alerts a
+            WHERE a.council_code = v_council AND a.episode_id = p_episodes[v_i];
+        IF FOUND THEN
+            RETURN QUERY SELECT v_i, v_found_id, v_found_sequence, false;
+            CONTINUE;
+        END IF;
+        INSERT INTO notification.council_sequences AS c (council_code, last_sequence)
+        VALUES (v_council, 1)
+        ON CONFLICT (council_code) DO UPDATE SET last_sequence = c.last_sequence + 1
+        RETURNING c.last_sequence INTO v_sequence;
+        SELECT a.alert_id, a.sequence INTO v_found_id, v_found_sequence FROM notification.alerts a
+            WHERE a.council_code = v_council AND a.episode_id = p_episodes[v_i];
+        IF FOUND THEN
+            IF v_sequence = 1 THEN
+                DELETE FROM notification.council_sequences WHERE council_code = v_council;
+            ELSE
+                UPDATE notification.council_sequences SET last_sequence = last_sequence - 1
+                    WHERE council_code = v_council;
+            END IF;
+            RETURN QUERY SELECT v_i, v_found_id, v_found_sequence, false;
+            CONTINUE;
+        END IF;
+        INSERT INTO notification.alerts (council_code, sequence, alert_id, episode_id, nhs_number,
+            plan_type, local_reference, setting_code, setting_type, arrived_at, priority, traceparent)
+        VALUES (v_council, v_sequence, p_alert_ids[v_i], p_episodes[v_i], p_nhs_numbers[v_i],
+            p_plan_types[v_i], p_local_references[v_i], p_setting_codes[v_i], p_setting_types[v_i],
+            p_arrived_at[v_i], p_priorities[v_i], p_traceparent);
+        IF NOT v_council = ANY(v_woken) THEN
+            v_woken := v_woken || v_council;
+        END IF;
+        RETURN QUERY SELECT v_i, p_alert_ids[v_i], v_sequence, true;
+    END LOOP;
+    PERFORM pg_notify('cpis_notification_alert', w) FROM unnest(v_woken) AS w;
 END
 $fn$;
 "#;
@@ -199,6 +273,65 @@ impl Store {
             )
             .await?;
         Ok(Published { alert_id: row.get(0), sequence: row.get(1), created: row.get(2) })
+    }
+
+    /// Stores every alert of `alerts` in one transaction (all or nothing),
+    /// each as [`Store::publish`] would, and wakes the streams of the
+    /// councils that got a new alert when it commits. Answers in the order
+    /// of `alerts`. One statement, one round trip ([`PUBLISH_BATCH_FUNCTION`]).
+    pub async fn publish_batch(&self, alerts: &[NewAlert]) -> Result<Vec<Published>, ApiError> {
+        if alerts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = |f: fn(&NewAlert) -> &str| alerts.iter().map(f).collect::<Vec<&str>>();
+        let ints = |f: fn(&NewAlert) -> i32| alerts.iter().map(f).collect::<Vec<i32>>();
+        let councils = column(|a| &a.council_code);
+        let alert_ids: Vec<Uuid> = alerts.iter().map(|_| Uuid::now_v7()).collect();
+        let episodes = column(|a| &a.episode_id);
+        let nhs_numbers = column(|a| a.nhs_number.as_str());
+        let plan_types = ints(|a| a.plan_type);
+        let local_references = column(|a| &a.local_reference);
+        let setting_codes = column(|a| &a.setting_code);
+        let setting_types = ints(|a| a.setting_type);
+        let arrived_at: Vec<DateTime<Utc>> = alerts.iter().map(|a| a.arrived_at).collect();
+        let priorities = ints(|a| a.priority);
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT o_index, o_alert_id, o_sequence, o_created
+                 FROM notification.publish_alerts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &councils,
+                    &alert_ids,
+                    &episodes,
+                    &nhs_numbers,
+                    &plan_types,
+                    &local_references,
+                    &setting_codes,
+                    &setting_types,
+                    &arrived_at,
+                    &priorities,
+                    &cpis_core::telemetry::current_traceparent(),
+                ],
+            )
+            .await?;
+        let mut out: Vec<Option<Published>> = vec![None; alerts.len()];
+        for r in &rows {
+            let index: i32 = r.get(0);
+            let slot = usize::try_from(index - 1).ok().and_then(|i| out.get_mut(i));
+            let Some(slot) = slot else {
+                return Err(ApiError::internal("publish_alerts returned an index out of range"));
+            };
+            *slot = Some(Published { alert_id: r.get(1), sequence: r.get(2), created: r.get(3) });
+        }
+        out.into_iter()
+            .map(|p| p.ok_or_else(|| ApiError::internal("publish_alerts left an alert unanswered")))
+            .collect()
     }
 
     /// Up to `limit` alerts of `council` with a sequence above `after`, in order.

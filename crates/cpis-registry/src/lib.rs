@@ -5,6 +5,7 @@
 //! is `NOT_FOUND`, so the existence of a plan never leaks.
 
 pub mod councils;
+pub mod lookup;
 pub mod model;
 pub mod retention;
 pub mod share;
@@ -487,23 +488,13 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::LookupFlagsRequest>,
     ) -> Result<Response<pb::LookupFlagsResponse>, Status> {
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let nhs = v.nhs_number("nhs_number", &req.nhs_number);
-        let day = v.optional_date("on_date", &req.on_date);
-        v.finish()?;
-        let (Some(nhs), Some(day)) = (nhs, day) else {
-            return Err(ApiError::internal("validated fields missing").into());
-        };
-        let day = day.unwrap_or_else(today);
-        // Not through the council gate: the connections it leaves free are
-        // this call's reserve, and its wait is shorter than Attendance's deadline.
-        let timeouts = deadpool_postgres::Timeouts { wait: Some(self.config.lookup_wait), ..self.pool.timeouts() };
-        let client = self.pool.timeout_get(&timeouts).await.map_err(ApiError::from)?;
-        let found = store::lookup_flags(&client, nhs.as_str(), day, self.config.unborn_scope_days).await?;
-        Ok(Response::new(pb::LookupFlagsResponse {
-            flags: found.iter().map(|f| flag_of(f, day)).collect(),
-            local_references: found.into_iter().map(|f| f.local_reference).collect(),
-        }))
+        Ok(Response::new(self.lookup(request.into_inner()).await?))
+    }
+
+    async fn lookup_flags_batch(
+        &self,
+        request: Request<pb::LookupFlagsBatchRequest>,
+    ) -> Result<Response<pb::LookupFlagsBatchResponse>, Status> {
+        Ok(Response::new(self.lookup_batch(request.into_inner()).await?))
     }
 }
