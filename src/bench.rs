@@ -10,7 +10,7 @@
 //! 1. framework ceiling: `grpc.health.v1.Health/Check` on the Attendance
 //!    port (the same TLS, HTTP/2, authorization and tracing layers);
 //! 2. database ceiling: single-row durable INSERTs through a pool built by
-//!    `cpis_core::db::pool` (16 connections, like each service's);
+//!    `cpis_runtime::db::pool` (16 connections, like each service's);
 //! 3. CheckIn of people who are not registered;
 //! 4. CheckIn of registered people, each the person's first visit to that
 //!    setting: registry lookup, episode, access audit, outbox, stored
@@ -42,9 +42,9 @@ mod procs;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use cpis_core::identity::{Caller, CallerKind};
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
-use cpis_core::pki::Pki;
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_devkit::pki::Pki;
+use cpis_domain::identity::{Caller, CallerKind};
 use cpis_proto::attendance::v1::{attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
 use cpis_proto::notification::v1::{
@@ -226,7 +226,7 @@ impl Net {
     /// A new channel (its own connection) to `port` as `caller`.
     fn fresh_channel(&self, port: u16, caller: &Caller) -> anyhow::Result<Channel> {
         let tls = self.pki.ensure(caller, &self.trust_domain)?;
-        cpis_core::client::channel(&format!("https://localhost:{port}"), &tls, None)
+        cpis_runtime::client::channel(&format!("https://localhost:{port}"), &tls, None)
     }
 
     /// The channel of load connection `slot` in round `round` (see [`Flagged`]).
@@ -281,7 +281,7 @@ async fn check_in(channel: Channel, nhs_number: String, worker: usize) -> Result
     let mut request = tonic::Request::new(CheckInRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         nhs_number,
-        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: SettingType::EmergencyDepartment as i32,
         user_id: format!("bench-user-{worker}"),
     });
@@ -364,7 +364,7 @@ impl Ctx {
     /// statement cached on the connection; otherwise the SQL text, which
     /// tokio-postgres prepares as an unnamed statement on every call (one
     /// more round trip, parse and plan each time).
-    fn db_op(pool: cpis_core::db::DbPool, prepared: bool) -> Op {
+    fn db_op(pool: cpis_runtime::db::DbPool, prepared: bool) -> Op {
         const INSERT: &str =
             "INSERT INTO bench.scratch (id, nhs_number, setting_code, arrived_at) VALUES ($1, $2, $3, $4)";
         Arc::new(move |w| {
@@ -375,12 +375,12 @@ impl Ctx {
                 let (id, now) = (uuid::Uuid::now_v7(), chrono::Utc::now());
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&id, &"9990000018", &setting, &now];
                 let done = if prepared {
-                    let insert = db.prepare_cached(INSERT).await.map_err(|e| cpis_core::db::describe(&e))?;
+                    let insert = db.prepare_cached(INSERT).await.map_err(|e| cpis_runtime::db::describe(&e))?;
                     db.execute(&insert, &params).await
                 } else {
                     db.execute(INSERT, &params).await
                 };
-                done.map_err(|e| cpis_core::db::describe(&e))?;
+                done.map_err(|e| cpis_runtime::db::describe(&e))?;
                 Ok(())
             })
         })
@@ -740,7 +740,7 @@ async fn measure(
                      arrived_at timestamptz NOT NULL)",
             )
             .await?;
-        let pool = cpis_core::db::pool(&ctx.database_url, 16)?;
+        let pool = cpis_runtime::db::pool(&ctx.database_url, 16)?;
         report.database_ceiling = levels(&ctx, "(2) durable INSERT", |_| Ctx::db_op(pool.clone(), true)).await;
         report.database_unprepared = levels(&ctx, "(2b) same, unprepared", |_| Ctx::db_op(pool.clone(), false)).await;
         ctx.db.batch_execute("DROP TABLE bench.scratch; CHECKPOINT").await?;

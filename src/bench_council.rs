@@ -143,7 +143,7 @@ pub async fn council_load(
     let mut upserters = Vec::new();
     let upsert_channel = ctx.net.fresh_channel(
         ctx.registry_port,
-        &cpis_core::identity::Caller::from_parts(cpis_core::identity::CallerKind::Council, UPSERT_COUNCIL)?,
+        &cpis_domain::identity::Caller::from_parts(cpis_domain::identity::CallerKind::Council, UPSERT_COUNCIL)?,
     )?;
     for w in 0..UPSERTS {
         let (done, ok, refused) = (done.clone(), ok.clone(), refused.clone());

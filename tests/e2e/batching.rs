@@ -2,13 +2,13 @@
 //! transaction with each council's gapless order intact, and Attendance
 //! coalesces concurrent check-ins' flag look-ups into `LookupFlagsBatch`.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, Alert, ListAlertsRequest, PublishAlertRequest,
     PublishAlertResponse, PublishAlertsRequest,
 };
 use cpis_proto::registry::v1::{LookupFlagsBatchRequest, LookupFlagsRequest, UpsertPlanRequest};
+use cpis_testkit::*;
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::transport::Channel;

@@ -16,11 +16,11 @@
 //! rolling deploy) gets the queued look-ups one by one, in parallel.
 
 use chrono::NaiveDate;
-use cpis_core::validate::NhsNumber;
-use cpis_core::ApiError;
+use cpis_domain::validate::NhsNumber;
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, LookupFlagsBatchRequest, LookupFlagsRequest, LookupFlagsResponse,
 };
+use cpis_runtime::ApiError;
 use futures::FutureExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -216,7 +216,7 @@ impl FlagLookup {
         request.set_timeout(budget);
         let mut client = self.client.clone();
         let call = async {
-            cpis_core::telemetry::inject_context(&mut request);
+            cpis_runtime::telemetry::inject_context(&mut request);
             tokio::time::timeout(budget, client.lookup_flags_batch(request)).await
         };
         match call.instrument(span).await {
@@ -264,7 +264,7 @@ impl FlagLookup {
         // The header tells the Registry; the local timer also bounds
         // connecting, which the header does not.
         request.set_timeout(budget);
-        cpis_core::telemetry::inject_context(&mut request);
+        cpis_runtime::telemetry::inject_context(&mut request);
         let mut client = self.client.clone();
         match tokio::time::timeout(budget, client.lookup_flags(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),

@@ -41,7 +41,7 @@
 //! another replica carries on from the first undelivered row; the alerts it
 //! was sending are neither lost nor duplicated. Every database connection
 //! sets `lock_timeout`, `idle_in_transaction_session_timeout` and TCP
-//! keepalives ([`cpis_core::db::SessionSettings`]), and the Notification
+//! keepalives ([`cpis_runtime::db::SessionSettings`]), and the Notification
 //! service holds a council's counter lock only inside one statement, so no
 //! silently lost connection can stall a council for longer than those bounds.
 //! A relay that cannot reach the Notification service at all (every publish
@@ -62,8 +62,8 @@
 mod publish;
 
 use crate::store::{self, LeasedCouncil, PendingAlert};
-use cpis_core::db::DbPool;
-use cpis_core::server::CancellationToken;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::server::CancellationToken;
 use publish::{Failure, Publisher, MAX_PUBLISH_BATCH};
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,7 +132,7 @@ impl RelayMetrics {
     }
 
     /// Registers every metric with `metrics`.
-    pub fn register(&self, metrics: &cpis_core::metrics::Metrics) {
+    pub fn register(&self, metrics: &cpis_runtime::metrics::Metrics) {
         metrics.register(self.depth.clone());
         metrics.register(self.oldest_age.clone());
         metrics.register(self.delivered.clone());
@@ -391,7 +391,7 @@ impl Relay {
             council = %code,
             position = alert.position
         );
-        cpis_core::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+        cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
         let started = Instant::now();
         let result = self.publisher.one(alert).instrument(span).await;
         let db = self.pool.get().await?;
@@ -434,7 +434,7 @@ impl Relay {
         // Linked to every check-in's trace, and a child of the first one's
         // (the last call of continue_trace sets the parent).
         for alert in chunk.iter().rev() {
-            cpis_core::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+            cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
         }
         let started = Instant::now();
         let result = self.publisher.batch(chunk).instrument(span).await;
@@ -546,7 +546,7 @@ struct DbFailure(String);
 
 impl From<tokio_postgres::Error> for DbFailure {
     fn from(e: tokio_postgres::Error) -> Self {
-        DbFailure(cpis_core::db::describe(&e))
+        DbFailure(cpis_runtime::db::describe(&e))
     }
 }
 

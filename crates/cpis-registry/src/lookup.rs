@@ -5,9 +5,9 @@
 
 use crate::{flag_of, store, today, Registry};
 use chrono::NaiveDate;
-use cpis_core::validate::Violations;
-use cpis_core::ApiError;
+use cpis_domain::validate::Violations;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::ApiError;
 
 /// Most look-ups one `LookupFlagsBatch` call may carry.
 pub const MAX_LOOKUP_BATCH: usize = 256;
@@ -26,7 +26,7 @@ impl Registry {
         let mut v = Violations::new();
         let nhs = v.nhs_number("nhs_number", &req.nhs_number);
         let day = v.optional_date("on_date", &req.on_date);
-        v.finish()?;
+        v.finish().map_err(ApiError::from)?;
         let (Some(nhs), Some(day)) = (nhs, day) else {
             return Err(ApiError::internal("validated fields missing"));
         };
@@ -58,7 +58,7 @@ impl Registry {
                 valid.push((nhs, day.unwrap_or_else(today)));
             }
         }
-        v.finish()?;
+        v.finish().map_err(ApiError::from)?;
         let asked: Vec<(&str, NaiveDate)> = valid.iter().map(|(n, d)| (n.as_str(), *d)).collect();
         let client = self.lookup_db().await?;
         let found = store::lookup_flags_batch(&client, &asked, self.config.unborn_scope_days).await?;

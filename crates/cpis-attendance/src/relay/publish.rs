@@ -30,7 +30,7 @@ impl Publisher {
         let timeout = self.timeout;
         let mut request = tonic::Request::new(alert.request.clone());
         request.set_timeout(timeout);
-        cpis_core::telemetry::inject_context(&mut request);
+        cpis_runtime::telemetry::inject_context(&mut request);
         let mut client = self.client.clone();
         match tokio::time::timeout(timeout, client.publish_alert(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner().sequence),
@@ -45,7 +45,7 @@ impl Publisher {
         let mut request =
             tonic::Request::new(PublishAlertsRequest { alerts: alerts.iter().map(|a| a.request.clone()).collect() });
         request.set_timeout(timeout);
-        cpis_core::telemetry::inject_context(&mut request);
+        cpis_runtime::telemetry::inject_context(&mut request);
         let mut client = self.client.clone();
         match tokio::time::timeout(timeout, client.publish_alerts(request)).await {
             Ok(Ok(response)) => {
