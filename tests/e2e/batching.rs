@@ -230,11 +230,11 @@ async fn concurrent_check_ins_share_look_ups_get_their_own_flags_and_alerts_keep
     for r in 0..ROUNDS {
         for p in 0..FLAGGED {
             let s = flagged(r, p);
-            let plan = Some(plan(&format!("MCR-{s}"), &nhs(s)));
-            manchester.upsert_plan(UpsertPlanRequest { plan, expected_version: 0 }).await.unwrap();
+            let mcr = Some(plan(&format!("MCR-{s}"), &nhs(s)));
+            manchester.upsert_plan(UpsertPlanRequest { plan: mcr, expected_version: 0 }).await.unwrap();
             if p % 4 == 0 {
-                let plan = Some(plan(&format!("LIV-{s}"), &nhs(s)));
-                liverpool.upsert_plan(UpsertPlanRequest { plan, expected_version: 0 }).await.unwrap();
+                let liv = Some(plan(&format!("LIV-{s}"), &nhs(s)));
+                liverpool.upsert_plan(UpsertPlanRequest { plan: liv, expected_version: 0 }).await.unwrap();
             }
         }
     }
