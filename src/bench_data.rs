@@ -22,13 +22,7 @@ pub fn councils() -> Vec<String> {
 /// The test NHS number `999` + `k` (six digits) + check digit, or `None`
 /// when no check digit exists for it (one prefix in eleven).
 pub fn nhs_number(k: u32) -> Option<String> {
-    let nine = format!("999{:06}", k % 1_000_000);
-    let sum: u32 = nine.bytes().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
-    match 11 - sum % 11 {
-        10 => None,
-        11 => Some(format!("{nine}0")),
-        c => Some(format!("{nine}{c}")),
-    }
+    cpis_domain::validate::with_nhs_check_digit(&format!("999{:06}", k % 1_000_000))
 }
 
 /// How many people of each kind the run needs.

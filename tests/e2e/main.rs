@@ -20,5 +20,6 @@ mod registry;
 mod relay;
 mod retention;
 mod scope;
+mod settings;
 mod surfaces;
 mod uploads;
