@@ -10,11 +10,11 @@ use cpis_proto::attendance::v1::{
 use cpis_proto::common::v1::{Episode, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, AckAlertsRequest, AlertPriority, ListAlertsRequest,
-    PublishAlertRequest, SubscribeRequest,
+    PublishAlertRequest, PublishAlertsRequest, SubscribeRequest,
 };
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, DeletePlanRequest, EndPlanRequest, GetPlanRequest,
-    ListPlansRequest, LookupFlagsRequest, SyncCompletion, SyncPlansRequest, UpsertPlanRequest,
+    ListPlansRequest, LookupFlagsBatchRequest, LookupFlagsRequest, SyncCompletion, SyncPlansRequest, UpsertPlanRequest,
 };
 use cpis_runtime::tls::TlsPaths;
 use cpis_testkit::*;
@@ -74,6 +74,7 @@ const MATRIX: &[(&str, [Code; 11])] = &[
     ("/cpis.registry.v1.RegistryService/ListPlans",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.registry.v1.RegistryService/SyncPlans",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.registry.v1.RegistryService/LookupFlags",  [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/LookupFlagsBatch", [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/CheckIn",  [PD, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/ListEpisodes", [OK, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/ListAccesses", [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
@@ -82,6 +83,7 @@ const MATRIX: &[(&str, [Code; 11])] = &[
     ("/cpis.notification.v1.NotificationService/AckAlerts",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/ListAlerts",   [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/PublishAlert", [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.notification.v1.NotificationService/PublishAlerts", [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
     ("/grpc.health.v1.Health/Check",                           [OK, OK, OK, OK, OK, OK, UA, UA, UA, UA, UA]),
 ];
 
@@ -158,6 +160,14 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                 .await
                 .map(drop),
         ),
+        "LookupFlagsBatch" => code(
+            registry()
+                .lookup_flags_batch(LookupFlagsBatchRequest {
+                    lookups: vec![LookupFlagsRequest { nhs_number: child.into(), on_date: String::new() }],
+                })
+                .await
+                .map(drop),
+        ),
         "CheckIn" => code(
             attendance()
                 .check_in(CheckInRequest {
@@ -212,6 +222,26 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                         arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                     }),
                     priority: AlertPriority::Routine as i32,
+                })
+                .await
+                .map(drop),
+        ),
+        "PublishAlerts" => code(
+            notification()
+                .publish_alerts(PublishAlertsRequest {
+                    alerts: vec![PublishAlertRequest {
+                        council_code: MANCHESTER.into(),
+                        nhs_number: child.into(),
+                        plan_type: PlanType::ChildProtection as i32,
+                        local_reference: CHILD_REF.into(),
+                        episode: Some(Episode {
+                            episode_id: uuid::Uuid::new_v4().to_string(),
+                            setting_code: ALDER_HEY.into(),
+                            setting_type: SettingType::EmergencyDepartment as i32,
+                            arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
+                        }),
+                        priority: AlertPriority::Routine as i32,
+                    }],
                 })
                 .await
                 .map(drop),

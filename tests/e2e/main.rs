@@ -4,6 +4,7 @@
 
 mod attendance;
 mod authz_matrix;
+mod batching;
 mod database_tls;
 mod delivery;
 mod failover;

@@ -1,17 +1,41 @@
 //! Flag look-ups at the Registry (as `service/attendance`), always within the
 //! caller's deadline, so a slow or absent Registry turns into a quick
 //! `UNAVAILABLE` at the front desk instead of a hung check-in.
+//!
+//! # Coalescing
+//!
+//! Concurrent check-ins share round trips. A look-up asked while none is in
+//! flight goes at once, alone, as `LookupFlags` (no window, so a lone
+//! check-in waits for nothing). Look-ups asked while one is in flight queue;
+//! when it returns they go together as one `LookupFlagsBatch` (one indexed
+//! query at the Registry), at most [`MAX_COALESCED`] at a time (a queue that
+//! fills up goes at once, in parallel). Each caller keeps its own deadline
+//! (it stops waiting when its budget ends, whatever the batch does) and gets
+//! its own answer or error; a caller that gave up is left out of the next
+//! batch. A Registry without `LookupFlagsBatch` (an older version during a
+//! rolling deploy) gets the queued look-ups one by one, in parallel.
 
 use chrono::NaiveDate;
 use cpis_domain::validate::NhsNumber;
 use cpis_proto::registry::v1::{
-    registry_service_client::RegistryServiceClient, LookupFlagsRequest, LookupFlagsResponse,
+    registry_service_client::RegistryServiceClient, LookupFlagsBatchRequest, LookupFlagsRequest, LookupFlagsResponse,
 };
 use cpis_runtime::ApiError;
+use futures::FutureExt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Code;
+use tracing::Instrument;
+
+/// Most look-ups sent in one `LookupFlagsBatch` (the Registry takes 256).
+pub const MAX_COALESCED: usize = 128;
+
+/// How long look-ups go one by one after the Registry answered
+/// `LookupFlagsBatch` with UNIMPLEMENTED, before a batch is tried again.
+const BATCH_REPROBE: Duration = Duration::from_secs(60);
 
 /// The deadline the caller of the current request set, if any.
 #[derive(Debug, Clone, Copy)]
@@ -70,12 +94,35 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 pub struct FlagLookup {
     client: RegistryServiceClient<Channel>,
     timeout: Duration,
+    queue: Arc<Mutex<Queue>>,
+}
+
+/// Look-ups waiting for the one in flight to return.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Calls to the Registry under way.
+    in_flight: usize,
+    /// Look-ups asked since, in order.
+    waiting: Vec<Waiter>,
+    /// Until when look-ups go one by one (no `LookupFlagsBatch` at the Registry).
+    no_batches_until: Option<Instant>,
+}
+
+/// One caller's look-up, waiting for its answer.
+#[derive(Debug)]
+struct Waiter {
+    request: LookupFlagsRequest,
+    /// When the caller stops waiting.
+    deadline: Instant,
+    /// The caller's span, so the call joins its trace.
+    span: tracing::Span,
+    answer: oneshot::Sender<Result<LookupFlagsResponse, ApiError>>,
 }
 
 impl FlagLookup {
     /// Look-ups over `channel`, each taking at most `timeout`.
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { client: RegistryServiceClient::new(channel), timeout }
+        Self { client: RegistryServiceClient::new(channel), timeout, queue: Arc::default() }
     }
 
     /// Every flag in scope for `nhs_number` on `on_date` (today when `None`),
@@ -91,10 +138,129 @@ impl FlagLookup {
                 "the call's deadline passed before the flags could be looked up".into(),
             ));
         };
-        let mut request = tonic::Request::new(LookupFlagsRequest {
+        let request = LookupFlagsRequest {
             nhs_number: nhs_number.as_str().to_string(),
             on_date: on_date.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default(),
-        });
+        };
+        let (answer, answered) = oneshot::channel();
+        let waiter = Waiter { request, deadline: Instant::now() + budget, span: tracing::Span::current(), answer };
+        if let Some(batch) = self.enqueue(waiter) {
+            tokio::spawn(self.clone().dispatch(batch));
+        }
+        match tokio::time::timeout(budget, answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ApiError::internal("the flag look-up was dropped unanswered")),
+            // The call (or the batch it joined) logs the timeout it saw.
+            Err(_) => Err(unavailable()),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `waiter`; returns what to send now, if anything: the waiter
+    /// alone when nothing is in flight, or the whole queue once it is full.
+    fn enqueue(&self, waiter: Waiter) -> Option<Vec<Waiter>> {
+        let mut q = self.queue();
+        if q.in_flight == 0 {
+            q.in_flight = 1;
+            return Some(vec![waiter]);
+        }
+        q.waiting.push(waiter);
+        if q.waiting.len() < MAX_COALESCED {
+            return None;
+        }
+        q.in_flight += 1;
+        Some(std::mem::take(&mut q.waiting))
+    }
+
+    /// Sends `batch`, then whatever queued meanwhile, until the queue is empty.
+    async fn dispatch(self, mut batch: Vec<Waiter>) {
+        loop {
+            // A panic drops the batch's senders: its callers get an internal
+            // error, and the queue keeps moving.
+            if std::panic::AssertUnwindSafe(self.send(batch)).catch_unwind().await.is_err() {
+                tracing::error!("a flag look-up batch panicked");
+            }
+            let mut q = self.queue();
+            if q.waiting.is_empty() {
+                q.in_flight -= 1;
+                return;
+            }
+            let n = q.waiting.len().min(MAX_COALESCED);
+            batch = q.waiting.drain(..n).collect();
+        }
+    }
+
+    /// One call for the look-ups of `batch` whose callers still wait.
+    async fn send(&self, mut batch: Vec<Waiter>) {
+        let now = Instant::now();
+        batch.retain(|w| !w.answer.is_closed() && w.deadline > now);
+        let Some(latest) = batch.iter().map(|w| w.deadline).max() else {
+            return;
+        };
+        let budget = latest - now;
+        if batch.len() == 1 || self.batches_refused(now) {
+            let calls = batch.into_iter().map(|w| async move {
+                let budget = w.deadline.saturating_duration_since(Instant::now());
+                let result = self.call_one(w.request, budget).instrument(w.span).await;
+                let _ = w.answer.send(result);
+            });
+            futures::future::join_all(calls).await;
+            return;
+        }
+        let span = batch[0].span.clone();
+        let lookups = batch.iter().map(|w| w.request.clone()).collect();
+        let mut request = tonic::Request::new(LookupFlagsBatchRequest { lookups });
+        request.set_timeout(budget);
+        let mut client = self.client.clone();
+        let call = async {
+            cpis_runtime::telemetry::inject_context(&mut request);
+            tokio::time::timeout(budget, client.lookup_flags_batch(request)).await
+        };
+        match call.instrument(span).await {
+            Ok(Ok(response)) => {
+                let results = response.into_inner().results;
+                if results.len() != batch.len() {
+                    for w in batch {
+                        let _ = w.answer.send(Err(ApiError::internal("registry answered a batch of another length")));
+                    }
+                    return;
+                }
+                for (w, result) in batch.into_iter().zip(results) {
+                    let _ = w.answer.send(Ok(result));
+                }
+            }
+            Ok(Err(status)) if status.code() == Code::Unimplemented => {
+                tracing::warn!("the registry has no LookupFlagsBatch; looking up one by one");
+                self.queue().no_batches_until = Some(Instant::now() + BATCH_REPROBE);
+                Box::pin(self.send(batch)).await;
+            }
+            Ok(Err(status)) => {
+                for w in batch {
+                    let _ = w.answer.send(Err(from_registry_status(&status)));
+                }
+            }
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = budget.as_millis() as u64,
+                    "registry did not answer LookupFlagsBatch in time"
+                );
+                for w in batch {
+                    let _ = w.answer.send(Err(unavailable()));
+                }
+            }
+        }
+    }
+
+    fn batches_refused(&self, now: Instant) -> bool {
+        self.queue().no_batches_until.is_some_and(|t| now < t)
+    }
+
+    /// One `LookupFlags` call taking at most `budget`.
+    async fn call_one(&self, request: LookupFlagsRequest, budget: Duration) -> Result<LookupFlagsResponse, ApiError> {
+        let mut request = tonic::Request::new(request);
         // The header tells the Registry; the local timer also bounds
         // connecting, which the header does not.
         request.set_timeout(budget);
@@ -119,12 +285,7 @@ fn unavailable() -> ApiError {
 /// logged: only the code, which cannot carry personal data.
 fn from_registry_status(status: &tonic::Status) -> ApiError {
     match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::ResourceExhausted
-        | Code::Aborted => {
+        code if cpis_runtime::error::is_transient(code) => {
             tracing::warn!(code = ?status.code(), "registry LookupFlags failed");
             unavailable()
         }

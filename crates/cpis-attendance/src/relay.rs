@@ -1,6 +1,7 @@
 //! The outbox relay: publishes each queued alert to the Notification service
 //! until it has durably stored it, so a Notification outage delays alerts but
-//! never loses one and never holds up a check-in.
+//! never loses one and never holds up a check-in. (Over 400 lines: the
+//! order and liveness rules below are kept by the code right under them.)
 //!
 //! # Order
 //!
@@ -12,11 +13,18 @@
 //!   its check-in's transaction holds locked until it commits, so positions
 //!   follow commit order and a later position is never visible before an
 //!   earlier one;
-//! - the relay publishes a council's rows strictly by position, the next one
-//!   only after `PublishAlert` answered OK for the one before (and so stored
-//!   it with its sequence); a failure stops the council there, and the whole
+//! - the relay publishes a council's rows strictly by position, in batches:
+//!   the rows it read (up to [`RelaySettings::batch_size`]) go in one
+//!   `PublishAlerts` call, which the Notification service stores in one
+//!   transaction, all or nothing, giving the council's alerts consecutive
+//!   sequences in request order (a lone row goes in one `PublishAlert`).
+//!   The next batch goes only after the one before answered OK (and so was
+//!   stored), and a batch's rows are marked delivered together only then; a
+//!   failure stops the council at the batch's first row, and the whole
 //!   council is retried later from that row (head of line first), never a
-//!   single row on its own schedule;
+//!   single row on its own schedule. A batch refused as a whole for a reason
+//!   other than an outage is retried one row at a time, so the rows before
+//!   the one refused still go and the council stops exactly there;
 //! - one relay at a time works on a council (a lease), and even two relays
 //!   that both believe they hold it (a lease expired under a stalled relay)
 //!   cannot reorder: each publishes only after the row before is stored, and
@@ -51,16 +59,17 @@
 //! namespaces: alerts reach the healthy replica within 20 s with 3 s leases,
 //! in order, none lost or repeated).
 
+mod publish;
+
 use crate::store::{self, LeasedCouncil, PendingAlert};
-use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::server::CancellationToken;
+use publish::{Failure, Publisher, MAX_PUBLISH_BATCH};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 use tonic::transport::Channel;
-use tonic::Code;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -141,7 +150,7 @@ impl Default for RelayMetrics {
 #[derive(Debug, Clone)]
 pub struct Relay {
     pool: DbPool,
-    client: NotificationServiceClient<Channel>,
+    publisher: Publisher,
     settings: RelaySettings,
     wake: Arc<Notify>,
     metrics: RelayMetrics,
@@ -149,6 +158,9 @@ pub struct Relay {
     id: Uuid,
     /// Whether this relay is pausing after outages.
     breaker: Arc<Mutex<Breaker>>,
+    /// Until when this relay publishes one by one (the Notification service
+    /// answered `PublishAlerts` with UNIMPLEMENTED: an older version).
+    no_batches_until: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// A relay that cannot reach the Notification service stops taking
@@ -185,12 +197,13 @@ impl Relay {
     ) -> Self {
         Self {
             pool,
-            client: NotificationServiceClient::new(channel),
+            publisher: Publisher::new(channel, settings.publish_timeout),
             settings,
             wake,
             metrics,
             id: Uuid::new_v4(),
             breaker: Arc::default(),
+            no_batches_until: Arc::default(),
         }
     }
 
@@ -303,11 +316,13 @@ impl Relay {
     }
 
     /// Publishes a leased council's undelivered alerts in position order
-    /// until none is left, one fails, or the lease is lost.
+    /// until none is left, one fails, or the lease is lost: the rows read at
+    /// a time go in one `PublishAlerts` call (one transaction at the
+    /// Notification service), a lone row in one `PublishAlert`.
     async fn drain_council(&self, council: LeasedCouncil) -> Result<Drained, DbFailure> {
         let code = council.council_code.as_str();
         let mut delivered = 0;
-        loop {
+        'read: loop {
             let due = {
                 let db = self.pool.get().await?;
                 store::pending_for_council(&db, code, self.settings.batch_size).await?
@@ -317,82 +332,202 @@ impl Relay {
                 store::release_council(&db, code, self.id).await?;
                 return Ok(Drained { delivered, stopped: None });
             }
-            for alert in &due {
-                let span = tracing::info_span!(
-                    "outbox.relay",
-                    otel.name = "relay alert",
-                    outbox_id = alert.outbox_id,
-                    council = %code,
-                    position = alert.position
-                );
-                cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
-                let started = Instant::now();
-                let result = self.publish(alert).instrument(span).await;
-                let db = self.pool.get().await?;
-                match result {
-                    Ok(sequence) => {
-                        let still_held =
-                            store::mark_delivered(&db, alert.outbox_id, self.id, self.settings.lease).await?;
-                        self.metrics.delivered.inc();
-                        delivered += 1;
-                        tracing::info!(
-                            outbox_id = alert.outbox_id,
-                            council = %code,
-                            position = alert.position,
-                            sequence,
-                            "alert delivered"
-                        );
-                        if !still_held {
-                            // The lease ran out while we were slow and another
-                            // relay has the council now: it carries on from here.
-                            tracing::warn!(council = %code, "council lease lost; leaving it to the relay holding it");
-                            return Ok(Drained { delivered, stopped: None });
-                        }
+            let per_call = if self.batches_refused() { 1 } else { MAX_PUBLISH_BATCH };
+            for chunk in due.chunks(per_call) {
+                let step = match chunk {
+                    [alert] => self.deliver_one(&council, alert).await?,
+                    _ => match self.deliver_batch(&council, chunk).await? {
+                        // An old Notification service (during a rolling
+                        // deploy): read again and go one by one for a while.
+                        Step::Unsupported => continue 'read,
+                        // Refused as a whole: one by one, so every row before
+                        // the one refused is still delivered, in order, and
+                        // the council stops exactly at that row.
+                        Step::Failed(f) if !f.outage => self.deliver_singly(&council, chunk).await?,
+                        step => step,
+                    },
+                };
+                match step {
+                    Step::Delivered(n) => delivered += n,
+                    Step::LeaseLost(n) => {
+                        // The lease ran out while we were slow and another
+                        // relay has the council now: it carries on from here.
+                        tracing::warn!(council = %code, "council lease lost; leaving it to the relay holding it");
+                        return Ok(Drained { delivered: delivered + n, stopped: None });
                     }
-                    Err(failure) => {
-                        self.metrics.failed.inc();
-                        let retry_in = backoff(
-                            council.attempts.saturating_add(1),
-                            self.settings.retry_initial,
-                            self.settings.retry_max,
-                            jitter(),
-                        );
-                        store::mark_failed(&db, alert.outbox_id, self.id, retry_in, &failure.error).await?;
-                        tracing::warn!(
-                            outbox_id = alert.outbox_id,
-                            council = %code,
-                            position = alert.position,
-                            attempts = council.attempts + 1,
-                            after_ms = started.elapsed().as_millis() as u64,
-                            retry_in_ms = retry_in.as_millis() as u64,
-                            error = %failure.error,
-                            "alert not delivered; the council waits and retries from it"
-                        );
-                        return Ok(Drained { delivered, stopped: Some(failure) });
+                    Step::Failed(failure) => return Ok(Drained { delivered, stopped: Some(failure) }),
+                    Step::Stopped(n, failure) => {
+                        return Ok(Drained { delivered: delivered + n, stopped: Some(failure) })
                     }
+                    Step::Unsupported => continue 'read,
                 }
             }
         }
     }
 
-    /// One `PublishAlert` call.
-    async fn publish(&self, alert: &PendingAlert) -> Result<i64, Failure> {
-        let timeout = self.settings.publish_timeout;
-        let mut request = tonic::Request::new(alert.request.clone());
-        request.set_timeout(timeout);
-        cpis_runtime::telemetry::inject_context(&mut request);
-        let mut client = self.client.clone();
-        match tokio::time::timeout(timeout, client.publish_alert(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner().sequence),
-            // Only the code is kept: a message might quote the request.
-            Ok(Err(status)) => Err(Failure {
-                error: format!("PublishAlert answered {:?}", status.code()),
-                outage: is_outage(status.code()),
-            }),
-            Err(_) => Err(Failure { error: format!("PublishAlert timed out after {timeout:?}"), outage: true }),
+    /// [`Relay::deliver_one`] for each alert of `chunk` in order, until one
+    /// fails or the lease is lost.
+    async fn deliver_singly(&self, council: &LeasedCouncil, chunk: &[PendingAlert]) -> Result<Step, DbFailure> {
+        let mut delivered = 0;
+        for alert in chunk {
+            match self.deliver_one(council, alert).await? {
+                Step::Delivered(n) => delivered += n,
+                Step::LeaseLost(n) => return Ok(Step::LeaseLost(delivered + n)),
+                Step::Failed(f) | Step::Stopped(_, f) => return Ok(Step::Stopped(delivered, f)),
+                // deliver_one never answers this (it does not batch).
+                Step::Unsupported => return Ok(Step::Unsupported),
+            }
+        }
+        Ok(Step::Delivered(delivered))
+    }
+
+    /// Publishes one alert and records the outcome.
+    async fn deliver_one(&self, council: &LeasedCouncil, alert: &PendingAlert) -> Result<Step, DbFailure> {
+        let code = council.council_code.as_str();
+        let span = tracing::info_span!(
+            "outbox.relay",
+            otel.name = "relay alert",
+            outbox_id = alert.outbox_id,
+            council = %code,
+            position = alert.position
+        );
+        cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+        let started = Instant::now();
+        let result = self.publisher.one(alert).instrument(span).await;
+        let db = self.pool.get().await?;
+        match result {
+            Ok(sequence) => {
+                let still_held = store::mark_delivered(&db, alert.outbox_id, self.id, self.settings.lease).await?;
+                self.metrics.delivered.inc();
+                tracing::info!(
+                    outbox_id = alert.outbox_id,
+                    council = %code,
+                    position = alert.position,
+                    sequence,
+                    "alert delivered"
+                );
+                Ok(if still_held { Step::Delivered(1) } else { Step::LeaseLost(1) })
+            }
+            Err(failure) => {
+                self.record_failure(&db, council, alert, started, &failure).await?;
+                Ok(Step::Failed(failure))
+            }
         }
     }
+
+    /// Publishes `chunk` (a council's next alerts, in position order) in one
+    /// `PublishAlerts` call, which stores all of them or none; marks them
+    /// delivered together only once it answered OK.
+    async fn deliver_batch(&self, council: &LeasedCouncil, chunk: &[PendingAlert]) -> Result<Step, DbFailure> {
+        let (Some(head), Some(last)) = (chunk.first(), chunk.last()) else {
+            return Ok(Step::Delivered(0));
+        };
+        let code = council.council_code.as_str();
+        let span = tracing::info_span!(
+            "outbox.relay",
+            otel.name = "relay alerts",
+            council = %code,
+            alerts = chunk.len(),
+            first_position = head.position,
+            last_position = last.position
+        );
+        // Linked to every check-in's trace, and a child of the first one's
+        // (the last call of continue_trace sets the parent).
+        for alert in chunk.iter().rev() {
+            cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+        }
+        let started = Instant::now();
+        let result = self.publisher.batch(chunk).instrument(span).await;
+        let db = self.pool.get().await?;
+        match result {
+            Ok(sequences) => {
+                let ids: Vec<i64> = chunk.iter().map(|a| a.outbox_id).collect();
+                let still_held = store::mark_delivered_many(&db, &ids, self.id, self.settings.lease).await?;
+                self.metrics.delivered.inc_by(chunk.len() as u64);
+                tracing::info!(
+                    council = %code,
+                    alerts = chunk.len(),
+                    first_position = head.position,
+                    last_position = last.position,
+                    first_sequence = sequences.first().copied().unwrap_or_default(),
+                    last_sequence = sequences.last().copied().unwrap_or_default(),
+                    "alerts delivered"
+                );
+                Ok(if still_held { Step::Delivered(chunk.len()) } else { Step::LeaseLost(chunk.len()) })
+            }
+            Err(failure) if failure.unimplemented => {
+                tracing::warn!(council = %code, "the Notification service has no PublishAlerts; publishing one by one");
+                self.refuse_batches_for(BATCH_REPROBE);
+                Ok(Step::Unsupported)
+            }
+            // Not this relay's concern which row was refused: the caller
+            // retries one by one and finds it.
+            Err(failure) if !failure.outage => Ok(Step::Failed(failure)),
+            Err(failure) => {
+                self.record_failure(&db, council, head, started, &failure).await?;
+                Ok(Step::Failed(failure))
+            }
+        }
+    }
+
+    /// Records a failed attempt at the council's head-of-line `alert`; the
+    /// whole council waits and retries from it.
+    async fn record_failure(
+        &self,
+        db: &deadpool_postgres::Client,
+        council: &LeasedCouncil,
+        alert: &PendingAlert,
+        started: Instant,
+        failure: &Failure,
+    ) -> Result<(), DbFailure> {
+        self.metrics.failed.inc();
+        let retry_in =
+            backoff(council.attempts.saturating_add(1), self.settings.retry_initial, self.settings.retry_max, jitter());
+        store::mark_failed(db, alert.outbox_id, self.id, retry_in, &failure.error).await?;
+        tracing::warn!(
+            outbox_id = alert.outbox_id,
+            council = %council.council_code,
+            position = alert.position,
+            attempts = council.attempts + 1,
+            after_ms = started.elapsed().as_millis() as u64,
+            retry_in_ms = retry_in.as_millis() as u64,
+            error = %failure.error,
+            "alert not delivered; the council waits and retries from it"
+        );
+        Ok(())
+    }
+
+    /// True while this relay publishes one by one because the Notification
+    /// service answered `PublishAlerts` with UNIMPLEMENTED.
+    fn batches_refused(&self) -> bool {
+        let until = *self.no_batches_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn refuse_batches_for(&self, pause: Duration) {
+        *self.no_batches_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + pause);
+    }
 }
+
+/// What one publish (of one alert or a batch) came to.
+#[derive(Debug)]
+enum Step {
+    /// This many alerts delivered; the lease is still held.
+    Delivered(usize),
+    /// This many alerts delivered, but the lease went to another relay.
+    LeaseLost(usize),
+    /// Nothing delivered: the council stops here (the failure is recorded,
+    /// except for a batch refused as a whole, which is retried one by one).
+    Failed(Failure),
+    /// This many delivered one by one, then a failure stopped the council.
+    Stopped(usize, Failure),
+    /// The Notification service has no `PublishAlerts`.
+    Unsupported,
+}
+
+/// How long a relay publishes one by one after an UNIMPLEMENTED answer to
+/// `PublishAlerts`, before trying a batch again.
+const BATCH_REPROBE: Duration = Duration::from_secs(60);
 
 /// How far a relay got with one council.
 #[derive(Debug)]
@@ -422,29 +557,6 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
             other => DbFailure(format!("connection pool: {other}")),
         }
     }
-}
-
-/// Why one alert was not delivered.
-#[derive(Debug, Clone)]
-struct Failure {
-    /// A description without personal data (it is stored as `last_error`).
-    error: String,
-    /// True when the Notification service, not this alert, is the problem.
-    outage: bool,
-}
-
-/// True for answers that say the Notification service (not this alert) is
-/// the problem.
-fn is_outage(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Unimplemented
-            | Code::ResourceExhausted
-    )
 }
 
 /// The delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`,

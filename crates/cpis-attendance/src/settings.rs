@@ -38,7 +38,8 @@ pub struct Settings {
     /// Deadline of one publish call by the outbox relay, in milliseconds.
     #[arg(long = "publish-timeout-ms", env = "CPIS_PUBLISH_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
     pub publish_timeout: Duration,
-    /// Outbox rows the relay claims at a time.
+    /// Outbox rows of one council the relay reads at a time and publishes
+    /// together (one `PublishAlerts` call per 500 at most).
     #[arg(long = "relay-batch", env = "CPIS_RELAY_BATCH", default_value_t = 100)]
     pub relay_batch_size: i64,
     /// Delay before the first retry of a council whose alert was not

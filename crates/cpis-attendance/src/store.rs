@@ -143,6 +143,32 @@ pub async fn mark_delivered(
     Ok(!renewed.is_empty())
 }
 
+/// [`mark_delivered`] for every row of one `PublishAlerts` batch (which the
+/// Notification service stored all or nothing), in one statement.
+pub async fn mark_delivered_many(
+    db: &impl deadpool_postgres::GenericClient,
+    outbox_ids: &[i64],
+    holder: Uuid,
+    lease: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let renewed = db
+        .query(
+            "WITH delivered AS (
+                 UPDATE attendance.outbox
+                 SET delivered_at = COALESCE(delivered_at, now()), attempts = attempts + 1, last_error = NULL
+                 WHERE outbox_id = ANY($1)
+                 RETURNING council_code)
+             UPDATE attendance.relay_councils r
+             SET lease_until = now() + make_interval(secs => $3::float8), attempts = 0, last_error = NULL
+             FROM (SELECT DISTINCT council_code FROM delivered) d
+             WHERE r.council_code = d.council_code AND r.holder = $2
+             RETURNING 1",
+            &[&outbox_ids, &holder, &secs(lease)],
+        )
+        .await?;
+    Ok(!renewed.is_empty())
+}
+
 /// Records a failed attempt at a council's head-of-line alert and gives the
 /// council up until `retry_in` from now: the whole council waits, so no
 /// later alert can overtake it. `error` must hold no personal data.

@@ -12,6 +12,11 @@ const MAX_EPISODE_ID: usize = 128;
 /// Longest accepted case reference (the Registry allows 1 to 64 characters).
 const MAX_LOCAL_REFERENCE: usize = 64;
 
+/// Most alerts one `PublishAlerts` call may carry: enough to drain a
+/// council's backlog in a few calls, small enough that one transaction
+/// holds the council's counter lock for milliseconds, not seconds.
+pub const MAX_BATCH: usize = 500;
+
 /// One alert to store, every field checked. Its `Debug` never shows the NHS
 /// number (see [`NhsNumber`]).
 #[derive(Debug, Clone)]
@@ -105,6 +110,35 @@ impl NewAlert {
     }
 }
 
+/// Checks every alert of a `PublishAlertsRequest`, reporting every
+/// violation of every alert at once, each named `alerts[i].<field>`; a batch
+/// that is empty or holds more than [`MAX_BATCH`] alerts is refused whole.
+pub fn batch_from_request(r: &pb::PublishAlertsRequest) -> Result<Vec<NewAlert>, ApiError> {
+    if r.alerts.is_empty() || r.alerts.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "alerts",
+            format!("must hold 1 to {MAX_BATCH} alerts (this one holds {})", r.alerts.len()),
+        ));
+    }
+    let mut violations = Vec::new();
+    let mut alerts = Vec::with_capacity(r.alerts.len());
+    for (i, request) in r.alerts.iter().enumerate() {
+        match NewAlert::from_request(request) {
+            Ok(alert) => alerts.push(alert),
+            Err(ApiError::InvalidArgument(list)) => violations.extend(list.into_iter().map(|mut v| {
+                v.field = format!("alerts[{i}].{}", v.field);
+                v
+            })),
+            Err(other) => return Err(other),
+        }
+    }
+    if violations.is_empty() {
+        Ok(alerts)
+    } else {
+        Err(ApiError::InvalidArgument(violations))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +206,30 @@ mod tests {
         );
         r.episode = None;
         assert!(fields(&r).contains(&"episode".to_string()));
+    }
+
+    #[test]
+    fn a_batch_names_the_index_of_each_bad_alert_and_is_bounded() {
+        let mut bad = valid();
+        bad.nhs_number = "9990000019".into();
+        let mut batch = pb::PublishAlertsRequest { alerts: vec![valid(), bad, valid()] };
+        batch.alerts[2].episode = None;
+        let Err(ApiError::InvalidArgument(v)) = batch_from_request(&batch) else {
+            panic!("must fail");
+        };
+        let named: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(named, ["alerts[1].nhs_number", "alerts[2].episode"]);
+        batch.alerts.truncate(1);
+        assert_eq!(batch_from_request(&batch).expect("valid").len(), 1);
+        for n in [0, MAX_BATCH + 1] {
+            let r = pb::PublishAlertsRequest { alerts: vec![valid(); n] };
+            let Err(ApiError::InvalidArgument(v)) = batch_from_request(&r) else {
+                panic!("{n} alerts must be refused");
+            };
+            assert_eq!(v[0].field, "alerts");
+        }
+        let full = pb::PublishAlertsRequest { alerts: vec![valid(); MAX_BATCH] };
+        assert_eq!(batch_from_request(&full).expect("a full batch is valid").len(), MAX_BATCH);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The Notification service: a durable, ordered alert log per council, and
 //! resumable server-streaming subscriptions fed from it.
 //!
-//! How an alert travels: `PublishAlert` (the Attendance service only) stores
-//! it with the council's next gapless sequence and sends `NOTIFY` with the
+//! How an alert travels: `PublishAlert` or, many at a time in one
+//! transaction, `PublishAlerts` (the Attendance service only) stores it with the council's next gapless sequence and sends `NOTIFY` with the
 //! council code and that sequence in the same transaction ([`store`]). Every
 //! instance holds one `LISTEN` connection and one safety poll ([`listen`])
 //! that keep each council's latest sequence in memory ([`fanout`]); a stream
@@ -272,6 +272,19 @@ impl Notification {
         );
         Ok(pb::PublishAlertResponse { alert_id: published.alert_id.to_string(), sequence: published.sequence })
     }
+
+    async fn publish_batch(&self, r: pb::PublishAlertsRequest) -> Result<pb::PublishAlertsResponse, ApiError> {
+        let alerts = alert::batch_from_request(&r)?;
+        let published = self.store.publish_batch(&alerts).await?;
+        let created = published.iter().filter(|p| p.created).count();
+        tracing::info!(alerts = alerts.len(), created, repeats = alerts.len() - created, "alert batch published");
+        Ok(pb::PublishAlertsResponse {
+            results: published
+                .into_iter()
+                .map(|p| pb::PublishAlertResponse { alert_id: p.alert_id.to_string(), sequence: p.sequence })
+                .collect(),
+        })
+    }
 }
 
 /// The status that ends a stream: the one its task chose, or `UNAVAILABLE`
@@ -322,6 +335,13 @@ impl pb::notification_service_server::NotificationService for Notification {
         r: Request<pb::PublishAlertRequest>,
     ) -> Result<Response<pb::PublishAlertResponse>, Status> {
         Ok(Response::new(self.publish(r.into_inner()).await?))
+    }
+
+    async fn publish_alerts(
+        &self,
+        r: Request<pb::PublishAlertsRequest>,
+    ) -> Result<Response<pb::PublishAlertsResponse>, Status> {
+        Ok(Response::new(self.publish_batch(r.into_inner()).await?))
     }
 }
 

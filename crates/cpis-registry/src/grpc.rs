@@ -68,4 +68,11 @@ impl pb::registry_service_server::RegistryService for Registry {
     ) -> Result<Response<pb::LookupFlagsResponse>, Status> {
         Ok(Response::new(self.lookup(req.into_inner()).await?))
     }
+
+    async fn lookup_flags_batch(
+        &self,
+        req: Request<pb::LookupFlagsBatchRequest>,
+    ) -> Result<Response<pb::LookupFlagsBatchResponse>, Status> {
+        Ok(Response::new(self.lookup_batch(req.into_inner()).await?))
+    }
 }

@@ -12,7 +12,7 @@
 
 pub mod councils;
 mod grpc;
-mod lookup;
+pub mod lookup;
 pub mod model;
 mod plans;
 pub mod retention;

@@ -206,6 +206,23 @@ pub const LOOKUP_FLAGS_SQL: &str = "SELECT council_code, local_reference, plan_t
        AND (expected_delivery_date IS NULL OR $2 <= expected_delivery_date + $3::int)
      ORDER BY council_code, start_date, local_reference";
 
+/// The query of [`lookup_flags_batch`]: [`LOOKUP_FLAGS_SQL`] for several
+/// look-ups at once (`$1` NHS numbers, `$2` their days, `$3` as there). The
+/// `= ANY($1)` probes the `plans_nhs_number` index once per distinct number;
+/// the join back to the look-ups (by ordinality) applies each one's day and
+/// tells which look-up a row answers, so one number asked twice is answered twice.
+pub const LOOKUP_FLAGS_BATCH_SQL: &str = "SELECT q.idx::int, p.council_code, p.local_reference, p.plan_type,
+        p.start_date, p.end_date, p.expected_delivery_date, p.team_name, p.office_phone,
+        p.emergency_duty_phone, p.email
+     FROM registry.plans p
+     JOIN unnest($1::text[], $2::date[]) WITH ORDINALITY AS q(nhs_number, day, idx)
+       ON q.nhs_number = p.nhs_number
+     WHERE p.nhs_number = ANY($1) AND p.deleted_at IS NULL AND p.start_date <= q.day
+       AND (p.end_date IS NULL OR q.day < (p.end_date + interval '12 months')::date)
+       AND (p.date_of_birth IS NULL OR q.day < (p.date_of_birth + interval '18 years')::date)
+       AND (p.expected_delivery_date IS NULL OR q.day <= p.expected_delivery_date + $3::int)
+     ORDER BY q.idx, p.council_code, p.start_date, p.local_reference";
+
 /// Every plan in scope for `nhs_number` on `day`, across all councils: one
 /// probe of the `plans_nhs_number` index.
 pub async fn lookup_flags(
@@ -218,21 +235,46 @@ pub async fn lookup_flags(
     let statement = client.prepare_cached(LOOKUP_FLAGS_SQL).await?;
     let days = i32::try_from(unborn_scope_days).unwrap_or(i32::MAX);
     let rows = client.query(&statement, &[&nhs_number, &day, &days]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| FoundFlag {
-            council_code: r.get(0),
-            local_reference: r.get(1),
-            plan_type: r.get(2),
-            start_date: r.get(3),
-            end_date: r.get(4),
-            expected_delivery_date: r.get(5),
-            contact: Contact {
-                team_name: r.get(6),
-                office_phone: r.get(7),
-                emergency_duty_phone: r.get(8),
-                email: r.get(9),
-            },
-        })
-        .collect())
+    Ok(rows.iter().map(|r| found_flag(r, 0)).collect())
+}
+
+/// [`lookup_flags`] for each `(nhs_number, day)` of `lookups` in one query
+/// ([`LOOKUP_FLAGS_BATCH_SQL`]); the answers are in the order of `lookups`.
+pub async fn lookup_flags_batch(
+    client: &deadpool_postgres::Client,
+    lookups: &[(&str, NaiveDate)],
+    unborn_scope_days: u32,
+) -> Result<Vec<Vec<FoundFlag>>, ApiError> {
+    let statement = client.prepare_cached(LOOKUP_FLAGS_BATCH_SQL).await?;
+    let days = i32::try_from(unborn_scope_days).unwrap_or(i32::MAX);
+    let numbers: Vec<&str> = lookups.iter().map(|(n, _)| *n).collect();
+    let dates: Vec<NaiveDate> = lookups.iter().map(|(_, d)| *d).collect();
+    let rows = client.query(&statement, &[&numbers, &dates, &days]).await?;
+    let mut found: Vec<Vec<FoundFlag>> = lookups.iter().map(|_| Vec::new()).collect();
+    for r in &rows {
+        let index: i32 = r.get(0);
+        let Some(slot) = usize::try_from(index - 1).ok().and_then(|i| found.get_mut(i)) else {
+            return Err(ApiError::internal("batch look-up returned an index out of range"));
+        };
+        slot.push(found_flag(r, 1));
+    }
+    Ok(found)
+}
+
+/// A [`FoundFlag`] from the columns of [`LOOKUP_FLAGS_SQL`], starting at `at`.
+fn found_flag(r: &tokio_postgres::Row, at: usize) -> FoundFlag {
+    FoundFlag {
+        council_code: r.get(at),
+        local_reference: r.get(at + 1),
+        plan_type: r.get(at + 2),
+        start_date: r.get(at + 3),
+        end_date: r.get(at + 4),
+        expected_delivery_date: r.get(at + 5),
+        contact: Contact {
+            team_name: r.get(at + 6),
+            office_phone: r.get(at + 7),
+            emergency_duty_phone: r.get(at + 8),
+            email: r.get(at + 9),
+        },
+    }
 }

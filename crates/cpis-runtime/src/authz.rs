@@ -53,6 +53,7 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     ("/cpis.registry.v1.RegistryService/ListPlans",                 &[Councils]),
     ("/cpis.registry.v1.RegistryService/SyncPlans",                 &[Councils]),
     ("/cpis.registry.v1.RegistryService/LookupFlags",               &[Service(ServiceName::Attendance)]),
+    ("/cpis.registry.v1.RegistryService/LookupFlagsBatch",          &[Service(ServiceName::Attendance)]),
     ("/cpis.attendance.v1.AttendanceService/CheckIn",               &[Settings]),
     // Councils only for people they hold a flag in scope for (checked in the handler).
     ("/cpis.attendance.v1.AttendanceService/ListEpisodes",          &[Settings, Councils]),
@@ -62,6 +63,7 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     ("/cpis.notification.v1.NotificationService/AckAlerts",         &[Councils]),
     ("/cpis.notification.v1.NotificationService/ListAlerts",        &[Councils]),
     ("/cpis.notification.v1.NotificationService/PublishAlert",      &[Service(ServiceName::Attendance)]),
+    ("/cpis.notification.v1.NotificationService/PublishAlerts",     &[Service(ServiceName::Attendance)]),
     // The FHIR R4 endpoint of the Attendance service (its own port): the
     // same identities and the same table. Paths are the resource types.
     ("/FHIR/R4/metadata",                                           &[AnyIdentity]),
@@ -77,8 +79,12 @@ pub const POLICY: &[(&str, &[Allow])] = &[
 /// internal listener (`CPIS_INTERNAL_LISTEN`), they are served there and not
 /// on the public one, so a Kubernetes NetworkPolicy can close that port to
 /// everyone but the attendance pods.
-pub const INTERNAL_METHODS: &[&str] =
-    &["/cpis.registry.v1.RegistryService/LookupFlags", "/cpis.notification.v1.NotificationService/PublishAlert"];
+pub const INTERNAL_METHODS: &[&str] = &[
+    "/cpis.registry.v1.RegistryService/LookupFlags",
+    "/cpis.registry.v1.RegistryService/LookupFlagsBatch",
+    "/cpis.notification.v1.NotificationService/PublishAlert",
+    "/cpis.notification.v1.NotificationService/PublishAlerts",
+];
 
 /// Which methods a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
