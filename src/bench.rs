@@ -10,7 +10,7 @@
 //! 1. framework ceiling: `grpc.health.v1.Health/Check` on the Attendance
 //!    port (the same TLS, HTTP/2, authorization and tracing layers);
 //! 2. database ceiling: single-row durable INSERTs through a pool built by
-//!    `cpis_core::db::pool` (16 connections, like each service's);
+//!    `cpis_runtime::db::pool` (16 connections, like each service's);
 //! 3. CheckIn of people who are not registered;
 //! 4. CheckIn of registered people, each the person's first visit to that
 //!    setting: registry lookup, episode, access audit, outbox, stored
@@ -62,8 +62,8 @@ mod streams;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
-use cpis_core::pki::Pki;
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_devkit::pki::Pki;
 use cpu::CpuMeter;
 use data::People;
 use load::{closed_loop, LevelResult, Op};

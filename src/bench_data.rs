@@ -184,7 +184,7 @@ pub async fn register(
 /// A direct connection to the benchmark's database (setup and observation
 /// only; the services are measured through their contract).
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    cpis_core::db::connect(url).await
+    cpis_runtime::db::connect(url).await
 }
 
 /// Fills `registry.plans` up to `total` rows with COPY: filler plans spread
@@ -294,7 +294,7 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 400);
-        assert!(all.iter().all(|n| cpis_core::validate::NhsNumber::parse(n).is_some()));
+        assert!(all.iter().all(|n| cpis_domain::validate::NhsNumber::parse(n).is_some()));
     }
 
     #[test]

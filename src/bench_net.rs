@@ -4,8 +4,8 @@
 
 use super::MAX_CONNECTIONS;
 use super::load::Op;
-use cpis_core::identity::{Caller, CallerKind};
-use cpis_core::pki::Pki;
+use cpis_domain::identity::{Caller, CallerKind};
+use cpis_devkit::pki::Pki;
 use cpis_proto::attendance::v1::{attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
 use std::collections::HashMap;
@@ -38,7 +38,7 @@ impl Net {
     /// A new channel (its own connection) to `port` as `caller`.
     pub fn fresh_channel(&self, port: u16, caller: &Caller) -> anyhow::Result<Channel> {
         let tls = self.pki.ensure(caller, &self.trust_domain)?;
-        cpis_core::client::channel(&format!("https://localhost:{port}"), &tls, None)
+        cpis_runtime::client::channel(&format!("https://localhost:{port}"), &tls, None)
     }
 
     /// The channel of load connection `slot` in round `round` (see [`Flagged`]).
@@ -101,7 +101,7 @@ pub async fn check_in(channel: Channel, nhs_number: String, worker: usize) -> Re
     let mut request = tonic::Request::new(CheckInRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         nhs_number,
-        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: SettingType::EmergencyDepartment as i32,
         user_id: format!("bench-user-{worker}"),
     });
@@ -170,7 +170,7 @@ pub fn flagged_op(net: Arc<Net>, port: u16, people: Arc<Flagged>, slots: usize) 
 /// statement cached on the connection; otherwise the SQL text, which
 /// tokio-postgres prepares as an unnamed statement on every call (one more
 /// round trip, parse and plan each time).
-pub fn db_op(pool: cpis_core::db::DbPool, prepared: bool) -> Op {
+pub fn db_op(pool: cpis_runtime::db::DbPool, prepared: bool) -> Op {
     const INSERT: &str =
         "INSERT INTO bench.scratch (id, nhs_number, setting_code, arrived_at) VALUES ($1, $2, $3, $4)";
     Arc::new(move |w| {
@@ -181,12 +181,12 @@ pub fn db_op(pool: cpis_core::db::DbPool, prepared: bool) -> Op {
             let (id, now) = (uuid::Uuid::now_v7(), chrono::Utc::now());
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&id, &"9990000018", &setting, &now];
             let done = if prepared {
-                let insert = db.prepare_cached(INSERT).await.map_err(|e| cpis_core::db::describe(&e))?;
+                let insert = db.prepare_cached(INSERT).await.map_err(|e| cpis_runtime::db::describe(&e))?;
                 db.execute(&insert, &params).await
             } else {
                 db.execute(INSERT, &params).await
             };
-            done.map_err(|e| cpis_core::db::describe(&e))?;
+            done.map_err(|e| cpis_runtime::db::describe(&e))?;
             Ok(())
         })
     })

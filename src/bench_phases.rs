@@ -10,7 +10,7 @@ use super::procs::{RssSampler, Services};
 use super::report::{FlaggedLevel, Report, ScalingPoint};
 use super::{alerts, bulk, council, cpu::CpuMeter, levels, progress, streams, Ctx, Shape};
 use anyhow::Context as _;
-use cpis_core::pki::Pki;
+use cpis_devkit::pki::Pki;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ pub async fn measure(
                      arrived_at timestamptz NOT NULL)",
             )
             .await?;
-        let pool = cpis_core::db::pool(&ctx.database_url, 16)?;
+        let pool = cpis_runtime::db::pool(&ctx.database_url, 16)?;
         report.database_ceiling = levels(&ctx, "(2) durable INSERT", |_| net::db_op(pool.clone(), true)).await;
         report.database_unprepared = levels(&ctx, "(2b) same, unprepared", |_| net::db_op(pool.clone(), false)).await;
         ctx.db.batch_execute("DROP TABLE bench.scratch; CHECKPOINT").await?;

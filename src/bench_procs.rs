@@ -4,8 +4,8 @@
 //! generator's.
 
 use anyhow::{bail, Context as _};
-use cpis_core::identity::{Caller, ServiceName};
-use cpis_core::pki::Pki;
+use cpis_devkit::pki::Pki;
+use cpis_domain::identity::{Caller, ServiceName};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -250,9 +250,9 @@ fn spawn_service(
     Ok(ServiceProc { name: name.as_str(), port, grpc_name, metrics_port, child: Some(child), log })
 }
 
-async fn wait_ready(s: &mut ServiceProc, tls: &cpis_core::tls::TlsPaths) -> anyhow::Result<()> {
+async fn wait_ready(s: &mut ServiceProc, tls: &cpis_runtime::tls::TlsPaths) -> anyhow::Result<()> {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let channel = cpis_core::client::channel(&format!("https://localhost:{}", s.port), tls, None)?;
+    let channel = cpis_runtime::client::channel(&format!("https://localhost:{}", s.port), tls, None)?;
     let mut client = HealthClient::new(channel);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -2,7 +2,5 @@
 //! `cpis serve`, the end-to-end tests and the benchmarks.
 
 pub mod bench;
-pub mod client;
-pub mod demo;
 pub mod purge;
 pub mod suite;

@@ -4,10 +4,10 @@
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use cpis::suite::{self, Common, ServiceConfigs, Suite, SuiteOptions};
-use cpis_core::identity::{Caller, CallerKind, ServiceName};
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
-use cpis_core::pki::Pki;
-use cpis_core::tls::TlsPaths;
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_devkit::pki::Pki;
+use cpis_domain::identity::{Caller, CallerKind, ServiceName};
+use cpis_runtime::tls::TlsPaths;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,17 +40,17 @@ enum Command {
     /// Delete what is past its retention period (one service's schema, or all).
     Purge(cpis::purge::PurgeArgs),
     /// Council: keep the register (sync a CSV, list, get, end, delete).
-    Plans(cpis::client::PlansArgs),
+    Plans(cpis_cli::client::PlansArgs),
     /// Setting: check a person in and print what the clinician sees.
-    CheckIn(cpis::client::CheckInArgs),
+    CheckIn(cpis_cli::client::CheckInArgs),
     /// Council: print alerts as JSON lines, acknowledge them, resume after restarts.
-    Subscribe(cpis::client::SubscribeArgs),
+    Subscribe(cpis_cli::client::SubscribeArgs),
     /// Council: the history of accesses to its children's flags.
-    Audit(cpis::client::AuditArgs),
+    Audit(cpis_cli::client::AuditArgs),
     /// Measure the suite against the framework's and the database's ceilings.
     Bench(cpis::bench::BenchArgs),
     /// Against a running `cpis dev`: the whole story, end to end, narrated.
-    Demo(cpis::client::Connection),
+    Demo(cpis_cli::client::Connection),
     /// Check a service's gRPC health over mutual TLS: exit 0 when SERVING
     /// (Kubernetes exec probes: kubelet's own gRPC probes cannot present a
     /// client certificate).
@@ -94,12 +94,12 @@ struct DatabaseArgs {
 impl DatabaseArgs {
     /// The connection string, if one is set (an error when both are).
     fn url(&self) -> anyhow::Result<Option<String>> {
-        cpis_core::db_tls::url_from(self.database_url.clone(), self.database_url_file.as_deref())
+        cpis_runtime::db_tls::url_from(self.database_url.clone(), self.database_url_file.as_deref())
     }
 
     /// The connection string; an error naming both variables when neither is set.
     fn required_url(&self) -> anyhow::Result<String> {
-        cpis_core::db_tls::required_url_from(self.database_url.clone(), self.database_url_file.as_deref())
+        cpis_runtime::db_tls::required_url_from(self.database_url.clone(), self.database_url_file.as_deref())
     }
 }
 
@@ -278,8 +278,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    cpis_core::tls::install_default_provider();
-    let _telemetry = cpis_core::telemetry::init("cpis");
+    cpis_runtime::tls::install_default_provider();
+    let _telemetry = cpis_runtime::telemetry::init("cpis");
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(args) => dev(args).await,
@@ -288,11 +288,11 @@ async fn run() -> anyhow::Result<()> {
         Command::Migrate { service, database } => migrate(&service, &database.required_url()?).await,
         Command::Probe(args) => probe(args).await,
         Command::Purge(args) => cpis::purge::run(args).await,
-        Command::Plans(args) => cpis::client::plans(args).await,
-        Command::CheckIn(args) => cpis::client::check_in(args).await,
-        Command::Subscribe(args) => cpis::client::subscribe(args).await,
-        Command::Audit(args) => cpis::client::audit(args).await,
-        Command::Demo(conn) => cpis::demo::run(conn).await,
+        Command::Plans(args) => cpis_cli::client::plans(args).await,
+        Command::CheckIn(args) => cpis_cli::client::check_in(args).await,
+        Command::Subscribe(args) => cpis_cli::client::subscribe(args).await,
+        Command::Audit(args) => cpis_cli::client::audit(args).await,
+        Command::Demo(conn) => cpis_cli::demo::run(conn).await,
         Command::Bench(args) => cpis::bench::run(args).await,
     }
 }
@@ -371,7 +371,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("  more: cpis certs issue --state-dir {} --kind council|setting --code CODE", state_dir.display());
 
-    cpis_core::server::wait_for_signal().await;
+    cpis_runtime::server::wait_for_signal().await;
     println!("stopping");
     suite.stop().await?;
     drop(cluster);
@@ -390,9 +390,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .then(|| Duration::from_secs(args.max_connection_age_secs)),
         internal_listen: args.internal_listen,
         metrics_listen: args.metrics_listen,
-        limits: cpis_core::limits::Limits { per_caller: args.max_in_flight_per_caller, total: args.max_in_flight },
+        limits: cpis_runtime::limits::Limits { per_caller: args.max_in_flight_per_caller, total: args.max_in_flight },
         fhir_listen: args.fhir_listen,
-        connections: cpis_core::server::ConnectionLimits {
+        connections: cpis_runtime::server::ConnectionLimits {
             max_connections: args.max_connections,
             max_handshakes: args.max_handshakes,
         },
@@ -474,14 +474,14 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
 }
 
 async fn migrate(service: &str, database_url: &str) -> anyhow::Result<()> {
-    let pool = cpis_core::db::pool(database_url, 2)?;
+    let pool = cpis_runtime::db::pool(database_url, 2)?;
     let (schema, migrations) = match ServiceName::parse(service) {
         Some(ServiceName::Registry) => (cpis_registry::SCHEMA, cpis_registry::MIGRATIONS),
         Some(ServiceName::Attendance) => (cpis_attendance::SCHEMA, cpis_attendance::MIGRATIONS),
         Some(ServiceName::Notification) => (cpis_notification::SCHEMA, cpis_notification::MIGRATIONS),
         None => anyhow::bail!("unknown service {service:?}: expected registry, attendance or notification"),
     };
-    cpis_core::db::migrate(&pool, schema, migrations).await?;
+    cpis_runtime::db::migrate(&pool, schema, migrations).await?;
     println!("{schema}: migrations applied");
     Ok(())
 }
@@ -489,7 +489,7 @@ async fn migrate(service: &str, database_url: &str) -> anyhow::Result<()> {
 async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let tls = TlsPaths { ca: args.ca, cert: args.cert, key: args.key };
-    let channel = cpis_core::client::channel(&args.endpoint, &tls, None)?;
+    let channel = cpis_runtime::client::channel(&args.endpoint, &tls, None)?;
     let mut client = HealthClient::new(channel);
     let check = client.check(HealthCheckRequest { service: args.service.clone() });
     let status = tokio::time::timeout(Duration::from_secs(args.timeout_secs), check)

@@ -5,8 +5,8 @@
 
 use anyhow::Context as _;
 use clap::Args;
-use cpis_core::identity::ServiceName;
-use cpis_core::retention::Purged;
+use cpis_domain::identity::ServiceName;
+use cpis_runtime::retention::Purged;
 
 /// Arguments of `cpis purge`.
 #[derive(Args, Debug)]
@@ -50,8 +50,8 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
             format!("unknown service {other:?}: expected registry, attendance, notification or all")
         })?],
     };
-    let url = cpis_core::db_tls::required_url_from(args.database_url.clone(), args.database_url_file.as_deref())?;
-    let pool = cpis_core::db::pool(&url, 2)?;
+    let url = cpis_runtime::db_tls::required_url_from(args.database_url.clone(), args.database_url_file.as_deref())?;
+    let pool = cpis_runtime::db::pool(&url, 2)?;
     for service in services {
         let purged = purge(&pool, service, &args).await?;
         for Purged { kind, count } in purged {
@@ -64,7 +64,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
 
 /// Purges one service's records past retention.
 pub async fn purge(
-    pool: &cpis_core::db::DbPool,
+    pool: &cpis_runtime::db::DbPool,
     service: ServiceName,
     args: &PurgeArgs,
 ) -> anyhow::Result<Vec<Purged>> {

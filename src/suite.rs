@@ -3,13 +3,13 @@
 //! The same code path runs in every case.
 
 use anyhow::Context as _;
-use cpis_core::authz::Surface;
-use cpis_core::db::DbPool;
-use cpis_core::identity::{Caller, ServiceName};
-use cpis_core::metrics::Metrics;
-use cpis_core::pki::Pki;
-use cpis_core::server::{ServeOptions, Shutdown};
-use cpis_core::tls::{ServerTls, TlsPaths};
+use cpis_devkit::pki::Pki;
+use cpis_domain::identity::{Caller, ServiceName};
+use cpis_runtime::authz::Surface;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::metrics::Metrics;
+use cpis_runtime::server::{ServeOptions, Shutdown};
+use cpis_runtime::tls::{ServerTls, TlsPaths};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,11 +37,11 @@ pub struct Common {
     /// Where to serve Prometheus metrics (`/metrics`); none when unset.
     pub metrics_listen: Option<SocketAddr>,
     /// Caps on requests in flight, per caller and in all.
-    pub limits: cpis_core::limits::Limits,
+    pub limits: cpis_runtime::limits::Limits,
     /// Attendance: where to serve the FHIR R4 API (`CPIS_FHIR_LISTEN`); none when unset.
     pub fhir_listen: Option<SocketAddr>,
     /// Caps on connections and TLS handshakes in progress, per listener.
-    pub connections: cpis_core::server::ConnectionLimits,
+    pub connections: cpis_runtime::server::ConnectionLimits,
     /// A PEM certificate revocation list of client certificates (re-read
     /// when it changes; absent means nothing is revoked).
     pub crl: Option<PathBuf>,
@@ -57,7 +57,7 @@ pub struct ServiceConfigs {
     /// Notification settings (the database URL is filled in by the launcher).
     pub heartbeat: Option<Duration>,
     /// Caps on requests in flight (per caller and in all) for every service.
-    pub limits: cpis_core::limits::Limits,
+    pub limits: cpis_runtime::limits::Limits,
     /// Pooled database connections of each service (the default when unset).
     pub pool_size: Option<usize>,
 }
@@ -111,17 +111,18 @@ async fn spawn_serving(
     metrics.watch_pool(pool.clone());
     // Readiness asks the database on a connection of its own: a pool busy
     // with work is not an outage, and must not take the pod out of its Service.
-    let pool = cpis_core::db::pool(&common.database_url, 1)?;
+    let pool = cpis_runtime::db::pool(&common.database_url, 1)?;
     let mut opts = options(name, component, common, metrics);
     let Some(internal_addr) = common.internal_listen else {
-        return Ok(tokio::spawn(cpis_core::server::serve(listener, tls, routes, pool, opts, shutdown)));
+        return Ok(tokio::spawn(cpis_runtime::server::serve(listener, tls, routes, pool, opts, shutdown)));
     };
     let internal = TcpListener::bind(internal_addr).await.with_context(|| format!("binding {internal_addr}"))?;
     let mut internal_opts = opts.clone();
     opts.surface = Surface::Public;
     internal_opts.surface = Surface::Internal;
-    let public = cpis_core::server::serve(listener, tls.clone(), routes.clone(), pool.clone(), opts, shutdown.clone());
-    let internal = cpis_core::server::serve(internal, tls, routes, pool, internal_opts, shutdown);
+    let public =
+        cpis_runtime::server::serve(listener, tls.clone(), routes.clone(), pool.clone(), opts, shutdown.clone());
+    let internal = cpis_runtime::server::serve(internal, tls, routes, pool, internal_opts, shutdown);
     Ok(tokio::spawn(async move {
         tokio::try_join!(public, internal)?;
         Ok(())
@@ -129,7 +130,7 @@ async fn spawn_serving(
 }
 
 fn pool(common: &Common) -> anyhow::Result<DbPool> {
-    cpis_core::db::pool(&common.database_url, common.pool_size)
+    cpis_runtime::db::pool(&common.database_url, common.pool_size)
 }
 
 /// Serves `metrics` on the configured address until the service stops.
@@ -137,7 +138,7 @@ async fn spawn_metrics(common: &Common, metrics: &Metrics, shutdown: &Shutdown) 
     let Some(addr) = common.metrics_listen else { return Ok(None) };
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
     let local = listener.local_addr()?;
-    tokio::spawn(cpis_core::metrics::serve(listener, metrics.clone(), shutdown.stopping().clone()));
+    tokio::spawn(cpis_runtime::metrics::serve(listener, metrics.clone(), shutdown.stopping().clone()));
     Ok(Some(local))
 }
 
@@ -207,8 +208,8 @@ pub async fn start_attendance(
 ) -> anyhow::Result<RunningService> {
     let pool = pool(common)?;
     let shutdown = Shutdown::new();
-    let registry = cpis_core::client::channel(registry_url, &common.tls, None)?;
-    let notification = cpis_core::client::channel(notification_url, &common.tls, None)?;
+    let registry = cpis_runtime::client::channel(registry_url, &common.tls, None)?;
+    let notification = cpis_runtime::client::channel(notification_url, &common.tls, None)?;
     let service =
         cpis_attendance::Attendance::new(config, pool.clone(), registry, notification, shutdown.clone()).await?;
     let addr = listener.local_addr()?;
@@ -297,9 +298,9 @@ pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url
         max_connection_age: None,
         internal_listen: None,
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        limits: cpis_core::limits::Limits::default(),
+        limits: cpis_runtime::limits::Limits::default(),
         fhir_listen: None,
-        connections: cpis_core::server::ConnectionLimits::default(),
+        connections: cpis_runtime::server::ConnectionLimits::default(),
         crl: Some(pki.crl_path()),
     })
 }

@@ -21,10 +21,9 @@
 //! guards). Addresses are in 10.77.0.0/24, which exists only on the veths
 //! inside those namespaces.
 
-use cpis_core::identity::{Caller, CallerKind, ServiceName};
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
-use cpis_core::pki::Pki;
-use cpis_core::tls::TlsPaths;
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_devkit::pki::Pki;
+use cpis_domain::identity::{Caller, CallerKind, ServiceName};
 use cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient;
 use cpis_proto::attendance::v1::{CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
@@ -32,6 +31,7 @@ use cpis_proto::notification::v1::notification_service_client::NotificationServi
 use cpis_proto::notification::v1::{Alert, ListAlertsRequest};
 use cpis_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use cpis_proto::registry::v1::{Plan, UpsertPlanRequest};
+use cpis_runtime::tls::TlsPaths;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -359,7 +359,7 @@ async fn load(clients: &Clients, ledger: &RefCell<Ledger>, next: &RefCell<Vec<us
             let request = CheckInRequest {
                 request_id: uuid::Uuid::new_v4().to_string(),
                 nhs_number: person(c, i),
-                arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+                arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                 setting_type: SettingType::EmergencyDepartment as i32,
                 user_id: "netfault".into(),
             };
@@ -459,7 +459,7 @@ async fn wait_serving(pki: &Pki, endpoints: &[(String, &str)]) {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let tls = pki.ensure(&Caller::Service(ServiceName::Registry), TRUST_DOMAIN).expect("cert");
     for (url, name) in endpoints {
-        let mut client = HealthClient::new(cpis_core::client::channel(url, &tls, None).expect("channel"));
+        let mut client = HealthClient::new(cpis_runtime::client::channel(url, &tls, None).expect("channel"));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut r = tonic::Request::new(HealthCheckRequest { service: name.to_string() });
@@ -555,7 +555,7 @@ async fn scenario(pki: Pki, topology: &Topology, database_url: &str, a1_log: &st
     )
     .await;
     let tls = |caller: &Caller| pki.ensure(caller, TRUST_DOMAIN).expect("cert");
-    let channel = |u: String, t: &TlsPaths| cpis_core::client::channel(&u, t, None).expect("channel");
+    let channel = |u: String, t: &TlsPaths| cpis_runtime::client::channel(&u, t, None).expect("channel");
 
     // Each council registers its children.
     let registered = COUNCILS.iter().enumerate().map(|(c, code)| {
@@ -660,7 +660,7 @@ fn alerts_keep_flowing_in_order_when_packets_are_silently_dropped() {
         eprintln!("netfault: skipped (needs root, ip and nft; CI runs it with CPIS_REQUIRE_NETFAULT=1)");
         return;
     }
-    cpis_core::tls::install_default_provider();
+    cpis_runtime::tls::install_default_provider();
     let started = Instant::now();
     let state = tempfile::Builder::new().prefix("cpis-netfault").tempdir().expect("tempdir");
     let topology = Topology::create().expect("creating the network namespaces");

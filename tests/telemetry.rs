@@ -4,15 +4,12 @@
 //! flagged check-in, and no NHS number appears anywhere in spans or logs.
 //! A separate test binary: the tracing subscriber and tracer are global.
 
-#[path = "e2e/harness.rs"]
-mod harness;
-
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::attendance::v1::{CheckInRequest, ListEpisodesRequest};
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::{subscribe_response::Event, SubscribeRequest};
 use cpis_proto::registry::v1::{Plan, UpsertPlanRequest};
-use harness::*;
+use cpis_testkit::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -97,7 +94,7 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"));
     std::env::set_var("RUST_LOG", "debug,h2=warn,hyper=warn,tower=warn,rustls=warn,tokio_postgres=warn");
     let logs = LogBuffer::default();
-    let guard = cpis_core::telemetry::init_with_writer("cpis-test", logs.clone(), false);
+    let guard = cpis_runtime::telemetry::init_with_writer("cpis-test", logs.clone(), false);
 
     let ts = TestSuite::start().await;
     let child = nhs(501);
@@ -124,7 +121,7 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     let check_in = |nhs_number: &str| CheckInRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         nhs_number: nhs_number.into(),
-        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: SettingType::EmergencyDepartment as i32,
         user_id: "clinician-1".into(),
     };

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let lines = data.iter().filter(|b| **b == b'\n').count() as u64 + 1;
-    match cpis_core::plan_csv::PlanReader::new(data) {
+    match cpis_cli::plan_csv::PlanReader::new(data) {
         Err(e) => assert!(e.line >= 1 && e.line <= lines + 1),
         Ok(reader) => {
             for (line, row) in reader {

@@ -9,7 +9,7 @@ their health names (SERVICE_NAME in crates/cpis-<service>/src/lib.rs), the
 environment variables the binary reads (clap `env = "..."` and
 `std::env::var("...")` in src/ and crates/), and which methods are internal
 and who alone may call them (INTERNAL_METHODS and POLICY in
-crates/cpis-core/src/authz.rs).
+crates/cpis-runtime/src/authz.rs).
 
   check.py lint FILE...
       Every YAML source parses, with no duplicate keys (which YAML parsers,
@@ -73,7 +73,7 @@ class Facts:
         # OTEL_*: the OpenTelemetry SDK reads the standard variables itself.
         self.reads_otel = any("opentelemetry_sdk" in t for t in sources.values())
         # Internal methods and their only callers.
-        authz = sources.get("crates/cpis-core/src/authz.rs", "")
+        authz = sources.get("crates/cpis-runtime/src/authz.rs", "")
         internal = re.search(r"INTERNAL_METHODS: &\[&str\]\s*=\s*&\[(.*?)\];", authz, re.S)
         self.internal: dict[str, set[str]] = {}
         for method in re.findall(r'"([^"]+)"', internal.group(1) if internal else ""):
@@ -92,7 +92,7 @@ class Facts:
         if not self.services:
             out.append("no service found in crates/cpis-*/src/lib.rs (SERVICE_NAME)")
         if not self.internal:
-            out.append("no internal methods found in crates/cpis-core/src/authz.rs")
+            out.append("no internal methods found in crates/cpis-runtime/src/authz.rs")
         if "CPIS_LISTEN" not in self.env:
             out.append("the sources read no CPIS_LISTEN: the environment contract could not be read")
         return out

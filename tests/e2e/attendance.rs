@@ -2,11 +2,10 @@
 //! the alerts councils receive, the access audit, and what happens when the
 //! Registry or the Notification service is down.
 
-use crate::harness::*;
 use chrono::{DateTime, TimeDelta, Utc};
 use cpis::suite::{RunningService, ServiceConfigs};
-use cpis_core::identity::ServiceName;
-use cpis_core::time::{from_timestamp, to_timestamp};
+use cpis_domain::identity::ServiceName;
+use cpis_domain::time::{from_timestamp, to_timestamp};
 use cpis_proto::attendance::v1::{
     AccessRecord, CheckInRequest, CheckInResponse, ListAccessesRequest, ListEpisodesRequest,
 };
@@ -15,6 +14,7 @@ use cpis_proto::notification::v1::{
     subscribe_response::Event, Alert, AlertPriority, ListAlertsRequest, SubscribeRequest,
 };
 use cpis_proto::registry::v1::{DeletePlanRequest, Plan, UpsertPlanRequest};
+use cpis_testkit::*;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -177,7 +177,7 @@ async fn count(ts: &TestSuite, sql: &str) -> i64 {
 
 async fn list_episodes(
     ts: &TestSuite,
-    caller: &cpis_core::Caller,
+    caller: &cpis_runtime::Caller,
     nhs_number: &str,
     page_size: i32,
     page_token: &str,

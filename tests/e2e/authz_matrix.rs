@@ -1,10 +1,8 @@
 //! Every identity against every method: the authorization matrix in one
 //! table. A new RPC in the contract that is missing here fails the test.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
-use cpis_core::pki::IssueOptions;
-use cpis_core::tls::TlsPaths;
+use cpis_devkit::pki::IssueOptions;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::attendance::v1::{
     attendance_service_client::AttendanceServiceClient, CheckInRequest, ListAccessesRequest, ListEpisodesRequest,
     SilentReadRequest,
@@ -18,6 +16,8 @@ use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, DeletePlanRequest, EndPlanRequest, GetPlanRequest,
     ListPlansRequest, LookupFlagsRequest, SyncCompletion, SyncPlansRequest, UpsertPlanRequest,
 };
+use cpis_runtime::tls::TlsPaths;
+use cpis_testkit::*;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -163,7 +163,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                 .check_in(CheckInRequest {
                     request_id: uuid::Uuid::new_v4().to_string(),
                     nhs_number: child.into(),
-                    arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+                    arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                     setting_type: SettingType::EmergencyDepartment as i32,
                     user_id: "matrix".into(),
                 })
@@ -209,7 +209,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                         episode_id: uuid::Uuid::new_v4().to_string(),
                         setting_code: ALDER_HEY.into(),
                         setting_type: SettingType::EmergencyDepartment as i32,
-                        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+                        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                     }),
                     priority: AlertPriority::Routine as i32,
                 })

@@ -3,11 +3,11 @@
 //! message naming the cause (and never the password); client-certificate
 //! authentication; the connection string read from `DATABASE_URL_FILE`.
 
-use crate::harness::*;
 use cpis::suite::{ServiceConfigs, SuiteOptions};
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster, CERT_USER};
-use cpis_core::pki::{IssueOptions, Pki};
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster, CERT_USER};
+use cpis_devkit::pki::{IssueOptions, Pki};
 use cpis_proto::registry::v1::UpsertPlanRequest;
+use cpis_testkit::*;
 use std::path::Path;
 
 const PASSWORD: &str = "NeverPrinted-4711";
@@ -21,7 +21,7 @@ fn with_option(url: &str, key: &str, value: &str) -> String {
 
 /// Starts the whole suite on `url` and returns why it failed.
 async fn start_up_error(url: String) -> String {
-    cpis_core::tls::install_default_provider();
+    cpis_runtime::tls::install_default_provider();
     let state = tempfile::Builder::new().prefix("cpis-dbtls").tempdir().unwrap();
     let started = cpis::suite::Suite::start(SuiteOptions {
         state_dir: state.path().to_path_buf(),
@@ -41,7 +41,7 @@ async fn start_up_error(url: String) -> String {
 }
 
 async fn connect_error(url: &str) -> String {
-    match cpis_core::db::connect(url).await {
+    match cpis_runtime::db::connect(url).await {
         Ok(_) => panic!("connected although it should not have"),
         Err(e) => format!("{e:#}"),
     }
@@ -113,7 +113,7 @@ async fn a_wrong_host_name_fails_start_up_naming_the_cause() {
     assert!(err.contains("wrong host name"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
     // verify-ca checks the chain only: the same target is accepted.
-    let db = cpis_core::db::connect(&with_option(&wrong, "sslmode", "verify-ca")).await.unwrap();
+    let db = cpis_runtime::db::connect(&with_option(&wrong, "sslmode", "verify-ca")).await.unwrap();
     let ssl: bool = db.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
     assert!(ssl);
 }
@@ -136,7 +136,7 @@ async fn plaintext_is_refused_when_the_url_asks_for_tls() {
     let err = connect_error(&with_option(&url, "sslmode", "require")).await;
     assert!(err.contains("does not offer TLS"), "{err}");
     // `prefer` falls back to plaintext, as in libpq: the refusal above is the mode's doing.
-    let db = cpis_core::db::connect(&with_option(&url, "sslmode", "prefer")).await.unwrap();
+    let db = cpis_runtime::db::connect(&with_option(&url, "sslmode", "prefer")).await.unwrap();
     let ssl: bool = db.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
     assert!(!ssl);
     drop(db);
@@ -159,7 +159,7 @@ async fn a_client_certificate_authenticates_to_the_database() {
         "sslkey",
         &issued.key.display().to_string(),
     );
-    let db = cpis_core::db::connect(&with_cert).await.unwrap();
+    let db = cpis_runtime::db::connect(&with_cert).await.unwrap();
     let who: String = db.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
     assert_eq!(who, CERT_USER);
     let err = connect_error(&as_cert_user).await;
@@ -193,7 +193,7 @@ async fn cpis_migrate_reads_the_url_from_database_url_file_over_tls() {
 
     let out = cpis(&["migrate", "registry"], &[("DATABASE_URL_FILE", &file)], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let db = cpis_core::db::connect(&url).await.unwrap();
+    let db = cpis_runtime::db::connect(&url).await.unwrap();
     let applied: i64 = db.query_one("SELECT count(*) FROM registry.schema_migrations", &[]).await.unwrap().get(0);
     assert!(applied > 0);
 

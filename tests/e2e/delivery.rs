@@ -4,8 +4,8 @@
 //! status, a client that never acknowledges what it has not written out,
 //! and per-council delivery metrics for operators.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
+use cpis_testkit::*;
 
 use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use cpis_proto::notification::v1::{subscribe_response::Event, AckAlertsRequest, ListAlertsRequest, SubscribeRequest};
@@ -145,7 +145,7 @@ async fn a_stream_ended_by_shutdown_ends_unavailable_after_its_buffered_alerts()
     publish(&ts, LIVERPOOL, 0..ALERTS).await;
     // A client with small HTTP/2 windows, so that what it does not read
     // stays in the server's buffer.
-    let (endpoint, connector) = cpis_core::client::endpoint(
+    let (endpoint, connector) = cpis_runtime::client::endpoint(
         &format!("https://localhost:{}", ts.notification_port()),
         &ts.identity(&council(LIVERPOOL)),
         None,
@@ -168,7 +168,7 @@ async fn a_stream_ended_by_shutdown_ends_unavailable_after_its_buffered_alerts()
             addr: "127.0.0.1:9".parse().unwrap(),
             shutdown: Default::default(),
             join: tokio::spawn(async { Ok(()) }),
-            metrics: cpis_core::metrics::Metrics::new("placeholder"),
+            metrics: cpis_runtime::metrics::Metrics::new("placeholder"),
             metrics_addr: None,
             fhir_addr: None,
         },

@@ -4,11 +4,11 @@
 //! while the primary is stopped and the standby promoted. The services carry
 //! on against the new primary by themselves, and nothing acknowledged is lost.
 
-use crate::harness::*;
 use cpis::suite::ServiceConfigs;
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
 use cpis_proto::notification::v1::{subscribe_response::Event, Alert, SubscribeRequest};
 use cpis_proto::registry::v1::UpsertPlanRequest;
+use cpis_testkit::*;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,7 +35,7 @@ async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
         .expect("the standby");
     // Synchronous from now on: a commit is acknowledged only once the standby
     // has flushed it (set once the standby is attached, or set-up would wait for it).
-    let admin = cpis_core::db::connect(&primary.url("postgres")).await.unwrap();
+    let admin = cpis_runtime::db::connect(&primary.url("postgres")).await.unwrap();
     admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'standby1'").await.unwrap();
     admin.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     eventually(20, "the standby streams synchronously", || async {
@@ -181,7 +181,7 @@ async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
 
     // On the new primary: the LISTEN connection has re-subscribed, and the
     // pools hold fresh connections, all over TLS.
-    let new_primary = cpis_core::db::connect(&standby.url("cpis")).await.unwrap();
+    let new_primary = cpis_runtime::db::connect(&standby.url("cpis")).await.unwrap();
     eventually(RECOVERY_BOUND.as_secs(), "the LISTEN connection on the new primary", || async {
         new_primary
             .query_opt(

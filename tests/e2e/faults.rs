@@ -1,10 +1,10 @@
 //! Faults: a service killed in the middle of a burst, a client hoarding
 //! streams, and certificates rotated under open streams. Nothing is lost.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::notification::v1::{subscribe_response::Event, Alert, ListAlertsRequest, SubscribeRequest};
 use cpis_proto::registry::v1::UpsertPlanRequest;
+use cpis_testkit::*;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tonic::Code;
@@ -72,7 +72,7 @@ async fn killing_notification_mid_burst_loses_and_duplicates_nothing() {
             addr,
             shutdown: Default::default(),
             join: tokio::spawn(async { Ok(()) }),
-            metrics: cpis_core::metrics::Metrics::new("placeholder"),
+            metrics: cpis_runtime::metrics::Metrics::new("placeholder"),
             metrics_addr: None,
             fhir_addr: None,
         },
@@ -143,7 +143,7 @@ async fn a_client_hoarding_a_thousand_unread_streams_is_capped_and_delays_no_one
             Err(s) => panic!("unexpected {s:?}"),
         }
     }
-    assert_eq!(open.len(), cpis_core::limits::Limits::default().per_caller, "capped per caller");
+    assert_eq!(open.len(), cpis_runtime::limits::Limits::default().per_caller, "capped per caller");
     assert_eq!(refused, 1000 - open.len());
     // Flood Manchester's hoarded streams, then time Liverpool's alert.
     let mut registry = ts.registry(&council(MANCHESTER));
@@ -191,17 +191,17 @@ async fn rotated_certificates_are_served_without_dropping_open_streams() {
     let served = || async {
         // What a brand-new TLS connection is shown.
         let mut roots = rustls::RootCertStore::empty();
-        for c in cpis_core::tls::read_certs(&ts.pki.ca_path()).unwrap() {
+        for c in cpis_runtime::tls::read_certs(&ts.pki.ca_path()).unwrap() {
             roots.add(c).unwrap();
         }
         let me = ts.identity(&council(KENT));
-        let config = rustls::ClientConfig::builder_with_provider(cpis_core::tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(cpis_runtime::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(
-                cpis_core::tls::read_certs(&me.cert).unwrap(),
-                cpis_core::tls::read_key(&me.key).unwrap(),
+                cpis_runtime::tls::read_certs(&me.cert).unwrap(),
+                cpis_runtime::tls::read_key(&me.key).unwrap(),
             )
             .unwrap();
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -212,7 +212,7 @@ async fn rotated_certificates_are_served_without_dropping_open_streams() {
     let old = served().await;
     // cert-manager writes new files in place.
     let paths = ts.pki.issue(&service(ServiceName::Notification), TRUST_DOMAIN).unwrap();
-    let new = cpis_core::tls::read_certs(&paths.cert).unwrap()[0].as_ref().to_vec();
+    let new = cpis_runtime::tls::read_certs(&paths.cert).unwrap()[0].as_ref().to_vec();
     assert_ne!(old, new);
     eventually(10, "new connections get the new certificate", || async { served().await == new }).await;
 

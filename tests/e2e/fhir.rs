@@ -3,12 +3,12 @@
 //! same check-in code path as gRPC, silent reads, the access history, and
 //! refusals as OperationOutcomes.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::attendance::v1::{ListAccessesRequest, SilentReadRequest};
 use cpis_proto::common::v1::{ContactDetails, SettingType};
 use cpis_proto::notification::v1::{Alert, ListAlertsRequest};
 use cpis_proto::registry::v1::UpsertPlanRequest;
+use cpis_testkit::*;
 use serde_json::Value;
 use std::time::Duration;
 

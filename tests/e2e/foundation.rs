@@ -1,10 +1,10 @@
 //! The foundation: every port answers health over mutual TLS, serves
 //! reflection, and refuses connections without a valid identity.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
-use cpis_core::pki::IssueOptions;
+use cpis_devkit::pki::IssueOptions;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::registry::v1::{registry_service_client::RegistryServiceClient, GetPlanRequest, LookupFlagsRequest};
+use cpis_testkit::*;
 use tonic::Code;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -133,7 +133,7 @@ fn test_nhs_numbers_are_valid_and_in_the_test_range() {
     for i in 0..2000 {
         let n = nhs(i);
         assert!(n.starts_with("999"));
-        assert!(cpis_core::validate::is_valid_nhs_number(&n), "{n}");
+        assert!(cpis_domain::validate::is_valid_nhs_number(&n), "{n}");
         assert!(seen.insert(n));
     }
 }

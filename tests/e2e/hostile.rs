@@ -3,9 +3,8 @@
 //! healthy afterwards. Also raw bytes that are not valid Protobuf, oversized
 //! messages, and a caller exceeding its in-flight cap.
 
-use crate::harness::*;
 use bytes::{Buf, BufMut};
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::attendance::v1::{ListAccessesRequest, ListEpisodesRequest};
 use cpis_proto::common::v1::{Episode, PlanType, SettingType};
 use cpis_proto::notification::v1::{
@@ -15,6 +14,7 @@ use cpis_proto::registry::v1::{
     EndPlanRequest, GetPlanRequest, ListPlansRequest, LookupFlagsRequest, SyncCompletion, SyncPlansRequest,
     UpsertPlanRequest,
 };
+use cpis_testkit::*;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -29,7 +29,7 @@ fn publish(nhs_number: &str) -> PublishAlertRequest {
             episode_id: uuid::Uuid::new_v4().to_string(),
             setting_code: ALDER_HEY.into(),
             setting_type: SettingType::EmergencyDepartment as i32,
-            arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+            arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         }),
         priority: AlertPriority::Routine as i32,
     }
@@ -157,7 +157,7 @@ async fn bad_requests_get_field_level_errors_and_change_nothing() {
     c.arrived_at = Some(prost_types::Timestamp { seconds: 1, nanos: -5 });
     expect_field("invalid timestamp", ok(attendance.check_in(c).await), "arrived_at");
     let mut c = arrival(&nhs(1));
-    c.arrived_at = Some(cpis_core::time::to_timestamp(chrono::Utc::now() + chrono::Duration::hours(2)));
+    c.arrived_at = Some(cpis_domain::time::to_timestamp(chrono::Utc::now() + chrono::Duration::hours(2)));
     expect_field("arrival in the future", ok(attendance.check_in(c).await), "arrived_at");
     let mut c = arrival(&nhs(1));
     c.request_id.clear();
@@ -322,7 +322,13 @@ impl Decoder for RawCodec {
     }
 }
 
-async fn raw_call(ts: &TestSuite, port: u16, caller: &cpis_core::Caller, path: &'static str, body: Vec<u8>) -> Status {
+async fn raw_call(
+    ts: &TestSuite,
+    port: u16,
+    caller: &cpis_runtime::Caller,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Status {
     let mut grpc = tonic::client::Grpc::new(ts.channel(port, caller));
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static(path);
@@ -380,7 +386,7 @@ async fn bytes_that_are_not_the_message_are_invalid_arguments() {
 async fn a_caller_over_its_in_flight_cap_is_refused_while_others_are_served() {
     let configs = cpis::suite::ServiceConfigs {
         heartbeat: Some(std::time::Duration::from_secs(30)),
-        limits: cpis_core::limits::Limits { per_caller: 8, total: 10_000 },
+        limits: cpis_runtime::limits::Limits { per_caller: 8, total: 10_000 },
         ..Default::default()
     };
     let ts = TestSuite::start_with(configs).await;

@@ -2,8 +2,6 @@
 //! real PostgreSQL (one private cluster per test run, one database per test)
 //! and real mutual-TLS gRPC clients for any identity.
 
-mod harness;
-
 mod attendance;
 mod authz_matrix;
 mod database_tls;

@@ -3,9 +3,9 @@
 //! export: every `cpis_*` name in those files must appear in a real scrape
 //! of the three services' /metrics after a scenario that moves them all.
 
-use crate::harness::*;
 use cpis_proto::notification::v1::{subscribe_response::Event, SubscribeRequest};
 use cpis_proto::registry::v1::UpsertPlanRequest;
+use cpis_testkit::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

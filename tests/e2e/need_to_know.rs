@@ -2,10 +2,10 @@
 //! the person holds a flag in scope, and each such read is audited; a
 //! council sees only episodes since its own plan began.
 
-use crate::harness::*;
 use chrono::{TimeDelta, Utc};
 use cpis_proto::attendance::v1::{CheckInRequest, ListAccessesRequest, ListEpisodesRequest};
 use cpis_proto::registry::v1::{Plan, UpsertPlanRequest};
+use cpis_testkit::*;
 
 async fn register(ts: &TestSuite, council_code: &str, plan: Plan) {
     ts.registry(&council(council_code))
@@ -14,7 +14,7 @@ async fn register(ts: &TestSuite, council_code: &str, plan: Plan) {
         .expect("UpsertPlan");
 }
 
-async fn episodes(ts: &TestSuite, caller: &cpis_core::Caller, nhs_number: &str) -> Vec<String> {
+async fn episodes(ts: &TestSuite, caller: &cpis_runtime::Caller, nhs_number: &str) -> Vec<String> {
     ts.attendance(caller)
         .list_episodes(ListEpisodesRequest {
             nhs_number: nhs_number.into(),
@@ -33,7 +33,7 @@ async fn episodes(ts: &TestSuite, caller: &cpis_core::Caller, nhs_number: &str) 
 
 fn arriving_hours_ago(nhs_number: &str, hours: i64) -> CheckInRequest {
     CheckInRequest {
-        arrived_at: Some(cpis_core::time::to_timestamp(Utc::now() - TimeDelta::hours(hours))),
+        arrived_at: Some(cpis_domain::time::to_timestamp(Utc::now() - TimeDelta::hours(hours))),
         ..arrival(nhs_number)
     }
 }
@@ -71,7 +71,7 @@ async fn a_council_that_registers_a_plan_today_sees_no_episode_from_before_it() 
     let before = ts.attendance(&setting(ALDER_HEY)).check_in(arriving_hours_ago(&child, 48)).await.unwrap();
     let before = before.into_inner().episode_id;
     // Liverpool registers the child today.
-    let today = cpis_core::time::today_in_london().to_string();
+    let today = cpis_domain::time::today_in_london().to_string();
     register(&ts, LIVERPOOL, Plan { start_date: today, ..plan("L-5003", &child) }).await;
     assert!(episodes(&ts, &council(LIVERPOOL), &child).await.is_empty(), "nothing from before its plan");
     assert_eq!(episodes(&ts, &council(KENT), &child).await, std::slice::from_ref(&before), "Kent's plan covers it");

@@ -1,13 +1,13 @@
 //! End-to-end tests of the Notification service: durable, ordered,
 //! resumable alert streams per council, on one or several instances.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::common::v1::{Episode, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, AckAlertsRequest, Alert,
     Heartbeat, ListAlertsRequest, PublishAlertRequest, PublishAlertResponse, SubscribeRequest, SubscribeResponse,
 };
+use cpis_testkit::*;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::{timeout, Instant};
@@ -420,7 +420,7 @@ async fn a_stalled_subscriber_does_not_delay_another_councils_alerts() {
     // A Manchester system that opens a stream and stops reading. A tiny
     // HTTP/2 window makes the stall reach the server at once, so its buffer
     // fills and its task waits, as a real stalled client's would.
-    let (endpoint, connector) = cpis_core::client::endpoint(
+    let (endpoint, connector) = cpis_runtime::client::endpoint(
         &format!("https://localhost:{}", ts.notification_port()),
         &ts.identity(&council(MANCHESTER)),
         None,

@@ -1,11 +1,11 @@
 //! Platform behaviour: metrics that move, readiness that follows PostgreSQL
 //! and graceful shutdown, and faults that lose nothing.
 
-use crate::harness::*;
 use cpis::suite::ServiceConfigs;
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
 use cpis_proto::notification::v1::{subscribe_response::Event, SubscribeRequest};
 use cpis_proto::registry::v1::{GetPlanRequest, UpsertPlanRequest};
+use cpis_testkit::*;
 use std::time::Duration;
 use tonic::Code;
 
@@ -114,7 +114,7 @@ async fn readiness_goes_not_serving_before_streams_close_on_shutdown() {
 fn drain_common(ts: &TestSuite) -> cpis::suite::Common {
     let mut common = cpis::suite::dev_common(
         &ts.pki,
-        cpis_core::identity::ServiceName::Notification,
+        cpis_domain::identity::ServiceName::Notification,
         TRUST_DOMAIN,
         &ts.database_url,
     )

@@ -1,10 +1,10 @@
 //! End-to-end tests of the Registry service: councils keep their register,
 //! the attendance service looks flags up.
 
-use crate::harness::*;
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::common::v1::PlanType;
 use cpis_proto::registry::v1::*;
+use cpis_testkit::*;
 use std::collections::HashSet;
 use tonic::Code;
 use tonic_types::StatusExt;

@@ -2,11 +2,11 @@
 //! a Notification outage, a backlog of 5,000 alerts for 20 councils drains
 //! with every council's sequences in its check-ins' commit order.
 
-use crate::harness::*;
 use cpis::suite::{RunningService, ServiceConfigs};
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::notification::v1::{Alert, ListAlertsRequest};
 use cpis_proto::registry::v1::UpsertPlanRequest;
+use cpis_testkit::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -2,11 +2,11 @@
 //! period, never one still in scope, records what it did, and a second run
 //! removes nothing more.
 
-use crate::harness::*;
 use cpis::purge::PurgeArgs;
-use cpis_core::identity::ServiceName;
+use cpis_domain::identity::ServiceName;
 use cpis_proto::notification::v1::{AckAlertsRequest, ListAlertsRequest};
 use cpis_proto::registry::v1::{DeletePlanRequest, EndPlanRequest, UpsertPlanRequest};
+use cpis_testkit::*;
 use std::collections::BTreeMap;
 
 fn args(ts: &TestSuite, dry_run: bool) -> PurgeArgs {
@@ -25,7 +25,7 @@ fn args(ts: &TestSuite, dry_run: bool) -> PurgeArgs {
 }
 
 async fn purge_all(ts: &TestSuite, dry_run: bool) -> BTreeMap<String, u64> {
-    let pool = cpis_core::db::pool(&ts.database_url, 2).unwrap();
+    let pool = cpis_runtime::db::pool(&ts.database_url, 2).unwrap();
     let mut counts = BTreeMap::new();
     for service in [ServiceName::Registry, ServiceName::Attendance, ServiceName::Notification] {
         for p in cpis::purge::purge(&pool, service, &args(ts, dry_run)).await.unwrap() {

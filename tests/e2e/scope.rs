@@ -2,11 +2,11 @@
 //! adult from a child's plan, unborn plans ending after the expected
 //! delivery, and arrivals reported as they happen.
 
-use crate::harness::*;
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, TimeZone, Utc};
 use cpis_proto::attendance::v1::CheckInRequest;
 use cpis_proto::common::v1::PlanType;
 use cpis_proto::registry::v1::{Plan, UpsertPlanRequest};
+use cpis_testkit::*;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -18,7 +18,7 @@ async fn register(ts: &TestSuite, plan: Plan) {
 }
 
 fn arriving(nhs_number: &str, at: DateTime<Utc>) -> CheckInRequest {
-    CheckInRequest { arrived_at: Some(cpis_core::time::to_timestamp(at)), ..arrival(nhs_number) }
+    CheckInRequest { arrived_at: Some(cpis_domain::time::to_timestamp(at)), ..arrival(nhs_number) }
 }
 
 async fn flagged(ts: &TestSuite, request: CheckInRequest) -> bool {
@@ -44,7 +44,7 @@ async fn an_arrival_at_half_past_midnight_in_summer_time_on_the_start_date_is_fl
 #[tokio::test]
 async fn an_open_ended_plan_stops_flagging_at_the_eighteenth_birthday() {
     let ts = TestSuite::start().await;
-    let today = cpis_core::time::today_in_london();
+    let today = cpis_domain::time::today_in_london();
     let eighteen_today = today.with_year(today.year() - 18).unwrap_or(today - TimeDelta::days(365 * 18 + 4));
     let adult = nhs(3002);
     let minor = nhs(3003);
@@ -72,7 +72,7 @@ async fn an_open_ended_plan_stops_flagging_at_the_eighteenth_birthday() {
 #[tokio::test]
 async fn an_unborn_plan_stops_flagging_six_weeks_after_the_expected_delivery() {
     let ts = TestSuite::start().await;
-    let today = cpis_core::time::today_in_london();
+    let today = cpis_domain::time::today_in_london();
     let unborn = |reference: &str, nhs_number: &str, edd: NaiveDate| Plan {
         plan_type: PlanType::UnbornChildProtection as i32,
         date_of_birth: String::new(),

@@ -2,10 +2,10 @@
 //! certificate can cost a service, the connection cap, and certificates that
 //! expire or are revoked while their connection stays open.
 
-use crate::harness::*;
-use cpis_core::pki::IssueOptions;
+use cpis_devkit::pki::IssueOptions;
 use cpis_proto::notification::v1::SubscribeRequest;
 use cpis_proto::registry::v1::{ListPlansRequest, UpsertPlanRequest};
+use cpis_testkit::*;
 use futures::StreamExt as _;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -116,7 +116,7 @@ async fn a_connection_without_a_certificate_is_answered_then_closed() {
     for cert in rustls_pemfile_certs(&ca) {
         roots.add(cert).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(cpis_core::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(cpis_runtime::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
@@ -154,9 +154,9 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 async fn connections_beyond_the_cap_are_refused_while_existing_callers_continue() {
     let ts = TestSuite::start().await;
     let mut common =
-        cpis::suite::dev_common(&ts.pki, cpis_core::identity::ServiceName::Registry, TRUST_DOMAIN, &ts.database_url)
+        cpis::suite::dev_common(&ts.pki, cpis_domain::identity::ServiceName::Registry, TRUST_DOMAIN, &ts.database_url)
             .unwrap();
-    common.connections = cpis_core::server::ConnectionLimits { max_connections: 3, max_handshakes: 3 };
+    common.connections = cpis_runtime::server::ConnectionLimits { max_connections: 3, max_handshakes: 3 };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let capped =
         cpis::suite::start_registry(listener, &common, cpis_registry::Config::default()).await.expect("registry");

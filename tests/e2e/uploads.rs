@@ -2,11 +2,11 @@
 //! at a time, bounded, judged in file order — and never at the expense of a
 //! check-in.
 
-use crate::harness::*;
 use crate::registry::sync_plans;
 use cpis::suite::ServiceConfigs;
 use cpis_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use cpis_proto::registry::v1::*;
+use cpis_testkit::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -438,7 +438,7 @@ async fn check_ins_get_their_lookup_while_councils_load_the_registry() {
     // Readiness, polled throughout.
     let readiness_watch = {
         let stop = stop.clone();
-        let channel = ts.channel(ts.registry_port(), &service(cpis_core::identity::ServiceName::Attendance));
+        let channel = ts.channel(ts.registry_port(), &service(cpis_domain::identity::ServiceName::Attendance));
         tokio::spawn(async move {
             use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
             let mut health = HealthClient::new(channel);

@@ -6,12 +6,12 @@ use crate::registry::CallerDeadline;
 use crate::store::{self, AlertTarget, FlaggedCheckIn, Recorded};
 use crate::Attendance;
 use chrono::{DateTime, Utc};
-use cpis_core::time::from_timestamp;
-use cpis_core::validate::{NhsNumber, Violations};
-use cpis_core::ApiError;
+use cpis_domain::time::from_timestamp;
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::{CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
 use cpis_proto::registry::v1::LookupFlagsResponse;
+use cpis_runtime::ApiError;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -176,7 +176,7 @@ pub async fn check_in_now(
     deadline: CallerDeadline,
 ) -> Result<CheckInResponse, ApiError> {
     let now = Utc::now();
-    let timed = CheckInRequest { arrived_at: Some(cpis_core::time::to_timestamp(now)), ..req.clone() };
+    let timed = CheckInRequest { arrived_at: Some(cpis_domain::time::to_timestamp(now)), ..req.clone() };
     let mut valid = validate(&timed, now, svc.config().arrival_window)?;
     valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req });
     check_in_valid(svc, setting_code, valid, deadline).await
@@ -203,7 +203,7 @@ async fn check_in_valid(
     }
 
     // The day of the arrival in England, not UTC (they differ after midnight in summer).
-    let day = cpis_core::time::london_date(valid.arrived_at);
+    let day = cpis_domain::time::london_date(valid.arrived_at);
     let found = svc.flags.lookup(&valid.nhs_number, Some(day), deadline).await?;
     if found.flags.is_empty() {
         // Nothing about the person is stored, not even the request; and no
@@ -248,7 +248,7 @@ mod tests {
         CheckInRequest {
             request_id: "req-1".into(),
             nhs_number: "9990000018".into(),
-            arrived_at: Some(cpis_core::time::to_timestamp(Utc::now())),
+            arrived_at: Some(cpis_domain::time::to_timestamp(Utc::now())),
             setting_type: SettingType::EmergencyDepartment as i32,
             user_id: "nurse-7".into(),
         }
@@ -270,7 +270,7 @@ mod tests {
             ["request_id", "nhs_number", "arrived_at", "setting_type", "user_id"]
         );
         let mut future = request();
-        future.arrived_at = Some(cpis_core::time::to_timestamp(Utc::now() + chrono::TimeDelta::minutes(6)));
+        future.arrived_at = Some(cpis_domain::time::to_timestamp(Utc::now() + chrono::TimeDelta::minutes(6)));
         future.setting_type = 42;
         future.user_id = "x".repeat(129);
         assert_eq!(

@@ -15,11 +15,11 @@ pub mod retention;
 mod silent;
 mod store;
 
-use cpis_core::db::{DbPool, Migration};
-use cpis_core::server::Shutdown;
-use cpis_core::validate::{NhsNumber, Violations};
-use cpis_core::{ApiError, Caller};
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1 as pb;
+use cpis_runtime::db::{DbPool, Migration};
+use cpis_runtime::server::Shutdown;
+use cpis_runtime::{ApiError, Caller};
 use page::{paginate, Cursor};
 use registry::{CallerDeadline, FlagLookup};
 use std::sync::Arc;
@@ -109,7 +109,7 @@ impl Attendance {
         notification: Channel,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
+        cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
         let wake_relay = Arc::new(Notify::new());
         let relay_metrics = relay::RelayMetrics::new();
         relay::Relay::new(
@@ -131,7 +131,7 @@ impl Attendance {
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
-    pub fn register_metrics(&self, metrics: &cpis_core::metrics::Metrics) {
+    pub fn register_metrics(&self, metrics: &cpis_runtime::metrics::Metrics) {
         self.relay_metrics.register(metrics);
     }
 
@@ -139,7 +139,7 @@ impl Attendance {
     pub fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(
             pb::attendance_service_server::AttendanceServiceServer::new(self.clone())
-                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(cpis_runtime::limits::MAX_MESSAGE_BYTES),
         )
     }
 
@@ -187,12 +187,12 @@ impl Attendance {
             // A council sees the episodes since its own plan began.
             Caller::Council(code) => {
                 let starts = found.flags.iter().filter(|f| &f.council_code == code);
-                let Some(start) = starts.filter_map(|f| cpis_core::validate::parse_date(&f.start_date)).min() else {
+                let Some(start) = starts.filter_map(|f| cpis_domain::validate::parse_date(&f.start_date)).min() else {
                     return Err(ApiError::PermissionDenied(
                         "the calling council holds no flag in scope for this person".into(),
                     ));
                 };
-                Some(cpis_core::time::london_start_of_day(start))
+                Some(cpis_domain::time::london_start_of_day(start))
             }
             Caller::Service(_) => return Err(ApiError::PermissionDenied("services may not list episodes".into())),
         };
@@ -247,7 +247,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
     #[tracing::instrument(skip_all, fields(rpc = "CheckIn", setting, request_id))]
     async fn check_in(&self, request: Request<pb::CheckInRequest>) -> Result<Response<pb::CheckInResponse>, Status> {
         let deadline = CallerDeadline::of(&request);
-        let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
+        let Caller::Setting(setting) = cpis_runtime::authz::caller(&request)? else {
             return Err(ApiError::PermissionDenied("only settings may check people in".into()).into());
         };
         tracing::Span::current().record("setting", setting.as_str());
@@ -261,7 +261,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         request: Request<pb::ListEpisodesRequest>,
     ) -> Result<Response<pb::ListEpisodesResponse>, Status> {
         let deadline = CallerDeadline::of(&request);
-        let caller = cpis_core::authz::caller(&request)?;
+        let caller = cpis_runtime::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
         self.list_episodes(&caller, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
@@ -271,7 +271,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         &self,
         request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
-        let caller = cpis_core::authz::caller(&request)?;
+        let caller = cpis_runtime::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
         self.list_accesses(&caller, request.get_ref()).await.map(Response::new).map_err(Status::from)
     }
@@ -282,7 +282,7 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         request: Request<pb::SilentReadRequest>,
     ) -> Result<Response<pb::SilentReadResponse>, Status> {
         let deadline = CallerDeadline::of(&request);
-        let Caller::Setting(setting) = cpis_core::authz::caller(&request)? else {
+        let Caller::Setting(setting) = cpis_runtime::authz::caller(&request)? else {
             return Err(ApiError::PermissionDenied("only settings may read flags".into()).into());
         };
         let span = tracing::Span::current();

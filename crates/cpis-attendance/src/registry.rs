@@ -3,11 +3,11 @@
 //! `UNAVAILABLE` at the front desk instead of a hung check-in.
 
 use chrono::NaiveDate;
-use cpis_core::validate::NhsNumber;
-use cpis_core::ApiError;
+use cpis_domain::validate::NhsNumber;
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, LookupFlagsRequest, LookupFlagsResponse,
 };
+use cpis_runtime::ApiError;
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -98,7 +98,7 @@ impl FlagLookup {
         // The header tells the Registry; the local timer also bounds
         // connecting, which the header does not.
         request.set_timeout(budget);
-        cpis_core::telemetry::inject_context(&mut request);
+        cpis_runtime::telemetry::inject_context(&mut request);
         let mut client = self.client.clone();
         match tokio::time::timeout(budget, client.lookup_flags(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),

@@ -33,7 +33,7 @@
 //! another replica carries on from the first undelivered row; the alerts it
 //! was sending are neither lost nor duplicated. Every database connection
 //! sets `lock_timeout`, `idle_in_transaction_session_timeout` and TCP
-//! keepalives ([`cpis_core::db::SessionSettings`]), and the Notification
+//! keepalives ([`cpis_runtime::db::SessionSettings`]), and the Notification
 //! service holds a council's counter lock only inside one statement, so no
 //! silently lost connection can stall a council for longer than those bounds.
 //! A relay that cannot reach the Notification service at all (every publish
@@ -52,9 +52,9 @@
 //! in order, none lost or repeated).
 
 use crate::store::{self, LeasedCouncil, PendingAlert};
-use cpis_core::db::DbPool;
-use cpis_core::server::CancellationToken;
 use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::server::CancellationToken;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
@@ -123,7 +123,7 @@ impl RelayMetrics {
     }
 
     /// Registers every metric with `metrics`.
-    pub fn register(&self, metrics: &cpis_core::metrics::Metrics) {
+    pub fn register(&self, metrics: &cpis_runtime::metrics::Metrics) {
         metrics.register(self.depth.clone());
         metrics.register(self.oldest_age.clone());
         metrics.register(self.delivered.clone());
@@ -325,7 +325,7 @@ impl Relay {
                     council = %code,
                     position = alert.position
                 );
-                cpis_core::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+                cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
                 let started = Instant::now();
                 let result = self.publish(alert).instrument(span).await;
                 let db = self.pool.get().await?;
@@ -380,7 +380,7 @@ impl Relay {
         let timeout = self.settings.publish_timeout;
         let mut request = tonic::Request::new(alert.request.clone());
         request.set_timeout(timeout);
-        cpis_core::telemetry::inject_context(&mut request);
+        cpis_runtime::telemetry::inject_context(&mut request);
         let mut client = self.client.clone();
         match tokio::time::timeout(timeout, client.publish_alert(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner().sequence),
@@ -411,7 +411,7 @@ struct DbFailure(String);
 
 impl From<tokio_postgres::Error> for DbFailure {
     fn from(e: tokio_postgres::Error) -> Self {
-        DbFailure(cpis_core::db::describe(&e))
+        DbFailure(cpis_runtime::db::describe(&e))
     }
 }
 

@@ -2,7 +2,7 @@
 //! purge of what is past it (`cpis purge attendance`). An undelivered alert
 //! is never purged, nor an episode anything still refers to.
 
-use cpis_core::retention::{PurgeStep, Purged};
+use cpis_runtime::retention::{PurgeStep, Purged};
 
 /// Retention periods, in days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,5 +57,5 @@ pub async fn purge(pool: &deadpool_postgres::Pool, retention: Retention, dry_run
             days: retention.episodes_days,
         },
     ];
-    cpis_core::retention::purge(pool, crate::SCHEMA, &steps, cpis_core::time::today_in_london(), dry_run).await
+    cpis_runtime::retention::purge(pool, crate::SCHEMA, &steps, cpis_domain::time::today_in_london(), dry_run).await
 }

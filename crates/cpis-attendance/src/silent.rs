@@ -8,10 +8,10 @@ use crate::checkin::is_scheduled;
 use crate::registry::CallerDeadline;
 use crate::store::{self, SilentAccess, PREVIOUS_EPISODES};
 use crate::Attendance;
-use cpis_core::validate::{NhsNumber, Violations};
-use cpis_core::ApiError;
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::{SilentReadRequest, SilentReadResponse};
 use cpis_proto::common::v1::SettingType;
+use cpis_runtime::ApiError;
 
 /// Longest accepted `request_id` and `user_id`, in characters.
 const MAX_ID_CHARS: usize = 128;

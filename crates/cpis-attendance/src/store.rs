@@ -7,11 +7,11 @@
 
 use crate::page::Cursor;
 use chrono::{DateTime, Utc};
-use cpis_core::db::Migration;
-use cpis_core::time::to_timestamp;
-use cpis_core::ApiError;
+use cpis_domain::time::to_timestamp;
 use cpis_proto::attendance::v1 as pb;
 use cpis_proto::common::v1::{Episode, Flag};
+use cpis_runtime::db::Migration;
+use cpis_runtime::ApiError;
 use prost::Message;
 use std::time::Duration;
 use tokio_postgres::Row;
@@ -364,7 +364,7 @@ pub async fn record_flagged(
     // 24-hour rule); a council that took a flag on since is.
     let mut alerts_queued = 0;
     // The relay continues this check-in's trace from here.
-    let traceparent = cpis_core::telemetry::current_traceparent();
+    let traceparent = cpis_runtime::telemetry::current_traceparent();
     // Each insert takes its council's position counter (locked until commit):
     // always in council order, so two check-ins never wait for each other's.
     let mut by_council: Vec<_> = c.alerts.iter().collect();

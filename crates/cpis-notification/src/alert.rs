@@ -1,10 +1,10 @@
 //! What an alert is: a validated `PublishAlert` request, ready to store.
 
 use chrono::{DateTime, Utc};
-use cpis_core::validate::{is_council_code, is_setting_code, NhsNumber, Violations};
-use cpis_core::ApiError;
+use cpis_domain::validate::{is_council_code, is_setting_code, NhsNumber, Violations};
 use cpis_proto::common::v1::{PlanType, SettingType};
 use cpis_proto::notification::v1 as pb;
+use cpis_runtime::ApiError;
 
 /// Longest accepted episode id (the Attendance service sends UUIDs).
 const MAX_EPISODE_ID: usize = 128;
@@ -78,7 +78,7 @@ impl NewAlert {
                 match &e.arrived_at {
                     None => v.add("episode.arrived_at", "is required"),
                     Some(t) => {
-                        arrived_at = cpis_core::time::from_timestamp(t);
+                        arrived_at = cpis_domain::time::from_timestamp(t);
                         if arrived_at.is_none() {
                             v.add("episode.arrived_at", "is not a valid timestamp");
                         }
@@ -108,8 +108,8 @@ impl NewAlert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cpis_core::FieldViolation;
     use cpis_proto::common::v1::Episode;
+    use cpis_runtime::FieldViolation;
 
     fn valid() -> pb::PublishAlertRequest {
         pb::PublishAlertRequest {

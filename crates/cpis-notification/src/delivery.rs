@@ -9,7 +9,7 @@
 
 use crate::fanout::Fanout;
 use crate::store::Store;
-use cpis_core::server::CancellationToken;
+use cpis_runtime::server::CancellationToken;
 use prometheus::{GaugeVec, IntGaugeVec, Opts};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -59,7 +59,7 @@ impl CouncilMetrics {
 
     /// Registers the gauges; the subscription counts are sampled from
     /// `fanout` at every scrape.
-    pub fn register(&self, metrics: &cpis_core::metrics::Metrics, fanout: Fanout) {
+    pub fn register(&self, metrics: &cpis_runtime::metrics::Metrics, fanout: Fanout) {
         metrics.register(self.unacked.clone());
         metrics.register(self.oldest_unacked_age.clone());
         metrics.register(self.subscriptions.clone());
@@ -81,7 +81,7 @@ impl CouncilMetrics {
     }
 
     /// Reads every council's backlog once and sets the gauges.
-    pub async fn refresh(&self, store: &Store) -> Result<(), cpis_core::ApiError> {
+    pub async fn refresh(&self, store: &Store) -> Result<(), cpis_runtime::ApiError> {
         let backlogs = store.council_backlogs().await?;
         for b in &backlogs {
             self.unacked.with_label_values(&[&b.council]).set(b.unacked);

@@ -10,7 +10,7 @@
 //! and each stream also re-reads on a timer.
 
 use crate::store::CHANNEL;
-use cpis_core::server::CancellationToken;
+use cpis_runtime::server::CancellationToken;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,7 +114,7 @@ pub struct ListenerConfig {
     /// Where to connect (the service's database).
     pub database: tokio_postgres::Config,
     /// TLS to the database, as the pool does it.
-    pub tls: cpis_core::db_tls::DbTls,
+    pub tls: cpis_runtime::db_tls::DbTls,
     /// First delay before reconnecting; doubles on each failure.
     pub backoff_min: Duration,
     /// Longest delay between reconnection attempts.
@@ -123,14 +123,14 @@ pub struct ListenerConfig {
 
 impl ListenerConfig {
     /// Settings for `database_url`, with the session settings of every
-    /// connection ([`cpis_core::db::SessionSettings`]): TCP keepalives short
+    /// connection ([`cpis_runtime::db::SessionSettings`]): TCP keepalives short
     /// enough to notice a silently dead connection within about a minute.
     pub fn new(database_url: &str, backoff_max: Duration) -> anyhow::Result<Self> {
-        let target = cpis_core::db_tls::DbTarget::parse(database_url)?;
+        let target = cpis_runtime::db_tls::DbTarget::parse(database_url)?;
         let tls = target.tls()?;
         let mut database = target.config;
         database.application_name("cpis-notification-listen").connect_timeout(Duration::from_secs(5));
-        cpis_core::db::SessionSettings::from_env()?.apply(&mut database);
+        cpis_runtime::db::SessionSettings::from_env()?.apply(&mut database);
         Ok(Self { database, tls, backoff_min: Duration::from_millis(100), backoff_max })
     }
 }
@@ -161,7 +161,7 @@ pub async fn listen(config: ListenerConfig, fanout: Fanout, stop: CancellationTo
 #[derive(Debug, thiserror::Error)]
 enum ListenError {
     /// Connecting, listening or reading failed.
-    #[error("{}", cpis_core::db::describe(.0))]
+    #[error("{}", cpis_runtime::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// The server closed the connection.
     #[error("connection closed by the server")]

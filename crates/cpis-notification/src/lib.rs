@@ -15,14 +15,14 @@
 //! 350 s, classic ELB after 60 s), and Kubernetes only rebalances on new
 //! connections. The settings for this live where the connections are made:
 //!
-//! - server side, [`cpis_core::server::serve`] with
-//!   [`cpis_core::server::ServeOptions`]: HTTP/2 keepalive pings every 30 s
+//! - server side, [`cpis_runtime::server::serve`] with
+//!   [`cpis_runtime::server::ServeOptions`]: HTTP/2 keepalive pings every 30 s
 //!   (`http2_keepalive`, 20 s timeout), TCP keepalive on every accepted
 //!   socket (idle 60 s, probes every 15 s), and `max_connection_age` from
 //!   `CPIS_MAX_CONNECTION_AGE_SECS` (off by default; 1800 s is a sensible
 //!   production value) with a 30 s grace, after which streams end and
 //!   clients reconnect, possibly to a new replica;
-//! - client side, [`cpis_core::client::endpoint`]: TCP keepalive 60 s,
+//! - client side, [`cpis_runtime::client::endpoint`]: TCP keepalive 60 s,
 //!   HTTP/2 keepalive 30 s with a 20 s timeout, also while idle;
 //! - in the stream itself, a heartbeat every [`Config::heartbeat`] (default
 //!   15 s) while idle, so proxies that ignore HTTP/2 pings still see traffic
@@ -51,12 +51,12 @@ use crate::alert::NewAlert;
 use crate::fanout::{Fanout, ListenerConfig};
 use crate::store::{AckError, Store};
 use crate::stream::{StreamSettings, Subscription};
-use cpis_core::db::DbPool;
-use cpis_core::identity::Caller;
-use cpis_core::server::Shutdown;
-use cpis_core::validate::Violations;
-use cpis_core::ApiError;
+use cpis_domain::identity::Caller;
+use cpis_domain::validate::Violations;
 use cpis_proto::notification::v1 as pb;
+use cpis_runtime::db::DbPool;
+use cpis_runtime::server::Shutdown;
+use cpis_runtime::ApiError;
 use futures::StreamExt;
 use std::pin::Pin;
 use std::time::Duration;
@@ -139,7 +139,7 @@ impl Notification {
     /// Migrates the schema, starts this instance's LISTEN connection (which
     /// runs until `shutdown` stops the service) and builds the service.
     pub async fn new(config: Config, pool: DbPool, shutdown: Shutdown) -> anyhow::Result<Self> {
-        cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
+        cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
         // Parsed here so a bad URL fails start-up instead of looping in the listener.
         let listener = ListenerConfig::new(&config.database_url, config.reconnect_backoff_max)?;
         let fanout = Fanout::new();
@@ -159,7 +159,7 @@ impl Notification {
 
     /// Registers this service's own metrics (open subscriptions, delivery
     /// lag, and per council: unacknowledged alerts, the oldest one's age, subscriptions).
-    pub fn register_metrics(&self, metrics: &cpis_core::metrics::Metrics) {
+    pub fn register_metrics(&self, metrics: &cpis_runtime::metrics::Metrics) {
         self.council_metrics.register(metrics, self.fanout.clone());
         metrics.register(self.metrics.open.clone());
         metrics.register(self.metrics.delivered.clone());
@@ -170,7 +170,7 @@ impl Notification {
     pub fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(
             pb::notification_service_server::NotificationServiceServer::new(self.clone())
-                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(cpis_runtime::limits::MAX_MESSAGE_BYTES),
         )
     }
 
@@ -284,7 +284,7 @@ async fn last_word(end: tokio::sync::oneshot::Receiver<Status>) -> stream::Item 
 
 /// The calling council, from the identity the authorization layer verified.
 fn council_of<T>(request: &Request<T>) -> Result<String, Status> {
-    match cpis_core::authz::caller(request)? {
+    match cpis_runtime::authz::caller(request)? {
         Caller::Council(code) => Ok(code),
         other => Err(Status::permission_denied(format!("{} callers have no alerts", other.kind().as_str()))),
     }

@@ -2,7 +2,7 @@
 //! (`cpis purge notification`). An alert the council has not acknowledged
 //! is never purged.
 
-use cpis_core::retention::{PurgeStep, Purged};
+use cpis_runtime::retention::{PurgeStep, Purged};
 
 /// Retention periods, in days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,5 +28,5 @@ pub async fn purge(pool: &deadpool_postgres::Pool, retention: Retention, dry_run
                 AND a.created_at < now() - make_interval(days => $1) AND $2::date IS NOT NULL",
         days: retention.alerts_days,
     }];
-    cpis_core::retention::purge(pool, crate::SCHEMA, &steps, cpis_core::time::today_in_london(), dry_run).await
+    cpis_runtime::retention::purge(pool, crate::SCHEMA, &steps, cpis_domain::time::today_in_london(), dry_run).await
 }

@@ -8,11 +8,11 @@
 //! the lock is never held while waiting on the network.
 
 use crate::alert::NewAlert;
-use cpis_core::db::{DbPool, Migration};
-use cpis_core::time::to_timestamp;
-use cpis_core::ApiError;
+use cpis_domain::time::to_timestamp;
 use cpis_proto::common::v1::Episode;
 use cpis_proto::notification::v1 as pb;
+use cpis_runtime::db::{DbPool, Migration};
+use cpis_runtime::ApiError;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -194,7 +194,7 @@ impl Store {
                     &alert.setting_type,
                     &alert.arrived_at,
                     &alert.priority,
-                    &cpis_core::telemetry::current_traceparent(),
+                    &cpis_runtime::telemetry::current_traceparent(),
                 ],
             )
             .await?;

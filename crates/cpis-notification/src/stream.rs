@@ -10,9 +10,9 @@
 
 use crate::fanout::Wakeups;
 use crate::store::Store;
-use cpis_core::server::CancellationToken;
-use cpis_core::ApiError;
 use cpis_proto::notification::v1 as pb;
+use cpis_runtime::server::CancellationToken;
+use cpis_runtime::ApiError;
 use pb::subscribe_response::Event;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -153,7 +153,7 @@ async fn pump(
                     continue;
                 }
                 let heartbeat = pb::Heartbeat {
-                    sent_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+                    sent_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                     latest_sequence: latest,
                 };
                 match tx.try_send(Ok(event(Event::Heartbeat(heartbeat)))) {
@@ -171,9 +171,9 @@ async fn pump(
 /// check-in's trace, and the delivery lag since the alert was stored.
 fn sent(alert: &pb::Alert, traceparent: Option<&str>, metrics: &StreamMetrics) {
     let span = tracing::info_span!("alert.stream_send", otel.name = "stream send", sequence = alert.sequence);
-    cpis_core::telemetry::continue_trace(&span, traceparent);
+    cpis_runtime::telemetry::continue_trace(&span, traceparent);
     let _entered = span.enter();
-    if let Some(created) = alert.created_at.as_ref().and_then(cpis_core::time::from_timestamp) {
+    if let Some(created) = alert.created_at.as_ref().and_then(cpis_domain::time::from_timestamp) {
         let lag = (chrono::Utc::now() - created).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
         metrics.delivery_lag.observe(lag);
     }

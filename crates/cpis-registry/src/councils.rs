@@ -43,7 +43,7 @@ mod tests {
         assert_eq!(name_of("E06000058"), "Bournemouth, Christchurch and Poole");
         assert_eq!(name_of("E06999999"), "E06999999");
         for code in table().keys() {
-            assert!(cpis_core::validate::is_council_code(code), "{code}");
+            assert!(cpis_domain::validate::is_council_code(code), "{code}");
         }
     }
 }

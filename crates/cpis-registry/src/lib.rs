@@ -12,12 +12,12 @@ pub mod store;
 pub mod sync;
 
 use chrono::NaiveDate;
-use cpis_core::authz::caller;
-use cpis_core::db::{DbPool, Migration};
-use cpis_core::validate::Violations;
-use cpis_core::{ApiError, Caller};
+use cpis_domain::validate::Violations;
 use cpis_proto::common::v1 as common;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::authz::caller;
+use cpis_runtime::db::{DbPool, Migration};
+use cpis_runtime::{ApiError, Caller};
 use model::{validate_plan, StoredPlan};
 use share::CouncilConn;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ pub(crate) fn pg(client: &deadpool_postgres::Client) -> &tokio_postgres::Client 
 }
 
 fn today() -> NaiveDate {
-    cpis_core::time::today_in_london()
+    cpis_domain::time::today_in_london()
 }
 
 /// The caller's council code; the authorization layer has already made sure
@@ -132,7 +132,7 @@ fn decode_token(token: &str) -> Option<String> {
 impl Registry {
     /// Migrates the schema and builds the service.
     pub async fn new(config: Config, pool: DbPool) -> anyhow::Result<Self> {
-        cpis_core::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
+        cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
         let (for_councils, per_council) =
             share::split(pool.status().max_size, config.lookup_reserved_connections, config.connections_per_council);
         let councils = Arc::new(share::CouncilGate::new(for_councils, per_council, config.council_wait));
@@ -149,13 +149,13 @@ impl Registry {
     pub fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(
             pb::registry_service_server::RegistryServiceServer::new(self.clone())
-                .max_decoding_message_size(cpis_core::limits::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(cpis_runtime::limits::MAX_MESSAGE_BYTES),
         )
     }
 
     async fn upsert(&self, council: &str, req: pb::UpsertPlanRequest) -> Result<StoredPlan, ApiError> {
         let input = validate_plan(req.plan.as_ref(), "plan", today()).map_err(|v| match v.finish() {
-            Err(e) => e,
+            Err(e) => e.into(),
             Ok(()) => ApiError::internal("validation failed without a reason"),
         })?;
         if req.expected_version < 0 {
@@ -385,7 +385,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let mut v = Violations::new();
         model::local_reference(&mut v, "local_reference", &req.local_reference);
         let end = v.date("end_date", &req.end_date);
-        v.finish()?;
+        v.finish().map_err(ApiError::from)?;
         let end = end.ok_or_else(|| ApiError::invalid("end_date", "is required"))?;
 
         let mut client = self.council_db(&council).await?;
@@ -414,7 +414,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let req = request.into_inner();
         let mut v = Violations::new();
         model::local_reference(&mut v, "local_reference", &req.local_reference);
-        v.finish()?;
+        v.finish().map_err(ApiError::from)?;
         let mut client = self.council_db(&council).await?;
         let tx = client.transaction().await.map_err(ApiError::from)?;
         store::lock_council(&*tx, &council, false).await?;
@@ -431,7 +431,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let req = request.into_inner();
         let mut v = Violations::new();
         model::local_reference(&mut v, "local_reference", &req.local_reference);
-        v.finish()?;
+        v.finish().map_err(ApiError::from)?;
         let client = self.council_db(&council).await?;
         let plan = store::find_plan(pg(&client), &council, &req.local_reference, false)
             .await?
@@ -456,7 +456,7 @@ impl pb::registry_service_server::RegistryService for Registry {
             }
             decoded
         };
-        v.finish()?;
+        v.finish().map_err(ApiError::from)?;
         let after = after.unwrap_or_default();
         let client = self.council_db(&council).await?;
         // One row more than asked tells whether another page follows.
@@ -491,7 +491,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         let mut v = Violations::new();
         let nhs = v.nhs_number("nhs_number", &req.nhs_number);
         let day = v.optional_date("on_date", &req.on_date);
-        v.finish()?;
+        v.finish().map_err(ApiError::from)?;
         let (Some(nhs), Some(day)) = (nhs, day) else {
             return Err(ApiError::internal("validated fields missing").into());
         };

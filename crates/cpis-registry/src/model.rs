@@ -2,7 +2,7 @@
 //! sends, and the rules of scope.
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
-use cpis_core::validate::{NhsNumber, Violations};
+use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::common::v1 as common;
 use cpis_proto::registry::v1 as pb;
 
@@ -78,7 +78,7 @@ impl StoredPlan {
             expected_delivery_date: fmt_date(p.expected_delivery_date),
             contact: Some(p.contact.to_proto()),
             version: self.version,
-            updated_at: Some(cpis_core::time::to_timestamp(self.updated_at)),
+            updated_at: Some(cpis_domain::time::to_timestamp(self.updated_at)),
         }
     }
 }
@@ -287,7 +287,7 @@ mod tests {
     use super::*;
 
     fn d(s: &str) -> NaiveDate {
-        cpis_core::validate::parse_date(s).unwrap()
+        cpis_domain::validate::parse_date(s).unwrap()
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! those past it (`cpis purge registry`). A plan in scope (active, or ended
 //! less than 12 months ago) is never purged, whatever the setting.
 
-use cpis_core::retention::{PurgeStep, Purged};
+use cpis_runtime::retention::{PurgeStep, Purged};
 
 /// Retention periods, in days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,5 +46,5 @@ pub async fn purge(pool: &deadpool_postgres::Pool, retention: Retention, dry_run
             days,
         },
     ];
-    cpis_core::retention::purge(pool, crate::SCHEMA, &steps, cpis_core::time::today_in_london(), dry_run).await
+    cpis_runtime::retention::purge(pool, crate::SCHEMA, &steps, cpis_domain::time::today_in_london(), dry_run).await
 }

@@ -8,7 +8,7 @@
 //! Waiting for a place happens before a connection is taken, so a queue of
 //! council calls never holds connections it is not using.
 
-use cpis_core::ApiError;
+use cpis_runtime::ApiError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

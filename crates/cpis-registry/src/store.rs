@@ -3,9 +3,9 @@
 
 use crate::model::{Contact, PlanInput, StoredPlan};
 use chrono::{DateTime, NaiveDate, Utc};
-use cpis_core::validate::NhsNumber;
-use cpis_core::ApiError;
+use cpis_domain::validate::NhsNumber;
 use cpis_proto::common::v1 as common;
+use cpis_runtime::ApiError;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
@@ -104,7 +104,7 @@ pub async fn insert_plan(
         .await;
     match row {
         Ok(row) => plan_from_row(&row).map(Some),
-        Err(e) if cpis_core::db::is_unique_violation(&e) => Ok(None),
+        Err(e) if cpis_runtime::db::is_unique_violation(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -18,8 +18,8 @@
 use crate::model::{validate_plan, PlanInput};
 use crate::store::lock_council;
 use chrono::NaiveDate;
-use cpis_core::ApiError;
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::ApiError;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio_postgres::GenericClient;
@@ -169,7 +169,7 @@ impl Sync {
                 let reason: Vec<String> =
                     violations.list().iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
                 self.reject(row, &reference, &field, &reason.join("; "));
-                let mut probe = cpis_core::validate::Violations::new();
+                let mut probe = cpis_domain::validate::Violations::new();
                 if crate::model::local_reference(&mut probe, "plan.local_reference", &reference)
                     && self.batch_refs.insert(reference.clone())
                 {

@@ -20,17 +20,17 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cpis_core::authz::{AuthzLayer, Surface};
-use cpis_core::identity::Caller;
-use cpis_core::limits::{LimitLayer, Limits};
-use cpis_core::metrics::Metrics;
-use cpis_core::server::{ConnectionLimits, PeerInfo, Shutdown};
-use cpis_core::telemetry::GrpcTraceLayer;
-use cpis_core::tls::ServerTls;
-use cpis_core::validate::NhsNumber;
-use cpis_core::ApiError;
+use cpis_domain::identity::Caller;
+use cpis_domain::validate::NhsNumber;
 use cpis_proto::attendance::v1::{CheckInRequest, SilentReadRequest};
 use cpis_proto::common::v1::SettingType;
+use cpis_runtime::authz::{AuthzLayer, Surface};
+use cpis_runtime::limits::{LimitLayer, Limits};
+use cpis_runtime::metrics::Metrics;
+use cpis_runtime::server::{ConnectionLimits, PeerInfo, Shutdown};
+use cpis_runtime::telemetry::GrpcTraceLayer;
+use cpis_runtime::tls::ServerTls;
+use cpis_runtime::ApiError;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use resources::{Issue, HEADERS_DOC};
@@ -101,7 +101,7 @@ pub async fn serve(
         .map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>)
         .service(router(svc));
     let mut incoming =
-        cpis_core::server::mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
+        cpis_runtime::server::mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     while let Some(conn) = incoming.next().await {
         let Ok(stream) = conn else { continue };
@@ -456,9 +456,9 @@ async fn audit_event_search(
     tracing::Span::current().record("setting", setting);
     let nhs_number = searched_nhs_number(uri)?;
     let user_id = header(headers, USER_HEADER)?.unwrap_or_default();
-    let mut v = cpis_core::validate::Violations::new();
+    let mut v = cpis_domain::validate::Violations::new();
     v.text("X-User-ID", user_id, 128);
-    v.finish()?;
+    v.finish().map_err(ApiError::from)?;
     // Need to know: the history of a person with no flag in scope is not
     // shown; a read of it is audited like a gRPC ListEpisodes.
     let found = svc.flags.lookup(&nhs_number, None, CallerDeadline::unbounded()).await?;
@@ -515,11 +515,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let authenticated = req.extensions().get::<PeerInfo>().is_some_and(|p| p.caller_now().is_ok());
         let path = req.uri().path();
-        if !authenticated && cpis_core::authz::rule(path).is_none() {
+        if !authenticated && cpis_runtime::authz::rule(path).is_none() {
             // The inner layers answer 401; an arbitrary path (which could hold
             // an NHS number) must not reach their logs, spans or metric labels.
             *req.uri_mut() = Uri::from_static(UNKNOWN_PATH);
-        } else if cpis_core::authz::rule(path).is_none() {
+        } else if cpis_runtime::authz::rule(path).is_none() {
             let what = path.strip_prefix(BASE_PATH).unwrap_or(path).trim_start_matches('/');
             // Resource types are letters: nothing else is echoed (a path may hold an NHS number).
             let what: String =
@@ -573,7 +573,7 @@ fn finish(mut response: http::Response<tonic::body::Body>) -> http::Response<ton
         };
         let issue = Issue { code, diagnostics, expression: None };
         let mut fresh = fhir(status, &resources::operation_outcome(&[issue]));
-        for name in [cpis_core::telemetry::REQUEST_ID, CORRELATION_HEADER] {
+        for name in [cpis_runtime::telemetry::REQUEST_ID, CORRELATION_HEADER] {
             if let Some(v) = response.headers().get(name) {
                 fresh.headers_mut().insert(name, v.clone());
             }

@@ -149,7 +149,7 @@ pub fn audit_event(nhs_number: &str, episode: &Episode) -> Value {
     let at = episode
         .arrived_at
         .as_ref()
-        .and_then(cpis_core::time::from_timestamp)
+        .and_then(cpis_domain::time::from_timestamp)
         .map(instant)
         .unwrap_or_else(|| instant(Utc::now()));
     json!({

@@ -4,16 +4,16 @@
 #![allow(dead_code)]
 
 use cpis::suite::{ServiceConfigs, Suite, SuiteOptions};
-use cpis_core::identity::{Caller, CallerKind, ServiceName};
-use cpis_core::pgcluster::{ClusterOptions, PrivateCluster};
-use cpis_core::pki::{IssueOptions, Pki};
-use cpis_core::tls::TlsPaths;
+use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
+use cpis_devkit::pki::{IssueOptions, Pki};
+use cpis_domain::identity::{Caller, CallerKind, ServiceName};
 use cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient;
 use cpis_proto::attendance::v1::CheckInRequest;
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use cpis_proto::registry::v1::registry_service_client::RegistryServiceClient;
 use cpis_proto::registry::v1::Plan;
+use cpis_runtime::tls::TlsPaths;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -94,7 +94,7 @@ pub async fn fresh_database() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let base = shared_cluster().url.clone();
     let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-    let client = cpis_core::db::connect(&base).await.expect("connect");
+    let client = cpis_runtime::db::connect(&base).await.expect("connect");
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
     drop(client);
     replace_dbname(&base, &name)
@@ -137,7 +137,7 @@ impl TestSuite {
 
     /// A fresh PKI and suite on the given database.
     pub async fn start_on(database_url: String, configs: ServiceConfigs) -> TestSuite {
-        cpis_core::tls::install_default_provider();
+        cpis_runtime::tls::install_default_provider();
         let state = tempfile::Builder::new().prefix("cpis-test").tempdir().expect("tempdir");
         let suite = Suite::start(SuiteOptions {
             state_dir: state.path().to_path_buf(),
@@ -191,12 +191,13 @@ impl TestSuite {
 
     /// A channel to `port` presenting `caller`'s certificate.
     pub fn channel(&self, port: u16, caller: &Caller) -> Channel {
-        cpis_core::client::channel(&format!("https://localhost:{port}"), &self.identity(caller), None).expect("channel")
+        cpis_runtime::client::channel(&format!("https://localhost:{port}"), &self.identity(caller), None)
+            .expect("channel")
     }
 
     /// A channel to `port` presenting the given files (hostile identities).
     pub fn channel_with(&self, port: u16, tls: &TlsPaths) -> Channel {
-        cpis_core::client::channel(&format!("https://localhost:{port}"), tls, None).expect("channel")
+        cpis_runtime::client::channel(&format!("https://localhost:{port}"), tls, None).expect("channel")
     }
 
     /// A channel to `port` that presents no client certificate at all.
@@ -252,7 +253,7 @@ impl TestSuite {
 
     /// A direct connection to this test's database.
     pub async fn db(&self) -> tokio_postgres::Client {
-        cpis_core::db::connect(&self.database_url).await.expect("connect")
+        cpis_runtime::db::connect(&self.database_url).await.expect("connect")
     }
 }
 
@@ -351,7 +352,7 @@ pub fn arrival(nhs_number: &str) -> CheckInRequest {
     CheckInRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         nhs_number: nhs_number.into(),
-        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: SettingType::EmergencyDepartment as i32,
         user_id: "clinician-1".into(),
     }
@@ -371,18 +372,18 @@ pub struct FhirAnswer {
 pub async fn fhir_get(ts: &TestSuite, tls: Option<&TlsPaths>, path: &str, headers: &[(&str, &str)]) -> FhirAnswer {
     let port = ts.suite.attendance.fhir_addr.expect("the suite serves the FHIR API").port();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in cpis_core::tls::read_certs(&ts.pki.ca_path()).unwrap() {
+    for cert in cpis_runtime::tls::read_certs(&ts.pki.ca_path()).unwrap() {
         roots.add(cert).unwrap();
     }
-    let builder = rustls::ClientConfig::builder_with_provider(cpis_core::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(cpis_runtime::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots);
     let mut config = match tls {
         Some(paths) => builder
             .with_client_auth_cert(
-                cpis_core::tls::read_certs(&paths.cert).unwrap(),
-                cpis_core::tls::read_key(&paths.key).unwrap(),
+                cpis_runtime::tls::read_certs(&paths.cert).unwrap(),
+                cpis_runtime::tls::read_key(&paths.key).unwrap(),
             )
             .unwrap(),
         None => builder.with_no_client_auth(),

@@ -2,9 +2,30 @@
 //! council and setting codes, bounded strings. Each check names the field that
 //! failed; no message ever echoes an NHS number.
 
-use crate::error::{ApiError, FieldViolation};
 use chrono::NaiveDate;
 use std::fmt;
+
+/// One field that failed validation: its path and a human reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, e.g. `plan.nhs_number`.
+    pub field: String,
+    /// What is wrong with it; never echoes personal data.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+}
+
+/// A request that failed validation: every field that failed, at once.
+/// The runtime turns it into `INVALID_ARGUMENT` with `BadRequest` details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid argument")]
+pub struct Invalid(pub Vec<FieldViolation>);
 
 /// True when `s` is ten ASCII digits with a valid modulus-11 check digit.
 pub fn is_valid_nhs_number(s: &str) -> bool {
@@ -171,12 +192,12 @@ impl Violations {
         }
     }
 
-    /// `Ok` when nothing failed, else `INVALID_ARGUMENT` with every violation.
-    pub fn finish(self) -> Result<(), ApiError> {
+    /// `Ok` when nothing failed, else every violation.
+    pub fn finish(self) -> Result<(), Invalid> {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::InvalidArgument(self.0))
+            Err(Invalid(self.0))
         }
     }
 }

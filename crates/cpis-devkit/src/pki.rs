@@ -3,9 +3,9 @@
 //! a `spiffe://` URI SAN. Service certificates also name `localhost` and
 //! `127.0.0.1`, so clients connect with full hostname verification.
 
-use crate::identity::{Caller, CallerKind};
-use crate::tls::TlsPaths;
 use anyhow::Context as _;
+use cpis_domain::identity::{Caller, CallerKind};
+use cpis_runtime::tls::TlsPaths;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,

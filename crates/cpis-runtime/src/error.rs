@@ -5,21 +5,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// One field that failed validation: its path and a human reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// Path of the field, e.g. `plan.nhs_number`.
-    pub field: String,
-    /// What is wrong with it; never echoes personal data.
-    pub description: String,
-}
-
-impl FieldViolation {
-    /// A violation of `field`.
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
-    }
-}
+pub use cpis_domain::validate::{FieldViolation, Invalid};
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +76,12 @@ impl From<ApiError> for Status {
                 Status::internal(format!("internal error (reference {reference})"))
             }
         }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::InvalidArgument(e.0)
     }
 }
 

@@ -8,8 +8,8 @@
 //! proven in the handshake, and no request is served without a verified
 //! identity (see [`crate::authz`]).
 
-use crate::identity::{Caller, IdentityError};
 use anyhow::Context as _;
+use cpis_domain::identity::{Caller, IdentityError};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

@@ -4,7 +4,7 @@
 
 use crate::client::{alert_json, check_in_once, describe_check_in, Connection};
 use anyhow::{bail, ensure, Context as _};
-use cpis_core::identity::{Caller, CallerKind};
+use cpis_domain::identity::{Caller, CallerKind};
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, Alert, AlertPriority,

@@ -4,7 +4,7 @@
 //! before memory runs out. Both answer `RESOURCE_EXHAUSTED`; a stream holds
 //! its place until it ends. Our own services are not capped per caller.
 
-use crate::identity::Caller;
+use cpis_domain::identity::Caller;
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;

@@ -8,8 +8,8 @@
 //! Finer rules that depend on data (a council sees only its own plans) live
 //! in the handlers.
 
-use crate::identity::{Caller, ServiceName};
 use crate::server::PeerInfo;
+use cpis_domain::identity::{Caller, ServiceName};
 use futures::future::BoxFuture;
 use std::task::{Context, Poll};
 use tonic::Status;

@@ -135,7 +135,7 @@ impl PrivateCluster {
 
     /// Promotes a standby to primary and waits until it accepts writes.
     pub async fn promote(&self) -> anyhow::Result<()> {
-        let client = crate::db::connect(&self.socket_url("postgres")).await?;
+        let client = cpis_runtime::db::connect(&self.socket_url("postgres")).await?;
         client.execute("SELECT pg_promote(true, 30)", &[]).await.context("pg_promote")?;
         Ok(())
     }
@@ -391,7 +391,7 @@ impl PrivateCluster {
 
     /// Creates `dbname` unless it exists.
     pub async fn create_database(&self, dbname: &str) -> anyhow::Result<()> {
-        let client = crate::db::connect(&self.socket_url("postgres")).await?;
+        let client = cpis_runtime::db::connect(&self.socket_url("postgres")).await?;
         let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname]).await?.is_some();
         if !exists {
             // The name is ours (not user input) but quote it all the same.

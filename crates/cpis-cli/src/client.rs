@@ -5,9 +5,8 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use cpis_core::identity::{Caller, CallerKind};
-use cpis_core::pki::Pki;
-use cpis_core::tls::TlsPaths;
+use cpis_devkit::pki::Pki;
+use cpis_domain::identity::{Caller, CallerKind};
 use cpis_proto::attendance::v1::{
     attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse, ListAccessesRequest,
     ListEpisodesRequest, SilentReadRequest,
@@ -21,6 +20,7 @@ use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, DeletePlanRequest, EndPlanRequest, GetPlanRequest,
     ListPlansRequest, Plan, SyncCompletion, SyncPlansRequest,
 };
+use cpis_runtime::tls::TlsPaths;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,7 +71,7 @@ impl Connection {
             Some(url) => url.clone(),
             None => format!("https://localhost:{}", self.port_base + offset),
         };
-        cpis_core::client::channel(&url, &self.tls(as_who)?, None)
+        cpis_runtime::client::channel(&url, &self.tls(as_who)?, None)
     }
 }
 
@@ -173,13 +173,13 @@ const MAX_LISTED_CSV_ERRORS: usize = 100;
 struct CsvCheck {
     rows: i64,
     blank_rows: u64,
-    errors: Vec<cpis_core::plan_csv::CsvError>,
+    errors: Vec<crate::plan_csv::CsvError>,
     error_count: usize,
 }
 
-fn open_csv(csv: &Path) -> anyhow::Result<cpis_core::plan_csv::PlanReader<std::io::BufReader<std::fs::File>>> {
+fn open_csv(csv: &Path) -> anyhow::Result<crate::plan_csv::PlanReader<std::io::BufReader<std::fs::File>>> {
     let file = std::fs::File::open(csv).with_context(|| format!("opening {}", csv.display()))?;
-    cpis_core::plan_csv::PlanReader::new(std::io::BufReader::new(file))
+    crate::plan_csv::PlanReader::new(std::io::BufReader::new(file))
         .map_err(|e| anyhow::anyhow!("{}: {e}", csv.display()))
 }
 
@@ -427,7 +427,7 @@ fn flag_json(f: &Flag) -> Value {
 fn episode_json(e: &Episode) -> Value {
     json!({"episode_id": e.episode_id, "setting_code": e.setting_code,
            "setting_type": SettingType::try_from(e.setting_type).map(|t| t.as_str_name()).unwrap_or("?"),
-           "arrived_at": e.arrived_at.as_ref().and_then(cpis_core::time::from_timestamp).map(|t| t.to_rfc3339())})
+           "arrived_at": e.arrived_at.as_ref().and_then(cpis_domain::time::from_timestamp).map(|t| t.to_rfc3339())})
 }
 
 /// What a clinician sees, as text.
@@ -468,7 +468,7 @@ pub fn describe_check_in(r: &CheckInResponse) -> String {
             let at = e
                 .arrived_at
                 .as_ref()
-                .and_then(cpis_core::time::from_timestamp)
+                .and_then(cpis_domain::time::from_timestamp)
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default();
             let kind = SettingType::try_from(e.setting_type).map(|t| t.as_str_name()).unwrap_or("?");
@@ -492,7 +492,7 @@ pub async fn check_in_once(
     let request = CheckInRequest {
         request_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         nhs_number: nhs_number.to_string(),
-        arrived_at: Some(cpis_core::time::to_timestamp(chrono::Utc::now())),
+        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: setting_type as i32,
         user_id: user.to_string(),
     };
@@ -590,7 +590,7 @@ pub fn alert_json(a: &Alert) -> Value {
            "plan_type": PlanType::try_from(a.plan_type).map(|t| t.as_str_name()).unwrap_or("?"),
            "priority": AlertPriority::try_from(a.priority).map(|t| t.as_str_name()).unwrap_or("?"),
            "episode": a.episode.as_ref().map(episode_json),
-           "created_at": a.created_at.as_ref().and_then(cpis_core::time::from_timestamp).map(|t| t.to_rfc3339())})
+           "created_at": a.created_at.as_ref().and_then(cpis_domain::time::from_timestamp).map(|t| t.to_rfc3339())})
 }
 
 fn read_cursor(path: &PathBuf) -> i64 {
@@ -756,7 +756,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                        "setting_code": a.setting_code,
                        "setting_type": SettingType::try_from(a.setting_type).map(|t| t.as_str_name()).unwrap_or("?"),
                        "user_id": a.user_id, "silent": a.silent, "episodes_read": a.episodes_read,
-                       "accessed_at": a.accessed_at.as_ref().and_then(cpis_core::time::from_timestamp).map(|t| t.to_rfc3339())})
+                       "accessed_at": a.accessed_at.as_ref().and_then(cpis_domain::time::from_timestamp).map(|t| t.to_rfc3339())})
             );
         }
         if page.next_page_token.is_empty() {

@@ -352,7 +352,9 @@ fn split_fields(record: &str) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
-    fn read(s: &str) -> Result<Vec<(u64, Result<Plan, CsvError>)>, CsvError> {
+    type Rows = Vec<(u64, Result<Plan, CsvError>)>;
+
+    fn read(s: &str) -> Result<Rows, CsvError> {
         Ok(PlanReader::new(s.as_bytes())?.collect())
     }
 

@@ -1,0 +1,11 @@
+//! The domain's plain types and rules, free of any transport or database:
+//! who is calling (identity from a certificate's SAN), what a valid NHS number,
+//! council code, setting code and date are (validation that names the field that
+//! failed), and what "a day" means (Europe/London).
+
+pub mod identity;
+pub mod time;
+pub mod validate;
+
+pub use identity::{Caller, CallerKind, ServiceName};
+pub use validate::{FieldViolation, Invalid, NhsNumber};

@@ -1,0 +1,22 @@
+//! What every cpis service runs on: the server runner (mutual TLS, health,
+//! reflection, graceful shutdown), client channels, identity -> authorization
+//! (one policy table), limits, telemetry and metrics, the PostgreSQL pool with
+//! TLS and migrations, retention, and the one mapping of errors to gRPC status.
+//!
+//! Dependencies point one way: `peer` <- `authz` <- `limits`/`telemetry` <- `server`.
+
+pub mod authz;
+pub mod client;
+pub mod db;
+pub mod db_tls;
+pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod peer;
+pub mod retention;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+pub use cpis_domain::{Caller, CallerKind, ServiceName};
+pub use error::{ApiError, FieldViolation};
