@@ -6,7 +6,7 @@
 
 use super::data::{self, Segment};
 use super::load::{micros, Latency};
-use super::net::{check_in, council, Flagged};
+use super::net::{self, check_in, Flagged};
 use super::report::Goal;
 use super::{progress, Ctx};
 use anyhow::Context as _;
@@ -143,10 +143,7 @@ pub async fn council_load(
     // HTTP/2 flow control of the upload does not pace them).
     let (ok, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut upserters = Vec::new();
-    let upsert_channel = ctx.net.fresh_channel(
-        ctx.registry_port,
-        &council(UPSERT_COUNCIL)?,
-    )?;
+    let upsert_channel = ctx.net.fresh_channel(ctx.registry_port, &net::council(UPSERT_COUNCIL)?)?;
     for w in 0..UPSERTS {
         let (done, ok, refused) = (done.clone(), ok.clone(), refused.clone());
         let mut client = RegistryServiceClient::new(upsert_channel.clone());

@@ -201,4 +201,3 @@ pub async fn alert_latency(ctx: &Ctx, people: Arc<Flagged>) -> anyhow::Result<Al
     ));
     Ok(result)
 }
-

@@ -2,8 +2,9 @@
 //! written to JSON.
 
 use super::council::CouncilLoadResult;
+use super::cpu::CpuShare;
 use super::load::{Latency, LevelResult};
-use super::procs::{CpuShare, Rss};
+use super::procs::Rss;
 use super::Shape;
 use serde::Serialize;
 

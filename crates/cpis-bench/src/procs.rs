@@ -150,17 +150,22 @@ impl Services {
         let spawn = |name: ServiceName, port: u16, grpc_name: &'static str, extra: Vec<String>| {
             spawn_service(launch, pki, name, port, grpc_name, extra)
         };
-        let registry = spawn(ServiceName::Registry, registry_port, cpis_registry::SERVICE_NAME, vec![])?;
+        let registry = spawn(
+            ServiceName::Registry,
+            registry_port,
+            cpis_proto::registry::v1::registry_service_server::SERVICE_NAME,
+            vec![],
+        )?;
         let notification = spawn(
             ServiceName::Notification,
             notification_port,
-            cpis_notification::SERVICE_NAME,
+            cpis_proto::notification::v1::notification_service_server::SERVICE_NAME,
             vec!["--heartbeat-secs".into(), launch.heartbeat_secs.to_string()],
         )?;
         let attendance = spawn(
             ServiceName::Attendance,
             attendance_port,
-            cpis_attendance::SERVICE_NAME,
+            cpis_proto::attendance::v1::attendance_service_server::SERVICE_NAME,
             vec!["--registry-url".into(), url(registry_port), "--notification-url".into(), url(notification_port)],
         )?;
         let mut services = Services { registry, attendance, notification };

@@ -12,23 +12,24 @@ use futures::SinkExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
 
-const COUNCILS_CSV: &str = include_str!("../crates/cpis-registry/data/councils.csv");
+const COUNCILS_CSV: &str = include_str!("../../cpis-registry/data/councils.csv");
 
 /// The GSS codes of the 153 upper-tier councils of England, in file order.
 pub fn councils() -> Vec<String> {
     COUNCILS_CSV.lines().skip(1).filter_map(|l| l.split_once(',')).map(|(code, _)| code.to_string()).collect()
 }
 
-/// The test NHS number `999` + `k` (six digits) + check digit, or `None`
-/// when no check digit exists for it (one prefix in eleven).
+/// The test NHS number `999` + `k` (six digits) + its check digit, or
+/// `None` when no check digit exists for it (one prefix in eleven).
 pub fn nhs_number(k: u32) -> Option<String> {
-    let nine = format!("999{:06}", k % 1_000_000);
-    let sum: u32 = nine.bytes().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
-    match 11 - sum % 11 {
-        10 => None,
-        11 => Some(format!("{nine}0")),
-        c => Some(format!("{nine}{c}")),
+    let mut number = format!("999{:06}0", k % 1_000_000);
+    for digit in '0'..='9' {
+        number.replace_range(9.., digit.encode_utf8(&mut [0; 4]));
+        if cpis_domain::validate::is_valid_nhs_number(&number) {
+            return Some(number);
+        }
     }
+    None
 }
 
 /// How many people of each kind the run needs.

@@ -148,9 +148,10 @@ fn latency_cdf(path: &Path, title: &str, samples_us: &[u64], goal_ms: f64) -> Dr
         .label(format!("goal: p99 < {goal_ms:.0} ms"))
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
     let grey = BLACK.mix(0.5).stroke_width(1);
-    chart.draw_series(DashedLineSeries::new(vec![(0.0, 99.0), (x_max, 99.0)], 4, 4, grey))?.label("99%").legend(
-        move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey),
-    );
+    chart
+        .draw_series(DashedLineSeries::new(vec![(0.0, 99.0), (x_max, 99.0)], 4, 4, grey))?
+        .label("99%")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)

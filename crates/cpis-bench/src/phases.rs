@@ -76,7 +76,9 @@ pub async fn measure(
 
     if shape.runs("framework") {
         meter.phase("(1) framework ceiling");
-        report.framework_ceiling = levels(&ctx, "(1) Health/Check", |c| net::health_op(ctx.net.clone(), ctx.attendance_port, net::slots(c))).await;
+        report.framework_ceiling =
+            levels(&ctx, "(1) Health/Check", |c| net::health_op(ctx.net.clone(), ctx.attendance_port, net::slots(c)))
+                .await;
     }
     if shape.runs("database") {
         meter.phase("(2) database ceiling");
@@ -206,4 +208,3 @@ pub async fn scaling_point(ctx: &Ctx, people: Arc<Flagged>) -> anyhow::Result<Sc
     ));
     Ok(ScalingPoint { plans_registered, not_flagged, flagged })
 }
-

@@ -1,9 +1,11 @@
-//! `cpis bench`: measures the suite against the framework's and the
-//! database's own ceilings, in one run, on one machine.
+//! `cpis-bench` (`cargo run -p cpis-bench --release -- [OPTIONS]`):
+//! measures the suite against the framework's and the database's own
+//! ceilings, in one run, on one machine, and prints each goal of issue 17 as
+//! met or missed. A development tool: it is not in the container image.
 //!
 //! The benchmark starts its own PostgreSQL (default, durable settings) in a
 //! temporary directory and the three services as `cpis serve <name>`
-//! processes (the code path of `cpis dev` and of a container: real mutual
+//! processes of the `cpis` binary (the code path of `cpis dev` and of a container: real mutual
 //! TLS, real PostgreSQL, 127.0.0.1), so that each service's memory can be
 //! read from `/proc` apart from the load generator's. Then, in order:
 //!
@@ -22,46 +24,36 @@
 //! 6. bulk SyncPlans of a council's national-size list, with the registry's
 //!    peak RSS;
 //! 7. scaling: CheckIn latency with a small register and a large one;
-//! 8. idle subscriptions: memory per stream and heartbeat delivery;
+//! 8. idle subscriptions: memory per stream, heartbeats on time, database
+//!    queries they cause;
 //! 9. footprint: each service's RSS idle and under load (4);
-//! 10. check-in under council load: CheckIn p99 (flagged and not) at a fixed
+//! 10. memory after 10,000 streams close, and a second round of them;
+//! 11. check-in under council load (issue 13): CheckIn p99 (flagged and not) at a fixed
 //!     rate while one council uploads a national-size list and another sends
 //!     64 concurrent upserts, against the same rate with the Registry idle.
 //!
 //! Each level has a warm-up and a fixed duration; every wait is bounded.
 //! The run fails (exit code 1) when an alert is missing, never for speed.
+//! The figures are also drawn as SVG charts (`--out`).
 
-#[path = "bench_alerts.rs"]
 mod alerts;
-#[path = "bench_bulk.rs"]
 mod bulk;
-#[path = "bench_charts.rs"]
 mod charts;
-#[path = "bench_council.rs"]
 mod council;
-#[path = "bench_cpu.rs"]
 mod cpu;
-#[path = "bench_data.rs"]
 mod data;
-#[path = "bench_goals.rs"]
 mod goals;
-#[path = "bench_load.rs"]
 mod load;
-#[path = "bench_net.rs"]
 mod net;
-#[path = "bench_phases.rs"]
 mod phases;
-#[path = "bench_print.rs"]
 mod print;
-#[path = "bench_procs.rs"]
 mod procs;
-#[path = "bench_report.rs"]
 mod report;
-#[path = "bench_streams.rs"]
+mod shape;
 mod streams;
 
 use anyhow::{bail, Context as _};
-use clap::Args;
+use clap::Parser as _;
 use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
 use cpis_devkit::pki::Pki;
 use cpu::CpuMeter;
@@ -70,130 +62,52 @@ use load::{closed_loop, LevelResult, Op};
 use net::Net;
 use procs::{Launch, RssSampler, Services};
 use report::{Machine, PhaseCpu, Report};
-use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use shape::{BenchArgs, Shape, MAX_CONNECTIONS};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Options of `cpis bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Small sizes and short durations: a smoke test for CI (about a minute).
-    #[arg(long)]
-    pub quick: bool,
-    /// Also write every figure as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Measured seconds per level (default 10, quick 2); each level also
-    /// has a warm-up of a fifth of this (at least half a second).
-    #[arg(long)]
-    pub duration_secs: Option<f64>,
-    /// Concurrency levels, comma-separated (default 1,8,32,64; quick 4,16).
-    #[arg(long, value_delimiter = ',')]
-    pub concurrency: Option<Vec<usize>>,
-    /// Heartbeat interval of the Notification service, in seconds.
-    #[arg(long, default_value_t = 1)]
-    pub heartbeat_secs: u64,
-    /// Run only these phases (comma-separated: framework, database,
-    /// not-flagged, flagged, alerts, streams, bulk, council-load, scaling); the register
-    /// is set up and the footprint read in every run.
-    #[arg(long, value_delimiter = ',')]
-    pub only: Option<Vec<String>>,
-    /// Keep the temporary directory (database, PKI, service logs) afterwards.
-    #[arg(long)]
-    pub keep: bool,
-    /// Where the SVG charts go (created if missing).
-    #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    cpis_runtime::tls::install_default_provider();
+    match run(BenchArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
-const PHASES: &[&str] =
-    &["framework", "database", "not-flagged", "flagged", "alerts", "streams", "bulk", "council-load", "scaling"];
-
-/// Most connections (each its own setting identity) a load level uses.
-const MAX_CONNECTIONS: usize = 8;
-
-/// Sizes and durations of one run.
-#[derive(Debug, Clone, Serialize)]
-struct Shape {
-    quick: bool,
-    levels: Vec<usize>,
-    warmup_secs: f64,
-    duration_secs: f64,
-    /// Plans registered for the small end of (7).
-    first_register: usize,
-    /// People registered next (all councils): the flagged check-ins.
-    working_register: usize,
-    /// Plans registered for the large end of (7).
-    large_register: u64,
-    /// Rows of the bulk SyncPlans (6).
-    bulk_rows: usize,
-    /// Check-ins per second in (5).
-    alert_rate: f64,
-    /// Seconds of check-ins in (5).
-    alert_secs: f64,
-    /// Idle subscriptions in (8).
-    streams: usize,
-    /// Notification heartbeat interval.
-    heartbeat_secs: u64,
-    /// Seconds heartbeats are observed in (8).
-    heartbeat_window_secs: f64,
-    /// Workers in (7).
-    scaling_concurrency: usize,
-    /// Numbers never registered, cycled by the not-flagged check-ins.
-    unregistered: usize,
-    phases: BTreeSet<String>,
-}
-
-impl Shape {
-    fn new(args: &BenchArgs) -> anyhow::Result<Shape> {
-        let quick = args.quick;
-        let duration_secs = args.duration_secs.unwrap_or(if quick { 2.0 } else { 10.0 });
-        anyhow::ensure!(duration_secs > 0.0 && duration_secs <= 600.0, "--duration-secs must be in (0, 600]");
-        let levels = args.concurrency.clone().unwrap_or_else(|| if quick { vec![4, 16] } else { vec![1, 8, 32, 64] });
-        anyhow::ensure!(!levels.is_empty() && levels.iter().all(|&c| (1..=1024).contains(&c)), "bad --concurrency");
-        anyhow::ensure!((1..=60).contains(&args.heartbeat_secs), "--heartbeat-secs must be 1 to 60");
-        let phases: BTreeSet<String> = match &args.only {
-            Some(list) => {
-                for p in list {
-                    anyhow::ensure!(PHASES.contains(&p.as_str()), "unknown phase {p:?}: expected one of {PHASES:?}");
-                }
-                list.iter().cloned().collect()
-            }
-            None => PHASES.iter().map(|p| p.to_string()).collect(),
-        };
-        Ok(Shape {
-            quick,
-            levels,
-            warmup_secs: (duration_secs / 5.0).max(0.5),
-            duration_secs,
-            first_register: 10_000,
-            working_register: if quick { 10_000 } else { 190_000 },
-            large_register: if quick { 100_000 } else { 1_000_000 },
-            bulk_rows: if quick { 20_000 } else { 200_000 },
-            alert_rate: if quick { 50.0 } else { 200.0 },
-            alert_secs: if quick { 4.0 } else { 30.0 },
-            streams: if quick { 1_000 } else { 10_000 },
-            heartbeat_secs: args.heartbeat_secs,
-            heartbeat_window_secs: (if quick { 3.0_f64 } else { 10.0 }).max(3.0 * args.heartbeat_secs as f64),
-            scaling_concurrency: 8,
-            unregistered: 10_000,
-            phases,
-        })
+/// The `cpis` executable to measure: `--cpis-bin`, or the one beside this
+/// program. Run through cargo (`cargo run -p cpis-bench`), it is built
+/// first with the same profile, so that the services measured are the
+/// code of this checkout and never a stale binary.
+fn cpis_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        anyhow::ensure!(path.is_file(), "--cpis-bin {}: no such file", path.display());
+        return Ok(path.to_path_buf());
     }
-
-    fn runs(&self, phase: &str) -> bool {
-        self.phases.contains(phase)
+    let me = std::env::current_exe().context("finding this executable")?;
+    let beside = me.with_file_name(format!("cpis{}", std::env::consts::EXE_SUFFIX));
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--bin", "cpis", "--manifest-path"]).arg(&manifest);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        progress("building the cpis binary it measures (cargo build --bin cpis)");
+        let status = build.status().context("running cargo build --bin cpis")?;
+        anyhow::ensure!(status.success(), "cargo build --bin cpis failed ({status})");
     }
-
-    fn warmup(&self) -> Duration {
-        Duration::from_secs_f64(self.warmup_secs)
-    }
-
-    fn duration(&self) -> Duration {
-        Duration::from_secs_f64(self.duration_secs)
-    }
+    anyhow::ensure!(
+        beside.is_file(),
+        "{} not found: build it (cargo build --release --bin cpis) or pass --cpis-bin",
+        beside.display()
+    );
+    Ok(beside)
 }
 
 /// Raises the soft open-files limit to the hard one (10,000 streams need
@@ -268,15 +182,16 @@ fn progress(text: &str) {
 }
 
 /// Runs the benchmarks.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let shape = Shape::new(&args)?;
+    let exe = cpis_binary(args.cpis_bin.as_deref())?;
     let started = Instant::now();
     let meter = CpuMeter::start("setup");
     let open_files_limit = raise_nofile_limit();
     let tmp = tempfile::Builder::new().prefix("cpis-bench").tempdir().context("creating a temporary directory")?;
     let dir = tmp.path().to_path_buf();
     if cfg!(debug_assertions) {
-        progress("WARNING: this is a debug build; for real numbers: cargo build --release --bin cpis && target/release/cpis bench");
+        progress("WARNING: this is a debug build; for real numbers: cargo run -p cpis-bench --release");
     }
     progress(&format!("working in {}", dir.display()));
     progress("starting PostgreSQL (default settings: durable commits; TLS, verify-full)");
@@ -288,7 +203,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     pki.init()?;
     let trust_domain = "cpis.local".to_string();
     let launch = Launch {
-        exe: std::env::current_exe().context("finding the cpis executable")?,
+        exe,
         dir: dir.clone(),
         database_url: database_url.clone(),
         trust_domain: trust_domain.clone(),
@@ -347,4 +262,3 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -65,8 +65,7 @@ pub async fn idle_streams(ctx: &Ctx, services: &Services, idle_kib: u64) -> anyh
         ));
         if let Some(window) = window {
             let grown = round.notification_rss_open_kib.saturating_sub(round.notification_rss_before_kib);
-            result.bytes_per_stream =
-                if round.opened > 0 { grown as f64 * 1024.0 / round.opened as f64 } else { 0.0 };
+            result.bytes_per_stream = if round.opened > 0 { grown as f64 * 1024.0 / round.opened as f64 } else { 0.0 };
             heartbeats(&mut result, logs, window);
         }
         result.rounds.push(round);
@@ -232,7 +231,9 @@ fn heartbeats(result: &mut StreamsResult, logs: Vec<StreamLog>, window: Window) 
     result.longest_gap = Latency::of(gaps);
     result.db_queries_in_window = window.queries;
     result.db_queries_per_heartbeat =
-        window.queries.map(|q| if result.heartbeats_in_window > 0 { q / result.heartbeats_in_window as f64 } else { q });
+        window
+            .queries
+            .map(|q| if result.heartbeats_in_window > 0 { q / result.heartbeats_in_window as f64 } else { q });
 }
 
 /// The Notification service's stream query counter, or `None` when it is

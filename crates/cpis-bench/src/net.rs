@@ -2,10 +2,10 @@
 //! setting identities of the load connections, the registered people handed
 //! out for flagged check-ins, one CheckIn, and the closed-loop operations.
 
-use super::MAX_CONNECTIONS;
 use super::load::Op;
-use cpis_domain::identity::{Caller, CallerKind};
+use super::MAX_CONNECTIONS;
 use cpis_devkit::pki::Pki;
+use cpis_domain::identity::{Caller, CallerKind};
 use cpis_proto::attendance::v1::{attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
 use std::collections::HashMap;
@@ -171,8 +171,7 @@ pub fn flagged_op(net: Arc<Net>, port: u16, people: Arc<Flagged>, slots: usize) 
 /// tokio-postgres prepares as an unnamed statement on every call (one more
 /// round trip, parse and plan each time).
 pub fn db_op(pool: cpis_runtime::db::DbPool, prepared: bool) -> Op {
-    const INSERT: &str =
-        "INSERT INTO bench.scratch (id, nhs_number, setting_code, arrived_at) VALUES ($1, $2, $3, $4)";
+    const INSERT: &str = "INSERT INTO bench.scratch (id, nhs_number, setting_code, arrived_at) VALUES ($1, $2, $3, $4)";
     Arc::new(move |w| {
         let pool = pool.clone();
         Box::pin(async move {
