@@ -608,13 +608,6 @@ fn write_cursor(path: &PathBuf, sequence: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// True for statuses worth retrying: the service or the network is having
-/// a moment (a deploy, a restart, a database failover), not a refusal.
-fn transient(code: tonic::Code) -> bool {
-    use tonic::Code::*;
-    matches!(code, Unavailable | DeadlineExceeded | Unknown | Internal | Cancelled | ResourceExhausted | Aborted)
-}
-
 /// Writes one line to stdout and flushes it: an alert counts as handled only
 /// once it is out of this process.
 fn emit(line: &Value) -> anyhow::Result<()> {
@@ -645,7 +638,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         let request = SubscribeRequest { after_sequence: cursor, replay: args.from_start };
         let mut stream = match client.subscribe(request).await {
             Ok(s) => s.into_inner(),
-            Err(e) if transient(e.code()) => {
+            Err(e) if cpis_runtime::error::is_transient(e.code()) => {
                 eprintln!("subscribe: {} ({}); retrying in {:?}", e.message(), e.code(), backoff);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(max_backoff);
@@ -678,7 +671,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                     if let Some(up_to) = unacked {
                         match client.ack_alerts(AckAlertsRequest { up_to_sequence: up_to }).await {
                             Ok(_) => unacked = None,
-                            Err(e) if transient(e.code()) => {
+                            Err(e) if cpis_runtime::error::is_transient(e.code()) => {
                                 eprintln!(
                                     "subscribe: acknowledging {up_to}: {} ({}); will retry",
                                     e.message(),
@@ -696,7 +689,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                     eprintln!("subscribe: stream closed; resuming after {cursor}");
                     break;
                 }
-                Err(e) if transient(e.code()) => {
+                Err(e) if cpis_runtime::error::is_transient(e.code()) => {
                     eprintln!("subscribe: stream ended: {} ({}); resuming after {cursor}", e.message(), e.code());
                     break;
                 }

@@ -8,11 +8,11 @@
 //! Finer rules that depend on data (a council sees only its own plans) live
 //! in the handlers.
 
+use crate::error::ApiError;
 use crate::server::PeerInfo;
 use cpis_domain::identity::{Caller, ServiceName};
 use futures::future::BoxFuture;
 use std::task::{Context, Poll};
-use tonic::Status;
 use tower::{Layer, Service};
 
 /// A class of callers allowed to call a method.
@@ -110,22 +110,22 @@ pub fn rule(path: &str) -> Option<&'static [Allow]> {
 }
 
 /// Decides one request: the caller to hand on, or the status to answer with.
-pub fn decide(path: &str, peer: Option<&PeerInfo>, surface: Surface) -> Result<Caller, Status> {
+pub fn decide(path: &str, peer: Option<&PeerInfo>, surface: Surface) -> Result<Caller, ApiError> {
     let caller = match peer.map(PeerInfo::caller_now) {
         Some(Ok(caller)) => caller,
-        Some(Err(e)) => return Err(Status::unauthenticated(e.to_string())),
-        None => return Err(Status::unauthenticated("no verified client identity on this connection")),
+        Some(Err(e)) => return Err(ApiError::Unauthenticated(e.to_string())),
+        None => return Err(ApiError::Unauthenticated("no verified client identity on this connection".into())),
     };
     let Some(allowed) = rule(path) else {
-        return Err(Status::permission_denied("method is not open to any caller"));
+        return Err(ApiError::PermissionDenied("method is not open to any caller".into()));
     };
     if !surface.serves(path) {
-        return Err(Status::permission_denied("method is not served on this port"));
+        return Err(ApiError::PermissionDenied("method is not served on this port".into()));
     }
     if allowed.iter().any(|a| a.admits(caller)) {
         Ok(caller.clone())
     } else {
-        Err(Status::permission_denied(format!(
+        Err(ApiError::PermissionDenied(format!(
             "{} callers may not call {}",
             caller.kind().as_str(),
             path.rsplit('/').next().unwrap_or(path)
@@ -134,8 +134,11 @@ pub fn decide(path: &str, peer: Option<&PeerInfo>, surface: Surface) -> Result<C
 }
 
 /// The caller of a request, as put there by [`AuthzLayer`].
-pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
-    req.extensions().get::<Caller>().cloned().ok_or_else(|| Status::unauthenticated("no verified client identity"))
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, ApiError> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ApiError::Unauthenticated("no verified client identity".into()))
 }
 
 /// Tower layer enforcing [`POLICY`] on one listener's [`Surface`].
@@ -187,8 +190,8 @@ where
                 req.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(req))
             }
-            Err(status) => {
-                if status.code() == tonic::Code::Unauthenticated {
+            Err(refusal) => {
+                if matches!(refusal, ApiError::Unauthenticated(_)) {
                     // No valid identity (any more): answer, then close the
                     // connection rather than keep serving refusals on it.
                     if let Some(peer) = req.extensions().get::<PeerInfo>() {
@@ -201,6 +204,7 @@ where
                     .and_then(|p| p.identity.as_ref().ok())
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "unauthenticated".into());
+                let status = tonic::Status::from(refusal);
                 tracing::warn!(method = %path, %caller, code = ?status.code(), "request refused");
                 Box::pin(async move { Ok(status.into_http()) })
             }

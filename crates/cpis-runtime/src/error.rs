@@ -22,6 +22,9 @@ pub enum ApiError {
     /// The system is not in a state to do this (e.g. a mass end without consent).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// No verified client identity (or it expired or was revoked since the handshake).
+    #[error("{0}")]
+    Unauthenticated(String),
     /// A known identity asked for something it may not have.
     #[error("{0}")]
     PermissionDenied(String),
@@ -45,6 +48,22 @@ impl ApiError {
         ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
 
+    /// The gRPC code this error is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Aborted(_) => Code::Aborted,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+
     /// An internal error with a description safe to log (no personal data).
     pub fn internal(what: impl Into<String>) -> Self {
         ApiError::Internal(what.into())
@@ -66,6 +85,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(what) => Status::not_found(format!("{what} not found")),
             ApiError::Aborted(m) => Status::aborted(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::Unauthenticated(m) => Status::unauthenticated(m),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
@@ -106,6 +126,23 @@ impl From<deadpool_postgres::PoolError> for ApiError {
             }
         }
     }
+}
+
+/// True for the codes that say the peer or the network is having a moment (a
+/// deploy, a restart, a database failover, an overload), so the same call may
+/// be retried later with backoff: the one rule used by the relay, the Registry
+/// client and the CLI. `INTERNAL` is not transient (a bug does not heal by
+/// repetition), nor is anything the caller must change.
+pub fn is_transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
 }
 
 /// Builds an `INVALID_ARGUMENT` status for a field, outside a handler.

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod client;
 pub mod db;
 pub mod db_tls;
+pub mod decode;
 pub mod error;
 pub mod limits;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //! before memory runs out. Both answer `RESOURCE_EXHAUSTED`; a stream holds
 //! its place until it ends. Our own services are not capped per caller.
 
+use crate::error::ApiError;
 use cpis_domain::identity::Caller;
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -76,17 +77,17 @@ impl LimitLayer {
         Self { limits, counts: Arc::default() }
     }
 
-    fn admit(&self, caller: Option<&Caller>) -> Result<Permit, Status> {
-        let mut c = self.counts.lock().map_err(|_| Status::internal("limit state poisoned"))?;
+    fn admit(&self, caller: Option<&Caller>) -> Result<Permit, ApiError> {
+        let mut c = self.counts.lock().map_err(|_| ApiError::internal("limit state poisoned"))?;
         if c.total >= self.limits.total {
-            return Err(Status::resource_exhausted("the service is overloaded; retry with backoff"));
+            return Err(ApiError::ResourceExhausted("the service is overloaded; retry with backoff".into()));
         }
         // Our own services are trusted to pace themselves (and alerts must flow).
         let capped = caller.filter(|c| !matches!(c, Caller::Service(_))).cloned();
         if let Some(caller) = &capped {
             let n = c.per_caller.entry(caller.clone()).or_insert(0);
             if *n >= self.limits.per_caller {
-                return Err(Status::resource_exhausted(format!(
+                return Err(ApiError::ResourceExhausted(format!(
                     "too many requests in flight for this caller (limit {}); retry with backoff",
                     self.limits.per_caller
                 )));
@@ -136,7 +137,8 @@ where
                     Ok(response.map(|body| tonic::body::Body::new(Guarded { inner: body, _permit: permit })))
                 })
             }
-            Err(status) => {
+            Err(refusal) => {
+                let status = Status::from(refusal);
                 tracing::warn!(code = ?status.code(), "request shed");
                 Box::pin(async move { Ok(status.into_http()) })
             }

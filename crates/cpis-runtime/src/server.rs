@@ -349,6 +349,7 @@ pub async fn serve(
     let stopping = shutdown.stopping().clone();
     let server = builder
         .layer(crate::telemetry::GrpcTraceLayer::new(options.component, options.metrics.clone()))
+        .layer(crate::decode::UndecodableLayer)
         .layer(AuthzLayer::new(options.surface))
         .layer(crate::limits::LimitLayer::new(options.limits))
         .add_routes(routes)

@@ -165,62 +165,6 @@ pub fn current_trace_id() -> String {
     }
 }
 
-/// A request that does not parse as its Protobuf message (e.g. a string
-/// field holding non-UTF-8 bytes) is the caller's fault: answer
-/// `INVALID_ARGUMENT` (tonic says `INTERNAL`, which invites retries). The
-/// message keeps prost's description, which names the field.
-fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap) {
-    // grpc-message is percent-encoded (tonic encodes spaces as %20).
-    let undecodable = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13")
-        && headers.get("grpc-message").is_some_and(|m| {
-            let m = m.as_bytes();
-            m.starts_with(b"failed to decode Protobuf message")
-                || m.starts_with(b"failed%20to%20decode%20Protobuf%20message")
-        });
-    if undecodable {
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Applies [`undecodable_is_invalid_argument`] to the trailers too (where
-    /// tonic puts the status of a request it failed to decode mid-body).
-    struct TrailerFix {
-        #[pin]
-        inner: tonic::body::Body,
-    }
-}
-
-impl http_body::Body for TrailerFix {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx).map(|frame| {
-            frame.map(|f| {
-                f.map(|frame| match frame.into_trailers() {
-                    Ok(mut trailers) => {
-                        undecodable_is_invalid_argument(&mut trailers);
-                        http_body::Frame::trailers(trailers)
-                    }
-                    Err(frame) => frame,
-                })
-            })
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Tower layer: one server span per request (joined to the caller's trace),
 /// a request id, and the request metrics.
 #[derive(Debug, Clone)]
@@ -316,7 +260,6 @@ where
                 let result = fut.await;
                 metrics.in_flight().dec();
                 let mut response = result?;
-                undecodable_is_invalid_argument(response.headers_mut());
                 // grpc-status in the headers is a trailers-only (error)
                 // answer; otherwise the call succeeded so far (0).
                 let code = response
@@ -334,7 +277,7 @@ where
                 if let Ok(v) = http::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(REQUEST_ID, v);
                 }
-                Ok(response.map(|body| tonic::body::Body::new(TrailerFix { inner: body })))
+                Ok(response)
             }
             .instrument(span),
         )
