@@ -148,7 +148,11 @@ fn streams_goals(s: &super::report::StreamsResult, goals: &mut Vec<Goal>) {
         goal: "0 per heartbeat",
         measured: match (s.db_queries_in_window, s.db_queries_per_heartbeat) {
             (Some(q), Some(per)) => {
-                format!("{q:.0} queries over {} heartbeats = {per:.3} per heartbeat", s.heartbeats_in_window)
+                format!(
+                    "{q:.0} queries over {} heartbeats = {per:.3} per heartbeat (safety polls apart: {:.0})",
+                    s.heartbeats_in_window,
+                    s.db_safety_polls_in_window.unwrap_or(0.0)
+                )
             }
             _ => "not measurable: Notification exports no cpis_notification_stream_db_queries_total".into(),
         },

@@ -223,8 +223,10 @@ fn print_streams(s: &StreamsResult) {
     );
     match s.db_queries_in_window {
         Some(q) => println!(
-            "  database queries for streams in the window ({STREAM_QUERIES_METRIC}): {q:.0}, {:.3} per heartbeat",
-            s.db_queries_per_heartbeat.unwrap_or(0.0)
+            "  database queries for streams in the window ({STREAM_QUERIES_METRIC}): {q:.0}, {:.3} per heartbeat; \
+             safety polls (one per instance for all councils) {:.0}",
+            s.db_queries_per_heartbeat.unwrap_or(0.0),
+            s.db_safety_polls_in_window.unwrap_or(0.0)
         ),
         None => println!("  database queries for streams: not measurable ({STREAM_QUERIES_METRIC} not exported)"),
     }

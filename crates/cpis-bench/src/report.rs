@@ -167,10 +167,14 @@ pub struct StreamsResult {
     pub longest_gap: Latency,
     /// Streams whose longest silence exceeded the interval by more than 10%.
     pub streams_late: usize,
-    /// `cpis_notification_stream_db_queries_total` grew by this much during
-    /// the window; `None` when the service does not export it.
+    /// `cpis_notification_stream_db_queries_total` (all kinds but the
+    /// safety poll) grew by this much during the window; `None` when the
+    /// service does not export it.
     pub db_queries_in_window: Option<f64>,
     pub db_queries_per_heartbeat: Option<f64>,
+    /// The instance's safety polls in the window (`kind="poll"`: one query
+    /// for all councils, open streams or not), counted apart.
+    pub db_safety_polls_in_window: Option<f64>,
 }
 
 /// A plain COPY of (6)'s rows into a table like `registry.plans`.

@@ -88,6 +88,7 @@ struct Window {
     start: Instant,
     end: Instant,
     queries: Option<f64>,
+    polls: Option<f64>,
 }
 
 /// Opens `ctx.shape.streams` subscriptions, holds them, closes them.
@@ -172,7 +173,8 @@ async fn round(
         tokio::time::sleep(Duration::from_secs_f64(ctx.shape.heartbeat_window_secs)).await;
         let end = Instant::now();
         let after = stream_queries(notification.metrics_port).await;
-        Some(Window { start, end, queries: before.zip(after).map(|(b, a)| a - b) })
+        let delta = before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1));
+        Some(Window { start, end, queries: delta.map(|d| d.0), polls: delta.map(|d| d.1) })
     } else {
         None
     };
@@ -230,6 +232,7 @@ fn heartbeats(result: &mut StreamsResult, logs: Vec<StreamLog>, window: Window) 
     result.heartbeats_median_per_stream = counts.get(counts.len() / 2).copied().unwrap_or(0);
     result.longest_gap = Latency::of(gaps);
     result.db_queries_in_window = window.queries;
+    result.db_safety_polls_in_window = window.polls;
     result.db_queries_per_heartbeat =
         window
             .queries
@@ -237,8 +240,17 @@ fn heartbeats(result: &mut StreamsResult, logs: Vec<StreamLog>, window: Window) 
 }
 
 /// The Notification service's stream query counter, or `None` when it is
-/// not exported (or the metrics endpoint cannot be read).
-async fn stream_queries(metrics_port: u16) -> Option<f64> {
+/// not exported (or the metrics endpoint cannot be read): (queries caused by
+/// streams, safety polls). The safety poll (`kind="poll"`) is one query per
+/// instance for all councils, made whether or not any stream is open, so it
+/// is counted apart from the queries streams cause.
+async fn stream_queries(metrics_port: u16) -> Option<(f64, f64)> {
     let text = super::procs::scrape(metrics_port).await.ok()?;
-    super::procs::sample(&text, STREAM_QUERIES_METRIC)
+    let all = super::procs::sample(&text, STREAM_QUERIES_METRIC)?;
+    let poll: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(STREAM_QUERIES_METRIC) && l.contains("kind=\"poll\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some((all - poll, poll))
 }
