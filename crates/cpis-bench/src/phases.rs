@@ -162,7 +162,7 @@ pub async fn measure(
     }
     services.check_alive()?;
     if shape.runs("council-load") {
-        meter.phase("(11) check-in under council load");
+        meter.phase("(11) council load");
         report.council_load = Some(council::council_load(&ctx, flagged_people.clone(), &[first, working]).await?);
     }
     services.check_alive()?;
