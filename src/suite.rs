@@ -9,53 +9,24 @@ use cpis_runtime::authz::Surface;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::metrics::Metrics;
 use cpis_runtime::server::{ServeOptions, Shutdown};
-use cpis_runtime::tls::{ServerTls, TlsPaths};
+use cpis_runtime::settings::ServerSettings;
+use cpis_runtime::tls::ServerTls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// What every service needs to run.
-#[derive(Debug, Clone)]
-pub struct Common {
-    /// This service's own certificate, key and the CA.
-    pub tls: TlsPaths,
-    /// The SPIFFE trust domain accepted from callers.
-    pub trust_domain: String,
-    /// PostgreSQL connection string.
-    pub database_url: String,
-    /// Maximum pooled connections.
-    pub pool_size: usize,
-    /// Delay between readiness going NOT_SERVING and connections closing.
-    pub drain: Duration,
-    /// Close client connections after this age (rebalancing); none when unset.
-    pub max_connection_age: Option<Duration>,
-    /// When set, internal methods (LookupFlags, PublishAlert) are served on
-    /// this address only, and the main listener serves the rest.
-    pub internal_listen: Option<SocketAddr>,
-    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Caps on requests in flight, per caller and in all.
-    pub limits: cpis_runtime::limits::Limits,
-    /// Attendance: where to serve the FHIR R4 API (`CPIS_FHIR_LISTEN`); none when unset.
-    pub fhir_listen: Option<SocketAddr>,
-    /// Caps on connections and TLS handshakes in progress, per listener.
-    pub connections: cpis_runtime::server::ConnectionLimits,
-    /// A PEM certificate revocation list of client certificates (re-read
-    /// when it changes; absent means nothing is revoked).
-    pub crl: Option<PathBuf>,
-}
-
-/// Settings of all three services.
+/// Settings of all three services, for running them together.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceConfigs {
     /// Registry settings.
-    pub registry: cpis_registry::Config,
-    /// Attendance settings.
-    pub attendance: cpis_attendance::Config,
-    /// Notification settings (the database URL is filled in by the launcher).
-    pub heartbeat: Option<Duration>,
+    pub registry: cpis_registry::Settings,
+    /// Attendance settings (its Registry and Notification URLs and FHIR
+    /// address are filled in by [`Suite::start`]).
+    pub attendance: cpis_attendance::Settings,
+    /// Notification settings.
+    pub notification: cpis_notification::Settings,
     /// Caps on requests in flight (per caller and in all) for every service.
     pub limits: cpis_runtime::limits::Limits,
     /// Pooled database connections of each service (the default when unset).
@@ -87,10 +58,10 @@ impl RunningService {
     }
 }
 
-fn options(name: &'static str, component: &'static str, common: &Common, metrics: &Metrics) -> ServeOptions {
+fn options(name: &'static str, component: &'static str, common: &ServerSettings, metrics: &Metrics) -> ServeOptions {
     let mut options = ServeOptions::new(name, component, metrics.clone());
     options.drain = common.drain;
-    options.max_connection_age = common.max_connection_age;
+    options.max_connection_age = common.max_connection_age();
     options.limits = common.limits;
     options.connections = common.connections;
     options
@@ -100,7 +71,7 @@ fn options(name: &'static str, component: &'static str, common: &Common, metrics
 /// configured) until `shutdown` completes.
 async fn spawn_serving(
     listener: TcpListener,
-    common: &Common,
+    common: &ServerSettings,
     routes: tonic::service::Routes,
     pool: DbPool,
     (name, component): (&'static str, &'static str),
@@ -111,7 +82,7 @@ async fn spawn_serving(
     metrics.watch_pool(pool.clone());
     // Readiness asks the database on a connection of its own: a pool busy
     // with work is not an outage, and must not take the pod out of its Service.
-    let pool = cpis_runtime::db::pool(&common.database_url, 1)?;
+    let pool = cpis_runtime::db::pool(&common.database_url()?, 1)?;
     let mut opts = options(name, component, common, metrics);
     let Some(internal_addr) = common.internal_listen else {
         return Ok(tokio::spawn(cpis_runtime::server::serve(listener, tls, routes, pool, opts, shutdown)));
@@ -129,12 +100,16 @@ async fn spawn_serving(
     }))
 }
 
-fn pool(common: &Common) -> anyhow::Result<DbPool> {
-    cpis_runtime::db::pool(&common.database_url, common.pool_size)
+fn pool(common: &ServerSettings) -> anyhow::Result<DbPool> {
+    cpis_runtime::db::pool(&common.database_url()?, common.pool_size)
 }
 
 /// Serves `metrics` on the configured address until the service stops.
-async fn spawn_metrics(common: &Common, metrics: &Metrics, shutdown: &Shutdown) -> anyhow::Result<Option<SocketAddr>> {
+async fn spawn_metrics(
+    common: &ServerSettings,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<SocketAddr>> {
     let Some(addr) = common.metrics_listen else { return Ok(None) };
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
     let local = listener.local_addr()?;
@@ -145,9 +120,10 @@ async fn spawn_metrics(common: &Common, metrics: &Metrics, shutdown: &Shutdown) 
 /// Starts the Registry service on `listener`.
 pub async fn start_registry(
     listener: TcpListener,
-    common: &Common,
-    config: cpis_registry::Config,
+    common: &ServerSettings,
+    config: cpis_registry::Settings,
 ) -> anyhow::Result<RunningService> {
+    config.validate()?;
     let pool = pool(common)?;
     let service = cpis_registry::Registry::new(config, pool.clone()).await?;
     let addr = listener.local_addr()?;
@@ -170,15 +146,13 @@ pub async fn start_registry(
 /// Starts the Notification service on `listener`.
 pub async fn start_notification(
     listener: TcpListener,
-    common: &Common,
-    heartbeat: Option<Duration>,
+    common: &ServerSettings,
+    mut config: cpis_notification::Settings,
 ) -> anyhow::Result<RunningService> {
+    config.validate()?;
+    config.database_url = common.database_url()?;
     let pool = pool(common)?;
     let shutdown = Shutdown::new();
-    let mut config = cpis_notification::Config::new(common.database_url.clone());
-    if let Some(heartbeat) = heartbeat {
-        config.heartbeat = heartbeat;
-    }
     let service = cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
     let addr = listener.local_addr()?;
     let metrics = Metrics::new("notification");
@@ -198,18 +172,18 @@ pub async fn start_notification(
 }
 
 /// Starts the Attendance service on `listener`, calling the Registry and
-/// Notification services at the given `https://` URLs.
+/// Notification services at the `https://` URLs of its settings.
 pub async fn start_attendance(
     listener: TcpListener,
-    common: &Common,
-    config: cpis_attendance::Config,
-    registry_url: &str,
-    notification_url: &str,
+    common: &ServerSettings,
+    config: cpis_attendance::Settings,
 ) -> anyhow::Result<RunningService> {
+    config.validate()?;
     let pool = pool(common)?;
     let shutdown = Shutdown::new();
-    let registry = cpis_runtime::client::channel(registry_url, &common.tls, None)?;
-    let notification = cpis_runtime::client::channel(notification_url, &common.tls, None)?;
+    let registry = cpis_runtime::client::channel(&config.registry_url, &common.tls, None)?;
+    let notification = cpis_runtime::client::channel(&config.notification_url, &common.tls, None)?;
+    let fhir_listen = config.fhir_listen;
     let service =
         cpis_attendance::Attendance::new(config, pool.clone(), registry, notification, shutdown.clone()).await?;
     let addr = listener.local_addr()?;
@@ -226,7 +200,7 @@ pub async fn start_attendance(
     )
     .await?;
     // The FHIR R4 API: the same identities, authorization, limits and telemetry.
-    let (join, fhir_addr) = match common.fhir_listen {
+    let (join, fhir_addr) = match fhir_listen {
         None => (grpc, None),
         Some(fhir_at) => {
             let fhir_listener =
@@ -286,26 +260,24 @@ pub struct Suite {
     pub pki: Pki,
 }
 
-/// Common settings of one of our services under a development PKI.
-pub fn dev_common(pki: &Pki, name: ServiceName, trust_domain: &str, database_url: &str) -> anyhow::Result<Common> {
+/// Server settings of one of our services under a development PKI: metrics
+/// on a free loopback port, no drain, the PKI's revocation list.
+pub fn dev_common(
+    pki: &Pki,
+    name: ServiceName,
+    trust_domain: &str,
+    database_url: &str,
+) -> anyhow::Result<ServerSettings> {
     let tls = pki.ensure(&Caller::Service(name), trust_domain)?;
-    Ok(Common {
-        tls,
-        trust_domain: trust_domain.to_string(),
-        database_url: database_url.to_string(),
-        pool_size: 16,
-        drain: Duration::ZERO,
-        max_connection_age: None,
-        internal_listen: None,
-        metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        limits: cpis_runtime::limits::Limits::default(),
-        fhir_listen: None,
-        connections: cpis_runtime::server::ConnectionLimits::default(),
-        crl: Some(pki.crl_path()),
-    })
+    let mut common = ServerSettings::new(tls, database_url);
+    common.trust_domain = trust_domain.to_string();
+    common.drain = Duration::ZERO;
+    common.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    common.crl = Some(pki.crl_path());
+    Ok(common)
 }
 
-fn with_limits(mut common: Common, options: &SuiteOptions) -> Common {
+fn with_limits(mut common: ServerSettings, options: &SuiteOptions) -> ServerSettings {
     common.limits = options.configs.limits;
     if let Some(size) = options.configs.pool_size {
         common.pool_size = size;
@@ -338,20 +310,18 @@ impl Suite {
         let notification = start_notification(
             notification_l,
             &with_limits(dev_common(&pki, ServiceName::Notification, td, db)?, &options),
-            options.configs.heartbeat,
+            options.configs.notification.clone(),
         )
         .await?;
         let fhir_port = if options.port_base == 0 { 0 } else { options.port_base + 3 };
-        let mut attendance_common = with_limits(dev_common(&pki, ServiceName::Attendance, td, db)?, &options);
-        attendance_common.fhir_listen = Some(SocketAddr::from(([127, 0, 0, 1], fhir_port)));
-        let attendance = start_attendance(
-            attendance_l,
-            &attendance_common,
-            options.configs.attendance.clone(),
-            &format!("https://localhost:{}", registry.addr.port()),
-            &format!("https://localhost:{}", notification.addr.port()),
-        )
-        .await?;
+        let attendance_common = with_limits(dev_common(&pki, ServiceName::Attendance, td, db)?, &options);
+        let attendance_settings = cpis_attendance::Settings {
+            registry_url: format!("https://localhost:{}", registry.addr.port()),
+            notification_url: format!("https://localhost:{}", notification.addr.port()),
+            fhir_listen: Some(SocketAddr::from(([127, 0, 0, 1], fhir_port))),
+            ..options.configs.attendance.clone()
+        };
+        let attendance = start_attendance(attendance_l, &attendance_common, attendance_settings).await?;
         Ok(Suite { registry, attendance, notification, pki })
     }
 

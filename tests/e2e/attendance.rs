@@ -35,8 +35,8 @@ async fn bounded(test: impl Future<Output = ()>) {
 /// Settings that make the relay retry quickly, so outage tests are short.
 fn quick_retries() -> ServiceConfigs {
     ServiceConfigs {
-        heartbeat: Some(Duration::from_millis(500)),
-        attendance: cpis_attendance::Config {
+        notification: notification_settings(Duration::from_millis(500)),
+        attendance: cpis_attendance::Settings {
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(400),
             relay_poll_interval: Duration::from_millis(200),
@@ -626,10 +626,13 @@ async fn check_ins_during_a_notification_outage_all_reach_the_council_once() {
 
         let common = cpis::suite::dev_common(&ts.pki, ServiceName::Notification, TRUST_DOMAIN, &ts.database_url)
             .expect("common settings");
-        ts.suite.notification =
-            cpis::suite::start_notification(rebind(addr).await, &common, Some(Duration::from_millis(500)))
-                .await
-                .expect("restarting Notification");
+        ts.suite.notification = cpis::suite::start_notification(
+            rebind(addr).await,
+            &common,
+            notification_settings(Duration::from_millis(500)),
+        )
+        .await
+        .expect("restarting Notification");
         ts.wait_ready().await;
 
         outbox_drained(&ts).await;
@@ -651,8 +654,8 @@ async fn with_the_registry_down_check_in_is_unavailable_within_its_deadline_and_
     bounded(async {
         let registry_timeout = Duration::from_millis(1500);
         let mut ts = TestSuite::start_with(ServiceConfigs {
-            heartbeat: Some(Duration::from_millis(500)),
-            attendance: cpis_attendance::Config { registry_timeout, ..Default::default() },
+            notification: notification_settings(Duration::from_millis(500)),
+            attendance: cpis_attendance::Settings { registry_timeout, ..Default::default() },
             ..Default::default()
         })
         .await;

@@ -272,7 +272,9 @@ async fn cpis_subscribe_rides_out_a_notification_restart() {
     };
     let common = cpis::suite::dev_common(&ts.pki, ServiceName::Notification, TRUST_DOMAIN, &ts.database_url).unwrap();
     ts.suite.notification =
-        cpis::suite::start_notification(listener, &common, Some(Duration::from_millis(500))).await.unwrap();
+        cpis::suite::start_notification(listener, &common, notification_settings(Duration::from_millis(500)))
+            .await
+            .unwrap();
     publish(&ts, MANCHESTER, 1..2).await;
 
     let out =

@@ -62,8 +62,8 @@ async fn the_services_follow_a_promoted_synchronous_standby_and_lose_nothing() {
     let ts = TestSuite::start_on(
         url,
         ServiceConfigs {
-            heartbeat: Some(Duration::from_millis(500)),
-            attendance: cpis_attendance::Config {
+            notification: notification_settings(Duration::from_millis(500)),
+            attendance: cpis_attendance::Settings {
                 retry_initial: Duration::from_millis(50),
                 retry_max: Duration::from_millis(400),
                 ..Default::default()

@@ -31,8 +31,8 @@ async fn all_alerts(ts: &TestSuite, council_code: &str) -> Vec<Alert> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_notification_mid_burst_loses_and_duplicates_nothing() {
     let mut ts = TestSuite::start_with(cpis::suite::ServiceConfigs {
-        heartbeat: Some(Duration::from_millis(500)),
-        attendance: cpis_attendance::Config {
+        notification: notification_settings(Duration::from_millis(500)),
+        attendance: cpis_attendance::Settings {
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(400),
             ..Default::default()
@@ -89,7 +89,9 @@ async fn killing_notification_mid_burst_loses_and_duplicates_nothing() {
     };
     let common = cpis::suite::dev_common(&ts.pki, ServiceName::Notification, TRUST_DOMAIN, &ts.database_url).unwrap();
     ts.suite.notification =
-        cpis::suite::start_notification(listener, &common, Some(Duration::from_millis(500))).await.unwrap();
+        cpis::suite::start_notification(listener, &common, notification_settings(Duration::from_millis(500)))
+            .await
+            .unwrap();
     let episodes = burst.await.unwrap();
 
     eventually(30, "every alert is stored", || async { all_alerts(&ts, LIVERPOOL).await.len() >= PEOPLE as usize })

@@ -385,7 +385,7 @@ async fn bytes_that_are_not_the_message_are_invalid_arguments() {
 #[tokio::test]
 async fn a_caller_over_its_in_flight_cap_is_refused_while_others_are_served() {
     let configs = cpis::suite::ServiceConfigs {
-        heartbeat: Some(std::time::Duration::from_secs(30)),
+        notification: notification_settings(std::time::Duration::from_secs(30)),
         limits: cpis_runtime::limits::Limits { per_caller: 8, total: 10_000 },
         ..Default::default()
     };

@@ -306,7 +306,7 @@ async fn an_alert_published_on_one_instance_reaches_a_subscriber_on_another() {
     let second = cpis::suite::start_notification(
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         &common,
-        Some(Duration::from_secs(60)),
+        notification_settings(Duration::from_secs(60)),
     )
     .await
     .unwrap();
@@ -619,7 +619,7 @@ async fn a_lost_listen_connection_is_re_established_and_no_alert_is_missed() {
     let second = cpis::suite::start_notification(
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         &common,
-        Some(Duration::from_secs(60)),
+        notification_settings(Duration::from_secs(60)),
     )
     .await
     .unwrap();

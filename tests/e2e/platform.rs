@@ -74,8 +74,13 @@ async fn readiness_goes_not_serving_before_streams_close_on_shutdown() {
     let ts = TestSuite::start().await;
     // A second Notification instance with a drain period, as in Kubernetes.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let draining =
-        cpis::suite::start_notification(listener, &drain_common(&ts), Some(Duration::from_millis(300))).await.unwrap();
+    let draining = cpis::suite::start_notification(
+        listener,
+        &drain_common(&ts),
+        notification_settings(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
     let port = draining.addr.port();
     let name = cpis_notification::SERVICE_NAME;
     eventually(10, "the second instance is ready", || async { readiness(&ts, port, name).await == Some(1) }).await;
@@ -111,7 +116,7 @@ async fn readiness_goes_not_serving_before_streams_close_on_shutdown() {
     ts.suite.stop().await.unwrap();
 }
 
-fn drain_common(ts: &TestSuite) -> cpis::suite::Common {
+fn drain_common(ts: &TestSuite) -> cpis_runtime::settings::ServerSettings {
     let mut common = cpis::suite::dev_common(
         &ts.pki,
         cpis_domain::identity::ServiceName::Notification,
@@ -131,7 +136,7 @@ async fn a_database_outage_turns_readiness_off_gives_unavailable_and_loses_nothi
     cluster.create_database("cpis").await.unwrap();
     let ts = TestSuite::start_on(
         cluster.url("cpis"),
-        ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() },
+        ServiceConfigs { notification: notification_settings(Duration::from_millis(500)), ..Default::default() },
     )
     .await;
     let mut registry = ts.registry(&council(MANCHESTER));

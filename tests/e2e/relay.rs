@@ -20,8 +20,8 @@ fn councils() -> Vec<String> {
     codes
 }
 
-fn relay_settings() -> cpis_attendance::Config {
-    cpis_attendance::Config {
+fn relay_settings() -> cpis_attendance::Settings {
+    cpis_attendance::Settings {
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
         relay_poll_interval: Duration::from_millis(200),
@@ -72,7 +72,7 @@ async fn alerts_of(ts: &TestSuite, code: &str) -> Vec<Alert> {
 async fn two_replicas_drain_a_backlog_of_5000_alerts_in_each_councils_check_in_order() {
     tokio::time::timeout(Duration::from_secs(240), async {
         let mut ts = TestSuite::start_with(ServiceConfigs {
-            heartbeat: Some(Duration::from_millis(500)),
+            notification: notification_settings(Duration::from_millis(500)),
             attendance: relay_settings(),
             ..Default::default()
         })
@@ -83,9 +83,11 @@ async fn two_replicas_drain_a_backlog_of_5000_alerts_in_each_councils_check_in_o
         let second = cpis::suite::start_attendance(
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             &common,
-            relay_settings(),
-            &format!("https://localhost:{}", ts.registry_port()),
-            &format!("https://localhost:{}", ts.notification_port()),
+            cpis_attendance::Settings {
+                registry_url: format!("https://localhost:{}", ts.registry_port()),
+                notification_url: format!("https://localhost:{}", ts.notification_port()),
+                ..relay_settings()
+            },
         )
         .await
         .expect("second attendance replica");
@@ -145,10 +147,13 @@ async fn two_replicas_drain_a_backlog_of_5000_alerts_in_each_councils_check_in_o
 
         let notification_common =
             cpis::suite::dev_common(&ts.pki, ServiceName::Notification, TRUST_DOMAIN, &ts.database_url).unwrap();
-        ts.suite.notification =
-            cpis::suite::start_notification(rebind(addr).await, &notification_common, Some(Duration::from_millis(500)))
-                .await
-                .expect("restarting Notification");
+        ts.suite.notification = cpis::suite::start_notification(
+            rebind(addr).await,
+            &notification_common,
+            notification_settings(Duration::from_millis(500)),
+        )
+        .await
+        .expect("restarting Notification");
         let drain = Instant::now();
         let deadline = drain + Duration::from_secs(120);
         loop {

@@ -159,7 +159,7 @@ async fn connections_beyond_the_cap_are_refused_while_existing_callers_continue(
     common.connections = cpis_runtime::server::ConnectionLimits { max_connections: 3, max_handshakes: 3 };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let capped =
-        cpis::suite::start_registry(listener, &common, cpis_registry::Config::default()).await.expect("registry");
+        cpis::suite::start_registry(listener, &common, cpis_registry::Settings::default()).await.expect("registry");
     let port = capped.addr.port();
     let name = cpis_registry::SERVICE_NAME;
     eventually(10, "the capped instance is ready", || async { readiness(&ts, port, name).await == Some(1) }).await;

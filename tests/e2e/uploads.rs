@@ -209,8 +209,12 @@ async fn an_upload_applies_only_with_a_completion_message_that_matches() {
 #[tokio::test]
 async fn one_upload_per_council_at_a_time_idle_uploads_are_dropped_and_rows_are_capped() {
     let ts = TestSuite::start_with(ServiceConfigs {
-        heartbeat: Some(Duration::from_millis(500)),
-        registry: cpis_registry::Config { sync_idle: Duration::from_secs(2), sync_max_rows: 50, ..Default::default() },
+        notification: notification_settings(Duration::from_millis(500)),
+        registry: cpis_registry::Settings {
+            sync_idle: Duration::from_secs(2),
+            sync_max_rows: 50,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await;
@@ -309,8 +313,8 @@ async fn one_upload_per_council_at_a_time_idle_uploads_are_dropped_and_rows_are_
 async fn of_two_rows_with_one_reference_the_first_counts_whatever_the_batch_size() {
     for batch in [1, 2, 3, 1000] {
         let ts = TestSuite::start_with(ServiceConfigs {
-            heartbeat: Some(Duration::from_millis(500)),
-            registry: cpis_registry::Config { sync_batch: batch, ..Default::default() },
+            notification: notification_settings(Duration::from_millis(500)),
+            registry: cpis_registry::Settings { sync_batch: batch, ..Default::default() },
             ..Default::default()
         })
         .await;
@@ -361,7 +365,7 @@ async fn of_two_rows_with_one_reference_the_first_counts_whatever_the_batch_size
 async fn check_ins_get_their_lookup_while_councils_load_the_registry() {
     const BULK: u32 = 200_000;
     let ts = TestSuite::start_with(ServiceConfigs {
-        heartbeat: Some(Duration::from_millis(500)),
+        notification: notification_settings(Duration::from_millis(500)),
         // The manifests' pool size.
         pool_size: Some(10),
         ..Default::default()

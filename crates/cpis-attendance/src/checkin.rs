@@ -3,6 +3,7 @@
 //! transaction. An unflagged person leaves no trace.
 
 use crate::registry::CallerDeadline;
+use crate::settings::ArrivalWindow;
 use crate::store::{self, AlertTarget, FlaggedCheckIn, Recorded};
 use crate::Attendance;
 use chrono::{DateTime, Utc};
@@ -17,24 +18,6 @@ use sha2::{Digest, Sha256};
 
 /// Longest accepted `request_id` and `user_id`, in characters.
 const MAX_ID_CHARS: usize = 128;
-
-/// When an arrival may have happened, relative to now: check-ins are
-/// reported as they happen, so an arrival days in the past is a mistake or
-/// misuse (it would raise alerts for plans long out of scope), and one in
-/// the future is at most clock skew at the setting.
-#[derive(Debug, Clone, Copy)]
-pub struct ArrivalWindow {
-    /// How far back.
-    pub past: chrono::TimeDelta,
-    /// How far ahead.
-    pub future: chrono::TimeDelta,
-}
-
-impl Default for ArrivalWindow {
-    fn default() -> Self {
-        Self { past: chrono::TimeDelta::hours(72), future: chrono::TimeDelta::minutes(5) }
-    }
-}
 
 /// A check-in request that passed validation.
 #[derive(Debug)]

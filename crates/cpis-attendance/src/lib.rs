@@ -6,12 +6,12 @@
 //! publishes each outbox row to Notification `PublishAlert`.
 
 mod checkin;
-pub use checkin::ArrivalWindow;
 pub mod fhir;
 mod page;
 mod registry;
 mod relay;
 pub mod retention;
+pub mod settings;
 mod silent;
 mod store;
 
@@ -28,6 +28,8 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+pub use settings::{ArrivalWindow, Settings};
+
 /// The gRPC name of this service (readiness is reported under it).
 pub const SERVICE_NAME: &str = "cpis.attendance.v1.AttendanceService";
 
@@ -37,60 +39,11 @@ pub const SCHEMA: &str = "attendance";
 /// Schema migrations, applied in order at start-up.
 pub const MIGRATIONS: &[Migration] = store::MIGRATIONS;
 
-/// Settings of the Attendance service.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// This many episodes of a person within `repeat_window` (the new one
-    /// included) make its alerts `ALERT_PRIORITY_REPEAT_ATTENDANCE`.
-    pub repeat_threshold: u32,
-    /// The window counted for repeat attendances.
-    pub repeat_window: Duration,
-    /// Check-ins of one person at one setting closer than this are one episode.
-    pub same_episode_window: Duration,
-    /// Longest wait for the Registry's `LookupFlags` (shortened further to the
-    /// caller's own deadline).
-    pub registry_timeout: Duration,
-    /// Deadline of one `PublishAlert` call by the relay.
-    pub publish_timeout: Duration,
-    /// Outbox rows the relay claims at a time.
-    pub relay_batch_size: i64,
-    /// Delay before the first retry of an undelivered alert; doubles per failure.
-    pub retry_initial: Duration,
-    /// Longest delay between retries of an undelivered alert.
-    pub retry_max: Duration,
-    /// How often the relay looks at the outbox when nothing wakes it (other
-    /// replicas' check-ins, retries).
-    pub relay_poll_interval: Duration,
-    /// How long a council stays leased to a relay that stops renewing
-    /// (after which another replica takes it over).
-    pub relay_lease: Duration,
-    /// When an arrival may have happened, relative to now.
-    pub arrival_window: checkin::ArrivalWindow,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            repeat_threshold: 3,
-            repeat_window: Duration::from_secs(30 * 24 * 3600),
-            same_episode_window: Duration::from_secs(24 * 3600),
-            registry_timeout: Duration::from_secs(2),
-            publish_timeout: Duration::from_secs(5),
-            relay_batch_size: 100,
-            retry_initial: Duration::from_millis(200),
-            retry_max: Duration::from_secs(30),
-            relay_poll_interval: Duration::from_secs(1),
-            relay_lease: Duration::from_secs(15),
-            arrival_window: checkin::ArrivalWindow::default(),
-        }
-    }
-}
-
 /// The Attendance service.
 #[derive(Debug, Clone)]
 pub struct Attendance {
     pool: DbPool,
-    config: Config,
+    config: Settings,
     flags: FlagLookup,
     /// Wakes the relay as soon as a check-in has queued alerts.
     wake_relay: Arc<Notify>,
@@ -103,7 +56,7 @@ impl Attendance {
     /// stopping) and builds the service. `registry` and `notification` are
     /// mutual-TLS channels presenting the attendance identity.
     pub async fn new(
-        config: Config,
+        config: Settings,
         pool: DbPool,
         registry: Channel,
         notification: Channel,
@@ -143,7 +96,7 @@ impl Attendance {
         )
     }
 
-    fn config(&self) -> &Config {
+    fn config(&self) -> &Settings {
         &self.config
     }
 

@@ -24,7 +24,7 @@
 //!   clients reconnect, possibly to a new replica;
 //! - client side, [`cpis_runtime::client::endpoint`]: TCP keepalive 60 s,
 //!   HTTP/2 keepalive 30 s with a 20 s timeout, also while idle;
-//! - in the stream itself, a heartbeat every [`Config::heartbeat`] (default
+//! - in the stream itself, a heartbeat every [`Settings::heartbeat`] (default
 //!   15 s) while idle, so proxies that ignore HTTP/2 pings still see traffic
 //!   and a client that misses two or three heartbeats knows to reconnect.
 //!
@@ -44,6 +44,7 @@ pub mod alert;
 pub mod delivery;
 pub mod fanout;
 pub mod retention;
+pub mod settings;
 pub mod store;
 pub mod stream;
 
@@ -59,7 +60,6 @@ use cpis_runtime::server::Shutdown;
 use cpis_runtime::ApiError;
 use futures::StreamExt;
 use std::pin::Pin;
-use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -78,58 +78,14 @@ const DEFAULT_LIST_PAGE: i32 = 100;
 /// Largest `ListAlerts` page.
 const MAX_LIST_PAGE: i32 = 1000;
 
-/// Settings of the Notification service.
-#[derive(Clone)]
-pub struct Config {
-    /// Heartbeat interval on idle subscriptions.
-    pub heartbeat: Duration,
-    /// Connection string for the dedicated LISTEN connection.
-    pub database_url: String,
-    /// Alerts buffered per subscription before the stream stops reading the
-    /// table and waits for the client.
-    pub stream_buffer: usize,
-    /// Each stream re-reads the table this often even without a wake-up.
-    pub poll_interval: Duration,
-    /// Longest wait between attempts to re-establish the LISTEN connection.
-    pub reconnect_backoff_max: Duration,
-    /// How often the per-council backlog metrics are re-read.
-    pub council_metrics_interval: Duration,
-}
-
-impl Config {
-    /// Defaults, with the LISTEN connection going to `database_url`.
-    pub fn new(database_url: impl Into<String>) -> Self {
-        Self {
-            heartbeat: Duration::from_secs(15),
-            database_url: database_url.into(),
-            stream_buffer: 64,
-            poll_interval: Duration::from_secs(5),
-            reconnect_backoff_max: Duration::from_secs(5),
-            council_metrics_interval: Duration::from_secs(5),
-        }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    // The connection string may carry a password: never print it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("heartbeat", &self.heartbeat)
-            .field("database_url", &"<redacted>")
-            .field("stream_buffer", &self.stream_buffer)
-            .field("poll_interval", &self.poll_interval)
-            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
-            .field("council_metrics_interval", &self.council_metrics_interval)
-            .finish()
-    }
-}
+pub use settings::Settings;
 
 /// The Notification service.
 #[derive(Debug, Clone)]
 pub struct Notification {
     store: Store,
     fanout: Fanout,
-    config: Config,
+    config: Settings,
     shutdown: Shutdown,
     metrics: stream::StreamMetrics,
     council_metrics: delivery::CouncilMetrics,
@@ -138,7 +94,7 @@ pub struct Notification {
 impl Notification {
     /// Migrates the schema, starts this instance's LISTEN connection (which
     /// runs until `shutdown` stops the service) and builds the service.
-    pub async fn new(config: Config, pool: DbPool, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn new(config: Settings, pool: DbPool, shutdown: Shutdown) -> anyhow::Result<Self> {
         cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
         // Parsed here so a bad URL fails start-up instead of looping in the listener.
         let listener = ListenerConfig::new(&config.database_url, config.reconnect_backoff_max)?;

@@ -7,6 +7,7 @@
 pub mod councils;
 pub mod model;
 pub mod retention;
+pub mod settings;
 pub mod share;
 pub mod store;
 pub mod sync;
@@ -21,7 +22,6 @@ use cpis_runtime::{ApiError, Caller};
 use model::{validate_plan, StoredPlan};
 use share::CouncilConn;
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The gRPC name of this service (readiness is reported under it).
@@ -37,62 +37,13 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "sync_uploads", sql: include_str!("migrations_3_sync_uploads.sql") },
 ];
 
-/// Settings of the Registry service.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// A snapshot ending more than this share of open plans is refused
-    /// unless it says `allow_mass_end`.
-    pub mass_end_share: f64,
-    /// An unborn child protection plan flags the mother until this many days
-    /// after the expected delivery date (the council then registers the
-    /// child's own plan).
-    pub unborn_scope_days: u32,
-    /// A `SyncPlans` upload that sends nothing for this long is dropped
-    /// (nothing applied), and its council may upload again.
-    pub sync_idle: Duration,
-    /// Most plan rows one `SyncPlans` upload may carry; more is refused whole.
-    pub sync_max_rows: i64,
-    /// Rows a `SyncPlans` upload stages per database round trip.
-    pub sync_batch: usize,
-    /// Pooled connections only `LookupFlags` may use (0: a quarter of the
-    /// pool, at least 2).
-    pub lookup_reserved_connections: usize,
-    /// Pooled connections one council's work may hold at once (0: half of
-    /// what councils may use).
-    pub connections_per_council: usize,
-    /// How long `LookupFlags` waits for a connection: shorter than the
-    /// Attendance service's deadline for it (2 s), so a busy pool answers
-    /// UNAVAILABLE in time instead of a deadline passing unexplained.
-    pub lookup_wait: Duration,
-    /// How long council work waits for its place before RESOURCE_EXHAUSTED.
-    pub council_wait: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            mass_end_share: 0.10,
-            unborn_scope_days: DEFAULT_UNBORN_SCOPE_DAYS,
-            sync_idle: Duration::from_secs(60),
-            sync_max_rows: 1_000_000,
-            sync_batch: sync::BATCH,
-            lookup_reserved_connections: 0,
-            connections_per_council: 0,
-            lookup_wait: Duration::from_millis(1000),
-            council_wait: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Six weeks: a birth up to two weeks after the expected date, and the
-/// council's registration of the newborn's own plan.
-pub const DEFAULT_UNBORN_SCOPE_DAYS: u32 = 42;
+pub use settings::{Settings, DEFAULT_UNBORN_SCOPE_DAYS};
 
 /// The Registry service.
 #[derive(Debug, Clone)]
 pub struct Registry {
     pool: DbPool,
-    config: Config,
+    config: Settings,
     councils: Arc<share::CouncilGate>,
 }
 
@@ -131,7 +82,7 @@ fn decode_token(token: &str) -> Option<String> {
 
 impl Registry {
     /// Migrates the schema and builds the service.
-    pub async fn new(config: Config, pool: DbPool) -> anyhow::Result<Self> {
+    pub async fn new(config: Settings, pool: DbPool) -> anyhow::Result<Self> {
         cpis_runtime::db::migrate(&pool, SCHEMA, MIGRATIONS).await?;
         let (for_councils, per_council) =
             share::split(pool.status().max_size, config.lookup_reserved_connections, config.connections_per_council);

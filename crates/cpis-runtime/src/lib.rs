@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod peer;
 pub mod retention;
 pub mod server;
+pub mod settings;
 pub mod telemetry;
 pub mod tls;
 

@@ -21,18 +21,20 @@ use tower::{Layer, Service};
 /// validation with its field path rather than by size.
 pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
-/// The caps.
-#[derive(Debug, Clone, Copy)]
+/// The caps (settings of every server: `CPIS_MAX_IN_FLIGHT*`).
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct Limits {
     /// Requests and streams one council or setting may have in flight.
+    #[arg(long = "max-in-flight-per-caller", env = "CPIS_MAX_IN_FLIGHT_PER_CALLER", default_value_t = 64)]
     pub per_caller: usize,
     /// Requests and streams the whole listener may have in flight.
+    #[arg(long = "max-in-flight", env = "CPIS_MAX_IN_FLIGHT", default_value_t = 20_000)]
     pub total: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { per_caller: 64, total: 20_000 }
+        crate::settings::defaults()
     }
 }
 

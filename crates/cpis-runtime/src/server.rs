@@ -32,17 +32,19 @@ pub use crate::peer::PeerInfo;
 
 /// Caps on one listener's connections, refusing the excess before any TLS
 /// work (the connection is closed at once).
-#[derive(Debug, Clone, Copy)]
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Open connections (handshaken or not).
+    /// Open connections per listener (handshaken or not); more are closed at once.
+    #[arg(long, env = "CPIS_MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
-    /// TLS handshakes in progress.
+    /// TLS handshakes in progress per listener; more are closed at once.
+    #[arg(long, env = "CPIS_MAX_HANDSHAKES", default_value_t = 256)]
     pub max_handshakes: usize,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { max_connections: 16_384, max_handshakes: 256 }
+        crate::settings::defaults()
     }
 }
 

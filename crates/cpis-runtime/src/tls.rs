@@ -34,14 +34,18 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The three PEM files an endpoint needs.
-#[derive(Debug, Clone)]
+/// The three PEM files an endpoint needs (settings `CPIS_TLS_CA`,
+/// `CPIS_TLS_CERT`, `CPIS_TLS_KEY`).
+#[derive(clap::Args, Debug, Clone)]
 pub struct TlsPaths {
-    /// The CA certificate(s) that issue every identity.
+    /// The CA certificate(s) that issue every identity (PEM).
+    #[arg(long = "ca", env = "CPIS_TLS_CA")]
     pub ca: PathBuf,
-    /// This endpoint's certificate chain.
+    /// This endpoint's certificate chain (PEM).
+    #[arg(long = "cert", env = "CPIS_TLS_CERT")]
     pub cert: PathBuf,
-    /// This endpoint's PKCS#8 private key.
+    /// This endpoint's PKCS#8 private key (PEM).
+    #[arg(long = "key", env = "CPIS_TLS_KEY")]
     pub key: PathBuf,
 }
 

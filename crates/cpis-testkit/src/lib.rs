@@ -118,13 +118,18 @@ pub const TRUST_DOMAIN: &str = "cpis.local";
 impl TestSuite {
     /// A fresh database, PKI and suite with default settings.
     pub async fn start() -> TestSuite {
-        Self::start_with(ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() }).await
+        Self::start_with(ServiceConfigs {
+            notification: notification_settings(Duration::from_millis(500)),
+            ..Default::default()
+        })
+        .await
     }
 
     /// A suite that accepts arrivals up to `days` back (tests that build a
     /// person's history; the default window is 72 hours).
     pub async fn start_accepting_arrivals_from(days: i64) -> TestSuite {
-        let mut configs = ServiceConfigs { heartbeat: Some(Duration::from_millis(500)), ..Default::default() };
+        let mut configs =
+            ServiceConfigs { notification: notification_settings(Duration::from_millis(500)), ..Default::default() };
         configs.attendance.arrival_window.past = chrono::TimeDelta::days(days);
         Self::start_with(configs).await
     }
@@ -432,6 +437,11 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[n + 2..];
     }
     out
+}
+
+/// Notification settings with this heartbeat, every other value at its default.
+pub fn notification_settings(heartbeat: Duration) -> cpis_notification::Settings {
+    cpis_notification::Settings { heartbeat, ..Default::default() }
 }
 
 /// The next alert on an open stream (skipping heartbeats), within `secs`.
