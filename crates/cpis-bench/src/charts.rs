@@ -23,6 +23,14 @@ struct Line<'a> {
 pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
+    // Which run drew it, in every title: a quick or debug run's figures mean little.
+    let quick = r.shape.as_ref().is_some_and(|s| s.quick);
+    let tag = match (quick, r.build) {
+        (true, "debug") => " [--quick, debug build]",
+        (true, _) => " [--quick]",
+        (false, "debug") => " [debug build]",
+        _ => "",
+    };
     let per_level = |levels: &[LevelResult]| -> Vec<(f64, f64)> {
         levels.iter().map(|l| (l.concurrency as f64, l.per_second)).collect()
     };
@@ -38,8 +46,8 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             Line { label: "(1) ceiling: Health/Check", points: per_level(&r.framework_ceiling), color: BLACK },
             Line { label: "(3) CheckIn, not flagged", points: per_level(&r.check_in_not_flagged), color: BLUE },
         ];
-        let title = "CheckIn not flagged vs the framework ceiling";
-        svg(name, throughput(&dir.join(name), title, &lines, ("goal: 50% of best (1)", goal)), &mut written)?;
+        let title = format!("CheckIn not flagged vs the framework ceiling{tag}");
+        svg(name, throughput(&dir.join(name), &title, &lines, ("goal: 50% of best (1)", goal)), &mut written)?;
     }
     if !r.check_in_flagged.is_empty() && !r.database_ceiling.is_empty() {
         let name = "throughput-flagged.svg";
@@ -52,13 +60,13 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             Line { label: "(4) CheckIn flagged: answers", points: per_level(&answers), color: CYAN },
             Line { label: "(4) end to end (alerts published)", points: end_to_end, color: BLUE },
         ];
-        let title = "CheckIn flagged vs the database ceiling";
-        svg(name, throughput(&dir.join(name), title, &lines, ("goal: 25% of best (2)", goal)), &mut written)?;
+        let title = format!("CheckIn flagged vs the database ceiling{tag}");
+        svg(name, throughput(&dir.join(name), &title, &lines, ("goal: 25% of best (2)", goal)), &mut written)?;
     }
     if let Some(a) = r.alerts.as_ref().filter(|a| !a.samples_us.is_empty()) {
         let name = "alert-latency.svg";
         let title = format!(
-            "Alert latency: {:.0} check-ins/s, {} subscribers, {} alerts (p50 {:.1} ms, p99 {:.1} ms)",
+            "Alert latency: {:.0} check-ins/s, {} subscribers, {} alerts (p50 {:.1} ms, p99 {:.1} ms){tag}",
             a.rate_per_sec, a.subscribers, a.latency.samples, a.latency.p50_ms, a.latency.p99_ms
         );
         svg(name, latency_cdf(&dir.join(name), &title, &a.samples_us, 20.0), &mut written)?;
@@ -101,7 +109,7 @@ fn throughput(path: &Path, title: &str, lines: &[Line<'_>], goal: (&str, f64)) -
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT, 14))

@@ -232,13 +232,17 @@ fn spawn_service(
         .args(["--pool-size", "16", "--drain-secs", "0"])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(extra)
-        // Settings from the caller's environment would skew the comparison.
-        .env_remove("CPIS_INTERNAL_LISTEN")
-        .env_remove("CPIS_MAX_CONNECTION_AGE_SECS")
-        .env_remove("CPIS_MASS_END_SHARE")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
+    // Settings from the caller's environment would skew the comparison:
+    // every service runs on its defaults plus the flags above.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("CPIS_") || key_text.starts_with("DATABASE_URL") {
+            cmd.env_remove(&key);
+        }
+    }
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
