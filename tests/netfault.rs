@@ -20,6 +20,9 @@
 //! process id, and deletes them when it ends, also when it fails (drop
 //! guards). Addresses are in 10.77.0.0/24, which exists only on the veths
 //! inside those namespaces.
+//!
+//! Over 400 lines: building the namespaces, bridge and firewall is most of it, and belongs with the
+//! faults it serves.
 
 use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
 use cpis_devkit::pki::Pki;

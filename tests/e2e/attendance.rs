@@ -1,6 +1,9 @@
 //! End-to-end tests of the Attendance service: check-in as a setting sees it,
 //! the alerts councils receive, the access audit, and what happens when the
 //! Registry or the Notification service is down.
+//!
+//! One file per service's contract, so a reader finds every Attendance behaviour in one place (over
+//! 400 lines).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use cpis::suite::{RunningService, ServiceConfigs};

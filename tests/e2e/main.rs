@@ -19,5 +19,6 @@ mod registry;
 mod relay;
 mod retention;
 mod scope;
+mod settings;
 mod surfaces;
 mod uploads;

@@ -1,5 +1,8 @@
 //! End-to-end tests of the Notification service: durable, ordered,
 //! resumable alert streams per council, on one or several instances.
+//!
+//! One file per service's contract, so a reader finds every Notification behaviour in one place
+//! (over 400 lines).
 
 use cpis_domain::identity::ServiceName;
 use cpis_proto::common::v1::{Episode, PlanType, SettingType};

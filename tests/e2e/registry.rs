@@ -1,5 +1,8 @@
 //! End-to-end tests of the Registry service: councils keep their register,
 //! the attendance service looks flags up.
+//!
+//! One file per service's contract, so a reader finds every Registry behaviour in one place (over
+//! 400 lines).
 
 use cpis_domain::identity::ServiceName;
 use cpis_proto::common::v1::PlanType;

@@ -1,6 +1,8 @@
 //! Council uploads (`SyncPlans` and `cpis plans sync`): all or nothing, one
 //! at a time, bounded, judged in file order — and never at the expense of a
 //! check-in.
+//!
+//! Over 400 lines: each upload rule is a scenario with its own setup, kept beside the others.
 
 use crate::registry::sync_plans;
 use cpis::suite::ServiceConfigs;

@@ -19,6 +19,9 @@
 //! only at the start of a field (a stray `"` inside a field is an error of
 //! that row alone), and when a quoted field that spans lines turns out to be
 //! broken, its row is reported and reading resumes on the next line.
+//!
+//! Long (about 450 lines) because its property and row-level tests live beside the reader.
+//!
 
 use cpis_proto::common::v1::{ContactDetails, PlanType};
 use cpis_proto::registry::v1::Plan;

@@ -9,6 +9,10 @@
 //! `sslmode=verify-full`, so everything that uses the cluster exercises the
 //! TLS path. It can also be a synchronous streaming standby of another
 //! cluster ([`PrivateCluster::start_standby`]), for failover tests.
+//!
+//! Long (about 500 lines) because starting, configuring (TLS, durability), supervising and
+//! tearing down a private cluster as an unprivileged user is one lifecycle.
+//!
 
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};

@@ -12,6 +12,10 @@
 //! sends everything in clear. TLS does not apply to Unix sockets, so a
 //! connection string naming only socket directories connects without it.
 //! Nothing here ever prints a password: errors name the option that failed.
+//!
+//! Long (about 670 lines with its tests) because the libpq option parser and the verifiers it
+//! selects are one contract, best read and tested in one place.
+//!
 
 use anyhow::Context as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

@@ -1,5 +1,9 @@
 //! The test harness: a throwaway PostgreSQL cluster shared by the whole run,
 //! a fresh database, PKI and suite per test, and clients for any identity.
+//!
+//! Long (about 490 lines): the shared fixtures of every end-to-end test, kept in one file so a
+//! test's reader finds every helper in one place.
+//!
 
 #![allow(dead_code)]
 
