@@ -9,7 +9,7 @@
 //! in the handlers.
 
 use crate::error::ApiError;
-use crate::server::PeerInfo;
+use crate::peer::PeerInfo;
 use cpis_domain::identity::{Caller, ServiceName};
 use futures::future::BoxFuture;
 use std::task::{Context, Poll};

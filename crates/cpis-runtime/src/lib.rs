@@ -5,6 +5,7 @@
 //!
 //! Dependencies point one way: `peer` <- `authz` <- `limits`/`telemetry` <- `server`.
 
+pub mod args;
 pub mod authz;
 pub mod client;
 pub mod db;

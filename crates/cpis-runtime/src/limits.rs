@@ -34,7 +34,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        crate::settings::defaults()
+        crate::args::defaults()
     }
 }
 

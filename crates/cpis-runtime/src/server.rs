@@ -44,7 +44,7 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        crate::settings::defaults()
+        crate::args::defaults()
     }
 }
 
