@@ -831,3 +831,46 @@ async fn concurrent_check_ins_of_one_visit_make_one_episode_and_one_alert() {
     })
     .await
 }
+
+#[tokio::test]
+async fn one_request_id_sent_at_once_for_two_people_records_only_one_of_them() {
+    bounded(async {
+        let ts = TestSuite::start().await;
+        let (a, b) = (nhs(1301), nhs(1302));
+        register(&ts, KENT, "KENT-1301", &a, PlanType::ChildProtection).await;
+        register(&ts, KENT, "KENT-1302", &b, PlanType::ChildProtection).await;
+        let now = Utc::now();
+        let mut winners = std::collections::BTreeSet::new();
+        for round in 0..4 {
+            let id = format!("shared-{round}");
+            let (for_a, for_b) = tokio::join!(
+                try_check_in(&ts, ALDER_HEY, arrival(&id, &a, now)),
+                try_check_in(&ts, ALDER_HEY, arrival(&id, &b, now)),
+            );
+            // The first to store its answer keeps the request_id; the other
+            // is refused naming it, and nothing of its check-in remains.
+            let (winner, answer, refused) = match (for_a, for_b) {
+                (Ok(answer), Err(refused)) => (&a, answer, refused),
+                (Err(refused), Ok(answer)) => (&b, answer, refused),
+                other => panic!("expected one answer and one refusal, got {other:?}"),
+            };
+            assert!(answer.flagged);
+            assert_eq!(refused.code(), Code::InvalidArgument);
+            assert_eq!(violated_fields(&refused), ["request_id"]);
+            winners.insert(winner.clone());
+        }
+        outbox_drained(&ts).await;
+        let people = winners.len() as i64;
+        assert_eq!(count(&ts, "SELECT count(*) FROM attendance.check_in_requests").await, 4);
+        assert_eq!(count(&ts, "SELECT count(*) FROM attendance.accesses").await, 4);
+        assert_eq!(count(&ts, "SELECT count(*) FROM attendance.episodes").await, people, "one episode per winner");
+        assert_eq!(alerts_of(&ts, KENT).await.len() as i64, people, "one alert per winner's episode");
+        for person in [&a, &b] {
+            if !winners.contains(person) {
+                assert_eq!(rows_mentioning(&ts, person).await, 0, "a refused check-in leaves no row");
+            }
+        }
+        ts.suite.stop().await.unwrap();
+    })
+    .await
+}

@@ -1,20 +1,27 @@
 //! `CheckIn`: validate, replay an earlier answer, look the flags up, and
 //! record a flagged arrival (episode, access audit, alerts) in one
-//! transaction. An unflagged person leaves no trace.
+//! transaction, owned here: the store runs single statements and
+//! `crate::rules` decides what they write. An unflagged person leaves no trace.
 
-use crate::registry::CallerDeadline;
+use crate::convert;
+use crate::model::{FlaggedRows, StoredRequest};
+use crate::registry::{CallerDeadline, FlagLookup};
+use crate::rules::{self, EpisodeRules};
 use crate::settings::ArrivalWindow;
-use crate::store::{self, AlertTarget, FlaggedCheckIn, Recorded};
-use crate::Attendance;
+use crate::store::checkin as store;
 use chrono::{DateTime, Utc};
 use cpis_domain::time::from_timestamp;
 use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::{CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
 use cpis_proto::registry::v1::LookupFlagsResponse;
+use cpis_runtime::db::DbPool;
 use cpis_runtime::ApiError;
 use prost::Message;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use uuid::Uuid;
 
 /// Longest accepted `request_id` and `user_id`, in characters.
 const MAX_ID_CHARS: usize = 128;
@@ -118,114 +125,177 @@ fn fingerprint(req: &CheckInRequest) -> Vec<u8> {
     Sha256::digest(body.encode_to_vec()).to_vec()
 }
 
-/// One council per distinct council holding a flag, in the Registry's order,
-/// with the case reference of its plan (an active plan before an ended one).
-pub fn alert_targets(found: &LookupFlagsResponse) -> Vec<AlertTarget> {
-    let mut targets: Vec<(AlertTarget, bool)> = Vec::new();
-    for (i, flag) in found.flags.iter().enumerate() {
-        let target = AlertTarget {
-            council_code: flag.council_code.clone(),
-            plan_type: flag.plan_type,
-            local_reference: found.local_references.get(i).cloned().unwrap_or_default(),
+/// The check-in operation and everything it runs on.
+#[derive(Debug, Clone)]
+pub struct CheckIns {
+    pool: DbPool,
+    flags: FlagLookup,
+    rules: EpisodeRules,
+    arrival_window: ArrivalWindow,
+    /// Wakes the relay as soon as a check-in has queued alerts.
+    wake_relay: Arc<Notify>,
+}
+
+impl CheckIns {
+    /// Check-ins stored in `pool`, looking flags up with `flags`, waking the
+    /// relay with `wake_relay`.
+    pub fn new(
+        pool: DbPool,
+        flags: FlagLookup,
+        rules: EpisodeRules,
+        arrival_window: ArrivalWindow,
+        wake_relay: Arc<Notify>,
+    ) -> Self {
+        Self { pool, flags, rules, arrival_window, wake_relay }
+    }
+
+    /// Handles one check-in from the setting `setting_code`.
+    pub async fn check_in(
+        &self,
+        setting_code: &str,
+        req: CheckInRequest,
+        deadline: CallerDeadline,
+    ) -> Result<CheckInResponse, ApiError> {
+        let valid = validate(&req, Utc::now(), self.arrival_window)?;
+        self.check_in_valid(setting_code, valid, deadline).await
+    }
+
+    /// A check-in arriving now, for callers that do not state an arrival
+    /// time (the FHIR notifying read). Its replay key ignores the arrival
+    /// time, so a retry with the same `request_id` gets the first answer again.
+    pub async fn check_in_now(
+        &self,
+        setting_code: &str,
+        req: CheckInRequest,
+        deadline: CallerDeadline,
+    ) -> Result<CheckInResponse, ApiError> {
+        let now = Utc::now();
+        let timed = CheckInRequest { arrived_at: Some(cpis_domain::time::to_timestamp(now)), ..req.clone() };
+        let mut valid = validate(&timed, now, self.arrival_window)?;
+        valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req });
+        self.check_in_valid(setting_code, valid, deadline).await
+    }
+
+    async fn check_in_valid(
+        &self,
+        setting_code: &str,
+        valid: ValidCheckIn,
+        deadline: CallerDeadline,
+    ) -> Result<CheckInResponse, ApiError> {
+        // The client's key identifies the request in logs (only once it is
+        // known to be short, printable text); the person never does.
+        tracing::Span::current().record("request_id", valid.request_id.as_str());
+
+        // A retry is answered from the store, even while the Registry is down.
+        let earlier = {
+            let db = self.pool.get().await?;
+            store::find_request(&db, setting_code, &valid.request_id).await?
         };
-        match targets.iter_mut().find(|(t, _)| t.council_code == flag.council_code) {
-            // The council's ended plan gives way to its active one.
-            Some(existing) if existing.1 && !flag.ended => *existing = (target, flag.ended),
-            Some(_) => {}
-            None => targets.push((target, flag.ended)),
+        if let Some(earlier) = earlier {
+            tracing::info!(replay = true, "check-in answered from an earlier request");
+            return replay(&earlier, &valid.fingerprint);
         }
-    }
-    targets.into_iter().map(|(t, _)| t).collect()
-}
 
-/// Handles one check-in from the setting `setting_code`.
-pub async fn check_in(
-    svc: &Attendance,
-    setting_code: &str,
-    req: CheckInRequest,
-    deadline: CallerDeadline,
-) -> Result<CheckInResponse, ApiError> {
-    let valid = validate(&req, Utc::now(), svc.config().arrival_window)?;
-    check_in_valid(svc, setting_code, valid, deadline).await
-}
-
-/// A check-in arriving now, for callers that do not state an arrival time
-/// (the FHIR notifying read). Its replay key ignores the arrival time, so a
-/// retry with the same `request_id` gets the first answer again.
-pub async fn check_in_now(
-    svc: &Attendance,
-    setting_code: &str,
-    req: CheckInRequest,
-    deadline: CallerDeadline,
-) -> Result<CheckInResponse, ApiError> {
-    let now = Utc::now();
-    let timed = CheckInRequest { arrived_at: Some(cpis_domain::time::to_timestamp(now)), ..req.clone() };
-    let mut valid = validate(&timed, now, svc.config().arrival_window)?;
-    valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req });
-    check_in_valid(svc, setting_code, valid, deadline).await
-}
-
-async fn check_in_valid(
-    svc: &Attendance,
-    setting_code: &str,
-    valid: ValidCheckIn,
-    deadline: CallerDeadline,
-) -> Result<CheckInResponse, ApiError> {
-    // The client's key identifies the request in logs (only once it is known
-    // to be short, printable text); the person never does.
-    tracing::Span::current().record("request_id", valid.request_id.as_str());
-
-    // A retry is answered from the store, even while the Registry is down.
-    let earlier = {
-        let db = svc.pool.get().await?;
-        store::find_request(&db, setting_code, &valid.request_id).await?
-    };
-    if let Some(earlier) = earlier {
-        tracing::info!(replay = true, "check-in answered from an earlier request");
-        return earlier.replay(&valid.fingerprint);
-    }
-
-    // The day of the arrival in England, not UTC (they differ after midnight in summer).
-    let day = cpis_domain::time::london_date(valid.arrived_at);
-    let found = svc.flags.lookup(&valid.nhs_number, Some(day), deadline).await?;
-    if found.flags.is_empty() {
-        // Nothing about the person is stored, not even the request; and no
-        // log line says how it went (beside the vendor's request id, an
-        // outcome would tell the log's readers who is flagged).
-        return Ok(CheckInResponse::default());
-    }
-
-    let alerts = alert_targets(&found);
-    let record = FlaggedCheckIn {
-        setting_code,
-        request_id: &valid.request_id,
-        fingerprint: &valid.fingerprint,
-        nhs_number: valid.nhs_number.as_str(),
-        setting_type: valid.setting_type as i32,
-        arrived_at: valid.arrived_at,
-        user_id: &valid.user_id,
-        flags: &found.flags,
-        alerts: &alerts,
-    };
-    let mut db = svc.pool.get().await?;
-    match store::record_flagged(&mut db, &record, svc.rules()).await? {
-        Recorded::New { response, alerts_queued } => {
-            if alerts_queued > 0 {
-                svc.wake_relay.notify_one();
-            }
-            Ok(response)
+        // The day of the arrival in England, not UTC (they differ after midnight in summer).
+        let day = cpis_domain::time::london_date(valid.arrived_at);
+        let found = self.flags.lookup(&valid.nhs_number, Some(day), deadline).await?;
+        if found.flags.is_empty() {
+            // Nothing about the person is stored, not even the request; and
+            // no log line says how it went (beside the vendor's request id,
+            // an outcome would tell the log's readers who is flagged).
+            return Ok(CheckInResponse::default());
         }
-        Recorded::Earlier(earlier) => {
+        self.record_flagged(setting_code, &valid, found).await
+    }
+
+    /// Records a flagged arrival in one transaction of four round trips
+    /// (BEGIN; the lock, replay record and history, pipelined; one statement
+    /// writing every row; COMMIT) and answers once it has committed.
+    async fn record_flagged(
+        &self,
+        setting_code: &str,
+        valid: &ValidCheckIn,
+        found: LookupFlagsResponse,
+    ) -> Result<CheckInResponse, ApiError> {
+        let nhs_number = valid.nhs_number.as_str();
+        let alerts = rules::alert_targets(&found);
+        let mut db = self.pool.get().await?;
+        let tx = db.transaction().await?;
+        // Pipelined: `try_join3` polls in order and tokio-postgres sends each
+        // statement at its first poll, so the lock is asked for first and the
+        // two reads run behind it on the connection, each with a snapshot
+        // taken once the lock is held.
+        let (_, earlier, history) = futures::future::try_join3(
+            store::lock_person_at_setting(&tx, setting_code, nhs_number),
+            store::find_request(&tx, setting_code, &valid.request_id),
+            store::person_history(
+                &tx,
+                nhs_number,
+                self.rules.history_since(valid.arrived_at),
+                rules::PREVIOUS_EPISODES as i64 + 1,
+            ),
+        )
+        .await?;
+        if let Some(earlier) = earlier {
+            tx.rollback().await?;
             tracing::info!(replay = true, "check-in answered from a concurrent request");
-            earlier.replay(&valid.fingerprint)
+            return replay(&earlier, &valid.fingerprint);
         }
+
+        let setting_type = valid.setting_type as i32;
+        let decision =
+            rules::decide(&history, setting_code, setting_type, valid.arrived_at, self.rules, Uuid::now_v7());
+        let response = convert::flagged_check_in(found.flags, &decision.episode, &decision.previous);
+        let encoded = response.encode_to_vec();
+        let rows = FlaggedRows {
+            episode: &decision.episode,
+            new_episode: decision.new_episode,
+            nhs_number,
+            setting_code,
+            setting_type,
+            user_id: &valid.user_id,
+            alerts: &alerts,
+            priority: decision.priority as i32,
+            // The relay continues this check-in's trace from here.
+            traceparent: cpis_runtime::telemetry::current_traceparent(),
+            request_id: &valid.request_id,
+            fingerprint: &valid.fingerprint,
+            response: &encoded,
+        };
+        let inserted = store::insert_flagged(&tx, &rows).await?;
+        if !inserted.request_stored {
+            // The same request_id was used concurrently for another person
+            // (the lock covers the same person): the first one wins.
+            tx.rollback().await?;
+            return match store::find_request(&db, setting_code, &valid.request_id).await? {
+                Some(earlier) => {
+                    tracing::info!(replay = true, "check-in answered from a concurrent request");
+                    replay(&earlier, &valid.fingerprint)
+                }
+                None => {
+                    Err(ApiError::Aborted("a concurrent check-in with this request_id did not complete; retry".into()))
+                }
+            };
+        }
+        tx.commit().await?;
+        if inserted.alerts_queued > 0 {
+            self.wake_relay.notify_one();
+        }
+        Ok(response)
     }
+}
+
+/// The first answer again, if `fingerprint` is the same request body.
+fn replay(earlier: &StoredRequest, fingerprint: &[u8]) -> Result<CheckInResponse, ApiError> {
+    if earlier.fingerprint != fingerprint {
+        return Err(ApiError::invalid("request_id", "was already used by this setting for a different check-in"));
+    }
+    convert::stored_check_in(&earlier.response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cpis_proto::common::v1::Flag;
 
     fn request() -> CheckInRequest {
         CheckInRequest {
@@ -277,28 +347,5 @@ mod tests {
         assert_ne!(print(&first), print(&other_user));
         let other_type = CheckInRequest { setting_type: SettingType::WalkInCentre as i32, ..first.clone() };
         assert_ne!(print(&first), print(&other_type));
-    }
-
-    #[test]
-    fn one_alert_per_council_preferring_an_active_plan() {
-        let flag = |council: &str, plan_type: i32, ended: bool| Flag {
-            council_code: council.into(),
-            plan_type,
-            ended,
-            ..Default::default()
-        };
-        let found = LookupFlagsResponse {
-            flags: vec![
-                flag("E08000003", 2, true),
-                flag("E08000003", 3, false),
-                flag("E08000012", 1, false),
-                flag("E08000012", 2, false),
-            ],
-            local_references: vec!["M-old".into(), "M-new".into(), "L-1".into(), "L-2".into()],
-        };
-        let targets = alert_targets(&found);
-        let summary: Vec<(&str, i32, &str)> =
-            targets.iter().map(|t| (t.council_code.as_str(), t.plan_type, t.local_reference.as_str())).collect();
-        assert_eq!(summary, [("E08000003", 3, "M-new"), ("E08000012", 1, "L-1")]);
     }
 }

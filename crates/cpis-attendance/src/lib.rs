@@ -4,23 +4,30 @@
 //! Data flow: `CheckIn` -> Registry `LookupFlags` -> (flagged) one transaction
 //! storing the episode, the access audit and the outbox rows -> the relay
 //! publishes each outbox row to Notification `PublishAlert`.
+//!
+//! Where things are: the handlers below (caller, one operation, conversion);
+//! the operations in `checkin` (the check-in and its transaction) and `reads`;
+//! the rules they apply in `rules` (plain functions); one SQL statement per
+//! function in `store`; the contract's messages built in `convert`.
 
+mod admitted;
 mod checkin;
+mod convert;
 pub mod fhir;
+mod model;
 mod page;
+mod reads;
 mod registry;
 mod relay;
 pub mod retention;
+mod rules;
 pub mod settings;
 mod silent;
 mod store;
 
-use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1 as pb;
 use cpis_runtime::db::{DbPool, Migration};
 use cpis_runtime::server::Shutdown;
-use cpis_runtime::{ApiError, Caller};
-use page::{paginate, Cursor};
 use registry::{CallerDeadline, FlagLookup};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,11 +49,8 @@ pub const MIGRATIONS: &[Migration] = store::MIGRATIONS;
 /// The Attendance service.
 #[derive(Debug, Clone)]
 pub struct Attendance {
-    pool: DbPool,
-    config: Settings,
-    flags: FlagLookup,
-    /// Wakes the relay as soon as a check-in has queued alerts.
-    wake_relay: Arc<Notify>,
+    check_ins: checkin::CheckIns,
+    reads: reads::Reads,
     /// The outbox's metrics, shared with the relay.
     relay_metrics: relay::RelayMetrics,
 }
@@ -80,7 +84,14 @@ impl Attendance {
             relay_metrics.clone(),
         )
         .spawn(shutdown.stopping().clone());
-        Ok(Self { pool, flags: FlagLookup::new(registry, config.registry_timeout), config, wake_relay, relay_metrics })
+        let flags = FlagLookup::new(registry, config.registry_timeout);
+        let rules = rules::EpisodeRules {
+            same_episode_window: config.same_episode_window,
+            repeat_window: config.repeat_window,
+            repeat_threshold: config.repeat_threshold,
+        };
+        let check_ins = checkin::CheckIns::new(pool.clone(), flags.clone(), rules, config.arrival_window, wake_relay);
+        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), relay_metrics })
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
@@ -96,116 +107,35 @@ impl Attendance {
         )
     }
 
-    fn config(&self) -> &Settings {
-        &self.config
+    /// The check-in operation (also the FHIR notifying read).
+    fn check_ins(&self) -> &checkin::CheckIns {
+        &self.check_ins
     }
 
-    fn rules(&self) -> store::EpisodeRules {
-        store::EpisodeRules {
-            same_episode_window: self.config.same_episode_window,
-            repeat_window: self.config.repeat_window,
-            repeat_threshold: i64::from(self.config.repeat_threshold),
-        }
-    }
-
-    async fn list_episodes(
-        &self,
-        caller: &Caller,
-        req: &pb::ListEpisodesRequest,
-        deadline: CallerDeadline,
-    ) -> Result<pb::ListEpisodesResponse, ApiError> {
-        let mut v = Violations::new();
-        let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
-        let size = v.page_size("page_size", req.page_size, 25, 100);
-        let after = page_token(&mut v, &req.page_token);
-        if matches!(caller, Caller::Setting(_)) {
-            v.text("user_id", &req.user_id, 128);
-        }
-        v.finish()?;
-        let nhs_number = nhs_number.ok_or_else(|| ApiError::internal("validated NHS number"))?;
-
-        // Need to know, decided on every call by the Registry, never cached:
-        // the person must hold a flag in scope now. Otherwise the answer is
-        // the one for a person without episodes, so existence does not leak.
-        let found = self.flags.lookup(&nhs_number, None, deadline).await?;
-        let db = self.pool.get().await?;
-        let since = match caller {
-            Caller::Setting(setting_code) => {
-                if found.flags.is_empty() {
-                    return Ok(pb::ListEpisodesResponse::default());
-                }
-                store::record_episodes_read(&db, setting_code, nhs_number.as_str(), &req.user_id, &found).await?;
-                None
-            }
-            // A council sees the episodes since its own plan began.
-            Caller::Council(code) => {
-                let starts = found.flags.iter().filter(|f| &f.council_code == code);
-                let Some(start) = starts.filter_map(|f| cpis_domain::validate::parse_date(&f.start_date)).min() else {
-                    return Err(ApiError::PermissionDenied(
-                        "the calling council holds no flag in scope for this person".into(),
-                    ));
-                };
-                Some(cpis_domain::time::london_start_of_day(start))
-            }
-            Caller::Service(_) => return Err(ApiError::PermissionDenied("services may not list episodes".into())),
-        };
-        // At most the 25 most recent, paged within them.
-        let recent = store::list_episodes(&db, nhs_number.as_str(), None, since, store::PREVIOUS_EPISODES).await?;
-        let rows: Vec<_> = match &after {
-            Some(cursor) => recent.into_iter().filter(|(_, c)| (c.at, c.id) < (cursor.at, cursor.id)).collect(),
-            None => recent,
-        };
-        let (episodes, next_page_token) = paginate(rows.into_iter().take(size as usize + 1).collect(), size);
-        Ok(pb::ListEpisodesResponse { episodes, next_page_token })
-    }
-
-    async fn list_accesses(
-        &self,
-        caller: &Caller,
-        req: &pb::ListAccessesRequest,
-    ) -> Result<pb::ListAccessesResponse, ApiError> {
-        let Caller::Council(council) = caller else {
-            return Err(ApiError::PermissionDenied("only councils may list accesses".into()));
-        };
-        let mut v = Violations::new();
-        let nhs_number: Option<NhsNumber> =
-            if req.nhs_number.is_empty() { None } else { v.nhs_number("nhs_number", &req.nhs_number) };
-        let size = v.page_size("page_size", req.page_size, 100, 1000);
-        let after = page_token(&mut v, &req.page_token);
-        v.finish()?;
-
-        let db = self.pool.get().await?;
-        let rows =
-            store::list_accesses(&db, council, nhs_number.as_ref().map(NhsNumber::as_str), after.as_ref(), size + 1)
-                .await?;
-        let (accesses, next_page_token) = paginate(rows, size);
-        Ok(pb::ListAccessesResponse { accesses, next_page_token })
+    /// The read operations (also the FHIR silent read and AuditEvent).
+    fn reads(&self) -> &reads::Reads {
+        &self.reads
     }
 }
 
-/// Reads an optional page token, recording a violation when it is not ours.
-fn page_token(v: &mut Violations, token: &str) -> Option<Cursor> {
-    if token.is_empty() {
-        return None;
-    }
-    let cursor = Cursor::decode(token);
-    if cursor.is_none() {
-        v.add("page_token", "is not a token from a previous page");
-    }
-    cursor
-}
-
+/// Every handler has one shape: the caller (as the authorization layer
+/// admitted it), one operation returning `Result<_, ApiError>`, and the one
+/// conversion of its error to a `Status`. Who may call what is `POLICY`'s
+/// business; only the data-dependent rule (a council sees episodes only
+/// while it holds a flag) is decided in the operation.
 #[tonic::async_trait]
 impl pb::attendance_service_server::AttendanceService for Attendance {
     #[tracing::instrument(skip_all, fields(rpc = "CheckIn", setting, request_id))]
     async fn check_in(&self, request: Request<pb::CheckInRequest>) -> Result<Response<pb::CheckInResponse>, Status> {
-        let deadline = CallerDeadline::of(&request);
-        let Caller::Setting(setting) = cpis_runtime::authz::caller(&request)? else {
-            return Err(ApiError::PermissionDenied("only settings may check people in".into()).into());
-        };
-        tracing::Span::current().record("setting", setting.as_str());
-        // The client's key is recorded once validated (checkin::validate).
-        checkin::check_in(self, &setting, request.into_inner(), deadline).await.map(Response::new).map_err(Status::from)
+        let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
+        let setting = admitted::setting(&caller)?;
+        tracing::Span::current().record("setting", setting);
+        // The client's key is recorded once validated.
+        self.check_ins()
+            .check_in(setting, request.into_inner(), deadline)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListEpisodes", caller))]
@@ -213,10 +143,9 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         &self,
         request: Request<pb::ListEpisodesRequest>,
     ) -> Result<Response<pb::ListEpisodesResponse>, Status> {
-        let deadline = CallerDeadline::of(&request);
-        let caller = cpis_runtime::authz::caller(&request)?;
+        let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         tracing::Span::current().record("caller", caller.to_string());
-        self.list_episodes(&caller, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+        self.reads().list_episodes(&caller, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListAccesses", caller))]
@@ -226,7 +155,8 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
         let caller = cpis_runtime::authz::caller(&request)?;
         tracing::Span::current().record("caller", caller.to_string());
-        self.list_accesses(&caller, request.get_ref()).await.map(Response::new).map_err(Status::from)
+        let council = admitted::council(&caller)?;
+        self.reads().list_accesses(council, request.get_ref()).await.map(Response::new).map_err(Status::from)
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "SilentRead", setting, request_id))]
@@ -234,13 +164,11 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         &self,
         request: Request<pb::SilentReadRequest>,
     ) -> Result<Response<pb::SilentReadResponse>, Status> {
-        let deadline = CallerDeadline::of(&request);
-        let Caller::Setting(setting) = cpis_runtime::authz::caller(&request)? else {
-            return Err(ApiError::PermissionDenied("only settings may read flags".into()).into());
-        };
+        let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
+        let setting = admitted::setting(&caller)?;
         let span = tracing::Span::current();
-        span.record("setting", setting.as_str());
+        span.record("setting", setting);
         span.record("request_id", request.get_ref().request_id.as_str());
-        silent::silent_read(self, &setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+        self.reads().silent_read(setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
 }

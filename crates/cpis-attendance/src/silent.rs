@@ -2,14 +2,11 @@
 //! 0-19 services, dentistry, sexual health, sexual assault referral centres)
 //! reads a person's flags. The access is audited (who, where, when, and that
 //! it was silent) for the councils holding a flag; no episode is created and
-//! no council is alerted. An unflagged person leaves no trace.
+//! no council is alerted (`crate::reads`). Here: what a valid request is.
 
 use crate::checkin::is_scheduled;
-use crate::registry::CallerDeadline;
-use crate::store::{self, SilentAccess, PREVIOUS_EPISODES};
-use crate::Attendance;
 use cpis_domain::validate::{NhsNumber, Violations};
-use cpis_proto::attendance::v1::{SilentReadRequest, SilentReadResponse};
+use cpis_proto::attendance::v1::SilentReadRequest;
 use cpis_proto::common::v1::SettingType;
 use cpis_runtime::ApiError;
 
@@ -53,41 +50,6 @@ pub fn validate(req: &SilentReadRequest) -> Result<ValidSilentRead, ApiError> {
         return Err(ApiError::internal("validation passed without values"));
     };
     Ok(ValidSilentRead { nhs_number, setting_type, user_id: req.user_id.clone() })
-}
-
-/// Handles one silent read from the setting `setting_code`.
-pub async fn silent_read(
-    svc: &Attendance,
-    setting_code: &str,
-    req: &SilentReadRequest,
-    deadline: CallerDeadline,
-) -> Result<SilentReadResponse, ApiError> {
-    let valid = validate(req)?;
-    let found = svc.flags.lookup(&valid.nhs_number, None, deadline).await?;
-    // No log line says whether the person was flagged: beside a request id,
-    // that would tell the log's readers who is on a plan.
-    if found.flags.is_empty() {
-        return Ok(SilentReadResponse::default());
-    }
-    let councils = store::flag_councils(&found);
-    let db = svc.pool.get().await?;
-    store::record_silent(
-        &db,
-        &SilentAccess {
-            setting_code,
-            nhs_number: valid.nhs_number.as_str(),
-            setting_type: valid.setting_type as i32,
-            user_id: &valid.user_id,
-            council_codes: &councils,
-        },
-    )
-    .await?;
-    let recent = store::list_episodes(&db, valid.nhs_number.as_str(), None, None, PREVIOUS_EPISODES).await?;
-    Ok(SilentReadResponse {
-        flagged: true,
-        flags: found.flags,
-        recent_episodes: recent.into_iter().map(|(episode, _)| episode).collect(),
-    })
 }
 
 #[cfg(test)]

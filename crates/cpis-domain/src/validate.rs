@@ -27,20 +27,30 @@ impl FieldViolation {
 #[error("invalid argument")]
 pub struct Invalid(pub Vec<FieldViolation>);
 
+/// The modulus-11 check digit of an NHS number's first nine digits (ASCII),
+/// or `None` when there is none (the remainder gives 10: no valid number
+/// starts with these nine digits). The one check-digit function.
+pub fn nhs_check_digit(nine: &[u8]) -> Option<u8> {
+    if nine.len() != 9 || !nine.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let sum: u32 = nine.iter().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
+    match 11 - sum % 11 {
+        11 => Some(0),
+        10 => None,
+        c => Some(c as u8),
+    }
+}
+
+/// Nine digits and their check digit, or `None` when they have none.
+pub fn with_nhs_check_digit(nine: &str) -> Option<String> {
+    nhs_check_digit(nine.as_bytes()).map(|c| format!("{nine}{c}"))
+}
+
 /// True when `s` is ten ASCII digits with a valid modulus-11 check digit.
 pub fn is_valid_nhs_number(s: &str) -> bool {
     let b = s.as_bytes();
-    if b.len() != 10 || !b.iter().all(u8::is_ascii_digit) {
-        return false;
-    }
-    let sum: u32 = b[..9].iter().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
-    let check = 11 - (sum % 11);
-    let check = match check {
-        11 => 0,
-        10 => return false,
-        c => c,
-    };
-    u32::from(b[9] - b'0') == check
+    b.len() == 10 && b[9].is_ascii_digit() && nhs_check_digit(&b[..9]) == Some(b[9] - b'0')
 }
 
 /// A validated NHS number. Its `Debug` is redacted so it cannot leak into logs
@@ -217,15 +227,8 @@ mod tests {
 
     /// Appends the check digit to nine digits, or `None` when it would be 10.
     fn with_check_digit(nine: &[u8; 9]) -> Option<String> {
-        let sum: u32 = nine.iter().zip((2..=10).rev()).map(|(d, w)| u32::from(*d) * w).sum();
-        let check = match 11 - sum % 11 {
-            11 => 0,
-            10 => return None,
-            c => c,
-        };
-        let mut s: String = nine.iter().map(|d| char::from(b'0' + d)).collect();
-        s.push(char::from(b'0' + check as u8));
-        Some(s)
+        let s: String = nine.iter().map(|d| char::from(b'0' + d)).collect();
+        with_nhs_check_digit(&s)
     }
 
     #[test]

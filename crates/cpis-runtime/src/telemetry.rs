@@ -171,12 +171,19 @@ pub fn current_trace_id() -> String {
 pub struct GrpcTraceLayer {
     metrics: Metrics,
     service: &'static str,
+    fhir: bool,
 }
 
 impl GrpcTraceLayer {
     /// The layer for `service` (e.g. `registry`), counting into `metrics`.
     pub fn new(service: &'static str, metrics: Metrics) -> Self {
-        Self { metrics, service }
+        Self { metrics, service, fhir: false }
+    }
+
+    /// The same layer for a FHIR (HTTP) port: its spans are `fhir.server`
+    /// spans with HTTP attributes instead of gRPC ones.
+    pub fn fhir(service: &'static str, metrics: Metrics) -> Self {
+        Self { metrics, service, fhir: true }
     }
 }
 
@@ -184,7 +191,7 @@ impl<S> Layer<S> for GrpcTraceLayer {
     type Service = GrpcTrace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcTrace { inner, metrics: self.metrics.clone(), service: self.service }
+        GrpcTrace { inner, metrics: self.metrics.clone(), service: self.service, fhir: self.fhir }
     }
 }
 
@@ -194,6 +201,7 @@ pub struct GrpcTrace<S> {
     inner: S,
     metrics: Metrics,
     service: &'static str,
+    fhir: bool,
 }
 
 /// The method label of requests for paths outside the contract.
@@ -232,17 +240,32 @@ where
         // is `unknown`, so callers cannot create series at will.
         let method =
             crate::authz::POLICY.iter().find(|(p, _)| *p == path).map(|(p, _)| &p[1..]).unwrap_or(UNKNOWN_METHOD);
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %method,
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.method = %method,
-            cpis.service = self.service,
-            request_id = %request_id,
-            trace_id = tracing::field::Empty,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
+        let span = if self.fhir {
+            // The code a FHIR answer is counted under is recorded as for gRPC.
+            tracing::info_span!(
+                "fhir.server",
+                otel.name = %method,
+                otel.kind = "server",
+                http.request.method = %req.method(),
+                http.route = %format_args!("/{method}"),
+                cpis.service = self.service,
+                request_id = %request_id,
+                trace_id = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "grpc.server",
+                otel.name = %method,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.method = %method,
+                cpis.service = self.service,
+                request_id = %request_id,
+                trace_id = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
+            )
+        };
         let _ = span.set_parent(parent);
         let trace_id = {
             let _g = span.enter();

@@ -283,16 +283,9 @@ pub fn nhs(serial: u32) -> String {
     assert!(serial < 100_000, "serial out of range");
     // 999 + one free digit + five serial digits + check digit: at most one
     // value of the free digit makes the check digit 10, so one of the first two works.
-    for free in 0..10 {
-        let nine = format!("999{free}{serial:05}");
-        let sum: u32 = nine.bytes().zip((2..=10).rev()).map(|(d, w)| u32::from(d - b'0') * w).sum();
-        match 11 - sum % 11 {
-            10 => continue,
-            11 => return format!("{nine}0"),
-            c => return format!("{nine}{c}"),
-        }
-    }
-    unreachable!("one of ten free digits always gives a check digit")
+    (0..10)
+        .find_map(|free| cpis_domain::validate::with_nhs_check_digit(&format!("999{free}{serial:05}")))
+        .expect("one of ten free digits always gives a check digit")
 }
 
 /// The readiness status of the service on `port` (1 SERVING, 2 NOT_SERVING),
