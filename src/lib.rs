@@ -1,6 +1,5 @@
 //! The `cpis` program as a library: the suite launcher shared by `cpis dev`,
-//! `cpis serve`, the end-to-end tests and the benchmarks.
+//! `cpis serve`, the end-to-end tests and the benchmark (crates/cpis-bench).
 
-pub mod bench;
 pub mod purge;
 pub mod suite;

@@ -63,8 +63,6 @@ enum Command {
     Subscribe(cpis_cli::client::SubscribeArgs),
     /// Council: the history of accesses to its children's flags.
     Audit(cpis_cli::client::AuditArgs),
-    /// Measure the suite against the framework's and the database's ceilings.
-    Bench(cpis::bench::BenchArgs),
     /// Against a running `cpis dev`: the whole story, end to end, narrated.
     Demo(cpis_cli::client::Connection),
     /// Check a service's gRPC health over mutual TLS: exit 0 when SERVING
@@ -210,7 +208,6 @@ async fn run() -> anyhow::Result<()> {
         Command::Subscribe(args) => cpis_cli::client::subscribe(args).await,
         Command::Audit(args) => cpis_cli::client::audit(args).await,
         Command::Demo(conn) => cpis_cli::demo::run(conn).await,
-        Command::Bench(args) => cpis::bench::run(args).await,
     }
 }
 

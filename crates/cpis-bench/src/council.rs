@@ -1,4 +1,4 @@
-//! (10) check-in under council load: CheckIn latency at a fixed rate (flagged
+//! (11) check-in under council load (issue 13): CheckIn latency at a fixed rate (flagged
 //! and not), first with the Registry idle, then while one council uploads a
 //! national-size list through `SyncPlans` and another sends 64 concurrent
 //! upserts. The goal is that council traffic never slows a check-in much:
@@ -6,7 +6,9 @@
 
 use super::data::{self, Segment};
 use super::load::{micros, Latency};
-use super::{check_in, progress, Ctx, Flagged};
+use super::net::{self, check_in, Flagged};
+use super::report::Goal;
+use super::{progress, Ctx};
 use anyhow::Context as _;
 use cpis_proto::registry::v1::{registry_service_client::RegistryServiceClient, UpsertPlanRequest};
 use serde::Serialize;
@@ -36,7 +38,7 @@ pub struct Window {
     pub first_error: Option<String>,
 }
 
-/// What (10) measured.
+/// What (11) measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct CouncilLoadResult {
     /// Check-ins per second in both windows (half flagged).
@@ -102,7 +104,7 @@ async fn check_ins(ctx: &Ctx, people: &Arc<Flagged>, rate: f64, until: impl Fn()
     Window { seconds, flagged: Latency::of(fl), not_flagged: Latency::of(nf), errors, first_error }
 }
 
-/// Runs (10). `registered` is what the councils hold already, so that the
+/// Runs (11). `registered` is what the councils hold already, so that the
 /// upload is the sync council's complete list (it ends nothing).
 pub async fn council_load(
     ctx: &Ctx,
@@ -141,10 +143,7 @@ pub async fn council_load(
     // HTTP/2 flow control of the upload does not pace them).
     let (ok, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut upserters = Vec::new();
-    let upsert_channel = ctx.net.fresh_channel(
-        ctx.registry_port,
-        &cpis_domain::identity::Caller::from_parts(cpis_domain::identity::CallerKind::Council, UPSERT_COUNCIL)?,
-    )?;
+    let upsert_channel = ctx.net.fresh_channel(ctx.registry_port, &net::council(UPSERT_COUNCIL)?)?;
     for w in 0..UPSERTS {
         let (done, ok, refused) = (done.clone(), ok.clone(), refused.clone());
         let mut client = RegistryServiceClient::new(upsert_channel.clone());
@@ -177,7 +176,7 @@ pub async fn council_load(
     report_window("under council load", &under_load);
     let (upserts_ok, upserts_refused) = (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
     progress(&format!(
-        "(10) upload of {rows} rows in {sync_seconds:.1} s (created {}, unchanged {}, ended {}); \
+        "(11) upload of {rows} rows in {sync_seconds:.1} s (created {}, unchanged {}, ended {}); \
          upserts {upserts_ok} ok, {upserts_refused} refused",
         synced.created, synced.unchanged, synced.ended
     ));
@@ -195,7 +194,7 @@ pub async fn council_load(
 
 fn report_window(label: &str, w: &Window) {
     progress(&format!(
-        "(10) CheckIn {label}: flagged p50 {:.2} p99 {:.2} ms, not flagged p50 {:.2} p99 {:.2} ms, {} errors{}",
+        "(11) CheckIn {label}: flagged p50 {:.2} p99 {:.2} ms, not flagged p50 {:.2} p99 {:.2} ms, {} errors{}",
         w.flagged.p50_ms,
         w.flagged.p99_ms,
         w.not_flagged.p50_ms,
@@ -208,7 +207,7 @@ fn report_window(label: &str, w: &Window) {
 /// The printed section of the report.
 pub fn print(r: &CouncilLoadResult) {
     println!(
-        "\n(10) CheckIn under council load: {:.0}/s (half flagged); a {}-row SyncPlans ({:.1} s) and {UPSERTS} \
+        "\n(11) CheckIn under council load: {:.0}/s (half flagged); a {}-row SyncPlans ({:.1} s) and {UPSERTS} \
          concurrent upserts ({} ok, {} refused)",
         r.rate_per_sec, r.sync_rows, r.sync_seconds, r.upserts_ok, r.upserts_refused
     );
@@ -233,11 +232,11 @@ pub fn print(r: &CouncilLoadResult) {
 }
 
 /// The goal line: p99 under load at most twice the idle p99, no errors.
-pub fn goal(r: &CouncilLoadResult) -> super::Goal {
+pub fn goal(r: &CouncilLoadResult) -> Goal {
     let fl = r.under_load.flagged.p99_ms / r.idle.flagged.p99_ms;
     let nf = r.under_load.not_flagged.p99_ms / r.idle.not_flagged.p99_ms;
-    super::Goal {
-        figure: "(10) CheckIn p99 under council load / idle",
+    Goal {
+        figure: "(11) CheckIn p99 under council load / idle",
         goal: "<= 2x, 0 errors",
         measured: format!(
             "flagged {fl:.2}x ({:.2} vs {:.2} ms), not flagged {nf:.2}x ({:.2} vs {:.2} ms), errors {}",

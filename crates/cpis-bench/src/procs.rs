@@ -20,6 +20,8 @@ pub struct ServiceProc {
     pub port: u16,
     /// Its gRPC service name (readiness is reported under it).
     pub grpc_name: &'static str,
+    /// Its Prometheus metrics port on 127.0.0.1 (plain HTTP, `/metrics`).
+    pub metrics_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -148,17 +150,22 @@ impl Services {
         let spawn = |name: ServiceName, port: u16, grpc_name: &'static str, extra: Vec<String>| {
             spawn_service(launch, pki, name, port, grpc_name, extra)
         };
-        let registry = spawn(ServiceName::Registry, registry_port, cpis_registry::SERVICE_NAME, vec![])?;
+        let registry = spawn(
+            ServiceName::Registry,
+            registry_port,
+            cpis_proto::registry::v1::registry_service_server::SERVICE_NAME,
+            vec![],
+        )?;
         let notification = spawn(
             ServiceName::Notification,
             notification_port,
-            cpis_notification::SERVICE_NAME,
+            cpis_proto::notification::v1::notification_service_server::SERVICE_NAME,
             vec!["--heartbeat-secs".into(), launch.heartbeat_secs.to_string()],
         )?;
         let attendance = spawn(
             ServiceName::Attendance,
             attendance_port,
-            cpis_attendance::SERVICE_NAME,
+            cpis_proto::attendance::v1::attendance_service_server::SERVICE_NAME,
             vec!["--registry-url".into(), url(registry_port), "--notification-url".into(), url(notification_port)],
         )?;
         let mut services = Services { registry, attendance, notification };
@@ -212,6 +219,7 @@ fn spawn_service(
     let log = launch.dir.join(format!("{}.log", name.as_str()));
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let path = |p: &Path| p.display().to_string();
+    let metrics_port = free_port()?;
     let mut cmd = Command::new(&launch.exe);
     cmd.arg("serve")
         .arg(name.as_str())
@@ -222,15 +230,19 @@ fn spawn_service(
         // What `cpis dev` gives each service (suite::dev_common): 16 pooled
         // connections, no drain delay, metrics on a port of their own.
         .args(["--pool-size", "16", "--drain-secs", "0"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(extra)
-        // Settings from the caller's environment would skew the comparison.
-        .env_remove("CPIS_INTERNAL_LISTEN")
-        .env_remove("CPIS_MAX_CONNECTION_AGE_SECS")
-        .env_remove("CPIS_MASS_END_SHARE")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
+    // Settings from the caller's environment would skew the comparison:
+    // every service runs on its defaults plus the flags above.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("CPIS_") || key_text.starts_with("DATABASE_URL") {
+            cmd.env_remove(&key);
+        }
+    }
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
@@ -244,7 +256,7 @@ fn spawn_service(
         }
     }
     let child = cmd.spawn().with_context(|| format!("starting {} serve {}", launch.exe.display(), name.as_str()))?;
-    Ok(ServiceProc { name: name.as_str(), port, grpc_name, child: Some(child), log })
+    Ok(ServiceProc { name: name.as_str(), port, grpc_name, metrics_port, child: Some(child), log })
 }
 
 async fn wait_ready(s: &mut ServiceProc, tls: &cpis_runtime::tls::TlsPaths) -> anyhow::Result<()> {
@@ -333,154 +345,41 @@ impl RssSampler {
     }
 }
 
-/// CPU use during one phase, as shares of the machine's capacity (all CPUs).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CpuShare {
-    /// Wall-clock seconds observed.
-    pub seconds: f64,
-    /// Share of capacity in use by anything.
-    pub busy_pct: f64,
-    /// Share used by this benchmark, its services and its PostgreSQL.
-    pub ours_pct: f64,
-    /// Share used by every other process on the machine: noise.
-    pub others_pct: f64,
+/// The Prometheus text of the metrics endpoint on `port`, over plain HTTP/1.1.
+pub async fn scrape(port: u16) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body).await?;
+        anyhow::ensure!(body.starts_with("HTTP/1.1 200"), "metrics endpoint answered {:?}", body.lines().next());
+        Ok(body)
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch).await.context("metrics endpoint: no answer within 5 s")?
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Ticks {
-    total: u64,
-    busy: u64,
-    ours: u64,
+/// The sum of every sample of metric `name` (any labels) in a scrape, or
+/// `None` when the scrape has no sample of it.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
-/// Measures, phase by phase, how much CPU this benchmark's process tree
-/// used and how much everything else on the machine did (`/proc/stat` and
-/// `/proc/<pid>/stat`), so that a figure taken while another job was
-/// busy can be recognised.
-#[derive(Debug)]
-pub struct CpuMeter {
-    phase: std::sync::Arc<std::sync::Mutex<String>>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Vec<(String, CpuShare)>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::sample;
 
-impl CpuMeter {
-    /// Starts measuring, attributing time to `phase` until [`Self::phase`] changes it.
-    pub fn start(phase: &str) -> CpuMeter {
-        let label = std::sync::Arc::new(std::sync::Mutex::new(phase.to_string()));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let current = label.clone();
-        let task = tokio::spawn(async move {
-            let me = std::process::id();
-            let mut per_pid = HashMapU32::new();
-            let mut last = sample(me, &mut per_pid);
-            let mut last_at = Instant::now();
-            let mut phases: Vec<(String, Ticks, f64)> = Vec::new();
-            loop {
-                let done = tokio::select! {
-                    _ = &mut stopped => true,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => false,
-                };
-                let now = sample(me, &mut per_pid);
-                let elapsed = last_at.elapsed().as_secs_f64();
-                last_at = Instant::now();
-                let name = current.lock().map(|p| p.clone()).unwrap_or_default();
-                let delta = Ticks {
-                    total: now.total.saturating_sub(last.total),
-                    busy: now.busy.saturating_sub(last.busy),
-                    ours: now.ours,
-                };
-                last = now;
-                match phases.iter_mut().find(|(n, _, _)| *n == name) {
-                    Some((_, t, secs)) => {
-                        t.total += delta.total;
-                        t.busy += delta.busy;
-                        t.ours += delta.ours;
-                        *secs += elapsed;
-                    }
-                    None => phases.push((name, delta, elapsed)),
-                }
-                if done {
-                    break;
-                }
-            }
-            phases
-                .into_iter()
-                .map(|(name, t, seconds)| {
-                    let pct = |x: u64| if t.total == 0 { 0.0 } else { 100.0 * x as f64 / t.total as f64 };
-                    let ours = t.ours.min(t.busy);
-                    let share = CpuShare {
-                        seconds,
-                        busy_pct: pct(t.busy),
-                        ours_pct: pct(ours),
-                        others_pct: pct(t.busy - ours),
-                    };
-                    (name, share)
-                })
-                .collect()
-        });
-        CpuMeter { phase: label, stop, task }
+    #[test]
+    fn samples_are_summed_over_labels_and_absence_is_none() {
+        let text = "# HELP x_total X.\n# TYPE x_total counter\nx_total{kind=\"a\"} 2\nx_total{kind=\"b\"} 3\nx_total_other 9\n";
+        assert_eq!(sample(text, "x_total"), Some(5.0));
+        assert_eq!(sample("y 1\n", "x_total"), None);
+        assert_eq!(sample("x_total 0\n", "x_total"), Some(0.0));
     }
-
-    /// Attributes time from now on to `name`.
-    pub fn phase(&self, name: &str) {
-        if let Ok(mut p) = self.phase.lock() {
-            *p = name.to_string();
-        }
-    }
-
-    /// Stops and returns the shares, phase by phase, in order of appearance.
-    pub async fn finish(self) -> Vec<(String, CpuShare)> {
-        let _ = self.stop.send(());
-        self.task.await.unwrap_or_default()
-    }
-}
-
-type HashMapU32 = std::collections::HashMap<u32, u64>;
-
-/// Machine ticks now, and the ticks our process tree used since the last
-/// sample (`per_pid` remembers each process's total; a process first seen
-/// now counts whole, having started since).
-fn sample(me: u32, per_pid: &mut HashMapU32) -> Ticks {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    // pid -> (parent, utime + stime + reaped children's time).
-    let mut procs: std::collections::HashMap<u32, (u32, u64)> = std::collections::HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-            let Some(close) = text.rfind(')') else { continue };
-            let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-            let num = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            procs.insert(pid, (num(1) as u32, num(11) + num(12) + num(13) + num(14)));
-        }
-    }
-    let mut ours = 0;
-    let mut seen = HashMapU32::new();
-    for (&pid, &(_, ticks)) in &procs {
-        // Ours: this process and everything below it.
-        let mut p = pid;
-        let mut is_ours = false;
-        for _ in 0..64 {
-            if p == me {
-                is_ours = true;
-                break;
-            }
-            match procs.get(&p) {
-                Some(&(parent, _)) if parent != 0 && parent != p => p = parent,
-                _ => break,
-            }
-        }
-        if is_ours {
-            ours += ticks.saturating_sub(per_pid.get(&pid).copied().unwrap_or(0));
-            seen.insert(pid, ticks);
-        }
-    }
-    let first = per_pid.is_empty();
-    *per_pid = seen;
-    Ticks { total, busy: total.saturating_sub(idle), ours: if first { 0 } else { ours } }
 }

@@ -12,15 +12,15 @@ use futures::SinkExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
 
-const COUNCILS_CSV: &str = include_str!("../crates/cpis-registry/data/councils.csv");
+const COUNCILS_CSV: &str = include_str!("../../cpis-registry/data/councils.csv");
 
 /// The GSS codes of the 153 upper-tier councils of England, in file order.
 pub fn councils() -> Vec<String> {
     COUNCILS_CSV.lines().skip(1).filter_map(|l| l.split_once(',')).map(|(code, _)| code.to_string()).collect()
 }
 
-/// The test NHS number `999` + `k` (six digits) + check digit, or `None`
-/// when no check digit exists for it (one prefix in eleven).
+/// The test NHS number `999` + `k` (six digits) + its check digit, or
+/// `None` when no check digit exists for it (one prefix in eleven).
 pub fn nhs_number(k: u32) -> Option<String> {
     cpis_domain::validate::with_nhs_check_digit(&format!("999{:06}", k % 1_000_000))
 }
