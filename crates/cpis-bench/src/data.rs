@@ -3,12 +3,10 @@
 //! through the service, or COPY straight into the table for setup only).
 
 use anyhow::{ensure, Context as _};
-use bytes::Bytes;
 use cpis_proto::common::v1::{ContactDetails, PlanType};
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, Plan, SyncCompletion, SyncPlansRequest,
 };
-use futures::SinkExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
 
@@ -181,55 +179,34 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     cpis_runtime::db::connect(url).await
 }
 
-/// Fills `registry.plans` up to `total` rows with COPY: filler plans spread
-/// over every council, sharing the numbers left in the 999 range, each with
-/// its `created` history row. Setup, not a measurement: it bypasses the
-/// service. Returns the rows added.
+/// Fills the register up to `total` plans through the Registry's own
+/// seeding function (`cpis_registry::seed::copy_plans`: COPY with each
+/// plan's `created` history row): filler plans spread over every council,
+/// sharing the numbers left in the 999 range, each validated as the service
+/// validates a plan. Setup, not a measurement: it bypasses the service's
+/// gate. Returns the plans added.
 pub async fn fill_register(
     db: &tokio_postgres::Client,
     councils: &[String],
     filler: &[u32],
     total: u64,
 ) -> anyhow::Result<u64> {
-    let have: i64 = db.query_one("SELECT count(*) FROM registry.plans", &[]).await?.get(0);
-    let missing = total.saturating_sub(have as u64);
+    use cpis_registry::seed::{copy_plans, SeedPlan};
+    let have = cpis_registry::seed::plan_count(db).await?;
+    let missing = total.saturating_sub(have as u64) as usize;
     if missing == 0 {
         return Ok(0);
     }
-    let sink = db
-        .copy_in(
-            "COPY registry.plans (plan_id, council_code, local_reference, nhs_number, date_of_birth, plan_type,
-                 start_date, team_name, office_phone, emergency_duty_phone, email, version) FROM STDIN",
-        )
-        .await?;
-    futures::pin_mut!(sink);
-    let mut buf = String::with_capacity(1 << 20);
-    for f in 0..missing as usize {
+    let today = chrono::Utc::now().date_naive();
+    let mut seeds = Vec::with_capacity(missing);
+    for f in 0..missing {
         let nhs = nhs_number(filler[f % filler.len()]).context("filler numbers are valid")?;
-        let council = &councils[f % councils.len()];
-        let plan_type = if f.is_multiple_of(2) { PlanType::ChildProtection } else { PlanType::LookedAfter } as i16;
-        buf.push_str(&format!(
-            "{}\t{council}\tFILL-{f:07}\t{nhs}\t2016-04-02\t{plan_type}\t2025-01-10\t\
-             Children's Services Front Door\t0161 234 5000\t0161 255 8250\tmash@example.gov.uk\t1\n",
-            uuid::Uuid::new_v4()
-        ));
-        if buf.len() > (1 << 20) - 512 {
-            sink.send(Bytes::from(std::mem::take(&mut buf))).await?;
-            buf.reserve(1 << 20);
-        }
+        let wire = plan(format!("FILL-{f:07}"), nhs, f);
+        let plan = cpis_registry::model::validate_plan(Some(&wire), "plan", today)
+            .map_err(|v| anyhow::anyhow!("a filler plan is invalid: {:?}", v.list()))?;
+        seeds.push(SeedPlan { council_code: councils[f % councils.len()].clone(), plan });
     }
-    if !buf.is_empty() {
-        sink.send(Bytes::from(buf)).await?;
-    }
-    let added = sink.finish().await?;
-    db.execute(
-        "INSERT INTO registry.plan_changes (plan_id, version, action, changed_fields, changed_by)
-         SELECT plan_id, 1, 'created', ARRAY[]::text[], 'bench/setup' FROM registry.plans
-         WHERE local_reference LIKE 'FILL-%'",
-        &[],
-    )
-    .await?;
-    Ok(added)
+    copy_plans(db, seeds, "bench/setup").await
 }
 
 /// Makes the database state steady before a measurement: fresh planner

@@ -190,7 +190,7 @@ pub async fn measure(
 /// (7) at the register's current size: not-flagged and flagged CheckIn at
 /// one concurrency.
 pub async fn scaling_point(ctx: &Ctx, people: Arc<Flagged>) -> anyhow::Result<ScalingPoint> {
-    let plans_registered: i64 = ctx.db.query_one("SELECT count(*) FROM registry.plans", &[]).await?.get(0);
+    let plans_registered = cpis_registry::seed::plan_count(&ctx.db).await?;
     let c = ctx.shape.scaling_concurrency;
     let slots = net::slots(c);
     let (warmup, duration) = (ctx.shape.warmup(), ctx.shape.duration());
