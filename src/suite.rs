@@ -147,13 +147,13 @@ pub async fn start_registry(
 pub async fn start_notification(
     listener: TcpListener,
     common: &ServerSettings,
-    mut config: cpis_notification::Settings,
+    config: cpis_notification::Settings,
 ) -> anyhow::Result<RunningService> {
     config.validate()?;
-    config.database_url = common.database_url()?;
     let pool = pool(common)?;
     let shutdown = Shutdown::new();
-    let service = cpis_notification::Notification::new(config, pool.clone(), shutdown.clone()).await?;
+    let service =
+        cpis_notification::Notification::new(config, pool.clone(), &common.database_url()?, shutdown.clone()).await?;
     let addr = listener.local_addr()?;
     let metrics = Metrics::new("notification");
     service.register_metrics(&metrics);

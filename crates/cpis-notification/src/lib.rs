@@ -117,12 +117,13 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// Migrates the schema, starts this instance's LISTEN connection (which
-    /// runs until `shutdown` stops the service) and builds the service.
-    pub async fn new(config: Settings, pool: DbPool, shutdown: Shutdown) -> anyhow::Result<Self> {
+    /// Migrates the schema, starts this instance's LISTEN connection to
+    /// `database_url` (the pool's own database; it runs until `shutdown` stops
+    /// the service) and builds the service.
+    pub async fn new(config: Settings, pool: DbPool, database_url: &str, shutdown: Shutdown) -> anyhow::Result<Self> {
         MIGRATIONS.run(&pool).await?;
         // Parsed here so a bad URL fails start-up instead of looping in the listener.
-        let listener = ListenerConfig::new(&config.database_url, config.reconnect_backoff_max)?;
+        let listener = ListenerConfig::new(database_url, config.reconnect_backoff_max)?;
         let fanout = Fanout::new();
         tokio::spawn(
             listen::listen(listener, fanout.clone(), shutdown.stopping().clone())

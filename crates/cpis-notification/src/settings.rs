@@ -7,7 +7,7 @@ use cpis_runtime::settings::{invalid, millis, secs};
 use std::time::Duration;
 
 /// Settings of the Notification service.
-#[derive(Args, Clone)]
+#[derive(Args, Debug, Clone)]
 pub struct Settings {
     /// Heartbeat interval of idle alert streams, in seconds (fractions allowed).
     #[arg(long = "heartbeat-secs", env = "CPIS_HEARTBEAT_SECS", default_value = "15", value_parser = secs)]
@@ -28,10 +28,6 @@ pub struct Settings {
     /// How often the per-council backlog metrics are re-read, in seconds.
     #[arg(long = "council-metrics-secs", env = "CPIS_COUNCIL_METRICS_SECS", default_value = "5", value_parser = secs)]
     pub council_metrics_interval: Duration,
-    /// Connection string of the dedicated LISTEN connection: the server's
-    /// own database (`DATABASE_URL`), filled in when the service starts.
-    #[arg(skip)]
-    pub database_url: String,
 }
 
 impl Default for Settings {
@@ -41,11 +37,6 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Defaults, with the LISTEN connection going to `database_url`.
-    pub fn new(database_url: impl Into<String>) -> Self {
-        Self { database_url: database_url.into(), ..Self::default() }
-    }
-
     /// Checks the rules between values, naming the variable that breaks one.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.heartbeat < Duration::from_millis(50) {
@@ -58,19 +49,5 @@ impl Settings {
             return Err(invalid("CPIS_STREAM_POLL_MS", "must be at least 10"));
         }
         Ok(())
-    }
-}
-
-impl std::fmt::Debug for Settings {
-    // The connection string may carry a password: never print it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("heartbeat", &self.heartbeat)
-            .field("stream_buffer", &self.stream_buffer)
-            .field("poll_interval", &self.poll_interval)
-            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
-            .field("council_metrics_interval", &self.council_metrics_interval)
-            .field("database_url", &"<redacted>")
-            .finish()
     }
 }
