@@ -6,6 +6,7 @@
 use crate::convert;
 use crate::model::{FlaggedRows, StoredRequest};
 use crate::registry::{CallerDeadline, FlagLookup};
+use crate::replays::ReplayLookup;
 use crate::rules::{self, EpisodeRules};
 use crate::settings::ArrivalWindow;
 use crate::store::checkin as store;
@@ -17,6 +18,7 @@ use cpis_proto::common::v1::SettingType;
 use cpis_proto::registry::v1::LookupFlagsResponse;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::ApiError;
+use futures::future::Either;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -130,6 +132,7 @@ fn fingerprint(req: &CheckInRequest) -> Vec<u8> {
 pub struct CheckIns {
     pool: DbPool,
     flags: FlagLookup,
+    replays: ReplayLookup,
     rules: EpisodeRules,
     arrival_window: ArrivalWindow,
     /// Wakes the relay as soon as a check-in has queued alerts.
@@ -146,7 +149,7 @@ impl CheckIns {
         arrival_window: ArrivalWindow,
         wake_relay: Arc<Notify>,
     ) -> Self {
-        Self { pool, flags, rules, arrival_window, wake_relay }
+        Self { replays: ReplayLookup::new(pool.clone()), pool, flags, rules, arrival_window, wake_relay }
     }
 
     /// Handles one check-in from the setting `setting_code`.
@@ -186,19 +189,24 @@ impl CheckIns {
         // known to be short, printable text); the person never does.
         tracing::Span::current().record("request_id", valid.request_id.as_str());
 
-        // A retry is answered from the store, even while the Registry is down.
-        let earlier = {
-            let db = self.pool.get().await?;
-            store::find_request(&db, setting_code, &valid.request_id).await?
-        };
-        if let Some(earlier) = earlier {
-            tracing::info!(replay = true, "check-in answered from an earlier request");
-            return replay(&earlier, &valid.fingerprint);
-        }
-
+        // A retry is answered from the store, even while the Registry is
+        // down. The store and the Registry are asked at once (a lone
+        // check-in waits for the slower of the two, not their sum); a stored
+        // answer wins over whatever the Registry says.
         // The day of the arrival in England, not UTC (they differ after midnight in summer).
         let day = cpis_domain::time::london_date(valid.arrived_at);
-        let found = self.flags.lookup(&valid.nhs_number, Some(day), deadline).await?;
+        let earlier = std::pin::pin!(self.replays.find(setting_code, &valid.request_id));
+        let lookup = std::pin::pin!(self.flags.lookup(&valid.nhs_number, Some(day), deadline));
+        let found = match futures::future::select(earlier, lookup).await {
+            Either::Left((earlier, lookup)) => match earlier? {
+                Some(earlier) => return replayed(&earlier, &valid.fingerprint),
+                None => lookup.await,
+            },
+            Either::Right((found, earlier)) => match earlier.await? {
+                Some(earlier) => return replayed(&earlier, &valid.fingerprint),
+                None => found,
+            },
+        }?;
         if found.flags.is_empty() {
             // Nothing about the person is stored, not even the request; and
             // no log line says how it went (beside the vendor's request id,
@@ -283,6 +291,12 @@ impl CheckIns {
         }
         Ok(response)
     }
+}
+
+/// [`replay`] of an answer found before the flag look-up.
+fn replayed(earlier: &StoredRequest, fingerprint: &[u8]) -> Result<CheckInResponse, ApiError> {
+    tracing::info!(replay = true, "check-in answered from an earlier request");
+    replay(earlier, fingerprint)
 }
 
 /// The first answer again, if `fingerprint` is the same request body.

@@ -7,7 +7,8 @@
 //!
 //! Where things are: the handlers below (caller, one operation, conversion);
 //! the operations in `checkin` (the check-in and its transaction) and `reads`;
-//! the rules they apply in `rules` (plain functions); one SQL statement per
+//! `replays` coalesces the check-in's replay look-ups as `registry` does the
+//! flag look-ups; the rules they apply in `rules` (plain functions); one SQL statement per
 //! function in `store`; the contract's messages built in `convert`.
 
 mod admitted;
@@ -19,6 +20,7 @@ mod page;
 mod reads;
 mod registry;
 mod relay;
+mod replays;
 pub mod retention;
 mod rules;
 pub mod settings;

@@ -38,6 +38,35 @@ pub async fn find_request(
     Ok(row.map(|r| StoredRequest { fingerprint: r.get(0), response: r.get(1) }))
 }
 
+/// The stored first answers to several `(setting_code, request_id)` keys in
+/// one indexed query (a primary-key probe each), in the order of `keys`:
+/// [`find_request`] for the look-ups of concurrent check-ins.
+pub async fn find_requests(
+    db: &impl GenericClient,
+    keys: &[(&str, &str)],
+) -> Result<Vec<Option<StoredRequest>>, ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT q.idx::int, r.fingerprint, r.response
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(setting_code, request_id, idx)
+             JOIN attendance.check_in_requests r
+               ON r.setting_code = q.setting_code AND r.request_id = q.request_id",
+        )
+        .await?;
+    let settings: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
+    let requests: Vec<&str> = keys.iter().map(|(_, r)| *r).collect();
+    let rows = db.query(&stmt, &[&settings, &requests]).await?;
+    let mut found: Vec<Option<StoredRequest>> = keys.iter().map(|_| None).collect();
+    for r in &rows {
+        let index: i32 = r.get(0);
+        let Some(slot) = usize::try_from(index - 1).ok().and_then(|i| found.get_mut(i)) else {
+            return Err(ApiError::internal("replay look-up returned an index out of range"));
+        };
+        *slot = Some(StoredRequest { fingerprint: r.get(1), response: r.get(2) });
+    }
+    Ok(found)
+}
+
 /// The person's episodes arriving after `since`, and their `recent` most
 /// recent ones (whenever), in no particular order: everything the check-in
 /// rules (`rules::decide`) look at.
