@@ -174,3 +174,17 @@ fn pct(n: u64, total: u64) -> f64 {
         100.0 * n as f64 / total as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_are_named_by_process_id_and_others_by_command() {
+        let p = Profiler { dir: PathBuf::new(), names: vec![(14492, "attendance")], recorded: Mutex::default() };
+        let folded = "tokio-rt-worker-14492;main;poll 7\npostgres-200;exec 3\n";
+        assert_eq!(p.name_processes(folded), "attendance;main;poll 7\npostgres;exec 3\n");
+        let top = summary(&p.name_processes(folded));
+        assert!(top.starts_with("10 samples\n\nattendance: 70.0% of samples\n   70.0%  poll\n"), "{top}");
+    }
+}
