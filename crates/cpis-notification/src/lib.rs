@@ -201,15 +201,12 @@ impl Notification {
         let (tx, rx) = tokio::sync::mpsc::channel(self.config.stream_buffer.max(1));
         let settings =
             StreamSettings { heartbeat: self.config.heartbeat, page_size: self.config.stream_buffer.max(1) as i64 };
-        let span = tracing::info_span!(
-            "subscription",
-            council = %council,
-            stream = %uuid::Uuid::new_v4(),
-            from = cursor,
-            replay = r.replay
-        );
-        span.in_scope(|| tracing::debug!("subscribed"));
-        let subscription = Subscription { council, cursor, latest };
+        // No span is held open for the stream's life: 10,000 idle streams
+        // would keep 10,000 spans (and their formatted fields) in memory.
+        // The stream's events and reads carry its council and id instead.
+        let id = uuid::Uuid::new_v4();
+        tracing::debug!(council = %council, stream = %id, from = cursor, replay = r.replay, "subscribed");
+        let subscription = Subscription { council, id, cursor, latest };
         // The stream's last word is sent after every buffered alert, so a
         // full buffer cannot swallow it: a stream the server ends always ends
         // with a non-OK status, and clients know to reconnect.
@@ -219,14 +216,11 @@ impl Notification {
             stop: self.shutdown.stopping().clone(),
             metrics: self.metrics.clone(),
         };
-        tokio::spawn(
-            async move {
-                if let Some(status) = stream::run(cx, subscription, settings, tx).await {
-                    let _ = end_tx.send(status);
-                }
+        tokio::spawn(async move {
+            if let Some(status) = stream::run(cx, subscription, settings, tx).await {
+                let _ = end_tx.send(status);
             }
-            .instrument(span),
-        );
+        });
         let messages = ReceiverStream::new(rx).map(|m| Ok(*m));
         Ok(Box::pin(messages.chain(futures::stream::once(last_word(end_rx)))))
     }

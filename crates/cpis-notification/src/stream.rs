@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 use tonic::Status;
+use tracing::Instrument as _;
 
 /// What the stream yields to tonic.
 pub type Item = Result<pb::SubscribeResponse, Status>;
@@ -45,6 +46,8 @@ pub struct StreamSettings {
 pub struct Subscription {
     /// The caller's council: the only alerts this stream ever reads.
     pub council: String,
+    /// Names the stream in its log lines and read spans.
+    pub id: uuid::Uuid,
     /// The last sequence delivered (or skipped on request).
     pub cursor: i64,
     /// The council's latest sequence, registered before the first read.
@@ -85,17 +88,17 @@ pub async fn run(
     let _open = OpenGuard(cx.metrics.open.clone());
     let ending = match pump(&cx, &mut sub, settings, &tx).await {
         Ok(End::ClientGone) => {
-            tracing::debug!(cursor = sub.cursor, "subscriber left");
+            tracing::debug!(council = %sub.council, stream = %sub.id, cursor = sub.cursor, "subscriber left");
             return None;
         }
         Ok(End::Stopping) => {
-            tracing::debug!(cursor = sub.cursor, "subscription ended by shutdown");
+            tracing::debug!(council = %sub.council, stream = %sub.id, cursor = sub.cursor, "subscription ended by shutdown");
             ApiError::Unavailable(
                 "the service is shutting down; reconnect and resume from your last sequence".to_string(),
             )
         }
         Err(e) => {
-            tracing::warn!(cursor = sub.cursor, error = %e, "subscription failed");
+            tracing::warn!(council = %sub.council, stream = %sub.id, cursor = sub.cursor, error = %e, "subscription failed");
             e
         }
     };
@@ -129,9 +132,11 @@ async fn pump(
             // This task is the only sender, so the room cannot shrink meanwhile.
             let limit = settings.page_size.min(tx.capacity() as i64 + 1);
             metrics.db_queries.inc("read");
-            // Boxed: the query's state lives on the heap only while it runs,
-            // not in every idle stream's task.
-            let page = Box::pin(store.traced_alerts_after(&sub.council, sub.cursor, limit)).await?;
+            // Boxed: the query's state (and its span) lives on the heap only
+            // while it runs, not in every idle stream's task.
+            let span =
+                tracing::info_span!("subscription.read", council = %sub.council, stream = %sub.id, after = sub.cursor);
+            let page = Box::pin(store.traced_alerts_after(&sub.council, sub.cursor, limit).instrument(span)).await?;
             let full = page.len() as i64 == limit;
             let mut alerts = page.into_iter().map(|(alert, traceparent)| {
                 sent(&alert, traceparent.as_deref(), metrics);

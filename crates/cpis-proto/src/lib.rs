@@ -1,7 +1,9 @@
-//! Generated code for the cpis v1 contract. Nothing here is written by hand:
-//! edit `proto/` and rebuild.
+//! Generated code for the cpis v1 contract. Nothing here is written by hand
+//! but the codec the generated code uses ([`codec`]): edit `proto/` and rebuild.
 
 #![allow(clippy::all, missing_docs)]
+
+pub mod codec;
 
 /// `cpis.common.v1`: types shared by every service.
 pub mod common {
