@@ -218,7 +218,8 @@ impl Sync {
 
     fn take_batch(&mut self) -> Batch {
         self.batch_refs.clear();
-        let mut batch = Batch { sync_id: self.sync_id, refused: Vec::new(), valid: Vec::with_capacity(self.batch.len()) };
+        let mut batch =
+            Batch { sync_id: self.sync_id, refused: Vec::new(), valid: Vec::with_capacity(self.batch.len()) };
         for (row, p) in std::mem::take(&mut self.batch) {
             match p {
                 Pending::Valid(p) => batch.valid.push((row, p)),
