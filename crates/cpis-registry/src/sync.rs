@@ -33,7 +33,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 /// Rows staged per round trip (the default).
-pub const BATCH: usize = 4000;
+pub const BATCH: usize = 1000;
 /// Rejections listed in the response; `rejected` counts them all.
 pub const MAX_LISTED_REJECTIONS: usize = 1000;
 /// Longest reason listed for one rejection, in characters.
