@@ -11,17 +11,24 @@
 //! `registry.sync_uploads`, kept fresh while messages arrive; an abandoned one
 //! (its replica died) is swept by its own staleness, never by the age of its rows.
 //!
+//! Staging overlaps receiving: while one batch is written (in a transaction
+//! that also marks the upload alive, on a connection of its own), the next
+//! is received and validated; at most one batch is in flight, so batches
+//! reach the database in file order.
+//!
 //! A refused row changes nothing: an existing plan with its reference is
 //! neither updated nor ended. Rows are staged and judged in file order: of two
 //! rows with the same reference the first counts, whatever the batch size.
 
 use crate::model::{validate_plan, PlanInput};
+use crate::share::CouncilConn;
 use crate::store::{lock_council, uploads};
 use chrono::NaiveDate;
 use cpis_proto::registry::v1 as pb;
 use cpis_runtime::ApiError;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -80,6 +87,8 @@ pub struct Sync {
     batch_refs: HashSet<String>,
     /// Rows accepted into staging so far.
     staged: i64,
+    /// The batch being staged in the background, if any.
+    inflight: Option<JoinHandle<Result<Staged, ApiError>>>,
     last_touch: Instant,
     /// What happened so far.
     pub outcome: Outcome,
@@ -97,6 +106,7 @@ impl Sync {
             batch: Vec::with_capacity(batch_size.min(BATCH)),
             batch_refs: HashSet::new(),
             staged: 0,
+            inflight: None,
             last_touch: Instant::now(),
             outcome: Outcome::default(),
         }
@@ -123,15 +133,21 @@ impl Sync {
         )))
     }
 
+    /// Counts a refusal and keeps it among the listed ones while it is one
+    /// of the first [`MAX_LISTED_REJECTIONS`] in row order (refusals of
+    /// duplicates arrive out of row order, once their batch is staged).
     fn reject(&mut self, row: i64, reference: &str, field: &str, reason: &str) {
         self.outcome.rejected += 1;
-        if self.outcome.rejections.len() < MAX_LISTED_REJECTIONS {
-            self.outcome.rejections.push(pb::SyncRejection {
-                local_reference: reference.chars().take(crate::model::MAX_LOCAL_REFERENCE).collect(),
-                reason: reason.chars().take(MAX_REASON_CHARS).collect(),
-                row,
-                field: field.to_string(),
-            });
+        let listed = &mut self.outcome.rejections;
+        listed.push(pb::SyncRejection {
+            local_reference: reference.chars().take(crate::model::MAX_LOCAL_REFERENCE).collect(),
+            reason: reason.chars().take(MAX_REASON_CHARS).collect(),
+            row,
+            field: field.to_string(),
+        });
+        if listed.len() >= 2 * MAX_LISTED_REJECTIONS {
+            listed.sort_by_key(|r| r.row);
+            listed.truncate(MAX_LISTED_REJECTIONS);
         }
     }
 
@@ -179,40 +195,45 @@ impl Sync {
         self.batch.len() >= self.batch_size || self.last_touch.elapsed() >= keepalive
     }
 
-    /// Stages the pending rows (references already staged by earlier rows are
-    /// refused) and marks the upload alive.
-    pub async fn flush(&mut self, client: &impl GenericClient) -> Result<(), ApiError> {
-        if !uploads::mark_alive(client, self.sync_id).await? {
-            return Err(idle_too_long());
-        }
+    /// Starts staging the pending rows on `client` in the background and
+    /// marks the upload alive; call [`Sync::settle`] first (one batch in
+    /// flight at a time keeps the batches in file order).
+    pub fn flush(&mut self, mut client: CouncilConn) {
+        debug_assert!(self.inflight.is_none(), "settle before flushing");
         self.last_touch = Instant::now();
-        self.batch_refs.clear();
-        let batch = std::mem::take(&mut self.batch);
-        let mut refused = Vec::new();
-        let mut valid = Vec::with_capacity(batch.len());
-        for (row, p) in &batch {
-            match p {
-                Pending::Valid(p) => valid.push((*row, p)),
-                Pending::Refused(r) => refused.push((*row, r.as_str())),
-            }
-        }
-        if !refused.is_empty() {
-            uploads::stage_refused(client, self.sync_id, &refused).await?;
-        }
-        if valid.is_empty() {
+        let batch = self.take_batch();
+        self.inflight = Some(tokio::spawn(async move { batch.stage(&mut client).await }));
+    }
+
+    /// Waits for the batch being staged, if any, and refuses its rows whose
+    /// reference an earlier row had staged already.
+    pub async fn settle(&mut self) -> Result<(), ApiError> {
+        let Some(inflight) = self.inflight.take() else {
             return Ok(());
-        }
-        let staged = uploads::stage_valid(client, self.sync_id, &valid).await?;
-        self.staged += staged.len() as i64;
-        if staged.len() < valid.len() {
-            let kept: HashSet<i64> = staged.into_iter().collect();
-            for (row, p) in &valid {
-                if !kept.contains(row) {
-                    self.reject_duplicate(*row, &p.local_reference);
-                }
+        };
+        let staged = inflight.await.map_err(|_| ApiError::internal("staging a batch of the upload failed"))??;
+        self.absorb(staged);
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> Batch {
+        self.batch_refs.clear();
+        let mut batch =
+            Batch { sync_id: self.sync_id, refused: Vec::new(), valid: Vec::with_capacity(self.batch.len()) };
+        for (row, p) in std::mem::take(&mut self.batch) {
+            match p {
+                Pending::Valid(p) => batch.valid.push((row, p)),
+                Pending::Refused(r) => batch.refused.push((row, r)),
             }
         }
-        Ok(())
+        batch
+    }
+
+    fn absorb(&mut self, staged: Staged) {
+        self.staged += staged.staged;
+        for (row, reference) in staged.duplicates {
+            self.reject_duplicate(row, &reference);
+        }
     }
 
     /// Applies the staged snapshot in one transaction (rolled back for a dry
@@ -227,7 +248,10 @@ impl Sync {
         mass_end_share: f64,
         dry_run: bool,
     ) -> Result<Outcome, ApiError> {
-        let flushed = self.flush(crate::pg(client)).await;
+        let flushed = match self.settle().await {
+            Ok(()) => self.take_batch().stage(client).await.map(|staged| self.absorb(staged)),
+            Err(e) => Err(e),
+        };
         let result = match flushed {
             Ok(()) => self.apply_staged(client, by, allow_mass_end, mass_end_share, dry_run).await,
             Err(e) => Err(e),
@@ -236,6 +260,7 @@ impl Sync {
         let _ = uploads::discard(crate::pg(client), self.sync_id).await;
         result?;
         self.outcome.rejections.sort_by_key(|r| r.row);
+        self.outcome.rejections.truncate(MAX_LISTED_REJECTIONS);
         Ok(self.outcome)
     }
 
@@ -296,6 +321,57 @@ impl Sync {
     /// the client went away, which runs no code after the current `.await`.
     pub fn staging_guard(&self, pool: deadpool_postgres::Pool) -> StagingGuard {
         StagingGuard { pool, sync_id: self.sync_id }
+    }
+}
+
+/// Rows taken from the upload for staging, owned, so that they are written
+/// while the next batch is received.
+struct Batch {
+    sync_id: Uuid,
+    /// Refused rows `(row number, reference)` that protect their reference.
+    refused: Vec<(i64, String)>,
+    /// Valid rows `(row number, plan)`.
+    valid: Vec<(i64, PlanInput)>,
+}
+
+/// What staging one batch did.
+struct Staged {
+    /// Valid rows staged.
+    staged: i64,
+    /// Valid rows `(row number, reference)` not staged: an earlier row had their reference.
+    duplicates: Vec<(i64, String)>,
+}
+
+impl Batch {
+    /// Stages the rows in one transaction that first marks the upload alive
+    /// (and holds its row, so that a discard waits for this batch and then
+    /// removes it too, never leaving rows behind).
+    async fn stage(self, client: &mut deadpool_postgres::Client) -> Result<Staged, ApiError> {
+        let tx = client.transaction().await?;
+        if !uploads::mark_alive(&*tx, self.sync_id).await? {
+            return Err(idle_too_long());
+        }
+        if !self.refused.is_empty() {
+            let refused: Vec<(i64, &str)> = self.refused.iter().map(|(n, r)| (*n, r.as_str())).collect();
+            uploads::stage_refused(&*tx, self.sync_id, &refused).await?;
+        }
+        let mut out = Staged { staged: 0, duplicates: Vec::new() };
+        if !self.valid.is_empty() {
+            let valid: Vec<(i64, &PlanInput)> = self.valid.iter().map(|(n, p)| (*n, p)).collect();
+            let staged = uploads::stage_valid(&*tx, self.sync_id, &valid).await?;
+            out.staged = staged.len() as i64;
+            if staged.len() < valid.len() {
+                let kept: HashSet<i64> = staged.into_iter().collect();
+                out.duplicates = self
+                    .valid
+                    .into_iter()
+                    .filter(|(row, _)| !kept.contains(row))
+                    .map(|(row, p)| (row, p.local_reference))
+                    .collect();
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 }
 

@@ -131,8 +131,9 @@ impl Registry {
             }
             upload.push(msg.plan.as_ref());
             if upload.should_flush(keepalive) {
+                upload.settle().await?;
                 let client = self.council_db(council).await?;
-                upload.flush(pg(&client)).await?;
+                upload.flush(client);
             }
         }
         let Some(stated) = stated else {
@@ -152,6 +153,7 @@ impl Registry {
                 format!("states {stated} plan rows but {} were received: nothing was changed", upload.received()),
             ));
         }
+        upload.settle().await?;
         Ok(options.unwrap_or((false, false)))
     }
 }

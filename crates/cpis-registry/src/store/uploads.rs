@@ -38,7 +38,8 @@ pub async fn started_at(client: &impl GenericClient, council: &str) -> Result<Op
         .map(|r| r.get(0)))
 }
 
-/// Marks the upload alive; false when it was swept meanwhile.
+/// Marks the upload alive; false when it was swept meanwhile. In a
+/// transaction, holds the upload's row until it ends (a discard waits).
 pub async fn mark_alive(client: &impl GenericClient, sync_id: Uuid) -> Result<bool, ApiError> {
     let alive =
         client.execute("UPDATE registry.sync_uploads SET last_seen_at = now() WHERE sync_id = $1", &[&sync_id]).await?;
@@ -200,7 +201,7 @@ static CREATE_NEW: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH ins AS (
              INSERT INTO registry.plans (plan_id, council_code, local_reference, {fields}, version)
-             SELECT gen_random_uuid(), $2, s.local_reference, {staged}, 1
+             SELECT registry.new_plan_id(), $2, s.local_reference, {staged}, 1
              FROM registry.sync_rows s
              WHERE s.sync_id = $1 AND NOT s.rejected
                AND NOT EXISTS (SELECT 1 FROM registry.plans p WHERE p.council_code = $2
@@ -228,10 +229,11 @@ pub async fn create_new(
     Ok((row.get(0), row.get(1)))
 }
 
-/// Removes one upload and its staged rows.
+/// Removes one upload and its staged rows: the upload first (which waits for
+/// a batch being staged, see [`mark_alive`]), so no batch can follow.
 pub async fn discard(client: &impl GenericClient, sync_id: Uuid) -> Result<(), ApiError> {
-    client.execute("DELETE FROM registry.sync_rows WHERE sync_id = $1", &[&sync_id]).await?;
     client.execute("DELETE FROM registry.sync_uploads WHERE sync_id = $1", &[&sync_id]).await?;
+    client.execute("DELETE FROM registry.sync_rows WHERE sync_id = $1", &[&sync_id]).await?;
     Ok(())
 }
 
