@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// The run's parts, each handed once to the phases' shared context.
+#[allow(clippy::too_many_arguments)]
 pub async fn measure(
     shape: &Shape,
     services: &mut Services,

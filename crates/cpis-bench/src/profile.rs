@@ -154,12 +154,12 @@ fn summary(folded: &str) -> String {
         total += count;
     }
     let mut processes: Vec<_> = per_process.into_iter().collect();
-    processes.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    processes.sort_by_key(|(_, (samples, _))| std::cmp::Reverse(*samples));
     let mut out = format!("{total} samples\n");
     for (process, (samples, leaves)) in processes {
         out.push_str(&format!("\n{process}: {:.1}% of samples\n", pct(samples, total)));
         let mut leaves: Vec<_> = leaves.into_iter().collect();
-        leaves.sort_by(|a, b| b.1.cmp(&a.1));
+        leaves.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         for (leaf, n) in leaves.into_iter().take(10) {
             out.push_str(&format!("  {:>5.1}%  {leaf}\n", pct(n, total)));
         }
