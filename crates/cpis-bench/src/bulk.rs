@@ -52,11 +52,21 @@ pub async fn bulk_sync(
         let registry_rss_before_kib = registry.rss_kib().unwrap_or(0);
         let reset = registry.reset_peak();
         let sampler = RssSampler::start(services, Duration::from_millis(50));
+        // --perf: the first seconds of the first upload (its length is not known in advance).
+        let recording = match &ctx.profiler {
+            Some(p) if pass == "first upload" => {
+                Some(p.window("bulk-first-upload", Duration::from_millis(300), Duration::from_secs(4)))
+            }
+            _ => None,
+        };
         let t = Instant::now();
         let r = tokio::time::timeout(Duration::from_secs(600), data::sync(channel.clone(), plans))
             .await
             .context("the bulk SyncPlans took over 600 s")??;
         let seconds = t.elapsed().as_secs_f64();
+        if let Some(recording) = recording {
+            let _ = recording.await;
+        }
         let peak = sampler.finish().await;
         let result = BulkPass {
             pass,

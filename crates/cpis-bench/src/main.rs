@@ -48,6 +48,7 @@ mod net;
 mod phases;
 mod print;
 mod procs;
+mod profile;
 mod report;
 mod shape;
 mod streams;
@@ -139,6 +140,8 @@ struct Ctx {
     councils: Vec<String>,
     people: People,
     unregistered: Arc<Vec<String>>,
+    /// `--perf`: CPU profiles of chosen windows.
+    profiler: Option<profile::Profiler>,
 }
 
 impl Ctx {
@@ -159,11 +162,20 @@ impl Ctx {
     }
 }
 
-/// Runs each level of a closed-loop phase, printing as it goes.
-async fn levels(ctx: &Ctx, label: &str, make: impl Fn(usize) -> Op) -> Vec<LevelResult> {
+/// Runs each level of a closed-loop phase, printing as it goes; with
+/// `--perf`, profiles the last (busiest) level's measured window as `perf`.
+async fn levels(ctx: &Ctx, label: &str, perf: Option<&str>, make: impl Fn(usize) -> Op) -> Vec<LevelResult> {
     let mut out = Vec::new();
-    for &c in &ctx.shape.levels {
+    for (i, &c) in ctx.shape.levels.iter().enumerate() {
+        let last = i + 1 == ctx.shape.levels.len();
+        let recording = match (&ctx.profiler, perf) {
+            (Some(p), Some(name)) if last => Some(p.window(name, ctx.shape.warmup(), ctx.shape.duration())),
+            _ => None,
+        };
         let r = closed_loop(c, ctx.shape.warmup(), ctx.shape.duration(), make(c)).await;
+        if let Some(recording) = recording {
+            let _ = recording.await;
+        }
         progress(&format!(
             "{label} c={c}: {:.0}/s p50 {:.2} ms p99 {:.2} ms errors {}{}",
             r.per_second,
@@ -223,7 +235,14 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let whole_run = RssSampler::start(&services, Duration::from_millis(250));
-    let outcome = phases::measure(&shape, &mut services, pki, trust_domain, database_url, &meter, &mut report).await;
+    let profiler = match &args.perf {
+        Some(dir) => {
+            Some(profile::Profiler::new(dir, services.all().iter().filter_map(|s| Some((s.pid()?, s.name))).collect())?)
+        }
+        None => None,
+    };
+    let outcome =
+        phases::measure(&shape, &mut services, pki, trust_domain, database_url, profiler, &meter, &mut report).await;
     report.footprint_peak_over_run = whole_run.finish().await;
     meter.phase("shutdown");
     services.stop();

@@ -21,6 +21,7 @@ pub async fn measure(
     pki: Pki,
     trust_domain: String,
     database_url: String,
+    profiler: Option<super::profile::Profiler>,
     meter: &CpuMeter,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -43,6 +44,7 @@ pub async fn measure(
         councils: data::councils(),
         unregistered: Arc::new(people.unregistered.clone()),
         people,
+        profiler,
     };
 
     // (9) idle, before anything else.
@@ -76,9 +78,10 @@ pub async fn measure(
 
     if shape.runs("framework") {
         meter.phase("(1) framework ceiling");
-        report.framework_ceiling =
-            levels(&ctx, "(1) Health/Check", |c| net::health_op(ctx.net.clone(), ctx.attendance_port, net::slots(c)))
-                .await;
+        report.framework_ceiling = levels(&ctx, "(1) Health/Check", None, |c| {
+            net::health_op(ctx.net.clone(), ctx.attendance_port, net::slots(c))
+        })
+        .await;
     }
     if shape.runs("database") {
         meter.phase("(2) database ceiling");
@@ -91,20 +94,25 @@ pub async fn measure(
             )
             .await?;
         let pool = cpis_runtime::db::pool(&ctx.database_url, 16)?;
-        report.database_ceiling = levels(&ctx, "(2) durable INSERT", |_| net::db_op(pool.clone(), true)).await;
-        report.database_unprepared = levels(&ctx, "(2b) same, unprepared", |_| net::db_op(pool.clone(), false)).await;
+        report.database_ceiling = levels(&ctx, "(2) durable INSERT", None, |_| net::db_op(pool.clone(), true)).await;
+        report.database_unprepared =
+            levels(&ctx, "(2b) same, unprepared", None, |_| net::db_op(pool.clone(), false)).await;
         ctx.db.batch_execute("DROP TABLE bench.scratch; CHECKPOINT").await?;
     }
     services.check_alive()?;
     if shape.runs("not-flagged") {
         meter.phase("(3) CheckIn not flagged");
         report.check_in_not_flagged =
-            levels(&ctx, "(3) CheckIn not flagged", |c| ctx.not_flagged_op(net::slots(c))).await;
+            levels(&ctx, "(3) CheckIn not flagged", Some("not-flagged"), |c| ctx.not_flagged_op(net::slots(c))).await;
     }
     if shape.runs("flagged") {
         meter.phase("(4) CheckIn flagged");
         let sampler = RssSampler::start(services, Duration::from_millis(100));
-        for &c in &shape.levels {
+        for (i, &c) in shape.levels.iter().enumerate() {
+            let recording = match &ctx.profiler {
+                Some(p) if i + 1 == shape.levels.len() => Some(p.window("flagged", shape.warmup(), shape.duration())),
+                _ => None,
+            };
             // Alerts stored by Notification during the measured window.
             let published = {
                 let (url, warmup, duration) = (ctx.database_url.clone(), shape.warmup(), shape.duration());
@@ -122,6 +130,9 @@ pub async fn measure(
                 closed_loop(c, shape.warmup(), shape.duration(), ctx.flagged_op(net::slots(c), flagged_people.clone()))
                     .await;
             let alerts_published_per_sec = published.await.context("alert counter")??;
+            if let Some(recording) = recording {
+                let _ = recording.await;
+            }
             let backlog = data::outbox_pending(&ctx.db).await?;
             let (drain_secs, drained) = data::drain_outbox(&ctx.db, Duration::from_secs(120)).await?;
             let end_to_end_per_sec = level.per_second.min(alerts_published_per_sec);
@@ -145,7 +156,15 @@ pub async fn measure(
     services.check_alive()?;
     if shape.runs("alerts") {
         meter.phase("(5) alert latency");
+        // The middle of the fixed-rate window (subscriptions open first).
+        let recording = ctx.profiler.as_ref().map(|p| {
+            let length = (shape.alert_secs - 6.0).clamp(1.0, 10.0);
+            p.window("alerts", Duration::from_secs(4), Duration::from_secs_f64(length))
+        });
         report.alerts = Some(alerts::alert_latency(&ctx, flagged_people.clone()).await?);
+        if let Some(recording) = recording {
+            let _ = recording.await;
+        }
     }
     services.check_alive()?;
     if shape.runs("streams") {
@@ -184,6 +203,9 @@ pub async fn measure(
     data::drain_outbox(&ctx.db, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     report.footprint_idle_end = services.rss_kib();
+    if let Some(p) = &ctx.profiler {
+        p.finish();
+    }
     Ok(())
 }
 

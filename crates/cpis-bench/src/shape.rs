@@ -38,6 +38,13 @@ pub struct BenchArgs {
     /// Where the SVG charts go (created if missing).
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// Record CPU profiles (Linux `perf`, machine-wide) of the busiest
+    /// level of (3) and (4), of (5)'s window and of (6)'s first upload, and
+    /// draw them as flame graphs in this directory (needs `perf` and
+    /// `cargo install inferno`). Sampling costs CPU: a profiled run's
+    /// figures are not comparable with an unprofiled one's.
+    #[arg(long, value_name = "DIR")]
+    pub perf: Option<PathBuf>,
     /// The `cpis` executable whose `cpis serve` is measured. Default: the
     /// one beside this program (built first when run through cargo).
     #[arg(long, env = "CPIS_BIN")]
