@@ -13,18 +13,23 @@
 //!   its check-in's transaction holds locked until it commits, so positions
 //!   follow commit order and a later position is never visible before an
 //!   earlier one;
-//! - the relay publishes a council's rows strictly by position, in batches:
-//!   the rows it read (up to [`RelaySettings::batch_size`]) go in one
-//!   `PublishAlerts` call, which the Notification service stores in one
-//!   transaction, all or nothing, giving the council's alerts consecutive
-//!   sequences in request order (a lone row goes in one `PublishAlert`).
-//!   The next batch goes only after the one before answered OK (and so was
-//!   stored), and a batch's rows are marked delivered together only then; a
-//!   failure stops the council at the batch's first row, and the whole
-//!   council is retried later from that row (head of line first), never a
-//!   single row on its own schedule. A batch refused as a whole for a reason
-//!   other than an outage is retried one row at a time, so the rows before
-//!   the one refused still go and the council stops exactly there;
+//! - the relay publishes a council's rows strictly by position, in batches.
+//!   In the common case one pass reads the next rows (a prefix of the
+//!   queue, up to [`RelaySettings::batch_size`]) of every council it leased
+//!   and sends all of them, council by council, in one `PublishAlerts` call,
+//!   which the Notification service stores in one transaction, all or
+//!   nothing, giving each council's alerts consecutive sequences in request
+//!   order. A council's next rows go only in a later pass, after the call
+//!   before answered OK (and so was stored), and a batch's rows are marked
+//!   delivered together only then. If that call fails, the pass's councils
+//!   go their own ways ([`Relay::drain_council`]): each council's rows read
+//!   again and sent in its own `PublishAlerts` call (a lone row in one
+//!   `PublishAlert`); a failure stops the council at the batch's first row,
+//!   and the whole council is retried later from that row (head of line
+//!   first), never a single row on its own schedule. A batch refused as a
+//!   whole for a reason other than an outage is retried one row at a time,
+//!   so the rows before the one refused still go and the council stops
+//!   exactly there; an outage stops every council of the pass at its head;
 //! - one relay at a time works on a council (a lease), and even two relays
 //!   that both believe they hold it (a lease expired under a stalled relay)
 //!   cannot reorder: each publishes only after the row before is stored, and
@@ -34,14 +39,21 @@
 //! # Liveness
 //!
 //! No database transaction or row lock is held across a `PublishAlert` call:
-//! a relay leases councils in one statement (`relay_councils.lease_until`),
-//! reads their rows, publishes, and marks each row delivered in one statement
-//! that also renews the lease. A relay that vanishes (crash, partition, lost
-//! node: no FIN, no RST) loses its leases after [`RelaySettings::lease`], and
-//! another replica carries on from the first undelivered row; the alerts it
-//! was sending are neither lost nor duplicated. Every database connection
-//! sets `lock_timeout`, `idle_in_transaction_session_timeout` and TCP
-//! keepalives ([`cpis_runtime::db::SessionSettings`]), and the Notification
+//! a pass leases councils and reads their rows in one statement
+//! (`relay_councils.lease_until`), publishes, and marks the rows delivered
+//! and gives the councils back in one statement (the per-council path marks
+//! each batch delivered in one statement that also renews the lease). A
+//! relay takes at most its share of the councils with undelivered alerts
+//! (divided by the relays alive, `attendance.relays`), least recently
+//! served first, so replicas share the work; a relay runs a few passes at
+//! once ([`PASSES_IN_FLIGHT`]), each on councils it leased for itself, so a
+//! check-in's alert need not wait behind a call in flight. A relay that vanishes (crash,
+//! partition, lost node: no FIN, no RST) loses its leases after
+//! [`RelaySettings::lease`], and another replica carries on from the first
+//! undelivered row; the alerts it was sending are neither lost nor
+//! duplicated. Every database connection sets `lock_timeout`,
+//! `idle_in_transaction_session_timeout` and TCP keepalives
+//! ([`cpis_runtime::db::SessionSettings`]), and the Notification
 //! service holds a council's counter lock only inside one statement, so no
 //! silently lost connection can stall a council for longer than those bounds.
 //! A relay that cannot reach the Notification service at all (every publish
@@ -57,8 +69,11 @@
 //! and PostgreSQL in the middle of a pass, a Notification replica and
 //! PostgreSQL, a relay and its Notification replica, in Linux network
 //! namespaces: alerts reach the healthy replica within 20 s with 3 s leases,
-//! in order, none lost or repeated).
+//! in order, none lost or repeated), and `tests/e2e/relay.rs` again (a
+//! backlog of many councils published across councils in shared calls,
+//! each council gapless, in check-in order, nothing twice).
 
+mod batch;
 mod publish;
 
 use crate::store::{self, LeasedCouncil, PendingAlert};
@@ -75,6 +90,17 @@ use uuid::Uuid;
 
 /// Most councils one relay works on at once (England has about 153).
 const MAX_COUNCILS_PER_PASS: i64 = 64;
+
+/// Passes one relay runs at once, each on councils of its own (a council
+/// is leased by one pass at a time): a check-in's alert need not wait for a
+/// pass already publishing others, and a backlog goes out in parallel calls.
+const PASSES_IN_FLIGHT: usize = 3;
+
+/// How often the backlog (metrics, next due council) is read while alerts flow.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// How often at most the backlog is read while passes find nothing to do.
+const IDLE_BACKLOG_EVERY: Duration = Duration::from_millis(200);
 
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
@@ -213,10 +239,10 @@ impl Relay {
         tokio::spawn(async move {
             // The id this relay's leases carry (attendance.relay_councils.holder).
             tracing::info!(relay = %self.id, "outbox relay started");
-            let relay = self.clone();
+            let workers = (0..PASSES_IN_FLIGHT).map(|worker| self.clone().run(worker));
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = relay.run() => {}
+                _ = futures::future::join_all(workers) => {}
             }
             // Hand this relay's councils over now rather than when the
             // leases run out (best effort: a relay that vanishes cannot).
@@ -229,7 +255,15 @@ impl Relay {
         })
     }
 
-    async fn run(self) {
+    /// One of the relay's [`PASSES_IN_FLIGHT`] pass loops (`worker`
+    /// numbers them; only the first probes after an outage).
+    async fn run(self, worker: usize) {
+        // The outbox's depth and age (metrics) and when a council next falls
+        // due are read at most every BACKLOG_EVERY while alerts flow, at most
+        // every IDLE_BACKLOG_EVERY while passes find nothing (a wake-up per
+        // check-in), and after every pass that met a failure.
+        let mut backlog_read: Option<Instant> = None;
+        let mut due_at: Option<Instant> = None;
         loop {
             // A pause holds even against wake-ups from local check-ins.
             let (paused_until, probing) = {
@@ -239,16 +273,45 @@ impl Relay {
             if let Some(until) = paused_until {
                 tokio::time::sleep_until(until).await;
             }
+            if probing && worker > 0 {
+                // One council at a time after an outage: the first loop probes.
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                }
+                continue;
+            }
             let limit = if probing { 1 } else { MAX_COUNCILS_PER_PASS };
-            let sleep = match self.pass(limit).await {
-                // Work was done: look again at once (rows may have arrived
-                // for a council while this relay held it).
-                Ok((outcome, _)) if outcome.delivered > 0 && outcome.outages == 0 => {
+            let outcome = self.pass(limit).await;
+            let since_read = backlog_read.map(|t| t.elapsed());
+            let read_now = match outcome {
+                Ok(o) if o.outages > 0 || o.rejections > 0 => true,
+                Ok(o) if o.delivered > 0 => since_read.is_none_or(|e| e >= BACKLOG_EVERY),
+                // Nothing to do: the cached due time serves unless it is old
+                // or says a council is due now (which this pass did not find).
+                Ok(_) => {
+                    since_read.is_none_or(|e| e >= IDLE_BACKLOG_EVERY) || due_at.is_some_and(|t| t <= Instant::now())
+                }
+                Err(_) => true,
+            };
+            if read_now {
+                match self.read_backlog().await {
+                    Ok(due) => due_at = due.map(|d| Instant::now() + d),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the outbox backlog"),
+                }
+                backlog_read = Some(Instant::now());
+            }
+            let sleep = match outcome {
+                // Work was done: look again at once (more rows may wait, or
+                // have arrived while this pass published).
+                Ok(outcome) if outcome.delivered > 0 && outcome.outages == 0 => {
                     self.pause_after(outcome).await;
                     Duration::ZERO
                 }
-                Ok((outcome, next_due)) => {
-                    let due = next_due.map_or(self.settings.poll_interval, |d| d.min(self.settings.poll_interval));
+                Ok(outcome) => {
+                    let due = due_at.map_or(self.settings.poll_interval, |t| {
+                        t.saturating_duration_since(Instant::now()).min(self.settings.poll_interval)
+                    });
                     self.pause_after(outcome).await;
                     due
                 }
@@ -267,6 +330,16 @@ impl Relay {
         }
     }
 
+    /// Reads the outbox's backlog into the metrics; returns when the next
+    /// council falls due.
+    async fn read_backlog(&self) -> Result<Option<Duration>, DbFailure> {
+        let db = self.pool.get().await?;
+        let backlog = store::backlog(&db).await?;
+        self.metrics.depth.set(backlog.depth);
+        self.metrics.oldest_age.set(backlog.oldest_age);
+        Ok(backlog.next_due_in)
+    }
+
     /// Pauses this relay when it cannot reach the Notification service at
     /// all (every council it tried failed as an outage): exponentially
     /// longer, so it leaves its councils to replicas that can; any delivery
@@ -282,37 +355,23 @@ impl Relay {
         }
     }
 
-    /// Leases the due councils and publishes each (councils in parallel,
-    /// each in order); returns what it did and when the next council falls due.
-    async fn pass(&self, limit: i64) -> Result<(PassOutcome, Option<Duration>), DbFailure> {
+    /// One pass over up to `limit` councils: all in one `PublishAlerts`
+    /// call ([`Relay::batched_pass`]), or, while the Notification service
+    /// has no `PublishAlerts`, council by council.
+    async fn pass(&self, limit: i64) -> Result<PassOutcome, DbFailure> {
+        if !self.batches_refused() {
+            return self.batched_pass(limit).await;
+        }
         let leased = {
             let db = self.pool.get().await?;
             store::lease_councils(&db, self.id, self.settings.lease, limit).await?
         };
         let results = futures::future::join_all(leased.into_iter().map(|c| self.drain_council(c))).await;
         let mut outcome = PassOutcome::default();
-        let mut db_failure = None;
         for r in results {
-            match r {
-                Ok(Drained { delivered, stopped }) => {
-                    outcome.delivered += delivered;
-                    match stopped {
-                        Some(f) if f.outage => outcome.outages += 1,
-                        Some(_) => outcome.rejections += 1,
-                        None => {}
-                    }
-                }
-                Err(e) => db_failure = Some(e),
-            }
+            outcome.add(r?);
         }
-        if let Some(e) = db_failure {
-            return Err(e);
-        }
-        let db = self.pool.get().await?;
-        let backlog = store::backlog(&db).await?;
-        self.metrics.depth.set(backlog.depth);
-        self.metrics.oldest_age.set(backlog.oldest_age);
-        Ok((outcome, backlog.next_due_in))
+        Ok(outcome)
     }
 
     /// Publishes a leased council's undelivered alerts in position order

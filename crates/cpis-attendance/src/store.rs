@@ -10,6 +10,7 @@
 
 pub mod checkin;
 pub mod reads;
+pub mod relay;
 
 use chrono::{DateTime, Utc};
 use cpis_domain::time::to_timestamp;
@@ -88,31 +89,33 @@ pub async fn pending_for_council(
             &[&council, &limit],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let episode_id: Uuid = r.get(6);
-            let arrived_at: DateTime<Utc> = r.get(9);
-            PendingAlert {
-                outbox_id: r.get(0),
-                request: cpis_proto::notification::v1::PublishAlertRequest {
-                    council_code: r.get(2),
-                    nhs_number: r.get(3),
-                    plan_type: r.get(4),
-                    local_reference: r.get(5),
-                    episode: Some(Episode {
-                        episode_id: episode_id.to_string(),
-                        setting_code: r.get(7),
-                        setting_type: r.get(8),
-                        arrived_at: Some(to_timestamp(arrived_at)),
-                    }),
-                    priority: r.get(10),
-                },
-                traceparent: r.get(11),
-                position: r.get(12),
-            }
-        })
-        .collect())
+    Ok(rows.iter().map(|r| pending_from_row(r, 0)).collect())
+}
+
+/// The columns `outbox_id, attempts, council_code, nhs_number, plan_type,
+/// local_reference, episode_id, setting_code, setting_type, arrived_at,
+/// priority, traceparent, position` of `r`, starting at column `at`.
+pub(crate) fn pending_from_row(r: &tokio_postgres::Row, at: usize) -> PendingAlert {
+    let episode_id: Uuid = r.get(at + 6);
+    let arrived_at: DateTime<Utc> = r.get(at + 9);
+    PendingAlert {
+        outbox_id: r.get(at),
+        request: cpis_proto::notification::v1::PublishAlertRequest {
+            council_code: r.get(at + 2),
+            nhs_number: r.get(at + 3),
+            plan_type: r.get(at + 4),
+            local_reference: r.get(at + 5),
+            episode: Some(Episode {
+                episode_id: episode_id.to_string(),
+                setting_code: r.get(at + 7),
+                setting_type: r.get(at + 8),
+                arrived_at: Some(to_timestamp(arrived_at)),
+            }),
+            priority: r.get(at + 10),
+        },
+        traceparent: r.get(at + 11),
+        position: r.get(at + 12),
+    }
 }
 
 /// Marks an outbox row delivered (the Notification service has stored it)
@@ -201,8 +204,11 @@ pub async fn release_all(
     db: &impl deadpool_postgres::GenericClient,
     holder: Uuid,
 ) -> Result<u64, tokio_postgres::Error> {
-    db.execute("UPDATE attendance.relay_councils SET holder = NULL, lease_until = NULL WHERE holder = $1", &[&holder])
-        .await
+    let released = db
+        .execute("UPDATE attendance.relay_councils SET holder = NULL, lease_until = NULL WHERE holder = $1", &[&holder])
+        .await?;
+    db.execute("DELETE FROM attendance.relays WHERE relay_id = $1", &[&holder]).await?;
+    Ok(released)
 }
 
 /// Gives up `holder`'s lease of `council`, so any relay may take it at once.
