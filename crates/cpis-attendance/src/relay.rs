@@ -45,9 +45,7 @@
 //! each batch delivered in one statement that also renews the lease). A
 //! relay takes at most its share of the councils with undelivered alerts
 //! (divided by the relays alive, `attendance.relays`), least recently
-//! served first, so replicas share the work; a relay runs a few passes at
-//! once ([`PASSES_IN_FLIGHT`]), each on councils it leased for itself, so a
-//! check-in's alert need not wait behind a call in flight. A relay that vanishes (crash,
+//! served first, so replicas share the work. A relay that vanishes (crash,
 //! partition, lost node: no FIN, no RST) loses its leases after
 //! [`RelaySettings::lease`], and another replica carries on from the first
 //! undelivered row; the alerts it was sending are neither lost nor
@@ -90,11 +88,6 @@ use uuid::Uuid;
 
 /// Most councils one relay works on at once (England has about 153).
 const MAX_COUNCILS_PER_PASS: i64 = 64;
-
-/// Passes one relay runs at once, each on councils of its own (a council
-/// is leased by one pass at a time): a check-in's alert need not wait for a
-/// pass already publishing others, and a backlog goes out in parallel calls.
-const PASSES_IN_FLIGHT: usize = 3;
 
 /// How often the backlog (metrics, next due council) is read while alerts flow.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
@@ -239,10 +232,10 @@ impl Relay {
         tokio::spawn(async move {
             // The id this relay's leases carry (attendance.relay_councils.holder).
             tracing::info!(relay = %self.id, "outbox relay started");
-            let workers = (0..PASSES_IN_FLIGHT).map(|worker| self.clone().run(worker));
+            let relay = self.clone();
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = futures::future::join_all(workers) => {}
+                _ = relay.run() => {}
             }
             // Hand this relay's councils over now rather than when the
             // leases run out (best effort: a relay that vanishes cannot).
@@ -255,9 +248,7 @@ impl Relay {
         })
     }
 
-    /// One of the relay's [`PASSES_IN_FLIGHT`] pass loops (`worker`
-    /// numbers them; only the first probes after an outage).
-    async fn run(self, worker: usize) {
+    async fn run(self) {
         // The outbox's depth and age (metrics) and when a council next falls
         // due are read at most every BACKLOG_EVERY while alerts flow, at most
         // every IDLE_BACKLOG_EVERY while passes find nothing (a wake-up per
@@ -272,14 +263,6 @@ impl Relay {
             };
             if let Some(until) = paused_until {
                 tokio::time::sleep_until(until).await;
-            }
-            if probing && worker > 0 {
-                // One council at a time after an outage: the first loop probes.
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                }
-                continue;
             }
             let limit = if probing { 1 } else { MAX_COUNCILS_PER_PASS };
             let outcome = self.pass(limit).await;

@@ -22,7 +22,7 @@ pub struct LeasedRows {
 /// leases up to `max_councils` councils that have undelivered alerts, are due
 /// (no retry pending) and are not leased by a live relay, but no more than
 /// this relay's share (those councils divided by the live relays, rounded
-/// up, less those its other passes hold now), least recently served first; and reads the first `per_council`
+/// up), least recently served first; and reads the first `per_council`
 /// undelivered alerts of each, at most `max_rows` in all (each council's a
 /// prefix of its queue, by position, and at least its first since
 /// `max_councils <= max_rows`). As [`super::lease_councils`], two relays
@@ -45,12 +45,9 @@ pub async fn lease_and_read(
              pending AS (
                  SELECT DISTINCT council_code FROM attendance.outbox WHERE delivered_at IS NULL),
              share AS (
-                 SELECT GREATEST(0, LEAST($3::bigint,
-                     ceil((SELECT count(*) FROM pending)::float8
-                          / (1 + (SELECT count(*) FROM attendance.relays
-                                  WHERE alive_until > now() AND relay_id <> $1)))::bigint
-                     - (SELECT count(*) FROM attendance.relay_councils
-                        WHERE holder = $1 AND lease_until > now()))) AS n),
+                 SELECT LEAST($3::bigint, ceil((SELECT count(*) FROM pending)::float8
+                     / (1 + (SELECT count(*) FROM attendance.relays
+                             WHERE alive_until > now() AND relay_id <> $1)))::bigint) AS n),
              leased AS (
                  INSERT INTO attendance.relay_councils AS r (council_code, holder, lease_until)
                  SELECT p.council_code, $1, now() + make_interval(secs => $2::float8)
