@@ -45,19 +45,37 @@ impl Relay {
             statements::settle(&db, &[], &councils, self.id).await?;
             return Ok(PassOutcome::default());
         }
-        let span = tracing::info_span!(
-            "outbox.relay",
-            otel.name = "relay alerts",
-            councils = leased.len(),
-            alerts = alerts.len()
-        );
-        // Linked to every check-in's trace, and a child of the first one's
-        // (the last call of continue_trace sets the parent).
-        for alert in alerts.iter().rev() {
-            cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
-        }
         let started = Instant::now();
-        let result = self.publisher.batch(&alerts).instrument(span).await;
+        let result = match alerts.as_slice() {
+            // A lone alert (the common case at a quiet desk) goes in one
+            // `PublishAlert`, in the check-in's own trace.
+            [alert] => {
+                let council = leased.iter().find(|l| !l.alerts.is_empty()).map(|l| l.council.council_code.as_str());
+                let span = tracing::info_span!(
+                    "outbox.relay",
+                    otel.name = "relay alert",
+                    outbox_id = alert.outbox_id,
+                    council = council.unwrap_or_default(),
+                    position = alert.position
+                );
+                cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+                self.publisher.one(alert).instrument(span).await.map(|sequence| vec![sequence])
+            }
+            _ => {
+                let span = tracing::info_span!(
+                    "outbox.relay",
+                    otel.name = "relay alerts",
+                    councils = leased.len(),
+                    alerts = alerts.len()
+                );
+                // Linked to every check-in's trace, and a child of the first
+                // one's (the last call of continue_trace sets the parent).
+                for alert in alerts.iter().rev() {
+                    cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
+                }
+                self.publisher.batch(&alerts).instrument(span).await
+            }
+        };
         match result {
             Ok(sequences) => {
                 let ids: Vec<i64> = alerts.iter().map(|a| a.outbox_id).collect();
