@@ -7,8 +7,8 @@
 //! instance holds one `LISTEN` connection and one safety poll ([`listen`])
 //! that keep each council's latest sequence in memory ([`fanout`]); a stream
 //! whose council has something newer than its cursor reads the table after
-//! the cursor and feeds a bounded channel, and an idle one sends heartbeats
-//! from memory without a query ([`stream`]). The table is the truth, the
+//! the cursor a page at a time, as fast as the client takes them, and an
+//! idle one sends heartbeats from memory without a query ([`stream`]). The table is the truth, the
 //! notification only a wake-up, so any number of replicas can serve any
 //! council.
 //!
@@ -68,9 +68,7 @@ use cpis_runtime::db::DbPool;
 use cpis_runtime::migrate::{Frozen, Migrations};
 use cpis_runtime::server::Shutdown;
 use cpis_runtime::ApiError;
-use futures::StreamExt;
 use std::pin::Pin;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -196,9 +194,8 @@ impl Notification {
     async fn open_stream(&self, council: String, r: pb::SubscribeRequest) -> Result<EventStream, ApiError> {
         self.metrics.db_queries.inc("open");
         let cursor = self.start_after(&council, r.after_sequence, r.replay).await?;
-        // Registered before the task's first read, so no new sequence falls between.
+        // Registered before the stream's first read, so no new sequence falls between.
         let latest = self.fanout.subscribe(&council);
-        let (tx, rx) = tokio::sync::mpsc::channel(self.config.stream_buffer.max(1));
         let settings =
             StreamSettings { heartbeat: self.config.heartbeat, page_size: self.config.stream_buffer.max(1) as i64 };
         // No span is held open for the stream's life: 10,000 idle streams
@@ -207,22 +204,12 @@ impl Notification {
         let id = uuid::Uuid::new_v4();
         tracing::debug!(council = %council, stream = %id, from = cursor, replay = r.replay, "subscribed");
         let subscription = Subscription { council, id, cursor, latest };
-        // The stream's last word is sent after every buffered alert, so a
-        // full buffer cannot swallow it: a stream the server ends always ends
-        // with a non-OK status, and clients know to reconnect.
-        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
         let cx = StreamContext {
             store: self.store.clone(),
             stop: self.shutdown.stopping().clone(),
             metrics: self.metrics.clone(),
         };
-        tokio::spawn(async move {
-            if let Some(status) = stream::run(cx, subscription, settings, tx).await {
-                let _ = end_tx.send(status);
-            }
-        });
-        let messages = ReceiverStream::new(rx).map(|m| Ok(*m));
-        Ok(Box::pin(messages.chain(futures::stream::once(last_word(end_rx)))))
+        Ok(Box::pin(stream::subscribe(cx, subscription, settings)))
     }
 
     /// `AckAlerts`: the acknowledgement now stored.
@@ -280,16 +267,6 @@ impl Notification {
                 .collect(),
         })
     }
-}
-
-/// The status that ends a stream: the one its task chose, or `UNAVAILABLE`
-/// if the task ended without one (never OK: some clients read OK as "done").
-async fn last_word(end: tokio::sync::oneshot::Receiver<Status>) -> stream::Item {
-    Err(end.await.unwrap_or_else(|_| {
-        Status::from(ApiError::Unavailable(
-            "the stream ended; reconnect and resume from your last sequence".to_string(),
-        ))
-    }))
 }
 
 /// The calling council, from the identity the authorization layer verified.

@@ -1,16 +1,24 @@
-//! One subscriber's stream: a task that reads the council's alerts from the
-//! table after its cursor and feeds them into a bounded channel.
+//! One subscriber's stream: reads the council's alerts from the table
+//! after its cursor, a page at a time, and yields them to tonic.
 //!
 //! The cursor is the whole state. Backlog and live alerts take the same path
 //! (`sequence > cursor ORDER BY sequence`), so the hand-over from replay to
-//! live can neither skip nor repeat an alert. The task reads the next page
-//! only when the channel has room for it: a stalled subscriber costs one
-//! parked task and a cursor, never a growing queue, and never holds up
-//! anyone else.
+//! live can neither skip nor repeat an alert. The stream is polled by the
+//! HTTP/2 stream that carries it, and only when that stream has room to
+//! send (its flow-control window): the next page is read only after the
+//! last one was handed over, so a stalled subscriber costs one parked
+//! stream, a cursor and at most one page, never a growing queue, and never
+//! holds up anyone else.
 //!
-//! An idle stream costs no query: it waits on its council's latest sequence
-//! in memory ([`crate::fanout`]), sends heartbeats from there, and reads the
-//! table only when the council has something newer than its cursor.
+//! An idle stream costs no query and no task of its own: it waits on its
+//! council's latest sequence in memory ([`crate::fanout`]), sends heartbeats
+//! from there, and reads the table only when the council has something
+//! newer than its cursor. Its whole state is one small boxed future, about
+//! the size of [`Pump`] (10,000 idle streams are measured by the benchmark).
+//!
+//! A stream the server ends (shutdown, database failure) yields a non-OK
+//! status, `UNAVAILABLE`, after every alert it already read, and then
+//! nothing: it never ends with OK, which some clients read as "done".
 
 use crate::fanout::{Change, Latest};
 use crate::listen::StreamQueries;
@@ -18,9 +26,10 @@ use crate::store::Store;
 use cpis_proto::notification::v1 as pb;
 use cpis_runtime::server::CancellationToken;
 use cpis_runtime::ApiError;
+use futures::Stream;
 use pb::subscribe_response::Event;
+use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::Instrument as _;
@@ -28,16 +37,12 @@ use tracing::Instrument as _;
 /// What the stream yields to tonic.
 pub type Item = Result<pb::SubscribeResponse, Status>;
 
-/// What the channel carries: one boxed message, so that an idle stream's
-/// channel (whose first block of slots is allocated up front) stays small.
-pub type Message = Box<pb::SubscribeResponse>;
-
 /// Timing and sizing of one stream.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamSettings {
     /// A heartbeat is sent after this long without anything sent.
     pub heartbeat: Duration,
-    /// Most alerts read from the table at once.
+    /// Most alerts read from the table at once (and so held by the stream).
     pub page_size: i64,
 }
 
@@ -54,15 +59,6 @@ pub struct Subscription {
     pub latest: Latest,
 }
 
-/// Why a stream ended without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// The client went away.
-    ClientGone,
-    /// The service is shutting down.
-    Stopping,
-}
-
 /// What a stream needs from its instance.
 #[derive(Debug, Clone)]
 pub struct StreamContext {
@@ -74,131 +70,169 @@ pub struct StreamContext {
     pub metrics: StreamMetrics,
 }
 
-/// Feeds `tx` until the client goes away, the service stops or the database
-/// fails; returns the status that ends the stream (`UNAVAILABLE` when the
-/// client should reconnect and resume from its last sequence), or `None`
-/// when the client left. The caller sends it after the buffered alerts.
-pub async fn run(
+/// The stream of `sub`: its alerts in order, heartbeats while idle, and a
+/// last `UNAVAILABLE` when the service stops or loses its database (the
+/// client reconnects and resumes from its last sequence). Dropping it (the
+/// client went away) ends it.
+pub fn subscribe(
     cx: StreamContext,
     mut sub: Subscription,
     settings: StreamSettings,
-    tx: mpsc::Sender<Message>,
-) -> Option<Status> {
+) -> impl Stream<Item = Item> + Send {
     cx.metrics.open.inc();
-    let _open = OpenGuard(cx.metrics.open.clone());
-    let ending = match pump(&cx, &mut sub, settings, &tx).await {
-        Ok(End::ClientGone) => {
-            tracing::debug!(council = %sub.council, stream = %sub.id, cursor = sub.cursor, "subscriber left");
+    let target = sub.latest.get();
+    let pump = Pump {
+        cx,
+        sub,
+        settings,
+        page: VecDeque::new(),
+        last_sent: Instant::now(),
+        target,
+        looked_for: 0,
+        catching_up: true,
+        ended: false,
+    };
+    futures::stream::unfold(pump, |mut pump| async move {
+        if pump.ended {
             return None;
         }
-        Ok(End::Stopping) => {
-            tracing::debug!(council = %sub.council, stream = %sub.id, cursor = sub.cursor, "subscription ended by shutdown");
-            ApiError::Unavailable(
-                "the service is shutting down; reconnect and resume from your last sequence".to_string(),
-            )
+        match pump.next().await {
+            Ok(message) => Some((Ok(message), pump)),
+            Err(end) => {
+                pump.ended = true;
+                let cursor = pump.sub.cursor;
+                let (council, stream) = (&pump.sub.council, pump.sub.id);
+                match &end {
+                    End::Stopping => tracing::debug!(%council, %stream, cursor, "subscription ended by shutdown"),
+                    End::Failed(e) => tracing::warn!(%council, %stream, cursor, error = %e, "subscription failed"),
+                }
+                Some((Err(Status::from(end.into_error())), pump))
+            }
         }
-        Err(e) => {
-            tracing::warn!(council = %sub.council, stream = %sub.id, cursor = sub.cursor, error = %e, "subscription failed");
-            e
-        }
-    };
-    Some(Status::from(ending))
+    })
 }
 
-async fn pump(
-    cx: &StreamContext,
-    sub: &mut Subscription,
-    settings: StreamSettings,
-    tx: &mpsc::Sender<Message>,
-) -> Result<End, ApiError> {
-    let (store, stop, metrics) = (&cx.store, &cx.stop, &cx.metrics);
-    let mut last_sent = Instant::now();
-    // The highest latest sequence the table was already read for: a value
-    // in memory that the table does not bear out (a restored database) is
-    // looked for once, never in a loop.
-    let mut looked_for = 0;
-    loop {
-        let target = sub.latest.get();
-        // Catch up: one page at a time, each no bigger than the room left.
-        loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(End::Stopping),
-                permit = tx.reserve() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return Ok(End::ClientGone),
-                },
-            };
-            // This task is the only sender, so the room cannot shrink meanwhile.
-            let limit = settings.page_size.min(tx.capacity() as i64 + 1);
-            metrics.db_queries.inc("read");
-            // Boxed: the query's state (and its span) lives on the heap only
-            // while it runs, not in every idle stream's task.
-            let span =
-                tracing::info_span!("subscription.read", council = %sub.council, stream = %sub.id, after = sub.cursor);
-            let page = Box::pin(store.traced_alerts_after(&sub.council, sub.cursor, limit).instrument(span)).await?;
-            let full = page.len() as i64 == limit;
-            let mut alerts = page.into_iter().map(|(alert, traceparent)| {
-                sent(&alert, traceparent.as_deref(), metrics);
-                alert
-            });
-            let Some(first) = alerts.next() else {
-                break;
-            };
-            sub.cursor = first.sequence;
-            permit.send(event(Event::Alert(first)));
-            for alert in alerts {
-                sub.cursor = alert.sequence;
-                match tx.try_send(event(Event::Alert(alert))) {
-                    Ok(()) => {}
-                    Err(TrySendError::Closed(_)) => return Ok(End::ClientGone),
-                    // Cannot happen (see above); waiting is still correct.
-                    Err(TrySendError::Full(item)) => {
-                        if tx.send(item).await.is_err() {
-                            return Ok(End::ClientGone);
-                        }
-                    }
-                }
-            }
-            last_sent = Instant::now();
-            if !full {
-                break;
-            }
-        }
-        looked_for = looked_for.max(target);
+/// Why the server ends a stream.
+#[derive(Debug)]
+enum End {
+    /// The service is shutting down.
+    Stopping,
+    /// The database failed, or the instance lost sight of it.
+    Failed(ApiError),
+}
 
-        // Caught up: wait, from memory, until the council has something newer.
-        loop {
-            let latest = sub.latest.get();
-            if latest > sub.cursor && latest > looked_for {
-                break;
-            }
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(End::Stopping),
-                _ = tx.closed() => return Ok(End::ClientGone),
-                change = sub.latest.changed() => if change == Change::Lost {
-                    return Err(ApiError::Unavailable(
-                        "this instance lost its database; reconnect and resume from your last sequence".to_string(),
-                    ));
-                },
-                _ = tokio::time::sleep_until(last_sent + settings.heartbeat) => {
-                    let heartbeat = pb::Heartbeat {
-                        sent_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
-                        latest_sequence: latest.max(sub.cursor),
-                    };
-                    match tx.try_send(event(Event::Heartbeat(heartbeat))) {
-                        // A full buffer means the client is not reading: nothing
-                        // to prove to it right now.
-                        Ok(()) | Err(TrySendError::Full(_)) => last_sent = Instant::now(),
-                        Err(TrySendError::Closed(_)) => return Ok(End::ClientGone),
-                    }
-                }
-            }
+impl End {
+    fn into_error(self) -> ApiError {
+        match self {
+            End::Stopping => ApiError::Unavailable(
+                "the service is shutting down; reconnect and resume from your last sequence".to_string(),
+            ),
+            End::Failed(e) => e,
         }
     }
 }
 
+impl From<ApiError> for End {
+    fn from(e: ApiError) -> Self {
+        End::Failed(e)
+    }
+}
+
+/// The state of one stream between two messages.
+struct Pump {
+    cx: StreamContext,
+    sub: Subscription,
+    settings: StreamSettings,
+    /// Alerts read and not yet handed over, in order.
+    page: VecDeque<pb::Alert>,
+    /// When the last message was handed over (heartbeats count from here).
+    last_sent: Instant,
+    /// The council's latest sequence when the current catch-up began.
+    target: i64,
+    /// The highest latest sequence the table was already read for: a value
+    /// in memory that the table does not bear out (a restored database) is
+    /// looked for once, never in a loop.
+    looked_for: i64,
+    /// Reading pages until one comes back short.
+    catching_up: bool,
+    /// The last status was yielded: nothing follows.
+    ended: bool,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.cx.metrics.open.dec();
+        if !self.ended {
+            tracing::debug!(council = %self.sub.council, stream = %self.sub.id, cursor = self.sub.cursor, "subscriber left");
+        }
+    }
+}
+
+impl Pump {
+    /// The next message: an alert (from the page, or a new page once it is
+    /// empty), or a heartbeat after `heartbeat` of silence while idle.
+    async fn next(&mut self) -> Result<pb::SubscribeResponse, End> {
+        loop {
+            if let Some(alert) = self.page.pop_front() {
+                self.last_sent = Instant::now();
+                return Ok(event(Event::Alert(alert)));
+            }
+            if self.cx.stop.is_cancelled() {
+                return Err(End::Stopping);
+            }
+            if self.catching_up {
+                self.read_page().await?;
+                continue;
+            }
+            // Caught up: wait, from memory, until the council has something newer.
+            let latest = self.sub.latest.get();
+            if latest > self.sub.cursor && latest > self.looked_for {
+                self.target = latest;
+                self.catching_up = true;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = self.cx.stop.cancelled() => return Err(End::Stopping),
+                change = self.sub.latest.changed() => if change == Change::Lost {
+                    return Err(End::Failed(ApiError::Unavailable(
+                        "this instance lost its database; reconnect and resume from your last sequence".to_string(),
+                    )));
+                },
+                _ = tokio::time::sleep_until(self.last_sent + self.settings.heartbeat) => {
+                    self.last_sent = Instant::now();
+                    return Ok(event(Event::Heartbeat(pb::Heartbeat {
+                        sent_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
+                        latest_sequence: latest.max(self.sub.cursor),
+                    })));
+                }
+            }
+        }
+    }
+
+    /// Reads the next page after the cursor into `page`; a short page ends
+    /// the catch-up.
+    async fn read_page(&mut self) -> Result<(), ApiError> {
+        let (sub, metrics, limit) = (&mut self.sub, &self.cx.metrics, self.settings.page_size);
+        metrics.db_queries.inc("read");
+        // Boxed: the query's state (and its span) lives on the heap only
+        // while it runs, not in every idle stream.
+        let span =
+            tracing::info_span!("subscription.read", council = %sub.council, stream = %sub.id, after = sub.cursor);
+        let page =
+            Box::pin(self.cx.store.traced_alerts_after(&sub.council, sub.cursor, limit).instrument(span)).await?;
+        if (page.len() as i64) < limit {
+            self.catching_up = false;
+            self.looked_for = self.looked_for.max(self.target);
+        }
+        for (alert, traceparent) in page {
+            sent(&alert, traceparent.as_deref(), metrics);
+            sub.cursor = alert.sequence;
+            self.page.push_back(alert);
+        }
+        Ok(())
+    }
+}
 /// Records one alert handed to a subscriber's stream: a span in the
 /// check-in's trace, and the delivery lag since the alert was stored.
 fn sent(alert: &pb::Alert, traceparent: Option<&str>, metrics: &StreamMetrics) {
@@ -258,15 +292,6 @@ impl Default for StreamMetrics {
     }
 }
 
-/// Counts an open subscription for as long as it lives.
-struct OpenGuard(prometheus::IntGauge);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn event(event: Event) -> Message {
-    Box::new(pb::SubscribeResponse { event: Some(event) })
+fn event(event: Event) -> pb::SubscribeResponse {
+    pb::SubscribeResponse { event: Some(event) }
 }
