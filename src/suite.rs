@@ -184,8 +184,10 @@ pub async fn start_attendance(
     let registry = cpis_runtime::client::channel(&config.registry_url, &common.tls, None)?;
     let notification = cpis_runtime::client::channel(&config.notification_url, &common.tls, None)?;
     let fhir_listen = config.fhir_listen;
+    let relay_pool = cpis_runtime::db::pool(&common.database_url()?, cpis_attendance::RELAY_POOL_SIZE)?;
     let service =
-        cpis_attendance::Attendance::new(config, pool.clone(), registry, notification, shutdown.clone()).await?;
+        cpis_attendance::Attendance::new(config, pool.clone(), relay_pool, registry, notification, shutdown.clone())
+            .await?;
     let addr = listener.local_addr()?;
     let metrics = Metrics::new("attendance");
     service.register_metrics(&metrics);

@@ -65,6 +65,10 @@ const FROZEN: &[Frozen] = &[
     Frozen { version: 6, name: "outbox_order_and_relay_leases", checksum: 15115489201702178432 },
 ];
 
+/// Database connections of the outbox relay, apart from the check-ins'
+/// pool: one for its pass's statements, one for a council's retry path.
+pub const RELAY_POOL_SIZE: usize = 2;
+
 /// The Attendance service.
 #[derive(Debug, Clone)]
 pub struct Attendance {
@@ -77,10 +81,15 @@ pub struct Attendance {
 impl Attendance {
     /// Migrates the schema, starts the outbox relay (until `shutdown` is
     /// stopping) and builds the service. `registry` and `notification` are
-    /// mutual-TLS channels presenting the attendance identity.
+    /// mutual-TLS channels presenting the attendance identity. The relay
+    /// works on `relay_pool`, connections of its own
+    /// ([`RELAY_POOL_SIZE`]): under a burst of check-ins it must not queue
+    /// for a connection behind them, or their alerts wait in the outbox
+    /// while the check-ins hold every connection.
     pub async fn new(
         config: Settings,
         pool: DbPool,
+        relay_pool: DbPool,
         registry: Channel,
         notification: Channel,
         shutdown: Shutdown,
@@ -89,7 +98,7 @@ impl Attendance {
         let wake_relay = Arc::new(Notify::new());
         let relay_metrics = relay::RelayMetrics::new();
         relay::Relay::new(
-            pool.clone(),
+            relay_pool,
             notification,
             relay::RelaySettings {
                 batch_size: config.relay_batch_size.max(1),

@@ -237,7 +237,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let whole_run = RssSampler::start(&services, Duration::from_millis(250));
     let profiler = match &args.perf {
         Some(dir) => {
-            Some(profile::Profiler::new(dir, services.all().iter().filter_map(|s| Some((s.pid()?, s.name))).collect())?)
+            let names = services.all().iter().filter_map(|s| Some((s.pid()?, s.name))).collect::<Vec<_>>();
+            Some(profile::Profiler::new(dir, [names, vec![(std::process::id(), "cpis-bench (load)")]].concat())?)
         }
         None => None,
     };
