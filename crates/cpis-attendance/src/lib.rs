@@ -13,6 +13,7 @@
 
 mod admitted;
 mod checkin;
+mod coalesce;
 mod convert;
 pub mod fhir;
 mod model;

@@ -8,20 +8,20 @@
 //! flight goes at once, alone, as `LookupFlags` (no window, so a lone
 //! check-in waits for nothing). Look-ups asked while one is in flight queue;
 //! when it returns they go together as one `LookupFlagsBatch` (one indexed
-//! query at the Registry), at most [`MAX_COALESCED`] at a time (a queue that
-//! fills up goes at once, in parallel). Each caller keeps its own deadline
+//! query at the Registry), at most [`crate::coalesce::MAX_COALESCED`] at a time (a queue that
+//! fills up goes at once, in parallel): [`crate::coalesce`]. Each caller keeps its own deadline
 //! (it stops waiting when its budget ends, whatever the batch does) and gets
 //! its own answer or error; a caller that gave up is left out of the next
 //! batch. A Registry without `LookupFlagsBatch` (an older version during a
 //! rolling deploy) gets the queued look-ups one by one, in parallel.
 
+use crate::coalesce::Coalescer;
 use chrono::NaiveDate;
 use cpis_domain::validate::NhsNumber;
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, LookupFlagsBatchRequest, LookupFlagsRequest, LookupFlagsResponse,
 };
 use cpis_runtime::ApiError;
-use futures::FutureExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -29,9 +29,6 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Code;
 use tracing::Instrument;
-
-/// Most look-ups sent in one `LookupFlagsBatch` (the Registry takes 256).
-pub const MAX_COALESCED: usize = 128;
 
 /// How long look-ups go one by one after the Registry answered
 /// `LookupFlagsBatch` with UNIMPLEMENTED, before a batch is tried again.
@@ -94,18 +91,9 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 pub struct FlagLookup {
     client: RegistryServiceClient<Channel>,
     timeout: Duration,
-    queue: Arc<Mutex<Queue>>,
-}
-
-/// Look-ups waiting for the one in flight to return.
-#[derive(Debug, Default)]
-struct Queue {
-    /// Calls to the Registry under way.
-    in_flight: usize,
-    /// Look-ups asked since, in order.
-    waiting: Vec<Waiter>,
+    queue: Arc<Coalescer<Waiter>>,
     /// Until when look-ups go one by one (no `LookupFlagsBatch` at the Registry).
-    no_batches_until: Option<Instant>,
+    no_batches_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// One caller's look-up, waiting for its answer.
@@ -122,7 +110,12 @@ struct Waiter {
 impl FlagLookup {
     /// Look-ups over `channel`, each taking at most `timeout`.
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { client: RegistryServiceClient::new(channel), timeout, queue: Arc::default() }
+        Self {
+            client: RegistryServiceClient::new(channel),
+            timeout,
+            queue: Arc::default(),
+            no_batches_until: Arc::default(),
+        }
     }
 
     /// Every flag in scope for `nhs_number` on `on_date` (today when `None`),
@@ -144,52 +137,15 @@ impl FlagLookup {
         };
         let (answer, answered) = oneshot::channel();
         let waiter = Waiter { request, deadline: Instant::now() + budget, span: tracing::Span::current(), answer };
-        if let Some(batch) = self.enqueue(waiter) {
-            tokio::spawn(self.clone().dispatch(batch));
+        if let Some(batch) = self.queue.enqueue(waiter) {
+            let this = self.clone();
+            tokio::spawn(async move { this.queue.drain(batch, "flags", |b| this.send(b)).await });
         }
         match tokio::time::timeout(budget, answered).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ApiError::internal("the flag look-up was dropped unanswered")),
             // The call (or the batch it joined) logs the timeout it saw.
             Err(_) => Err(unavailable()),
-        }
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `waiter`; returns what to send now, if anything: the waiter
-    /// alone when nothing is in flight, or the whole queue once it is full.
-    fn enqueue(&self, waiter: Waiter) -> Option<Vec<Waiter>> {
-        let mut q = self.queue();
-        if q.in_flight == 0 {
-            q.in_flight = 1;
-            return Some(vec![waiter]);
-        }
-        q.waiting.push(waiter);
-        if q.waiting.len() < MAX_COALESCED {
-            return None;
-        }
-        q.in_flight += 1;
-        Some(std::mem::take(&mut q.waiting))
-    }
-
-    /// Sends `batch`, then whatever queued meanwhile, until the queue is empty.
-    async fn dispatch(self, mut batch: Vec<Waiter>) {
-        loop {
-            // A panic drops the batch's senders: its callers get an internal
-            // error, and the queue keeps moving.
-            if std::panic::AssertUnwindSafe(self.send(batch)).catch_unwind().await.is_err() {
-                tracing::error!("a flag look-up batch panicked");
-            }
-            let mut q = self.queue();
-            if q.waiting.is_empty() {
-                q.in_flight -= 1;
-                return;
-            }
-            let n = q.waiting.len().min(MAX_COALESCED);
-            batch = q.waiting.drain(..n).collect();
         }
     }
 
@@ -234,7 +190,8 @@ impl FlagLookup {
             }
             Ok(Err(status)) if status.code() == Code::Unimplemented => {
                 tracing::warn!("the registry has no LookupFlagsBatch; looking up one by one");
-                self.queue().no_batches_until = Some(Instant::now() + BATCH_REPROBE);
+                *self.no_batches_until.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Instant::now() + BATCH_REPROBE);
                 Box::pin(self.send(batch)).await;
             }
             Ok(Err(status)) => {
@@ -255,7 +212,7 @@ impl FlagLookup {
     }
 
     fn batches_refused(&self, now: Instant) -> bool {
-        self.queue().no_batches_until.is_some_and(|t| now < t)
+        self.no_batches_until.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|t| now < t)
     }
 
     /// One `LookupFlags` call taking at most `budget`.

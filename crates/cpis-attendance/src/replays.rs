@@ -2,8 +2,8 @@
 //! at this setting?), coalesced as the flag look-ups are
 //! ([`crate::registry`]): a look-up asked while none is in flight goes at
 //! once, alone (a lone check-in waits for nothing); look-ups asked while one
-//! is in flight queue, and go together as one query when it returns, at most
-//! [`MAX_COALESCED`] at a time (a full queue goes at once, in parallel).
+//! is in flight queue, and go together as one query when it returns
+//! ([`crate::coalesce`]).
 //!
 //! Every check-in asks, and almost every answer is "no" (only flagged
 //! check-ins are stored), so one query per check-in was most of the
@@ -11,16 +11,13 @@
 //! each look-up is a read of committed rows made after its check-in arrived,
 //! as before, and a flagged check-in still re-checks inside its transaction.
 
+use crate::coalesce::Coalescer;
 use crate::model::StoredRequest;
 use crate::store::checkin as store;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::ApiError;
-use futures::FutureExt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use tokio::sync::oneshot;
-
-/// Most look-ups sent in one query.
-pub const MAX_COALESCED: usize = 128;
 
 type Answer = Result<Option<StoredRequest>, ApiError>;
 
@@ -28,16 +25,7 @@ type Answer = Result<Option<StoredRequest>, ApiError>;
 #[derive(Debug, Clone)]
 pub struct ReplayLookup {
     pool: DbPool,
-    queue: Arc<Mutex<Queue>>,
-}
-
-/// Look-ups waiting for the one in flight to return.
-#[derive(Debug, Default)]
-struct Queue {
-    /// Queries under way.
-    in_flight: usize,
-    /// Look-ups asked since, in order.
-    waiting: Vec<Waiter>,
+    queue: Arc<Coalescer<Waiter>>,
 }
 
 #[derive(Debug)]
@@ -57,48 +45,11 @@ impl ReplayLookup {
     pub async fn find(&self, setting_code: &str, request_id: &str) -> Answer {
         let (answer, answered) = oneshot::channel();
         let waiter = Waiter { setting_code: setting_code.to_string(), request_id: request_id.to_string(), answer };
-        if let Some(batch) = self.enqueue(waiter) {
-            tokio::spawn(self.clone().dispatch(batch));
+        if let Some(batch) = self.queue.enqueue(waiter) {
+            let this = self.clone();
+            tokio::spawn(async move { this.queue.drain(batch, "replay", |b| this.send(b)).await });
         }
         answered.await.unwrap_or_else(|_| Err(ApiError::internal("the replay look-up was dropped unanswered")))
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `waiter`; returns what to send now, if anything: the waiter
-    /// alone when nothing is in flight, or the whole queue once it is full.
-    fn enqueue(&self, waiter: Waiter) -> Option<Vec<Waiter>> {
-        let mut q = self.queue();
-        if q.in_flight == 0 {
-            q.in_flight = 1;
-            return Some(vec![waiter]);
-        }
-        q.waiting.push(waiter);
-        if q.waiting.len() < MAX_COALESCED {
-            return None;
-        }
-        q.in_flight += 1;
-        Some(std::mem::take(&mut q.waiting))
-    }
-
-    /// Sends `batch`, then whatever queued meanwhile, until the queue is empty.
-    async fn dispatch(self, mut batch: Vec<Waiter>) {
-        loop {
-            // A panic drops the batch's senders: its callers get an internal
-            // error, and the queue keeps moving.
-            if std::panic::AssertUnwindSafe(self.send(batch)).catch_unwind().await.is_err() {
-                tracing::error!("a replay look-up batch panicked");
-            }
-            let mut q = self.queue();
-            if q.waiting.is_empty() {
-                q.in_flight -= 1;
-                return;
-            }
-            let n = q.waiting.len().min(MAX_COALESCED);
-            batch = q.waiting.drain(..n).collect();
-        }
     }
 
     /// One query for the look-ups of `batch` whose callers still wait.

@@ -1,0 +1,94 @@
+//! The coalescing queue shared by the flag look-ups ([`crate::registry`]) and
+//! the replay look-ups ([`crate::replays`]): a look-up asked while none is in
+//! flight goes at once, alone (a lone check-in waits for nothing); look-ups
+//! asked while one is in flight queue, and go together when it returns, at
+//! most [`MAX_COALESCED`] at a time (a queue that fills up goes at once, in
+//! parallel).
+
+use futures::FutureExt;
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Most look-ups sent together (the Registry's `LookupFlagsBatch` takes 256).
+pub const MAX_COALESCED: usize = 128;
+
+/// Look-ups of type `W` waiting for the batch in flight to return.
+#[derive(Debug)]
+pub struct Coalescer<W> {
+    queue: Mutex<Queue<W>>,
+}
+
+#[derive(Debug)]
+struct Queue<W> {
+    /// Batches under way.
+    in_flight: usize,
+    /// Look-ups asked since, in order.
+    waiting: Vec<W>,
+}
+
+impl<W> Default for Coalescer<W> {
+    fn default() -> Self {
+        Self { queue: Mutex::new(Queue { in_flight: 0, waiting: Vec::new() }) }
+    }
+}
+
+impl<W> Coalescer<W> {
+    fn queue(&self) -> MutexGuard<'_, Queue<W>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `waiter`; returns what to send now, if anything: the waiter
+    /// alone when nothing is in flight, or the whole queue once it is full.
+    /// What it returns goes to [`Coalescer::drain`].
+    pub fn enqueue(&self, waiter: W) -> Option<Vec<W>> {
+        let mut q = self.queue();
+        if q.in_flight == 0 {
+            q.in_flight = 1;
+            return Some(vec![waiter]);
+        }
+        q.waiting.push(waiter);
+        if q.waiting.len() < MAX_COALESCED {
+            return None;
+        }
+        q.in_flight += 1;
+        Some(std::mem::take(&mut q.waiting))
+    }
+
+    /// Sends `batch` with `send`, then whatever queued meanwhile, until the
+    /// queue is empty. A panic in `send` drops the batch (its callers get an
+    /// error from their dropped answers) and the queue keeps moving; `what`
+    /// names the look-up in the log line that says so.
+    pub async fn drain<F, Fut>(&self, mut batch: Vec<W>, what: &'static str, send: F)
+    where
+        F: Fn(Vec<W>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        loop {
+            if std::panic::AssertUnwindSafe(send(batch)).catch_unwind().await.is_err() {
+                tracing::error!(lookup = what, "a look-up batch panicked");
+            }
+            let mut q = self.queue();
+            if q.waiting.is_empty() {
+                q.in_flight -= 1;
+                return;
+            }
+            let n = q.waiting.len().min(MAX_COALESCED);
+            batch = q.waiting.drain(..n).collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_look_up_goes_at_once_and_a_full_queue_goes_together() {
+        let c = Coalescer::default();
+        assert_eq!(c.enqueue(0), Some(vec![0]));
+        for i in 1..MAX_COALESCED {
+            assert_eq!(c.enqueue(i), None);
+        }
+        assert_eq!(c.enqueue(MAX_COALESCED).map(|b| b.len()), Some(MAX_COALESCED));
+    }
+}
