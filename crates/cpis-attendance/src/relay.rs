@@ -439,7 +439,7 @@ impl Relay {
         let db = self.pool.get().await?;
         match result {
             Ok(sequence) => {
-                let still_held = store::mark_delivered(&db, alert.outbox_id, self.id, self.settings.lease).await?;
+                let still_held = store::mark_delivered(&db, &[alert.outbox_id], self.id, self.settings.lease).await?;
                 self.metrics.delivered.inc();
                 tracing::info!(
                     outbox_id = alert.outbox_id,
@@ -484,7 +484,7 @@ impl Relay {
         match result {
             Ok(sequences) => {
                 let ids: Vec<i64> = chunk.iter().map(|a| a.outbox_id).collect();
-                let still_held = store::mark_delivered_many(&db, &ids, self.id, self.settings.lease).await?;
+                let still_held = store::mark_delivered(&db, &ids, self.id, self.settings.lease).await?;
                 self.metrics.delivered.inc_by(chunk.len() as u64);
                 tracing::info!(
                     council = %code,

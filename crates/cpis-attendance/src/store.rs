@@ -118,37 +118,12 @@ pub(crate) fn pending_from_row(r: &tokio_postgres::Row, at: usize) -> PendingAle
     }
 }
 
-/// Marks an outbox row delivered (the Notification service has stored it)
-/// and renews `holder`'s lease of the row's council in the same statement.
-/// Returns false when `holder` no longer holds the lease (it expired and
-/// another relay took the council over): the caller then stops.
+/// Marks outbox rows delivered (the Notification service has stored them:
+/// one alert, or every row of one `PublishAlerts` batch, which it stores all
+/// or nothing) and renews `holder`'s lease of their council in the same
+/// statement. Returns false when `holder` no longer holds the lease (it
+/// expired and another relay took the council over): the caller then stops.
 pub async fn mark_delivered(
-    db: &impl deadpool_postgres::GenericClient,
-    outbox_id: i64,
-    holder: Uuid,
-    lease: Duration,
-) -> Result<bool, tokio_postgres::Error> {
-    let renewed = db
-        .query(
-            "WITH delivered AS (
-                 UPDATE attendance.outbox
-                 SET delivered_at = COALESCE(delivered_at, now()), attempts = attempts + 1, last_error = NULL
-                 WHERE outbox_id = $1
-                 RETURNING council_code)
-             UPDATE attendance.relay_councils r
-             SET lease_until = now() + make_interval(secs => $3::float8), attempts = 0, last_error = NULL
-             FROM delivered d
-             WHERE r.council_code = d.council_code AND r.holder = $2
-             RETURNING 1",
-            &[&outbox_id, &holder, &secs(lease)],
-        )
-        .await?;
-    Ok(!renewed.is_empty())
-}
-
-/// [`mark_delivered`] for every row of one `PublishAlerts` batch (which the
-/// Notification service stored all or nothing), in one statement.
-pub async fn mark_delivered_many(
     db: &impl deadpool_postgres::GenericClient,
     outbox_ids: &[i64],
     holder: Uuid,
