@@ -63,6 +63,11 @@ enum Command {
     Subscribe(cpis_cli::client::SubscribeArgs),
     /// Council: the history of accesses to its children's flags.
     Audit(cpis_cli::client::AuditArgs),
+    /// Development users: signed tokens shaped as the NHS Care Identity Service issues them.
+    Users {
+        #[command(subcommand)]
+        command: cpis_cli::users::UsersCommand,
+    },
     /// Against a running `cpis dev`: the whole story, end to end, narrated.
     Demo(cpis_cli::client::Connection),
     /// Check a service's gRPC health over mutual TLS: exit 0 when SERVING
@@ -207,6 +212,7 @@ async fn run() -> anyhow::Result<()> {
         Command::CheckIn(args) => cpis_cli::client::check_in(args).await,
         Command::Subscribe(args) => cpis_cli::client::subscribe(args).await,
         Command::Audit(args) => cpis_cli::client::audit(args).await,
+        Command::Users { command } => cpis_cli::users::users(command),
         Command::Demo(conn) => cpis_cli::demo::run(conn).await,
     }
 }
@@ -290,6 +296,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         println!("  {:<8} {:<10} {}  {}", kind.as_str(), code, paths.cert.display(), paths.key.display());
     }
     println!("  more: cpis certs issue --state-dir {} --kind council|setting --code CODE", state_dir.display());
+    println!(
+        "  users         tokens required on check-in, silent read, episodes and FHIR searches; keys {}",
+        suite.users.jwks_path().display()
+    );
+    println!(
+        "                cpis users token --state-dir {} --setting RBQ01 --activity B0107[,B0170]",
+        state_dir.display()
+    );
 
     cpis_runtime::server::wait_for_signal().await;
     println!("stopping");

@@ -4,6 +4,7 @@
 
 use anyhow::Context as _;
 use cpis_devkit::pki::Pki;
+use cpis_devkit::users::DevUsers;
 use cpis_domain::identity::{Caller, ServiceName};
 use cpis_runtime::authz::Surface;
 use cpis_runtime::db::DbPool;
@@ -11,6 +12,7 @@ use cpis_runtime::metrics::Metrics;
 use cpis_runtime::server::{ServeOptions, Shutdown};
 use cpis_runtime::settings::ServerSettings;
 use cpis_runtime::tls::ServerTls;
+use cpis_runtime::users::UserAuthSettings;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -76,6 +78,7 @@ async fn spawn_serving(
     pool: DbPool,
     (name, component): (&'static str, &'static str),
     metrics: &Metrics,
+    users: Option<cpis_runtime::users::UserAuth>,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let tls = ServerTls::load_with_crl(&common.tls, common.crl.as_deref(), &common.trust_domain)?;
@@ -84,6 +87,7 @@ async fn spawn_serving(
     // with work is not an outage, and must not take the pod out of its Service.
     let pool = cpis_runtime::db::pool(&common.database_url()?, 1)?;
     let mut opts = options(name, component, common, metrics);
+    opts.users = users;
     let Some(internal_addr) = common.internal_listen else {
         return Ok(tokio::spawn(cpis_runtime::server::serve(listener, tls, routes, pool, opts, shutdown)));
     };
@@ -136,6 +140,7 @@ pub async fn start_registry(
         pool,
         (cpis_registry::SERVICE_NAME, "registry"),
         &metrics,
+        None,
         shutdown.clone(),
     )
     .await?;
@@ -164,6 +169,7 @@ pub async fn start_notification(
         pool,
         (cpis_notification::SERVICE_NAME, "notification"),
         &metrics,
+        None,
         shutdown.clone(),
     )
     .await?;
@@ -184,6 +190,9 @@ pub async fn start_attendance(
     let registry = cpis_runtime::client::channel(&config.registry_url, &common.tls, None)?;
     let notification = cpis_runtime::client::channel(&config.notification_url, &common.tls, None)?;
     let fhir_listen = config.fhir_listen;
+    // The people behind setting-facing calls: one verifier (and one key
+    // cache) for the gRPC and FHIR ports.
+    let users = cpis_runtime::users::UserAuth::start(&config.users, shutdown.stopping().clone()).await?;
     let relay_pool = cpis_runtime::db::pool(&common.database_url()?, cpis_attendance::RELAY_POOL_SIZE)?;
     let service =
         cpis_attendance::Attendance::new(config, pool.clone(), relay_pool, registry, notification, shutdown.clone())
@@ -198,6 +207,7 @@ pub async fn start_attendance(
         pool,
         (cpis_attendance::SERVICE_NAME, "attendance"),
         &metrics,
+        Some(users.clone()),
         shutdown.clone(),
     )
     .await?;
@@ -213,6 +223,7 @@ pub async fn start_attendance(
                 limits: common.limits,
                 shutdown_grace: Duration::from_secs(10),
                 connections: common.connections,
+                users: Some(users),
             };
             let fhir = cpis_attendance::fhir::serve(
                 fhir_listener,
@@ -260,6 +271,9 @@ pub struct Suite {
     pub notification: RunningService,
     /// The development PKI.
     pub pki: Pki,
+    /// The development identity provider whose tokens Attendance accepts
+    /// (unless the settings named another).
+    pub users: DevUsers,
 }
 
 /// Server settings of one of our services under a development PKI: metrics
@@ -293,10 +307,14 @@ async fn bind(port_base: u16, offset: u16) -> anyhow::Result<TcpListener> {
 }
 
 impl Suite {
-    /// Creates the PKI if needed and starts all three services.
+    /// Creates the PKI and the development identity provider if needed and
+    /// starts all three services. Attendance verifies the development
+    /// provider's tokens unless its settings name an issuer of their own.
     pub async fn start(options: SuiteOptions) -> anyhow::Result<Suite> {
         let pki = Pki::new(&options.state_dir);
         pki.init()?;
+        let users = DevUsers::new(&options.state_dir);
+        users.init()?;
         let td = &options.trust_domain;
         let db = &options.database_url;
         let registry_l = bind(options.port_base, 0).await?;
@@ -317,14 +335,19 @@ impl Suite {
         .await?;
         let fhir_port = if options.port_base == 0 { 0 } else { options.port_base + 3 };
         let attendance_common = with_limits(dev_common(&pki, ServiceName::Attendance, td, db)?, &options);
+        let mut user_auth = options.configs.attendance.users.clone();
+        if user_auth.issuer.is_none() {
+            user_auth = UserAuthSettings { mode: user_auth.mode, ..users.user_auth_settings() };
+        }
         let attendance_settings = cpis_attendance::Settings {
+            users: user_auth,
             registry_url: format!("https://localhost:{}", registry.addr.port()),
             notification_url: format!("https://localhost:{}", notification.addr.port()),
             fhir_listen: Some(SocketAddr::from(([127, 0, 0, 1], fhir_port))),
             ..options.configs.attendance.clone()
         };
         let attendance = start_attendance(attendance_l, &attendance_common, attendance_settings).await?;
-        Ok(Suite { registry, attendance, notification, pki })
+        Ok(Suite { registry, attendance, notification, pki, users })
     }
 
     /// Stops all three services, Attendance first (it calls the others).

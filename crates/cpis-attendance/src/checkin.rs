@@ -4,7 +4,7 @@
 //! `crate::rules` decides what they write. An unflagged person leaves no trace.
 
 use crate::convert;
-use crate::model::{FlaggedRows, StoredRequest};
+use crate::model::{FlaggedRows, RecordedViewer, StoredRequest};
 use crate::registry::{CallerDeadline, FlagLookup};
 use crate::replays::ReplayLookup;
 use crate::rules::{self, EpisodeRules};
@@ -12,6 +12,7 @@ use crate::settings::ArrivalWindow;
 use crate::store::checkin as store;
 use chrono::{DateTime, Utc};
 use cpis_domain::time::from_timestamp;
+use cpis_domain::user::{Access, Viewer};
 use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::{CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// Longest accepted `request_id` and `user_id`, in characters.
+/// Longest accepted `request_id`, in characters.
 const MAX_ID_CHARS: usize = 128;
 
 /// A check-in request that passed validation.
@@ -40,14 +41,21 @@ pub struct ValidCheckIn {
     /// The kind of setting.
     pub setting_type: SettingType,
     /// Who is shown the answer.
-    pub user_id: String,
-    /// SHA-256 of the request body without its request_id: a replay must
-    /// match it.
+    pub viewer: RecordedViewer,
+    /// SHA-256 of the request body without its request_id, with the
+    /// viewer's id for the deprecated user_id: a replay must match it.
     pub fingerprint: Vec<u8>,
 }
 
-/// Checks every field, reporting all violations at once.
-pub fn validate(req: &CheckInRequest, now: DateTime<Utc>, window: ArrivalWindow) -> Result<ValidCheckIn, ApiError> {
+/// Checks every field, reporting all violations at once. The person shown
+/// the answer is `viewer` (the deprecated `user_id` field is the layer's
+/// business: see `cpis_runtime::users::viewer`).
+pub fn validate(
+    req: &CheckInRequest,
+    viewer: &Viewer,
+    now: DateTime<Utc>,
+    window: ArrivalWindow,
+) -> Result<ValidCheckIn, ApiError> {
     let mut v = Violations::new();
     v.text("request_id", &req.request_id, MAX_ID_CHARS);
     let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
@@ -87,7 +95,6 @@ pub fn validate(req: &CheckInRequest, now: DateTime<Utc>, window: ArrivalWindow)
             None
         }
     };
-    v.text("user_id", &req.user_id, MAX_ID_CHARS);
     v.finish()?;
     let (Some(nhs_number), Some(arrived_at), Some(setting_type)) = (nhs_number, arrived_at, setting_type) else {
         return Err(ApiError::internal("validation passed without values"));
@@ -97,8 +104,8 @@ pub fn validate(req: &CheckInRequest, now: DateTime<Utc>, window: ArrivalWindow)
         nhs_number,
         arrived_at,
         setting_type,
-        user_id: req.user_id.clone(),
-        fingerprint: fingerprint(req),
+        viewer: RecordedViewer::from(viewer),
+        fingerprint: fingerprint(req, viewer.user_id()),
     })
 }
 
@@ -121,9 +128,12 @@ pub fn is_scheduled(t: SettingType) -> bool {
 /// The start of the protobuf `Timestamp` range (0001-01-01T00:00:00Z).
 const EARLIEST_TIMESTAMP: i64 = -62_135_596_800;
 
-/// SHA-256 of the request's encoding without its request_id.
-fn fingerprint(req: &CheckInRequest) -> Vec<u8> {
-    let body = CheckInRequest { request_id: String::new(), ..req.clone() };
+/// SHA-256 of the request's encoding without its request_id, with the
+/// viewer's id in place of the deprecated user_id (a retry is the same
+/// person's).
+#[allow(deprecated)] // user_id: the one place the replay key is built
+fn fingerprint(req: &CheckInRequest, viewer_id: &str) -> Vec<u8> {
+    let body = CheckInRequest { request_id: String::new(), user_id: viewer_id.to_string(), ..req.clone() };
     Sha256::digest(body.encode_to_vec()).to_vec()
 }
 
@@ -152,14 +162,16 @@ impl CheckIns {
         Self { replays: ReplayLookup::new(pool.clone()), pool, flags, rules, arrival_window, wake_relay }
     }
 
-    /// Handles one check-in from the setting `setting_code`.
+    /// Handles one check-in from the setting `setting_code`, shown to `viewer`.
     pub async fn check_in(
         &self,
         setting_code: &str,
+        viewer: &Viewer,
         req: CheckInRequest,
         deadline: CallerDeadline,
     ) -> Result<CheckInResponse, ApiError> {
-        let valid = validate(&req, Utc::now(), self.arrival_window)?;
+        crate::admitted::may(viewer, Access::NotifyingRead)?;
+        let valid = validate(&req, viewer, Utc::now(), self.arrival_window)?;
         self.check_in_valid(setting_code, valid, deadline).await
     }
 
@@ -169,13 +181,15 @@ impl CheckIns {
     pub async fn check_in_now(
         &self,
         setting_code: &str,
+        viewer: &Viewer,
         req: CheckInRequest,
         deadline: CallerDeadline,
     ) -> Result<CheckInResponse, ApiError> {
+        crate::admitted::may(viewer, Access::NotifyingRead)?;
         let now = Utc::now();
         let timed = CheckInRequest { arrived_at: Some(cpis_domain::time::to_timestamp(now)), ..req.clone() };
-        let mut valid = validate(&timed, now, self.arrival_window)?;
-        valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req });
+        let mut valid = validate(&timed, viewer, now, self.arrival_window)?;
+        valid.fingerprint = fingerprint(&CheckInRequest { arrived_at: None, ..req }, viewer.user_id());
         self.check_in_valid(setting_code, valid, deadline).await
     }
 
@@ -255,13 +269,15 @@ impl CheckIns {
             rules::decide(&history, setting_code, setting_type, valid.arrived_at, self.rules, Uuid::now_v7());
         let response = convert::flagged_check_in(found.flags, &decision.episode, &decision.previous);
         let encoded = response.encode_to_vec();
+        let alert_viewer = convert::viewer(&valid.viewer).encode_to_vec();
         let rows = FlaggedRows {
             episode: &decision.episode,
             new_episode: decision.new_episode,
             nhs_number,
             setting_code,
             setting_type,
-            user_id: &valid.user_id,
+            viewer: &valid.viewer,
+            alert_viewer: &alert_viewer,
             alerts: &alerts,
             priority: decision.priority as i32,
             // The relay continues this check-in's trace from here.
@@ -317,8 +333,16 @@ mod tests {
             nhs_number: "9990000018".into(),
             arrived_at: Some(cpis_domain::time::to_timestamp(Utc::now())),
             setting_type: SettingType::EmergencyDepartment as i32,
-            user_id: "nurse-7".into(),
+            ..Default::default()
         }
+    }
+
+    fn nurse(id: &str) -> Viewer {
+        Viewer::Unverified { user_id: id.into() }
+    }
+
+    fn check(r: &CheckInRequest) -> Result<ValidCheckIn, ApiError> {
+        validate(r, &nurse("nurse-7"), Utc::now(), ArrivalWindow::default())
     }
 
     fn fields(e: ApiError) -> Vec<String> {
@@ -330,36 +354,32 @@ mod tests {
 
     #[test]
     fn a_good_request_passes_and_every_bad_field_is_named() {
-        assert!(validate(&request(), Utc::now(), ArrivalWindow::default()).is_ok());
-        let empty = CheckInRequest::default();
+        assert!(check(&request()).is_ok());
         assert_eq!(
-            fields(validate(&empty, Utc::now(), ArrivalWindow::default()).unwrap_err()),
-            ["request_id", "nhs_number", "arrived_at", "setting_type", "user_id"]
+            fields(check(&CheckInRequest::default()).unwrap_err()),
+            ["request_id", "nhs_number", "arrived_at", "setting_type"]
         );
         let mut future = request();
         future.arrived_at = Some(cpis_domain::time::to_timestamp(Utc::now() + chrono::TimeDelta::minutes(6)));
         future.setting_type = 42;
-        future.user_id = "x".repeat(129);
-        assert_eq!(
-            fields(validate(&future, Utc::now(), ArrivalWindow::default()).unwrap_err()),
-            ["arrived_at", "setting_type", "user_id"]
-        );
+        assert_eq!(fields(check(&future).unwrap_err()), ["arrived_at", "setting_type"]);
         let scheduled = CheckInRequest { setting_type: SettingType::GpPractice as i32, ..request() };
-        assert_eq!(fields(validate(&scheduled, Utc::now(), ArrivalWindow::default()).unwrap_err()), ["setting_type"]);
+        assert_eq!(fields(check(&scheduled).unwrap_err()), ["setting_type"]);
         let mut ancient = request();
         ancient.arrived_at = Some(prost_types::Timestamp { seconds: i64::MIN, nanos: 0 });
-        assert_eq!(fields(validate(&ancient, Utc::now(), ArrivalWindow::default()).unwrap_err()), ["arrived_at"]);
+        assert_eq!(fields(check(&ancient).unwrap_err()), ["arrived_at"]);
     }
 
     #[test]
-    fn the_fingerprint_ignores_the_request_id_only() {
+    fn the_fingerprint_ignores_the_request_id_and_follows_the_viewer() {
         let first = request();
-        let print = |r: &CheckInRequest| validate(r, Utc::now(), ArrivalWindow::default()).unwrap().fingerprint;
+        let print = |r: &CheckInRequest, who: &str| {
+            validate(r, &nurse(who), Utc::now(), ArrivalWindow::default()).unwrap().fingerprint
+        };
         let other_id = CheckInRequest { request_id: "req-2".into(), ..first.clone() };
-        assert_eq!(print(&first), print(&other_id));
-        let other_user = CheckInRequest { user_id: "nurse-8".into(), ..first.clone() };
-        assert_ne!(print(&first), print(&other_user));
+        assert_eq!(print(&first, "nurse-7"), print(&other_id, "nurse-7"));
+        assert_ne!(print(&first, "nurse-7"), print(&first, "nurse-8"));
         let other_type = CheckInRequest { setting_type: SettingType::WalkInCentre as i32, ..first.clone() };
-        assert_ne!(print(&first), print(&other_type));
+        assert_ne!(print(&first, "nurse-7"), print(&other_type, "nurse-7"));
     }
 }

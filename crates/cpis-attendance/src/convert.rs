@@ -1,6 +1,6 @@
 //! The one place the service's own types become the contract's messages.
 
-use crate::model::{Access, Episode};
+use crate::model::{Access, Episode, RecordedViewer};
 use cpis_domain::time::to_timestamp;
 use cpis_proto::attendance::v1 as pb;
 use cpis_proto::common::v1 as common;
@@ -28,10 +28,26 @@ pub fn access(a: &Access) -> pb::AccessRecord {
         nhs_number: a.nhs_number.clone(),
         setting_code: a.setting_code.clone(),
         setting_type: a.setting_type,
-        user_id: a.user_id.clone(),
+        user_id: a.viewer.user_id.clone(),
         accessed_at: Some(to_timestamp(a.accessed_at)),
         silent: a.silent,
         episodes_read: a.episodes_read,
+        viewer: Some(viewer(&a.viewer)),
+    }
+}
+
+/// The person who looked, as the contract carries them (on access records and alerts).
+pub fn viewer(v: &RecordedViewer) -> common::Viewer {
+    common::Viewer {
+        user_id: v.user_id.clone(),
+        name: v.name.clone(),
+        role_profile_id: v.role_profile_id.clone(),
+        job_role_code: v.role_code.rsplit(':').next().unwrap_or_default().to_string(),
+        job_role_name: v.job_role_name.clone(),
+        organisation_code: v.org_code.clone(),
+        organisation_name: v.org_name.clone(),
+        verified: v.verified,
+        role_code: v.role_code.clone(),
     }
 }
 

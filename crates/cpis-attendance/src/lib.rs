@@ -32,6 +32,7 @@ use cpis_proto::attendance::v1 as pb;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::migrate::{Frozen, Migrations};
 use cpis_runtime::server::Shutdown;
+use cpis_runtime::Caller;
 use registry::{CallerDeadline, FlagLookup};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,9 +160,12 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         let setting = admitted::setting(&caller)?;
         tracing::Span::current().record("setting", setting);
+        #[allow(deprecated)] // user_id: only without a token, in the migration mode
+        let viewer =
+            cpis_runtime::users::viewer(cpis_runtime::users::context(&request), &request.get_ref().user_id, "user_id")?;
         // The client's key is recorded once validated.
         self.check_ins()
-            .check_in(setting, request.into_inner(), deadline)
+            .check_in(setting, &viewer, request.into_inner(), deadline)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -174,7 +178,21 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
     ) -> Result<Response<pb::ListEpisodesResponse>, Status> {
         let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         tracing::Span::current().record("caller", caller.to_string());
-        self.reads().list_episodes(&caller, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+        // A setting's person (a council's system has none).
+        #[allow(deprecated)] // user_id: only without a token, in the migration mode
+        let viewer = match caller {
+            Caller::Setting(_) => Some(cpis_runtime::users::viewer(
+                cpis_runtime::users::context(&request),
+                &request.get_ref().user_id,
+                "user_id",
+            )?),
+            _ => None,
+        };
+        self.reads()
+            .list_episodes(&caller, viewer.as_ref(), request.get_ref(), deadline)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListAccesses", caller))]
@@ -198,7 +216,14 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         let span = tracing::Span::current();
         span.record("setting", setting);
         span.record("request_id", request.get_ref().request_id.as_str());
-        self.reads().silent_read(setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+        #[allow(deprecated)] // user_id: only without a token, in the migration mode
+        let viewer =
+            cpis_runtime::users::viewer(cpis_runtime::users::context(&request), &request.get_ref().user_id, "user_id")?;
+        self.reads()
+            .silent_read(setting, &viewer, request.get_ref(), deadline)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }
 

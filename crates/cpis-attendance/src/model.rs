@@ -32,13 +32,60 @@ pub struct Access {
     /// The kind of setting (0 for an episode read).
     pub setting_type: i32,
     /// Who at the setting was shown the flags.
-    pub user_id: String,
+    pub viewer: RecordedViewer,
     /// When.
     pub accessed_at: DateTime<Utc>,
     /// A silent read (scheduled care).
     pub silent: bool,
     /// A read of the person's episodes (ListEpisodes, AuditEvent).
     pub episodes_read: bool,
+}
+
+/// The person an access records, as stored: the verified person's ids, name,
+/// role and organisation, or the id a setting asserted (`verified` false).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RecordedViewer {
+    /// SDS user id, or the asserted id.
+    pub user_id: String,
+    /// The person's name (empty when unverified).
+    pub name: String,
+    /// SDS role profile id of the role in use.
+    pub role_profile_id: String,
+    /// The role's full code (`S8000:G8000:R8000`).
+    pub role_code: String,
+    /// The job role's name.
+    pub job_role_name: String,
+    /// ODS code of the role's organisation.
+    pub org_code: String,
+    /// Name of that organisation, when known.
+    pub org_name: String,
+    /// True when a verified token named the person.
+    pub verified: bool,
+}
+
+impl std::fmt::Debug for RecordedViewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A person's name and ids never reach a log line.
+        f.debug_struct("RecordedViewer").field("verified", &self.verified).finish_non_exhaustive()
+    }
+}
+
+impl From<&cpis_domain::Viewer> for RecordedViewer {
+    fn from(viewer: &cpis_domain::Viewer) -> Self {
+        match viewer {
+            cpis_domain::Viewer::Verified(user) => Self {
+                user_id: user.user_id.clone(),
+                name: user.name.clone(),
+                role_profile_id: user.role.role_profile_id.clone(),
+                role_code: user.role.role_code.clone(),
+                job_role_name: user.role.job_role_name(),
+                org_code: user.role.org_code.clone(),
+                org_name: user.org_name.clone(),
+                verified: true,
+            },
+            cpis_domain::Viewer::Unverified { user_id } => Self { user_id: user_id.clone(), ..Self::default() },
+        }
+    }
 }
 
 /// A stored first answer to a check-in request.
@@ -77,7 +124,9 @@ pub struct FlaggedRows<'a> {
     /// The kind of the calling setting.
     pub setting_type: i32,
     /// Who at the setting is shown the flags.
-    pub user_id: &'a str,
+    pub viewer: &'a RecordedViewer,
+    /// The viewer as the alerts carry it (an encoded `cpis.common.v1.Viewer`).
+    pub alert_viewer: &'a [u8],
     /// The councils to alert, in council-code order (the order their outbox
     /// position counters are locked in).
     pub alerts: &'a [AlertTarget],

@@ -4,12 +4,13 @@
 
 use crate::admitted;
 use crate::convert;
-use crate::model::Episode;
+use crate::model::{Episode, RecordedViewer};
 use crate::page::{paginate, Cursor};
 use crate::registry::{CallerDeadline, FlagLookup};
 use crate::rules;
 use crate::silent;
 use crate::store::reads::{self as store, Read, ReadKind};
+use cpis_domain::user::{Access, Viewer};
 use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1 as pb;
 use cpis_runtime::db::DbPool;
@@ -28,15 +29,17 @@ impl Reads {
         Self { pool, flags }
     }
 
-    /// A silent read by the setting `setting_code` (scheduled care): the
-    /// access is audited for the councils holding a flag; no episode, no
-    /// alert. An unflagged person leaves no trace.
+    /// A silent read by the setting `setting_code` (scheduled care), shown
+    /// to `viewer`: the access is audited for the councils holding a flag;
+    /// no episode, no alert. An unflagged person leaves no trace.
     pub async fn silent_read(
         &self,
         setting_code: &str,
+        viewer: &Viewer,
         req: &pb::SilentReadRequest,
         deadline: CallerDeadline,
     ) -> Result<pb::SilentReadResponse, ApiError> {
+        admitted::may(viewer, Access::SilentRead)?;
         let valid = silent::validate(req)?;
         let found = self.flags.lookup(&valid.nhs_number, None, deadline).await?;
         // No log line says whether the person was flagged: beside a request
@@ -51,7 +54,7 @@ impl Reads {
             setting_code,
             nhs_number: valid.nhs_number.as_str(),
             setting_type: valid.setting_type as i32,
-            user_id: &valid.user_id,
+            viewer: &RecordedViewer::from(viewer),
             council_codes: &councils,
         };
         store::record_read(&db, &read).await?;
@@ -61,27 +64,35 @@ impl Reads {
     }
 
     /// `ListEpisodes`: a page of the person's 25 most recent episodes, for a
-    /// setting (audited) or for a council holding a flag (since its plan began).
+    /// setting's `viewer` (audited) or for a council holding a flag (since
+    /// its plan began).
     pub async fn list_episodes(
         &self,
         caller: &Caller,
+        viewer: Option<&Viewer>,
         req: &pb::ListEpisodesRequest,
         deadline: CallerDeadline,
     ) -> Result<pb::ListEpisodesResponse, ApiError> {
+        let setting_viewer = match (caller, viewer) {
+            (Caller::Setting(_), Some(viewer)) => Some(viewer),
+            (Caller::Setting(_), None) => {
+                return Err(ApiError::Unauthenticated("no verified user on this request".into()))
+            }
+            _ => None,
+        };
         let mut v = Violations::new();
         let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
         let size = v.page_size("page_size", req.page_size, 25, 100);
         let after = page_token(&mut v, &req.page_token);
-        if matches!(caller, Caller::Setting(_)) {
-            v.text("user_id", &req.user_id, 128);
-        }
         v.finish()?;
         let nhs_number = nhs_number.ok_or_else(|| ApiError::internal("validated NHS number"))?;
 
-        let recent = match caller {
-            Caller::Setting(setting) => self.episodes_for_setting(setting, &nhs_number, &req.user_id, deadline).await?,
-            Caller::Council(council) => self.episodes_for_council(council, &nhs_number, deadline).await?,
-            other => return Err(admitted::not_admitted(other)),
+        let recent = match (caller, setting_viewer) {
+            (Caller::Setting(setting), Some(viewer)) => {
+                self.episodes_for_setting(setting, &nhs_number, viewer, deadline).await?
+            }
+            (Caller::Council(council), _) => self.episodes_for_council(council, &nhs_number, deadline).await?,
+            (other, _) => return Err(admitted::not_admitted(other)),
         };
         // Paged within the 25 most recent.
         let rows: Vec<_> = recent
@@ -102,9 +113,10 @@ impl Reads {
         &self,
         setting_code: &str,
         nhs_number: &NhsNumber,
-        user_id: &str,
+        viewer: &Viewer,
         deadline: CallerDeadline,
     ) -> Result<Vec<Episode>, ApiError> {
+        admitted::may(viewer, Access::EpisodeRead)?;
         let found = self.flags.lookup(nhs_number, None, deadline).await?;
         if found.flags.is_empty() {
             return Ok(Vec::new());
@@ -116,7 +128,7 @@ impl Reads {
             setting_code,
             nhs_number: nhs_number.as_str(),
             setting_type: 0,
-            user_id,
+            viewer: &RecordedViewer::from(viewer),
             council_codes: &councils,
         };
         store::record_read(&db, &read).await?;

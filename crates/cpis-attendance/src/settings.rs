@@ -61,6 +61,9 @@ pub struct Settings {
     /// When an arrival may have happened, relative to now.
     #[command(flatten)]
     pub arrival_window: ArrivalWindow,
+    /// How the people behind setting-facing calls are verified (CIS2 tokens).
+    #[command(flatten)]
+    pub users: cpis_runtime::users::UserAuthSettings,
 }
 
 /// When an arrival may have happened, relative to now: check-ins are

@@ -10,7 +10,7 @@ use cpis_proto::attendance::v1::SilentReadRequest;
 use cpis_proto::common::v1::SettingType;
 use cpis_runtime::ApiError;
 
-/// Longest accepted `request_id` and `user_id`, in characters.
+/// Longest accepted `request_id`, in characters.
 const MAX_ID_CHARS: usize = 128;
 
 /// A silent read that passed validation.
@@ -20,11 +20,10 @@ pub struct ValidSilentRead {
     pub nhs_number: NhsNumber,
     /// The kind of setting (scheduled care).
     pub setting_type: SettingType,
-    /// Who is shown the answer.
-    pub user_id: String,
 }
 
-/// Checks every field, reporting all violations at once.
+/// Checks every field, reporting all violations at once (the person shown
+/// the answer is the verified user, not a field).
 pub fn validate(req: &SilentReadRequest) -> Result<ValidSilentRead, ApiError> {
     let mut v = Violations::new();
     v.text("request_id", &req.request_id, MAX_ID_CHARS);
@@ -44,12 +43,11 @@ pub fn validate(req: &SilentReadRequest) -> Result<ValidSilentRead, ApiError> {
             None
         }
     };
-    v.text("user_id", &req.user_id, MAX_ID_CHARS);
     v.finish()?;
     let (Some(nhs_number), Some(setting_type)) = (nhs_number, setting_type) else {
         return Err(ApiError::internal("validation passed without values"));
     };
-    Ok(ValidSilentRead { nhs_number, setting_type, user_id: req.user_id.clone() })
+    Ok(ValidSilentRead { nhs_number, setting_type })
 }
 
 #[cfg(test)]
@@ -69,14 +67,14 @@ mod tests {
             request_id: "r-1".into(),
             nhs_number: "9990000018".into(),
             setting_type: SettingType::GpPractice as i32,
-            user_id: "gp-1".into(),
+            ..Default::default()
         };
         assert!(validate(&good).is_ok());
         let ed = SilentReadRequest { setting_type: SettingType::EmergencyDepartment as i32, ..good.clone() };
         assert_eq!(fields(validate(&ed).unwrap_err()), ["setting_type"]);
         assert_eq!(
             fields(validate(&SilentReadRequest::default()).unwrap_err()),
-            ["request_id", "nhs_number", "setting_type", "user_id"]
+            ["request_id", "nhs_number", "setting_type"]
         );
     }
 }

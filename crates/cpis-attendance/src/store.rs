@@ -81,7 +81,7 @@ pub async fn pending_for_council(
     let rows = db
         .query(
             "SELECT outbox_id, attempts, council_code, nhs_number, plan_type, local_reference,
-                    episode_id, setting_code, setting_type, arrived_at, priority, traceparent, position
+                    episode_id, setting_code, setting_type, arrived_at, priority, traceparent, position, viewer
              FROM attendance.outbox
              WHERE council_code = $1 AND delivered_at IS NULL
              ORDER BY position
@@ -94,7 +94,7 @@ pub async fn pending_for_council(
 
 /// The columns `outbox_id, attempts, council_code, nhs_number, plan_type,
 /// local_reference, episode_id, setting_code, setting_type, arrived_at,
-/// priority, traceparent, position` of `r`, starting at column `at`.
+/// priority, traceparent, position, viewer` of `r`, starting at column `at`.
 pub(crate) fn pending_from_row(r: &tokio_postgres::Row, at: usize) -> PendingAlert {
     let episode_id: Uuid = r.get(at + 6);
     let arrived_at: DateTime<Utc> = r.get(at + 9);
@@ -112,6 +112,11 @@ pub(crate) fn pending_from_row(r: &tokio_postgres::Row, at: usize) -> PendingAle
                 arrived_at: Some(to_timestamp(arrived_at)),
             }),
             priority: r.get(at + 10),
+            // Written by this service from a `Viewer` it encoded; absent on
+            // rows queued before verified users existed.
+            viewer: r
+                .get::<_, Option<Vec<u8>>>(at + 13)
+                .and_then(|b| <cpis_proto::common::v1::Viewer as prost::Message>::decode(b.as_slice()).ok()),
         },
         traceparent: r.get(at + 11),
         position: r.get(at + 12),

@@ -3,8 +3,11 @@
 //! it should.
 
 use crate::client::{alert_json, check_in_once, describe_check_in, Connection};
+use crate::users::UserToken;
 use anyhow::{bail, ensure, Context as _};
+use cpis_devkit::users::{DevUsers, TokenSpec};
 use cpis_domain::identity::{Caller, CallerKind};
+use cpis_domain::user::VIEW_FLAG_NOTIFYING;
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, Alert, AlertPriority,
@@ -119,6 +122,21 @@ async fn alert_for(rx: &mut mpsc::Receiver<Alert>, nhs_number: &str) -> anyhow::
         .context("the subscription closed")
 }
 
+/// A person at `setting` signed in with a role carrying `activities`: a
+/// development token from `cpis dev`'s identity provider (what
+/// `cpis users token` prints), as a clinical system holds its user's CIS2 token.
+fn person(
+    conn: &Connection,
+    setting: &str,
+    name: &str,
+    job_role: &str,
+    activities: &[&str],
+) -> anyhow::Result<UserToken> {
+    let spec = TokenSpec { name: name.into(), job_role: job_role.into(), ..TokenSpec::new(setting, activities) };
+    let token = DevUsers::new(&conn.state_dir).token(&spec).context("a development user token (cpis users token)")?;
+    Ok(UserToken::new(token.token, token.role_id))
+}
+
 fn say(party: &str, text: &str) {
     println!("\n[{party}] {text}");
 }
@@ -202,7 +220,8 @@ pub async fn run(conn: Connection) -> anyhow::Result<()> {
     let mut alerts = subscribe(&conn, MANCHESTER).await?;
 
     say("Liverpool emergency department (REM01)", "checks in the Manchester child. The receptionist sees:");
-    let first = check_in_once(&conn, "REM01", &child, SettingType::EmergencyDepartment, "reception-1", None).await?;
+    let receptionist = person(&conn, "REM01", "Sam Receptionist (demo)", "R8009", &[VIEW_FLAG_NOTIFYING])?;
+    let first = check_in_once(&conn, "REM01", &child, SettingType::EmergencyDepartment, &receptionist, None).await?;
     print!("{}", describe_check_in(&first));
     ensure!(first.flagged, "the child should be flagged");
     ensure!(
@@ -215,9 +234,17 @@ pub async fn run(conn: Connection) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&alert_json(&alert))?);
     ensure!(alert.priority == AlertPriority::Routine as i32, "the first attendance is routine");
     ensure!(alert.episode.as_ref().is_some_and(|e| e.setting_code == "REM01"), "the alert should say where");
+    ensure!(
+        alert
+            .viewer
+            .as_ref()
+            .is_some_and(|v| v.verified && v.name == "Sam Receptionist (demo)" && v.job_role_code == "R8009"),
+        "the alert should name the verified person who looked, and their job role"
+    );
 
     say("Urgent treatment centre (RWJ01)", "two weeks later in real life, seconds here: the same child again.");
-    let second = check_in_once(&conn, "RWJ01", &child, SettingType::UrgentTreatmentCentre, "triage-7", None).await?;
+    let triage = person(&conn, "RWJ01", "Alex Triage Nurse (demo)", "R8001", &[VIEW_FLAG_NOTIFYING])?;
+    let second = check_in_once(&conn, "RWJ01", &child, SettingType::UrgentTreatmentCentre, &triage, None).await?;
     ensure!(second.previous_episodes.len() == 1, "the UTC should see the ED visit");
     print!("{}", describe_check_in(&second));
     let alert2 = alert_for(&mut alerts, &child).await?;
@@ -228,7 +255,8 @@ pub async fn run(conn: Connection) -> anyhow::Result<()> {
     );
 
     say("Minor injury unit (RVY01)", "and a third time, at a third place.");
-    let third = check_in_once(&conn, "RVY01", &child, SettingType::MinorInjuryUnit, "nurse-3", None).await?;
+    let nurse = person(&conn, "RVY01", "Jo Nurse (demo)", "R8001", &[VIEW_FLAG_NOTIFYING])?;
+    let third = check_in_once(&conn, "RVY01", &child, SettingType::MinorInjuryUnit, &nurse, None).await?;
     ensure!(third.previous_episodes.len() == 2, "the MIU should see both earlier visits");
     print!("{}", describe_check_in(&third));
     let alert3 = alert_for(&mut alerts, &child).await?;
@@ -240,7 +268,8 @@ pub async fn run(conn: Connection) -> anyhow::Result<()> {
     );
 
     say("Walk-in centre (RBQ01)", "an unconscious young woman is brought in. Checking her in shows:");
-    let unborn = check_in_once(&conn, "RBQ01", &mother, SettingType::WalkInCentre, "reception-2", None).await?;
+    let reception = person(&conn, "RBQ01", "Kim Receptionist (demo)", "R8009", &[VIEW_FLAG_NOTIFYING])?;
+    let unborn = check_in_once(&conn, "RBQ01", &mother, SettingType::WalkInCentre, &reception, None).await?;
     print!("{}", describe_check_in(&unborn));
     let flag = unborn
         .flags
@@ -257,7 +286,7 @@ pub async fn run(conn: Connection) -> anyhow::Result<()> {
     );
 
     let not_flagged =
-        check_in_once(&conn, "RBQ01", &fresh_nhs_number(4), SettingType::WalkInCentre, "reception-2", None).await?;
+        check_in_once(&conn, "RBQ01", &fresh_nhs_number(4), SettingType::WalkInCentre, &reception, None).await?;
     if not_flagged.flagged {
         bail!("a person with no plan must not be flagged");
     }

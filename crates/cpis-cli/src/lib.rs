@@ -5,3 +5,4 @@
 pub mod client;
 pub mod demo;
 pub mod plan_csv;
+pub mod users;

@@ -5,7 +5,9 @@
 
 pub mod identity;
 pub mod time;
+pub mod user;
 pub mod validate;
 
 pub use identity::{Caller, CallerKind, ServiceName};
+pub use user::{Access, Role, User, Viewer};
 pub use validate::{FieldViolation, Invalid, NhsNumber};

@@ -11,6 +11,8 @@ const MAX_EPISODE_ID: usize = 128;
 
 /// Longest accepted case reference (the Registry allows 1 to 64 characters).
 const MAX_LOCAL_REFERENCE: usize = 64;
+/// Longest text of a viewer's field (names, ids, role names), in characters.
+const MAX_VIEWER_FIELD: usize = 256;
 
 /// Most alerts one `PublishAlerts` call may carry: enough to drain a
 /// council's backlog in a few calls, small enough that one transaction
@@ -39,6 +41,9 @@ pub struct NewAlert {
     pub arrived_at: DateTime<Utc>,
     /// How urgently to look (a known, specified `AlertPriority`).
     pub priority: i32,
+    /// The person at the setting who was shown the flag, encoded as a
+    /// `cpis.common.v1.Viewer`; `None` when the publisher sent none.
+    pub viewer: Option<Vec<u8>>,
 }
 
 impl NewAlert {
@@ -91,6 +96,20 @@ impl NewAlert {
                 }
             }
         }
+        if let Some(viewer) = &r.viewer {
+            for (field, value) in [
+                ("viewer.user_id", &viewer.user_id),
+                ("viewer.name", &viewer.name),
+                ("viewer.role_profile_id", &viewer.role_profile_id),
+                ("viewer.job_role_code", &viewer.job_role_code),
+                ("viewer.job_role_name", &viewer.job_role_name),
+                ("viewer.organisation_code", &viewer.organisation_code),
+                ("viewer.organisation_name", &viewer.organisation_name),
+                ("viewer.role_code", &viewer.role_code),
+            ] {
+                v.bounded(field, value, MAX_VIEWER_FIELD);
+            }
+        }
         v.finish()?;
         // `finish` succeeded, so every optional above is filled in.
         let (Some(nhs_number), Some(episode), Some(arrived_at)) = (nhs_number, r.episode.as_ref(), arrived_at) else {
@@ -106,6 +125,7 @@ impl NewAlert {
             setting_type: episode.setting_type,
             arrived_at,
             priority: r.priority,
+            viewer: r.viewer.as_ref().map(prost::Message::encode_to_vec),
         })
     }
 }

@@ -54,7 +54,7 @@ pub struct Store {
 }
 
 const SELECT_ALERT: &str = "SELECT council_code, sequence, alert_id, episode_id, nhs_number,
-        plan_type, local_reference, setting_code, setting_type, arrived_at, priority, created_at, traceparent
+        plan_type, local_reference, setting_code, setting_type, arrived_at, priority, created_at, traceparent, viewer
     FROM notification.alerts";
 
 impl Store {
@@ -76,7 +76,7 @@ impl Store {
         let stmt = client
             .prepare_cached(
                 "SELECT o_alert_id, o_sequence, o_created
-                 FROM notification.publish_alert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 FROM notification.publish_alert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .await?;
         let row = client
@@ -94,6 +94,7 @@ impl Store {
                     &alert.arrived_at,
                     &alert.priority,
                     &cpis_runtime::telemetry::current_traceparent(),
+                    &alert.viewer,
                 ],
             )
             .await?;
@@ -120,11 +121,12 @@ impl Store {
         let setting_types = ints(|a| a.setting_type);
         let arrived_at: Vec<DateTime<Utc>> = alerts.iter().map(|a| a.arrived_at).collect();
         let priorities = ints(|a| a.priority);
+        let viewers: Vec<Option<&[u8]>> = alerts.iter().map(|a| a.viewer.as_deref()).collect();
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
                 "SELECT o_index, o_alert_id, o_sequence, o_created
-                 FROM notification.publish_alerts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 FROM notification.publish_alerts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .await?;
         let rows = client
@@ -142,6 +144,7 @@ impl Store {
                     &arrived_at,
                     &priorities,
                     &cpis_runtime::telemetry::current_traceparent(),
+                    &viewers,
                 ],
             )
             .await?;
@@ -308,5 +311,9 @@ fn alert_from_row(r: &Row) -> pb::Alert {
         }),
         priority: r.get("priority"),
         created_at: Some(to_timestamp(r.get("created_at"))),
+        // Encoded by this service from a validated `Viewer`.
+        viewer: r
+            .get::<_, Option<Vec<u8>>>("viewer")
+            .and_then(|b| <cpis_proto::common::v1::Viewer as prost::Message>::decode(b.as_slice()).ok()),
     }
 }

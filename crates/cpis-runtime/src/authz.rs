@@ -75,6 +75,17 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &[AnyIdentity]),
 ];
 
+/// Methods that show a person's flags or history to a setting: a setting's
+/// call to one of them carries the person's verified token
+/// ([`crate::users`]), and the access records who they are.
+pub const USER_METHODS: &[&str] = &[
+    "/cpis.attendance.v1.AttendanceService/CheckIn",
+    "/cpis.attendance.v1.AttendanceService/SilentRead",
+    "/cpis.attendance.v1.AttendanceService/ListEpisodes",
+    "/FHIR/R4/CareTeam",
+    "/FHIR/R4/AuditEvent",
+];
+
 /// Methods only our own services call. When a service runs with a separate
 /// internal listener (`CPIS_INTERNAL_LISTEN`), they are served there and not
 /// on the public one, so a Kubernetes NetworkPolicy can close that port to
@@ -226,6 +237,13 @@ mod tests {
     fn every_rpc_of_the_contract_has_a_rule() {
         for path in cpis_proto::all_rpc_paths() {
             assert!(rule(&path).is_some(), "{path} has no authorization rule");
+        }
+    }
+
+    #[test]
+    fn every_user_method_is_open_to_settings() {
+        for path in USER_METHODS {
+            assert!(rule(path).is_some_and(|allow| allow.contains(&Settings)), "{path} is not a setting's method");
         }
     }
 

@@ -21,6 +21,7 @@ pub mod server;
 pub mod settings;
 pub mod telemetry;
 pub mod tls;
+pub mod users;
 
 pub use cpis_domain::{Caller, CallerKind, ServiceName};
 pub use error::{ApiError, FieldViolation};

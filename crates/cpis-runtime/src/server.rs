@@ -272,6 +272,8 @@ pub struct ServeOptions {
     pub health_interval: Duration,
     /// Which methods this listener serves.
     pub surface: crate::authz::Surface,
+    /// Verifies the people behind setting-facing calls (Attendance only).
+    pub users: Option<crate::users::UserAuth>,
     /// How long in-flight calls may take to finish once stopping, before
     /// the remaining connections are closed.
     pub shutdown_grace: Duration,
@@ -299,6 +301,7 @@ impl ServeOptions {
             max_connection_age: None,
             health_interval: Duration::from_secs(2),
             surface: crate::authz::Surface::Combined,
+            users: None,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -354,6 +357,7 @@ pub async fn serve(
         .layer(crate::decode::UndecodableLayer)
         .layer(AuthzLayer::new(options.surface))
         .layer(crate::limits::LimitLayer::new(options.limits))
+        .layer(crate::users::UserLayer::new(options.users.clone()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await });
     // Graceful shutdown waits for every connection to finish; a client that

@@ -7,11 +7,13 @@
 
 #![allow(dead_code)]
 
+mod users;
+pub use users::{AttendanceClient, UserHeaders, TEST_CLINICIAN};
+
 use cpis::suite::{ServiceConfigs, Suite, SuiteOptions};
 use cpis_devkit::pgcluster::{ClusterOptions, PrivateCluster};
 use cpis_devkit::pki::{IssueOptions, Pki};
 use cpis_domain::identity::{Caller, CallerKind, ServiceName};
-use cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient;
 use cpis_proto::attendance::v1::CheckInRequest;
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
@@ -236,11 +238,6 @@ impl TestSuite {
         RegistryServiceClient::new(self.channel(self.registry_port(), caller))
     }
 
-    /// An Attendance client for `caller`.
-    pub fn attendance(&self, caller: &Caller) -> AttendanceServiceClient<Channel> {
-        AttendanceServiceClient::new(self.channel(self.attendance_port(), caller))
-    }
-
     /// A Notification client for `caller`.
     pub fn notification(&self, caller: &Caller) -> NotificationServiceClient<Channel> {
         NotificationServiceClient::new(self.channel(self.notification_port(), caller))
@@ -356,7 +353,7 @@ pub fn arrival(nhs_number: &str) -> CheckInRequest {
         nhs_number: nhs_number.into(),
         arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: SettingType::EmergencyDepartment as i32,
-        user_id: "clinician-1".into(),
+        ..Default::default()
     }
 }
 
@@ -370,8 +367,26 @@ pub struct FhirAnswer {
 }
 
 /// `GET path` on the FHIR port over HTTPS/1.1, presenting `tls` (or no
-/// client certificate), with the given request headers.
+/// client certificate), with the given request headers; a setting's request
+/// without an `Authorization` header also carries the default test
+/// clinician's token (see [`fhir_get_raw`] for exactly the headers given).
 pub async fn fhir_get(ts: &TestSuite, tls: Option<&TlsPaths>, path: &str, headers: &[(&str, &str)]) -> FhirAnswer {
+    let setting = tls
+        .and_then(|p| cpis_runtime::tls::read_certs(&p.cert).ok())
+        .and_then(|certs| certs.first().and_then(|c| Caller::from_certificate(c, TRUST_DOMAIN).ok()));
+    let mut all: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    if let Some(Caller::Setting(code)) = setting {
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+            all.extend(ts.fhir_user_headers(&code));
+        }
+    }
+    let borrowed: Vec<(&str, &str)> = all.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    fhir_get_raw(ts, tls, path, &borrowed).await
+}
+
+/// `GET path` on the FHIR port over HTTPS/1.1, presenting `tls` (or no
+/// client certificate), with exactly the given request headers.
+pub async fn fhir_get_raw(ts: &TestSuite, tls: Option<&TlsPaths>, path: &str, headers: &[(&str, &str)]) -> FhirAnswer {
     let port = ts.suite.attendance.fhir_addr.expect("the suite serves the FHIR API").port();
     let mut roots = rustls::RootCertStore::empty();
     for cert in cpis_runtime::tls::read_certs(&ts.pki.ca_path()).unwrap() {
@@ -482,5 +497,6 @@ pub fn alert_for(council: &str, serial: u32) -> cpis_proto::notification::v1::Pu
             arrived_at: Some(prost_types::Timestamp { seconds: 1_760_000_000 + i64::from(serial), nanos: 0 }),
         }),
         priority: cpis_proto::notification::v1::AlertPriority::Routine as i32,
+        viewer: None,
     }
 }

@@ -72,6 +72,8 @@ pub struct FhirOptions {
     pub shutdown_grace: Duration,
     /// Caps on connections and TLS handshakes in progress on this listener.
     pub connections: ConnectionLimits,
+    /// Verifies the people behind the searches (the gRPC port's verifier).
+    pub users: Option<cpis_runtime::users::UserAuth>,
 }
 
 /// Serves the FHIR API of `svc` on `listener` with mutual TLS until
@@ -90,6 +92,7 @@ pub async fn serve(
         .layer(GrpcTraceLayer::fhir("attendance", options.metrics.clone()))
         .layer(AuthzLayer::new(Surface::Combined))
         .layer(LimitLayer::new(options.limits))
+        .layer(cpis_runtime::users::UserLayer::new(options.users.clone()))
         .map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>)
         .service(router(svc));
     let mut incoming =

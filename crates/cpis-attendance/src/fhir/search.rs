@@ -15,20 +15,21 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use cpis_domain::identity::Caller;
-use cpis_domain::validate::{NhsNumber, Violations};
+use cpis_domain::validate::NhsNumber;
 use cpis_proto::attendance::v1::{CheckInRequest, SilentReadRequest};
 use cpis_proto::common::v1::SettingType;
-use cpis_runtime::ApiError;
+use cpis_runtime::users::UserContext;
 use serde_json::Value;
 
 /// `GET CareTeam`: the flags of one person, one CareTeam per flag.
 pub async fn care_team(
     State(svc): State<Attendance>,
     Extension(caller): Extension<Caller>,
+    user: Option<Extension<UserContext>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let result = care_team_search(&svc, &caller, &uri, &headers).await;
+    let result = care_team_search(&svc, &caller, user.as_ref().map(|u| &u.0), &uri, &headers).await;
     correlated(result.map_or_else(IntoResponse::into_response, |b| fhir(StatusCode::OK, &b)), &headers)
 }
 
@@ -36,6 +37,7 @@ pub async fn care_team(
 async fn care_team_search(
     svc: &Attendance,
     caller: &Caller,
+    user: Option<&UserContext>,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Value, FhirError> {
@@ -69,7 +71,8 @@ async fn care_team_search(
             )
         })?,
     };
-    let user_id = header(headers, USER_HEADER)?.unwrap_or_default().to_string();
+    // X-User-ID is honoured only without a token, in the migration mode.
+    let viewer = cpis_runtime::users::viewer(user, header(headers, USER_HEADER)?.unwrap_or_default(), "X-User-ID")?;
     let request_id = header(headers, REQUEST_ID_HEADER)?.unwrap_or_default().to_string();
 
     let flags = if unscheduled {
@@ -84,17 +87,17 @@ async fn care_team_search(
             nhs_number: nhs_number.as_str().to_string(),
             arrived_at: None,
             setting_type: setting_type as i32,
-            user_id,
+            ..Default::default()
         };
-        svc.check_ins().check_in_now(setting, req, CallerDeadline::unbounded()).await?.flags
+        svc.check_ins().check_in_now(setting, &viewer, req, CallerDeadline::unbounded()).await?.flags
     } else {
         let req = SilentReadRequest {
             request_id: if request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request_id },
             nhs_number: nhs_number.as_str().to_string(),
             setting_type: setting_type as i32,
-            user_id,
+            ..Default::default()
         };
-        svc.reads().silent_read(setting, &req, CallerDeadline::unbounded()).await?.flags
+        svc.reads().silent_read(setting, &viewer, &req, CallerDeadline::unbounded()).await?.flags
     };
     let teams = flags.iter().map(|f| resources::care_team(nhs_number.as_str(), f)).collect();
     Ok(resources::searchset(&self_link(uri, headers, "CareTeam"), teams))
@@ -104,10 +107,11 @@ async fn care_team_search(
 pub async fn audit_event(
     State(svc): State<Attendance>,
     Extension(caller): Extension<Caller>,
+    user: Option<Extension<UserContext>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let result = audit_event_search(&svc, &caller, &uri, &headers).await;
+    let result = audit_event_search(&svc, &caller, user.as_ref().map(|u| &u.0), &uri, &headers).await;
     correlated(result.map_or_else(IntoResponse::into_response, |b| fhir(StatusCode::OK, &b)), &headers)
 }
 
@@ -115,19 +119,17 @@ pub async fn audit_event(
 async fn audit_event_search(
     svc: &Attendance,
     caller: &Caller,
+    user: Option<&UserContext>,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Value, FhirError> {
     let setting = admitted::setting(caller)?;
     tracing::Span::current().record("setting", setting);
     let nhs_number = searched_nhs_number(uri)?;
-    let user_id = header(headers, USER_HEADER)?.unwrap_or_default();
-    let mut v = Violations::new();
-    v.text("X-User-ID", user_id, 128);
-    v.finish().map_err(ApiError::from)?;
+    let viewer = cpis_runtime::users::viewer(user, header(headers, USER_HEADER)?.unwrap_or_default(), "X-User-ID")?;
     // Need to know: the history of a person with no flag in scope is not
     // shown; a read of it is audited like a gRPC ListEpisodes.
-    let episodes = svc.reads().episodes_for_setting(setting, &nhs_number, user_id, CallerDeadline::unbounded()).await?;
+    let episodes = svc.reads().episodes_for_setting(setting, &nhs_number, &viewer, CallerDeadline::unbounded()).await?;
     let events =
         episodes.iter().map(|e| resources::audit_event(nhs_number.as_str(), &crate::convert::episode(e))).collect();
     Ok(resources::searchset(&self_link(uri, headers, "AuditEvent"), events))

@@ -112,13 +112,14 @@ pub async fn insert_flagged(tx: &impl GenericClient, rows: &FlaggedRows<'_>) -> 
                  SELECT $1, $2, $3, $4, $5 WHERE $6::boolean
              ), access AS (
                  INSERT INTO attendance.accesses
-                     (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes)
-                 VALUES ($7, $1, $2, $8, $9, $10, $11)
+                     (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes,
+                      viewer_name, role_profile_id, role_code, job_role_name, org_code, org_name, verified)
+                 VALUES ($7, $1, $2, $8, $9, $10, $11, $19, $20, $21, $22, $23, $24, $25)
              ), alerts AS (
                  INSERT INTO attendance.outbox
                      (council_code, nhs_number, plan_type, local_reference, episode_id,
-                      setting_code, setting_type, arrived_at, priority, traceparent)
-                 SELECT a.council_code, $2, a.plan_type, a.local_reference, $1, $3, $4, $5, $12, $13
+                      setting_code, setting_type, arrived_at, priority, traceparent, viewer)
+                 SELECT a.council_code, $2, a.plan_type, a.local_reference, $1, $3, $4, $5, $12, $13, $26
                  FROM unnest($11::text[], $14::integer[], $15::text[])
                       WITH ORDINALITY AS a(council_code, plan_type, local_reference, n)
                  ORDER BY a.n
@@ -151,7 +152,7 @@ pub async fn insert_flagged(tx: &impl GenericClient, rows: &FlaggedRows<'_>) -> 
                 &Uuid::now_v7(),
                 &rows.setting_code,
                 &rows.setting_type,
-                &rows.user_id,
+                &rows.viewer.user_id,
                 &councils,
                 &rows.priority,
                 &rows.traceparent,
@@ -160,6 +161,14 @@ pub async fn insert_flagged(tx: &impl GenericClient, rows: &FlaggedRows<'_>) -> 
                 &rows.request_id,
                 &rows.fingerprint,
                 &rows.response,
+                &rows.viewer.name,
+                &rows.viewer.role_profile_id,
+                &rows.viewer.role_code,
+                &rows.viewer.job_role_name,
+                &rows.viewer.org_code,
+                &rows.viewer.org_name,
+                &rows.viewer.verified,
+                &rows.alert_viewer,
             ],
         )
         .await?;

@@ -1,7 +1,7 @@
 //! The statements of the reads: the access audit of silent and episode reads,
 //! a person's episodes and a council's accesses.
 
-use crate::model::{Access, Episode};
+use crate::model::{Access, Episode, RecordedViewer};
 use crate::page::Cursor;
 use chrono::{DateTime, Utc};
 use cpis_runtime::ApiError;
@@ -28,7 +28,7 @@ pub struct Read<'a> {
     /// The kind of setting (0 for an episode read, which does not state it).
     pub setting_type: i32,
     /// Who at the setting is shown the answer.
-    pub user_id: &'a str,
+    pub viewer: &'a RecordedViewer,
     /// The councils holding a flag at that moment (they may list the access).
     pub council_codes: &'a [&'a str],
 }
@@ -38,17 +38,24 @@ pub async fn record_read(db: &tokio_postgres::Client, a: &Read<'_>) -> Result<()
     db.execute(
         "INSERT INTO attendance.accesses
              (access_id, episode_id, nhs_number, setting_code, setting_type, user_id, council_codes, silent,
-              episodes_read)
-         VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8)",
+              episodes_read, viewer_name, role_profile_id, role_code, job_role_name, org_code, org_name, verified)
+         VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         &[
             &Uuid::now_v7(),
             &a.nhs_number,
             &a.setting_code,
             &a.setting_type,
-            &a.user_id,
+            &a.viewer.user_id,
             &a.council_codes,
             &(a.kind == ReadKind::Silent),
             &(a.kind == ReadKind::Episodes),
+            &a.viewer.name,
+            &a.viewer.role_profile_id,
+            &a.viewer.role_code,
+            &a.viewer.job_role_name,
+            &a.viewer.org_code,
+            &a.viewer.org_name,
+            &a.viewer.verified,
         ],
     )
     .await?;
@@ -95,7 +102,8 @@ pub async fn list_accesses(
     let rows = db
         .query(
             "SELECT access_id, episode_id, nhs_number, setting_code, setting_type, user_id,
-                    accessed_at, silent, episodes_read
+                    accessed_at, silent, episodes_read, viewer_name, role_profile_id, role_code,
+                    job_role_name, org_code, org_name, verified
              FROM attendance.accesses
              WHERE council_codes @> ARRAY[$1::text]
                AND ($2::text IS NULL OR nhs_number = $2)
@@ -113,7 +121,16 @@ pub async fn list_accesses(
             nhs_number: r.get(2),
             setting_code: r.get(3),
             setting_type: r.get(4),
-            user_id: r.get(5),
+            viewer: RecordedViewer {
+                user_id: r.get(5),
+                name: r.get(9),
+                role_profile_id: r.get(10),
+                role_code: r.get(11),
+                job_role_name: r.get(12),
+                org_code: r.get(13),
+                org_name: r.get(14),
+                verified: r.get(15),
+            },
             accessed_at: r.get(6),
             silent: r.get(7),
             episodes_read: r.get(8),

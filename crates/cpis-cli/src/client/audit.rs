@@ -24,6 +24,13 @@ pub struct AuditArgs {
     episodes: bool,
 }
 
+/// The person who looked, as the audit and the alert stream print them.
+pub fn viewer_json(v: &cpis_proto::common::v1::Viewer) -> serde_json::Value {
+    json!({"verified": v.verified, "name": v.name, "user_id": v.user_id, "role_profile_id": v.role_profile_id,
+           "job_role_code": v.job_role_code, "job_role_name": v.job_role_name,
+           "organisation_code": v.organisation_code, "organisation_name": v.organisation_name})
+}
+
 /// Runs `cpis audit`: the council's access history, as JSON lines.
 pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let me = council(&args.council)?;
@@ -45,7 +52,8 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                 json!({"access_id": a.access_id, "episode_id": a.episode_id, "nhs_number": a.nhs_number,
                        "setting_code": a.setting_code,
                        "setting_type": SettingType::try_from(a.setting_type).map(|t| t.as_str_name()).unwrap_or("?"),
-                       "user_id": a.user_id, "silent": a.silent, "episodes_read": a.episodes_read,
+                       "user_id": a.user_id, "viewer": a.viewer.as_ref().map(viewer_json),
+                       "silent": a.silent, "episodes_read": a.episodes_read,
                        "accessed_at": a.accessed_at.as_ref().and_then(cpis_domain::time::from_timestamp).map(|t| t.to_rfc3339())})
             );
         }

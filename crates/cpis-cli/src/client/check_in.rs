@@ -1,6 +1,7 @@
 //! `cpis check-in`: a setting checks a person in (or reads silently) and prints what the clinician sees.
 
 use super::*;
+use crate::users::UserToken;
 use anyhow::Context as _;
 use clap::Args;
 use cpis_proto::attendance::v1::{
@@ -30,9 +31,9 @@ pub struct CheckInArgs {
     /// audited, but no episode is recorded and no council is alerted.
     #[arg(long)]
     silent: bool,
-    /// Who is viewing the answer (for the access audit).
-    #[arg(long, default_value = "cli")]
-    user: String,
+    /// The person viewing the answer: their token and role (`cpis users token`).
+    #[command(flatten)]
+    user: UserToken,
     /// Idempotency key; a fresh one by default.
     #[arg(long)]
     request_id: Option<String>,
@@ -110,13 +111,13 @@ pub fn describe_check_in(r: &CheckInResponse) -> String {
     out
 }
 
-/// Checks a person in and returns the answer.
+/// Checks a person in, shown to the person `user` names, and returns the answer.
 pub async fn check_in_once(
     conn: &Connection,
     setting_code: &str,
     nhs_number: &str,
     setting_type: SettingType,
-    user: &str,
+    user: &UserToken,
     request_id: Option<String>,
 ) -> anyhow::Result<CheckInResponse> {
     let me = setting(setting_code)?;
@@ -126,10 +127,11 @@ pub async fn check_in_once(
         nhs_number: nhs_number.to_string(),
         arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: setting_type as i32,
-        user_id: user.to_string(),
+        ..Default::default()
     };
     let mut request = tonic::Request::new(request);
     request.set_timeout(Duration::from_secs(10));
+    user.attach(&mut request)?;
     Ok(client.check_in(request).await.map_err(status_error)?.into_inner())
 }
 
@@ -165,9 +167,10 @@ async fn silent_read(args: &CheckInArgs, setting_type: SettingType) -> anyhow::R
         request_id: args.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         nhs_number: args.nhs_number.clone(),
         setting_type: setting_type as i32,
-        user_id: args.user.clone(),
+        ..Default::default()
     });
     request.set_timeout(Duration::from_secs(10));
+    args.user.attach(&mut request)?;
     let r = client.silent_read(request).await.map_err(status_error)?.into_inner();
     if args.json {
         println!(

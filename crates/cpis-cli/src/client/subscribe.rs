@@ -45,6 +45,7 @@ pub fn alert_json(a: &Alert) -> Value {
            "plan_type": PlanType::try_from(a.plan_type).map(|t| t.as_str_name()).unwrap_or("?"),
            "priority": AlertPriority::try_from(a.priority).map(|t| t.as_str_name()).unwrap_or("?"),
            "episode": a.episode.as_ref().map(episode_json),
+           "viewer": a.viewer.as_ref().map(super::viewer_json),
            "created_at": a.created_at.as_ref().and_then(cpis_domain::time::from_timestamp).map(|t| t.to_rfc3339())})
 }
 
