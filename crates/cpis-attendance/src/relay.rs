@@ -65,8 +65,8 @@
 //!
 //! The tests that prove this: `tests/e2e/relay.rs` (two replicas drain a
 //! backlog of 5,000 alerts for 20 councils after an outage, each council in
-//! check-in order), `tests/e2e/attendance.rs` (order after a Notification
-//! outage) and `tests/netfault.rs` (packets silently dropped between a relay
+//! check-in order), `tests/e2e/attendance_outages.rs` (order after a Notification
+//! outage) and `tests/netfault/` (packets silently dropped between a relay
 //! and PostgreSQL in the middle of a pass, a Notification replica and
 //! PostgreSQL, a relay and its Notification replica, in Linux network
 //! namespaces: alerts reach the healthy replica within 20 s with 3 s leases,
