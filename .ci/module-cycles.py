@@ -4,7 +4,9 @@ longer loop (issue #12: "no import cycle between modules of a crate").
 
 A module is a top-level module of the crate (`src/x.rs` or `src/x/`); its
 nested modules count as part of it. Uses are read from `crate::x` paths
-(in `use` lines and in expressions) and `super::x` in nested modules. The
+(in `use` lines and in expressions) and from `super::x` paths resolved
+against the file's place (in `src/a.rs`, `super::x` is `crate::x`; in
+`src/a/b.rs`, `super::super::x` is). The
 crate root (`lib.rs`/`main.rs`) is the crate's face, not a module: edges into
 it or out of it are not counted. Test modules are not read.
 """
@@ -30,6 +32,37 @@ def strip_tests(text):
     return re.sub(r"//[^\n]*", "", text)
 
 
+def module_path(src, path):
+    """The module path of a file: `src/a.rs` and `src/a/mod.rs` are `a`,
+    `src/a/b.rs` is `a::b`, the crate root is empty."""
+    parts = os.path.relpath(path, src).split(os.sep)
+    last = parts.pop()
+    if last not in ("mod.rs", "lib.rs", "main.rs") or parts:
+        if last != "mod.rs":
+            parts.append(last[:-3])
+    return parts
+
+
+def super_targets(src, path, text):
+    """Top-level modules named through `super::` paths (in `use` lines,
+    groups and expressions): in `src/x.rs`, `super::y` is `crate::y`."""
+    here = module_path(src, path)
+    found = []
+    for supers, rest in re.findall(r"\b((?:super::)+)(\{[^}]*\}|[a-z_][a-z0-9_]*)", text):
+        up = supers.count("super::")
+        if up > len(here):
+            continue
+        base = here[: len(here) - up]
+        if base:
+            continue  # a sibling inside the same top-level module
+        if rest.startswith("{"):
+            group = rest[1:-1]
+            found += re.findall(r"(?:^|,)\s*([a-z_][a-z0-9_]*)\s*(?=::|,|$|\s)", group)
+        else:
+            found.append(rest)
+    return found
+
+
 def crate_graph(src):
     modules = set()
     files = []
@@ -47,6 +80,9 @@ def crate_graph(src):
             continue
         text = strip_tests(open(path, encoding="utf-8").read())
         for target in re.findall(r"\bcrate::([a-z_][a-z0-9_]*)", text):
+            if target in modules and target != m:
+                edges[m].add(target)
+        for target in super_targets(src, path, text):
             if target in modules and target != m:
                 edges[m].add(target)
         for group in re.findall(r"\buse crate::\{([^}]*)\}", text):

@@ -3,6 +3,8 @@
 //! and real mutual-TLS gRPC clients for any identity.
 
 mod attendance;
+mod attendance_episodes;
+mod attendance_outages;
 mod authz_matrix;
 mod batching;
 mod database_tls;
@@ -17,8 +19,12 @@ mod migrations;
 mod monitoring;
 mod need_to_know;
 mod notification;
+mod notification_instances;
+mod notification_publishing;
 mod platform;
 mod registry;
+mod registry_lookups;
+mod registry_sync;
 mod relay;
 mod retention;
 mod scope;
@@ -26,3 +32,4 @@ mod seeding;
 mod settings;
 mod surfaces;
 mod uploads;
+mod uploads_under_load;

@@ -1,8 +1,6 @@
-//! End-to-end tests of the Registry service: councils keep their register,
-//! the attendance service looks flags up.
-//!
-//! One file per service's contract, so a reader finds every Registry behaviour in one place (over
-//! 400 lines).
+//! End-to-end tests of the Registry service: councils keep their register;
+//! and the helpers the other Registry files share (`registry_lookups.rs`: flag look-ups; `registry_sync.rs`:
+//! `SyncPlans`).
 
 use cpis_domain::identity::ServiceName;
 use cpis_proto::common::v1::PlanType;
@@ -23,14 +21,14 @@ pub fn unborn_plan(reference: &str, nhs_number: &str) -> Plan {
     }
 }
 
-async fn upsert(ts: &TestSuite, council_code: &str, p: Plan) -> Result<Plan, tonic::Status> {
+pub(crate) async fn upsert(ts: &TestSuite, council_code: &str, p: Plan) -> Result<Plan, tonic::Status> {
     ts.registry(&council(council_code))
         .upsert_plan(UpsertPlanRequest { plan: Some(p), expected_version: 0 })
         .await
         .map(|r| r.into_inner().plan.expect("plan"))
 }
 
-async fn lookup(ts: &TestSuite, nhs_number: &str, on_date: &str) -> LookupFlagsResponse {
+pub(crate) async fn lookup(ts: &TestSuite, nhs_number: &str, on_date: &str) -> LookupFlagsResponse {
     ts.registry(&service(ServiceName::Attendance))
         .lookup_flags(LookupFlagsRequest { nhs_number: nhs_number.into(), on_date: on_date.into() })
         .await
@@ -38,12 +36,43 @@ async fn lookup(ts: &TestSuite, nhs_number: &str, on_date: &str) -> LookupFlagsR
         .into_inner()
 }
 
-fn field_paths(status: &tonic::Status) -> Vec<String> {
+pub(crate) fn field_paths(status: &tonic::Status) -> Vec<String> {
     status
         .get_error_details()
         .bad_request()
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
+}
+
+/// Streams `plans` through SyncPlans as `council_code`.
+pub async fn sync_plans(
+    ts: &TestSuite,
+    council_code: &str,
+    plans: Vec<Plan>,
+    allow_mass_end: bool,
+) -> Result<SyncPlansResponse, tonic::Status> {
+    sync_with(ts, council_code, plans, allow_mass_end, false).await
+}
+
+pub(crate) async fn sync_with(
+    ts: &TestSuite,
+    council_code: &str,
+    plans: Vec<Plan>,
+    allow_mass_end: bool,
+    dry_run: bool,
+) -> Result<SyncPlansResponse, tonic::Status> {
+    let plan_rows = plans.len() as i64;
+    let mut requests: Vec<SyncPlansRequest> = plans
+        .into_iter()
+        .map(|p| SyncPlansRequest { plan: Some(p), allow_mass_end, dry_run, ..Default::default() })
+        .collect();
+    requests.push(SyncPlansRequest {
+        allow_mass_end,
+        dry_run,
+        completion: Some(SyncCompletion { plan_rows }),
+        ..Default::default()
+    });
+    ts.registry(&council(council_code)).sync_plans(tokio_stream::iter(requests)).await.map(|r| r.into_inner())
 }
 
 #[tokio::test]
@@ -229,79 +258,6 @@ async fn councils_see_only_their_own_plans() {
 }
 
 #[tokio::test]
-async fn lookup_flags_applies_the_twelve_month_scope_across_councils() {
-    let ts = TestSuite::start().await;
-    let child = nhs(20);
-    let mut ended = plan("MCR-20", &child);
-    ended.end_date = "2025-03-15".into();
-    upsert(&ts, MANCHESTER, ended).await.unwrap();
-    let mut lac = plan("LPL-20", &child);
-    lac.plan_type = PlanType::LookedAfter as i32;
-    lac.start_date = "2025-06-01".into();
-    upsert(&ts, LIVERPOOL, lac).await.unwrap();
-
-    let before = lookup(&ts, &child, "2024-12-31").await;
-    assert!(before.flags.is_empty(), "not in scope before it started");
-
-    let on_end = lookup(&ts, &child, "2025-03-15").await;
-    assert_eq!(on_end.flags.len(), 1);
-    assert!(!on_end.flags[0].ended, "active on its last day");
-
-    let both = lookup(&ts, &child, "2026-03-14").await;
-    assert_eq!(both.flags.len(), 2);
-    let mcr = &both.flags[0];
-    assert_eq!((mcr.council_code.as_str(), mcr.council_name.as_str()), (MANCHESTER, "Manchester"));
-    assert!(mcr.ended, "ended less than 12 months ago: shown, marked ended");
-    assert_eq!(mcr.contact.as_ref().unwrap().emergency_duty_phone, "0161 255 8250");
-    assert_eq!(both.flags[1].council_name, "Liverpool");
-    assert_eq!(both.flags[1].plan_type, PlanType::LookedAfter as i32);
-    assert_eq!(both.local_references, ["MCR-20", "LPL-20"]);
-
-    let after = lookup(&ts, &child, "2026-03-15").await;
-    assert_eq!(after.flags.len(), 1, "12 months after the end it is out of scope");
-    assert_eq!(after.flags[0].council_code, LIVERPOOL);
-
-    // Unborn plans carry the expected delivery date; unknown councils show their code.
-    let mother = nhs(21);
-    upsert(&ts, KENT, unborn_plan("KNT-1", &mother)).await.unwrap();
-    upsert(&ts, "E06999999", plan("X-1", &mother)).await.unwrap();
-    let flags = lookup(&ts, &mother, "2026-07-01").await.flags;
-    assert_eq!(flags.len(), 2);
-    assert_eq!(flags[0].council_name, "E06999999");
-    assert_eq!(flags[1].council_name, "Kent");
-    assert_eq!(flags[1].expected_delivery_date, "2027-01-15");
-
-    // Deleted plans are never shown again; the audit trail keeps them.
-    ts.registry(&council(KENT)).delete_plan(DeletePlanRequest { local_reference: "KNT-1".into() }).await.unwrap();
-    let flags = lookup(&ts, &mother, "2026-07-01").await.flags;
-    assert_eq!(flags.len(), 1);
-    let err =
-        ts.registry(&council(KENT)).get_plan(GetPlanRequest { local_reference: "KNT-1".into() }).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let kept: i64 = ts
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM registry.plan_changes WHERE action = 'deleted'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(kept, 1);
-
-    let none = lookup(&ts, &nhs(22), "").await;
-    assert!(none.flags.is_empty());
-    let err = ts
-        .registry(&service(ServiceName::Attendance))
-        .lookup_flags(LookupFlagsRequest { nhs_number: "1234567890".into(), on_date: "2026-13-01".into() })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let fields = field_paths(&err);
-    assert!(fields.contains(&"nhs_number".to_string()) && fields.contains(&"on_date".to_string()), "{fields:?}");
-    assert!(!err.message().contains("1234567890"));
-    ts.suite.stop().await.unwrap();
-}
-
-#[tokio::test]
 async fn end_and_delete_plans() {
     let ts = TestSuite::start().await;
     let mut client = ts.registry(&council(MANCHESTER));
@@ -395,185 +351,5 @@ async fn list_plans_pages_without_gaps_or_repeats_while_plans_change() {
     };
     assert!(!all(false).await.contains("REF-0000"));
     assert!(all(true).await.contains("REF-0000"));
-    ts.suite.stop().await.unwrap();
-}
-
-/// Streams `plans` through SyncPlans as `council_code`.
-pub async fn sync_plans(
-    ts: &TestSuite,
-    council_code: &str,
-    plans: Vec<Plan>,
-    allow_mass_end: bool,
-) -> Result<SyncPlansResponse, tonic::Status> {
-    sync_with(ts, council_code, plans, allow_mass_end, false).await
-}
-
-async fn sync_with(
-    ts: &TestSuite,
-    council_code: &str,
-    plans: Vec<Plan>,
-    allow_mass_end: bool,
-    dry_run: bool,
-) -> Result<SyncPlansResponse, tonic::Status> {
-    let plan_rows = plans.len() as i64;
-    let mut requests: Vec<SyncPlansRequest> = plans
-        .into_iter()
-        .map(|p| SyncPlansRequest { plan: Some(p), allow_mass_end, dry_run, ..Default::default() })
-        .collect();
-    requests.push(SyncPlansRequest {
-        allow_mass_end,
-        dry_run,
-        completion: Some(SyncCompletion { plan_rows }),
-        ..Default::default()
-    });
-    ts.registry(&council(council_code)).sync_plans(tokio_stream::iter(requests)).await.map(|r| r.into_inner())
-}
-
-#[tokio::test]
-async fn sync_plans_reconciles_counts_rejections_and_refuses_mass_ends() {
-    let ts = TestSuite::start().await;
-    let first: Vec<Plan> = (0..20u32).map(|i| plan(&format!("S-{i:02}"), &nhs(3000 + i))).collect();
-    let r = sync_plans(&ts, MANCHESTER, first.clone(), false).await.unwrap();
-    assert_eq!((r.received, r.created, r.updated, r.unchanged, r.ended, r.rejected), (20, 20, 0, 0, 0, 0));
-
-    // Second snapshot: S-00 changed, S-01 missing (1 of 20 = 5%: allowed),
-    // two new, S-02 sent with a bad NHS number (refused: kept as it was),
-    // one bad date, one duplicate of S-03.
-    let mut second: Vec<Plan> = first[3..].to_vec();
-    let mut changed = first[0].clone();
-    changed.contact.as_mut().unwrap().email = "new@example.gov.uk".into();
-    second.push(changed);
-    let mut bad_nhs = first[2].clone();
-    bad_nhs.nhs_number = "9990000019".into();
-    second.push(bad_nhs);
-    second.push(plan("S-NEW-1", &nhs(3100)));
-    second.push(plan("S-NEW-2", &nhs(3101)));
-    let mut bad_date = plan("S-BAD", &nhs(3102));
-    bad_date.start_date = "2025-02-30".into();
-    second.push(bad_date);
-    let mut dup = first[3].clone();
-    dup.contact.as_mut().unwrap().team_name = "Duplicate".into();
-    second.push(dup);
-
-    let dry = sync_with(&ts, MANCHESTER, second.clone(), false, true).await.unwrap();
-    assert!(dry.dry_run);
-    assert_eq!((dry.created, dry.updated, dry.unchanged, dry.ended, dry.rejected), (2, 1, 17, 1, 3));
-    let untouched = ts.registry(&council(MANCHESTER)).get_plan(GetPlanRequest { local_reference: "S-01".into() }).await;
-    assert!(untouched.unwrap().into_inner().plan.unwrap().end_date.is_empty(), "a dry run changes nothing");
-
-    let r = sync_plans(&ts, MANCHESTER, second, false).await.unwrap();
-    assert_eq!((r.received, r.created, r.updated, r.unchanged, r.ended, r.rejected), (23, 2, 1, 17, 1, 3));
-    let mut rejected: Vec<(i64, String, String)> =
-        r.rejections.iter().map(|x| (x.row, x.local_reference.clone(), x.field.clone())).collect();
-    rejected.sort();
-    assert_eq!(
-        rejected,
-        [
-            (19, "S-02".to_string(), "plan.nhs_number".to_string()),
-            (22, "S-BAD".to_string(), "plan.start_date".to_string()),
-            (23, "S-03".to_string(), "plan.local_reference".to_string()),
-        ]
-    );
-    assert!(r.rejections.iter().all(|x| !x.reason.contains("9990000019")));
-    let mut registry = ts.registry(&council(MANCHESTER));
-    let get = |r: &str| GetPlanRequest { local_reference: r.into() };
-    let s01 = registry.get_plan(get("S-01")).await.unwrap().into_inner().plan.unwrap();
-    assert_eq!(s01.end_date, chrono::Utc::now().date_naive().to_string(), "absent plans are ended today");
-    let s02 = registry.get_plan(get("S-02")).await.unwrap().into_inner().plan.unwrap();
-    assert!(s02.end_date.is_empty() && s02.version == 1, "a refused row changes nothing and is not ended");
-    let s03 = registry.get_plan(get("S-03")).await.unwrap().into_inner().plan.unwrap();
-    assert_ne!(s03.contact.unwrap().team_name, "Duplicate", "the first of two duplicates counts");
-
-    // A truncated file (5 of 21 open plans) must never wipe the register.
-    let truncated: Vec<Plan> = first[3..8].to_vec();
-    let err = sync_plans(&ts, MANCHESTER, truncated.clone(), false).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    let open = registry
-        .list_plans(ListPlansRequest { page_size: 1000, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .plans
-        .iter()
-        .filter(|p| p.end_date.is_empty())
-        .count();
-    assert_eq!(open, 21, "the refused snapshot changed nothing");
-    let r = sync_plans(&ts, MANCHESTER, truncated, true).await.unwrap();
-    assert_eq!((r.ended, r.unchanged), (16, 5));
-
-    // Another council's sync never touches Manchester's plans.
-    let r = sync_plans(&ts, LIVERPOOL, vec![plan("S-00", &nhs(3200))], false).await.unwrap();
-    assert_eq!((r.created, r.ended), (1, 0));
-    let history: i64 = ts
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM registry.plan_changes WHERE action LIKE '%_by_sync'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(history, 20 + 2 + 1 + 1 + 16 + 1);
-    let staged: i64 = ts.db().await.query_one("SELECT count(*) FROM registry.sync_rows", &[]).await.unwrap().get(0);
-    assert_eq!(staged, 0, "no staging rows left behind");
-    ts.suite.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn lookup_flags_is_one_index_probe_however_large_the_register() {
-    let ts = TestSuite::start().await;
-    upsert(&ts, MANCHESTER, plan("MCR-IDX", &nhs(40))).await.unwrap();
-    let db = ts.db().await;
-    // 200,000 more plans (setup only: straight into the table).
-    db.batch_execute(
-        "INSERT INTO registry.plans (plan_id, council_code, local_reference, nhs_number, date_of_birth, plan_type,
-             start_date, team_name, office_phone, emergency_duty_phone, email, version)
-         SELECT gen_random_uuid(), 'E08000012', 'BULK-' || g, lpad(g::text, 10, '0'), '2015-01-01', 1,
-             '2025-01-01', 'T', '0151 000 0000', '0151 000 0000', 't@example.gov.uk', 1
-         FROM generate_series(1, 200000) AS g;
-         ANALYZE registry.plans;",
-    )
-    .await
-    .unwrap();
-    let plan_text: Vec<String> = db
-        .query(
-            &format!("EXPLAIN {}", cpis_registry::store::LOOKUP_FLAGS_SQL),
-            &[&nhs(40), &chrono::Utc::now().date_naive(), &(cpis_registry::DEFAULT_UNBORN_SCOPE_DAYS as i32)],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan_text = plan_text.join("\n");
-    assert!(plan_text.contains("plans_nhs_number"), "LookupFlags must use the NHS number index:\n{plan_text}");
-    assert!(!plan_text.contains("Seq Scan"), "no sequential scan:\n{plan_text}");
-    assert_eq!(lookup(&ts, &nhs(40), "").await.flags.len(), 1);
-    ts.suite.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn an_upload_that_breaks_off_changes_nothing() {
-    let ts = TestSuite::start().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut client = ts.registry(&council(MANCHESTER));
-    let call = tokio::spawn(async move { client.sync_plans(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
-    // More than a batch, so that rows are staged before the stream ends.
-    for i in 0..1500u32 {
-        let row = SyncPlansRequest { plan: Some(plan(&format!("CUT-{i}"), &nhs(4000 + i))), ..Default::default() };
-        tx.send(row).await.unwrap();
-    }
-    let db = ts.db().await;
-    eventually(5, "a batch is staged", || async {
-        db.query_one("SELECT count(*) FROM registry.sync_rows", &[]).await.unwrap().get::<_, i64>(0) > 0
-    })
-    .await;
-    // The client goes away mid-upload (its process died, its network broke).
-    call.abort();
-    drop(tx);
-    eventually(5, "the staged rows are dropped", || async {
-        db.query_one("SELECT count(*) FROM registry.sync_rows", &[]).await.unwrap().get::<_, i64>(0) == 0
-    })
-    .await;
-    let plans: i64 = db.query_one("SELECT count(*) FROM registry.plans", &[]).await.unwrap().get(0);
-    assert_eq!(plans, 0, "a broken-off upload applies nothing");
     ts.suite.stop().await.unwrap();
 }

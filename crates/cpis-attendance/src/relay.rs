@@ -1,7 +1,10 @@
 //! The outbox relay: publishes each queued alert to the Notification service
 //! until it has durably stored it, so a Notification outage delays alerts but
-//! never loses one and never holds up a check-in. (Over 400 lines: the
-//! order and liveness rules below are kept by the code right under them.)
+//! never loses one and never holds up a check-in. The order and liveness rules below are kept
+//! by this module's loop and by its parts: [`batch`] (the common pass, all
+//! councils in one call), [`council`] (the per-council path that stops a
+//! council exactly where it fails), [`publish`] (the calls), [`backoff`]
+//! (retry delays) and [`metrics`].
 //!
 //! # Order
 //!
@@ -62,8 +65,8 @@
 //!
 //! The tests that prove this: `tests/e2e/relay.rs` (two replicas drain a
 //! backlog of 5,000 alerts for 20 councils after an outage, each council in
-//! check-in order), `tests/e2e/attendance.rs` (order after a Notification
-//! outage) and `tests/netfault.rs` (packets silently dropped between a relay
+//! check-in order), `tests/e2e/attendance_outages.rs` (order after a Notification
+//! outage) and `tests/netfault/` (packets silently dropped between a relay
 //! and PostgreSQL in the middle of a pass, a Notification replica and
 //! PostgreSQL, a relay and its Notification replica, in Linux network
 //! namespaces: alerts reach the healthy replica within 20 s with 3 s leases,
@@ -71,19 +74,26 @@
 //! backlog of many councils published across councils in shared calls,
 //! each council gapless, in check-in order, nothing twice).
 
+mod backoff;
 mod batch;
+mod council;
+mod metrics;
 mod publish;
 
-use crate::store::{self, LeasedCouncil, PendingAlert};
+pub use backoff::backoff;
+use backoff::jitter;
+use council::{Drained, BATCH_REPROBE};
+pub use metrics::RelayMetrics;
+
+use crate::store;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::server::CancellationToken;
-use publish::{Failure, Publisher, MAX_PUBLISH_BATCH};
+use publish::{Publisher, MAX_PUBLISH_BATCH};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 use tonic::transport::Channel;
-use tracing::Instrument;
 use uuid::Uuid;
 
 /// Most councils one relay works on at once (England has about 153).
@@ -111,58 +121,6 @@ pub struct RelaySettings {
     /// How long a council stays with a relay that stops renewing its lease
     /// (renewed with every delivery; must exceed `publish_timeout`).
     pub lease: Duration,
-}
-
-/// Metrics of the outbox and its relay.
-#[derive(Debug, Clone)]
-pub struct RelayMetrics {
-    /// Undelivered outbox rows.
-    pub depth: prometheus::IntGauge,
-    /// Age in seconds of the oldest undelivered row.
-    pub oldest_age: prometheus::Gauge,
-    /// Alerts the Notification service has stored.
-    pub delivered: prometheus::IntCounter,
-    /// Failed publish attempts (each retried later).
-    pub failed: prometheus::IntCounter,
-}
-
-impl RelayMetrics {
-    /// Fresh, unregistered metrics.
-    pub fn new() -> Self {
-        Self {
-            depth: prometheus::IntGauge::new("attendance_outbox_depth", "Alerts waiting in the outbox")
-                .expect("static metric"),
-            oldest_age: prometheus::Gauge::new(
-                "attendance_outbox_oldest_age_seconds",
-                "Age of the oldest alert waiting in the outbox",
-            )
-            .expect("static metric"),
-            delivered: prometheus::IntCounter::new(
-                "attendance_alerts_relayed_total",
-                "Alerts relayed to the Notification service",
-            )
-            .expect("static metric"),
-            failed: prometheus::IntCounter::new(
-                "attendance_alert_relay_failures_total",
-                "Failed attempts to relay an alert (retried)",
-            )
-            .expect("static metric"),
-        }
-    }
-
-    /// Registers every metric with `metrics`.
-    pub fn register(&self, metrics: &cpis_runtime::metrics::Metrics) {
-        metrics.register(self.depth.clone());
-        metrics.register(self.oldest_age.clone());
-        metrics.register(self.delivered.clone());
-        metrics.register(self.failed.clone());
-    }
-}
-
-impl Default for RelayMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// The background worker.
@@ -357,188 +315,6 @@ impl Relay {
         Ok(outcome)
     }
 
-    /// Publishes a leased council's undelivered alerts in position order
-    /// until none is left, one fails, or the lease is lost: the rows read at
-    /// a time go in one `PublishAlerts` call (one transaction at the
-    /// Notification service), a lone row in one `PublishAlert`.
-    async fn drain_council(&self, council: LeasedCouncil) -> Result<Drained, DbFailure> {
-        let code = council.council_code.as_str();
-        let mut delivered = 0;
-        'read: loop {
-            let due = {
-                let db = self.pool.get().await?;
-                store::pending_for_council(&db, code, self.settings.batch_size).await?
-            };
-            if due.is_empty() {
-                let db = self.pool.get().await?;
-                store::release_council(&db, code, self.id).await?;
-                return Ok(Drained { delivered, stopped: None });
-            }
-            let per_call = if self.batches_refused() { 1 } else { MAX_PUBLISH_BATCH };
-            for chunk in due.chunks(per_call) {
-                let step = match chunk {
-                    [alert] => self.deliver_one(&council, alert).await?,
-                    _ => match self.deliver_batch(&council, chunk).await? {
-                        // An old Notification service (during a rolling
-                        // deploy): read again and go one by one for a while.
-                        Step::Unsupported => continue 'read,
-                        // Refused as a whole: one by one, so every row before
-                        // the one refused is still delivered, in order, and
-                        // the council stops exactly at that row.
-                        Step::Failed(f) if !f.outage => self.deliver_singly(&council, chunk).await?,
-                        step => step,
-                    },
-                };
-                match step {
-                    Step::Delivered(n) => delivered += n,
-                    Step::LeaseLost(n) => {
-                        // The lease ran out while we were slow and another
-                        // relay has the council now: it carries on from here.
-                        tracing::warn!(council = %code, "council lease lost; leaving it to the relay holding it");
-                        return Ok(Drained { delivered: delivered + n, stopped: None });
-                    }
-                    Step::Failed(failure) => return Ok(Drained { delivered, stopped: Some(failure) }),
-                    Step::Stopped(n, failure) => {
-                        return Ok(Drained { delivered: delivered + n, stopped: Some(failure) })
-                    }
-                    Step::Unsupported => continue 'read,
-                }
-            }
-        }
-    }
-
-    /// [`Relay::deliver_one`] for each alert of `chunk` in order, until one
-    /// fails or the lease is lost.
-    async fn deliver_singly(&self, council: &LeasedCouncil, chunk: &[PendingAlert]) -> Result<Step, DbFailure> {
-        let mut delivered = 0;
-        for alert in chunk {
-            match self.deliver_one(council, alert).await? {
-                Step::Delivered(n) => delivered += n,
-                Step::LeaseLost(n) => return Ok(Step::LeaseLost(delivered + n)),
-                Step::Failed(f) | Step::Stopped(_, f) => return Ok(Step::Stopped(delivered, f)),
-                // deliver_one never answers this (it does not batch).
-                Step::Unsupported => return Ok(Step::Unsupported),
-            }
-        }
-        Ok(Step::Delivered(delivered))
-    }
-
-    /// Publishes one alert and records the outcome.
-    async fn deliver_one(&self, council: &LeasedCouncil, alert: &PendingAlert) -> Result<Step, DbFailure> {
-        let code = council.council_code.as_str();
-        let span = tracing::info_span!(
-            "outbox.relay",
-            otel.name = "relay alert",
-            outbox_id = alert.outbox_id,
-            council = %code,
-            position = alert.position
-        );
-        cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
-        let started = Instant::now();
-        let result = self.publisher.one(alert).instrument(span).await;
-        let db = self.pool.get().await?;
-        match result {
-            Ok(sequence) => {
-                let still_held = store::mark_delivered(&db, &[alert.outbox_id], self.id, self.settings.lease).await?;
-                self.metrics.delivered.inc();
-                tracing::info!(
-                    outbox_id = alert.outbox_id,
-                    council = %code,
-                    position = alert.position,
-                    sequence,
-                    "alert delivered"
-                );
-                Ok(if still_held { Step::Delivered(1) } else { Step::LeaseLost(1) })
-            }
-            Err(failure) => {
-                self.record_failure(&db, council, alert, started, &failure).await?;
-                Ok(Step::Failed(failure))
-            }
-        }
-    }
-
-    /// Publishes `chunk` (a council's next alerts, in position order) in one
-    /// `PublishAlerts` call, which stores all of them or none; marks them
-    /// delivered together only once it answered OK.
-    async fn deliver_batch(&self, council: &LeasedCouncil, chunk: &[PendingAlert]) -> Result<Step, DbFailure> {
-        let (Some(head), Some(last)) = (chunk.first(), chunk.last()) else {
-            return Ok(Step::Delivered(0));
-        };
-        let code = council.council_code.as_str();
-        let span = tracing::info_span!(
-            "outbox.relay",
-            otel.name = "relay alerts",
-            council = %code,
-            alerts = chunk.len(),
-            first_position = head.position,
-            last_position = last.position
-        );
-        // Linked to every check-in's trace, and a child of the first one's
-        // (the last call of continue_trace sets the parent).
-        for alert in chunk.iter().rev() {
-            cpis_runtime::telemetry::continue_trace(&span, alert.traceparent.as_deref());
-        }
-        let started = Instant::now();
-        let result = self.publisher.batch(chunk).instrument(span).await;
-        let db = self.pool.get().await?;
-        match result {
-            Ok(sequences) => {
-                let ids: Vec<i64> = chunk.iter().map(|a| a.outbox_id).collect();
-                let still_held = store::mark_delivered(&db, &ids, self.id, self.settings.lease).await?;
-                self.metrics.delivered.inc_by(chunk.len() as u64);
-                tracing::info!(
-                    council = %code,
-                    alerts = chunk.len(),
-                    first_position = head.position,
-                    last_position = last.position,
-                    first_sequence = sequences.first().copied().unwrap_or_default(),
-                    last_sequence = sequences.last().copied().unwrap_or_default(),
-                    "alerts delivered"
-                );
-                Ok(if still_held { Step::Delivered(chunk.len()) } else { Step::LeaseLost(chunk.len()) })
-            }
-            Err(failure) if failure.unimplemented => {
-                tracing::warn!(council = %code, "the Notification service has no PublishAlerts; publishing one by one");
-                self.refuse_batches_for(BATCH_REPROBE);
-                Ok(Step::Unsupported)
-            }
-            // Not this relay's concern which row was refused: the caller
-            // retries one by one and finds it.
-            Err(failure) if !failure.outage => Ok(Step::Failed(failure)),
-            Err(failure) => {
-                self.record_failure(&db, council, head, started, &failure).await?;
-                Ok(Step::Failed(failure))
-            }
-        }
-    }
-
-    /// Records a failed attempt at the council's head-of-line `alert`; the
-    /// whole council waits and retries from it.
-    async fn record_failure(
-        &self,
-        db: &deadpool_postgres::Client,
-        council: &LeasedCouncil,
-        alert: &PendingAlert,
-        started: Instant,
-        failure: &Failure,
-    ) -> Result<(), DbFailure> {
-        self.metrics.failed.inc();
-        let retry_in =
-            backoff(council.attempts.saturating_add(1), self.settings.retry_initial, self.settings.retry_max, jitter());
-        store::mark_failed(db, alert.outbox_id, self.id, retry_in, &failure.error).await?;
-        tracing::warn!(
-            outbox_id = alert.outbox_id,
-            council = %council.council_code,
-            position = alert.position,
-            attempts = council.attempts + 1,
-            after_ms = started.elapsed().as_millis() as u64,
-            retry_in_ms = retry_in.as_millis() as u64,
-            error = %failure.error,
-            "alert not delivered; the council waits and retries from it"
-        );
-        Ok(())
-    }
-
     /// True while this relay publishes one by one because the Notification
     /// service answered `PublishAlerts` with UNIMPLEMENTED.
     fn batches_refused(&self) -> bool {
@@ -549,35 +325,6 @@ impl Relay {
     fn refuse_batches_for(&self, pause: Duration) {
         *self.no_batches_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + pause);
     }
-}
-
-/// What one publish (of one alert or a batch) came to.
-#[derive(Debug)]
-enum Step {
-    /// This many alerts delivered; the lease is still held.
-    Delivered(usize),
-    /// This many alerts delivered, but the lease went to another relay.
-    LeaseLost(usize),
-    /// Nothing delivered: the council stops here (the failure is recorded,
-    /// except for a batch refused as a whole, which is retried one by one).
-    Failed(Failure),
-    /// This many delivered one by one, then a failure stopped the council.
-    Stopped(usize, Failure),
-    /// The Notification service has no `PublishAlerts`.
-    Unsupported,
-}
-
-/// How long a relay publishes one by one after an UNIMPLEMENTED answer to
-/// `PublishAlerts`, before trying a batch again.
-const BATCH_REPROBE: Duration = Duration::from_secs(60);
-
-/// How far a relay got with one council.
-#[derive(Debug)]
-struct Drained {
-    /// Alerts delivered.
-    delivered: usize,
-    /// The failure that stopped it, if one did.
-    stopped: Option<Failure>,
 }
 
 /// A database failure of the relay, described without the server's DETAIL
@@ -597,43 +344,6 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
         match e {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
             other => DbFailure(format!("connection pool: {other}")),
-        }
-    }
-}
-
-/// The delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`,
-/// capped at `max`, scaled into its upper half by `jitter` (0..=1) so that
-/// replicas recovering from the same outage do not retry in lockstep.
-pub fn backoff(attempts: i32, initial: Duration, max: Duration, jitter: f64) -> Duration {
-    let doublings = attempts.saturating_sub(1).clamp(0, 30) as u32;
-    let full = initial.saturating_mul(1u32 << doublings).min(max);
-    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-/// A random number in `0..=1`, from the random bits of a v4 UUID (which
-/// already draws from the OS), to avoid another dependency.
-fn jitter() -> f64 {
-    let b = uuid::Uuid::new_v4().into_bytes();
-    f64::from(u32::from_le_bytes([b[12], b[13], b[14], b[15]])) / f64::from(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_within_bounds() {
-        let (lo, hi) = (Duration::from_millis(200), Duration::from_secs(30));
-        assert_eq!(backoff(1, lo, hi, 1.0), lo);
-        assert_eq!(backoff(2, lo, hi, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff(4, lo, hi, 1.0), Duration::from_millis(1600));
-        assert_eq!(backoff(50, lo, hi, 1.0), hi);
-        assert_eq!(backoff(i32::MAX, lo, hi, 1.0), hi);
-        assert_eq!(backoff(1, lo, hi, 0.0), Duration::from_millis(100));
-        assert_eq!(backoff(0, lo, hi, 1.0), lo);
-        for _ in 0..100 {
-            let d = backoff(3, lo, hi, jitter());
-            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(800));
         }
     }
 }

@@ -7,7 +7,6 @@
 use super::data::{self, Segment};
 use super::load::{micros, Latency};
 use super::net::{self, check_in, Flagged};
-use super::report::Goal;
 use super::{progress, Ctx};
 use anyhow::Context as _;
 use cpis_proto::registry::v1::{registry_service_client::RegistryServiceClient, UpsertPlanRequest};
@@ -228,24 +227,5 @@ pub fn print(r: &CouncilLoadResult) {
         if let Some(e) = &w.first_error {
             println!("        first error: {e}");
         }
-    }
-}
-
-/// The goal line: p99 under load at most twice the idle p99, no errors.
-pub fn goal(r: &CouncilLoadResult) -> Goal {
-    let fl = r.under_load.flagged.p99_ms / r.idle.flagged.p99_ms;
-    let nf = r.under_load.not_flagged.p99_ms / r.idle.not_flagged.p99_ms;
-    Goal {
-        figure: "(11) CheckIn p99 under council load / idle",
-        goal: "<= 2x, 0 errors",
-        measured: format!(
-            "flagged {fl:.2}x ({:.2} vs {:.2} ms), not flagged {nf:.2}x ({:.2} vs {:.2} ms), errors {}",
-            r.under_load.flagged.p99_ms,
-            r.idle.flagged.p99_ms,
-            r.under_load.not_flagged.p99_ms,
-            r.idle.not_flagged.p99_ms,
-            r.under_load.errors + r.idle.errors
-        ),
-        met: Some(fl <= 2.0 && nf <= 2.0 && r.under_load.errors + r.idle.errors == 0),
     }
 }

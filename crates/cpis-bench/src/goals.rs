@@ -1,6 +1,7 @@
 //! The goals of issue 17, each judged against its ceiling measured in the
 //! same run: met, missed, or not measurable.
 
+use super::council::CouncilLoadResult;
 use super::load::peak;
 use super::report::{mb, Goal, Report};
 
@@ -109,7 +110,7 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         memory_return_goals(s, &mut goals);
     }
     if let Some(c) = &r.council_load {
-        goals.push(super::council::goal(c));
+        goals.push(council_load_goal(c));
     }
     goals
 }
@@ -192,5 +193,24 @@ fn memory_return_goals(s: &super::report::StreamsResult, goals: &mut Vec<Goal>) 
             ),
             met: Some(second.opened == first.opened && ratio <= SECOND_ROUND_ALLOWANCE),
         });
+    }
+}
+
+/// The goal line: p99 under load at most twice the idle p99, no errors.
+fn council_load_goal(r: &CouncilLoadResult) -> Goal {
+    let fl = r.under_load.flagged.p99_ms / r.idle.flagged.p99_ms;
+    let nf = r.under_load.not_flagged.p99_ms / r.idle.not_flagged.p99_ms;
+    Goal {
+        figure: "(11) CheckIn p99 under council load / idle",
+        goal: "<= 2x, 0 errors",
+        measured: format!(
+            "flagged {fl:.2}x ({:.2} vs {:.2} ms), not flagged {nf:.2}x ({:.2} vs {:.2} ms), errors {}",
+            r.under_load.flagged.p99_ms,
+            r.idle.flagged.p99_ms,
+            r.under_load.not_flagged.p99_ms,
+            r.idle.not_flagged.p99_ms,
+            r.under_load.errors + r.idle.errors
+        ),
+        met: Some(fl <= 2.0 && nf <= 2.0 && r.under_load.errors + r.idle.errors == 0),
     }
 }

@@ -10,11 +10,17 @@
 //! TLS path. It can also be a synchronous streaming standby of another
 //! cluster ([`PrivateCluster::start_standby`]), for failover tests.
 //!
-//! Long (about 500 lines) because starting, configuring (TLS, durability), supervising and
-//! tearing down a private cluster as an unprivileged user is one lifecycle.
-//!
+//! The lifecycle (start, standby, supervise, stop) is read here; its parts
+//! live beside it: `setup` (`initdb`, access rules, the server's TLS
+//! files, the certificate role) and `host` (what this machine provides:
+//! the server binaries, an unprivileged user, ownership, a free port).
+
+mod host;
+mod setup;
 
 use anyhow::{bail, Context as _};
+pub use host::find_bindir;
+use host::{allow_traverse, chown, free_port, unprivileged_user};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -169,74 +175,7 @@ impl PrivateCluster {
         Ok(Self { bin, data, socket_dir, log, port, run_as, options, child: None, ca: None })
     }
 
-    /// Writes `pg_hba.conf` and, with TLS, the server's certificate files
-    /// (re-issued on every start, owned by the server user, key mode 0600).
-    fn configure(&mut self) -> anyhow::Result<()> {
-        let method = if self.options.tls { "hostssl" } else { "host" };
-        let mut hba = String::from("local all all trust\nlocal replication all trust\n");
-        if self.options.tls {
-            hba.push_str(&format!("hostssl all {CERT_USER} 127.0.0.1/32 cert\n"));
-        }
-        hba.push_str(&format!("{method} all all 127.0.0.1/32 trust\n{method} replication all 127.0.0.1/32 trust\n"));
-        let hba_path = self.data.join("pg_hba.conf");
-        std::fs::write(&hba_path, hba)?;
-        if let Some((uid, gid)) = self.run_as {
-            chown(&hba_path, uid, gid)?;
-        }
-        if !self.options.tls {
-            return Ok(());
-        }
-        let dir = self.data.parent().context("cluster directory")?.join("tls");
-        std::fs::create_dir_all(&dir)?;
-        let pki_state = self.options.pki_state_dir.clone().unwrap_or_else(|| dir.clone());
-        let pki = crate::pki::Pki::new(&pki_state);
-        pki.init()?;
-        let mut issue = crate::pki::IssueOptions::client(None);
-        issue.server = true;
-        let issued = pki.issue_custom("postgres-server", &issue)?;
-        for (from, to) in [(&issued.cert, "server.pem"), (&issued.key, "server-key.pem"), (&issued.ca, "ca.pem")] {
-            let to = dir.join(to);
-            std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
-            if let Some((uid, gid)) = self.run_as {
-                chown(&to, uid, gid)?;
-            }
-        }
-        if let Some((uid, gid)) = self.run_as {
-            chown(&dir, uid, gid)?;
-        }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.join("server-key.pem"), std::fs::Permissions::from_mode(0o600))?;
-        let setting = |k: &str, v: &Path| (k.to_string(), v.display().to_string());
-        self.options.settings.retain(|(k, _)| !k.starts_with("ssl"));
-        self.options.settings.extend([
-            ("ssl".to_string(), "on".to_string()),
-            setting("ssl_cert_file", &dir.join("server.pem")),
-            setting("ssl_key_file", &dir.join("server-key.pem")),
-            setting("ssl_ca_file", &dir.join("ca.pem")),
-        ]);
-        self.ca = Some(pki.ca_path());
-        Ok(())
-    }
-
-    /// Creates [`CERT_USER`] unless it exists (primaries only).
-    fn ensure_cert_user(&self) -> anyhow::Result<()> {
-        let out = self
-            .command("psql")
-            .args(["-h"])
-            .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres", "-qAtX", "-v", "ON_ERROR_STOP=1"])
-            .args(["-c", &format!(
-                "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{CERT_USER}') THEN CREATE ROLE {CERT_USER} LOGIN; END IF; END$$"
-            )])
-            .stdin(Stdio::null())
-            .output()
-            .context("running psql")?;
-        if !out.status.success() {
-            bail!("creating the role {CERT_USER} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-
+    /// A command running one of the server's programs as the server user.
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin.join(program));
         #[cfg(unix)]
@@ -246,21 +185,6 @@ impl PrivateCluster {
         }
         cmd.env_remove("PGDATA").env("LC_ALL", "C");
         cmd
-    }
-
-    fn initdb(&self) -> anyhow::Result<()> {
-        let out = self
-            .command("initdb")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-U", SUPERUSER, "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"])
-            .stdin(Stdio::null())
-            .output()
-            .context("running initdb")?;
-        if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
     }
 
     /// Starts the server process and waits until it accepts connections.
@@ -405,106 +329,8 @@ impl PrivateCluster {
     }
 }
 
-/// A TCP port free on 127.0.0.1 right now.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Finds the directory holding `initdb` and `postgres`: `$CPIS_PG_BINDIR`,
-/// `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin`, then `PATH`.
-pub fn find_bindir() -> anyhow::Result<PathBuf> {
-    let has_server = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
-    if let Ok(dir) = std::env::var("CPIS_PG_BINDIR") {
-        let dir = PathBuf::from(dir);
-        if has_server(&dir) {
-            return Ok(dir);
-        }
-        bail!("CPIS_PG_BINDIR={} has no initdb and postgres", dir.display());
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && has_server(&dir) {
-            return Ok(dir);
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|d| has_server(d)).collect())
-        .unwrap_or_default();
-    versions.sort_by_key(|p| {
-        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
-    });
-    if let Some(dir) = versions.pop() {
-        return Ok(dir);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if has_server(&dir) {
-                return Ok(dir);
-            }
-        }
-    }
-    bail!(
-        "no PostgreSQL server binaries found (initdb, postgres): install them \
-         (Debian: apt-get install postgresql) or set DATABASE_URL"
-    )
-}
-
-/// When running as root, the uid/gid of the user that will run PostgreSQL
-/// (`$CPIS_PG_USER`, default `postgres`, else `nobody`).
-fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
-    #[cfg(unix)]
-    {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Ok(None);
-        }
-        let wanted = std::env::var("CPIS_PG_USER").ok();
-        let candidates: Vec<String> = match wanted {
-            Some(u) => vec![u],
-            None => vec!["postgres".into(), "nobody".into()],
-        };
-        for name in &candidates {
-            let cname = std::ffi::CString::new(name.as_str())?;
-            // SAFETY: getpwnam returns a pointer to static storage or null; we
-            // copy the two integers out at once and keep no reference.
-            let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-            if !pw.is_null() {
-                let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-                return Ok(Some((uid, gid)));
-            }
-        }
-        bail!("running as root, and none of the users {candidates:?} exists to run PostgreSQL: set CPIS_PG_USER")
-    }
-    #[cfg(not(unix))]
-    Ok(None)
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))
-}
-
-/// Lets other users pass through every ancestor of `dir` (adds `o+x` where
-/// missing), so the unprivileged server user can reach its data directory.
-fn allow_traverse(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for ancestor in dir.ancestors().skip(1) {
-        let Ok(meta) = std::fs::metadata(ancestor) else {
-            continue;
-        };
-        let mode = meta.permissions().mode();
-        if mode & 0o001 == 0 {
-            let mut perms = meta.permissions();
-            perms.set_mode(mode | 0o011);
-            std::fs::set_permissions(ancestor, perms)
-                .with_context(|| format!("letting the server user reach {}", ancestor.display()))?;
-        }
-    }
-    Ok(())
 }

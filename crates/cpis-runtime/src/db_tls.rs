@@ -13,21 +13,27 @@
 //! connection string naming only socket directories connects without it.
 //! Nothing here ever prints a password: errors name the option that failed.
 //!
-//! Long (about 670 lines with its tests) because the libpq option parser and the verifiers it
-//! selects are one contract, best read and tested in one place.
-//!
+//! The contract is read here (the modes, the target, the connector);
+//! its parts live beside it: `options` (libpq's option syntax, in URLs
+//! and `key=value` strings) and `verify` (the certificate verifiers the
+//! modes select, and how a TLS failure is explained).
+
+mod options;
+mod verify;
 
 use anyhow::Context as _;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use options::{strip_keyword_options, strip_url_options, SourceText as _, TlsOptions};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_postgres::config::Host;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
+pub use verify::explain_tls_failure;
+use verify::{ChainOnly, EncryptOnly};
 
 /// The connector every PostgreSQL connection of the program uses
 /// (tokio-postgres-rustls, configured by [`DbTarget::tls`]).
@@ -138,51 +144,6 @@ impl fmt::Debug for DbTarget {
             .field("sslrootcert", &self.root_cert)
             .field("client_cert", &self.client_cert.is_some())
             .finish()
-    }
-}
-
-/// The TLS options this module takes out of a connection string.
-#[derive(Debug, Default)]
-struct TlsOptions {
-    sslmode: Option<String>,
-    sslrootcert: Option<String>,
-    sslcert: Option<String>,
-    sslkey: Option<String>,
-}
-
-impl TlsOptions {
-    /// Takes `key` if it is one of ours; false leaves it to tokio-postgres.
-    fn take(&mut self, key: &str, value: String) -> bool {
-        let slot = match key {
-            "sslmode" => &mut self.sslmode,
-            "sslrootcert" => &mut self.sslrootcert,
-            "sslcert" => &mut self.sslcert,
-            "sslkey" => &mut self.sslkey,
-            _ => return false,
-        };
-        *slot = Some(value);
-        true
-    }
-
-    /// libpq's environment variables: `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`.
-    fn from_env() -> Self {
-        let set = |v: Result<String, std::env::VarError>| v.ok().filter(|v| !v.is_empty());
-        Self {
-            sslmode: set(std::env::var("PGSSLMODE")),
-            sslrootcert: set(std::env::var("PGSSLROOTCERT")),
-            sslcert: set(std::env::var("PGSSLCERT")),
-            sslkey: set(std::env::var("PGSSLKEY")),
-        }
-    }
-
-    /// Fills what the string left out from `defaults`.
-    fn or(self, defaults: TlsOptions) -> Self {
-        Self {
-            sslmode: self.sslmode.or(defaults.sslmode),
-            sslrootcert: self.sslrootcert.or(defaults.sslrootcert),
-            sslcert: self.sslcert.or(defaults.sslcert),
-            sslkey: self.sslkey.or(defaults.sslkey),
-        }
     }
 }
 
@@ -304,248 +265,6 @@ impl DbTarget {
         // PostgreSQL 17 checks ALPN when the client sends it; older servers ignore it.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(DbTls(MakeRustlsConnect::new(config)))
-    }
-}
-
-/// Verifies the chain but not the host name (`verify-ca`).
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // webpki checks the chain before the name: a name error means the chain was good.
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Encrypts without checking who the server is (`require`/`prefer` without
-/// `sslrootcert`, as in libpq); the handshake signature is still checked.
-#[derive(Debug)]
-struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Why a connection failed, in words an operator can act on, when the cause
-/// is TLS; `None` for anything else.
-pub fn explain_tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next = Some(e);
-    while let Some(err) = next {
-        if let Some(rustls) = err.downcast_ref::<rustls::Error>() {
-            return Some(explain_rustls(rustls));
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(rustls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                return Some(explain_rustls(rustls));
-            }
-        }
-        // tokio-postgres's own words when the server answers `N` to SSLRequest.
-        if err.to_string().contains("server does not support TLS") {
-            return Some(
-                "the server does not offer TLS, and sslmode requires it (refusing to connect in plaintext)".into(),
-            );
-        }
-        next = err.source();
-    }
-    None
-}
-
-fn explain_rustls(e: &rustls::Error) -> String {
-    match e {
-        rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                "the server's certificate is not issued by the CA in sslrootcert (wrong CA)".into()
-            }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                "the server's certificate does not name the host connected to (wrong host name; sslmode=verify-full)"
-                    .into()
-            }
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "the server's certificate has expired".into()
-            }
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "the server's certificate is not valid yet".into()
-            }
-            CertificateError::Revoked => "the server's certificate is revoked".into(),
-            other => format!("the server's certificate was rejected ({other:?})"),
-        },
-        rustls::Error::AlertReceived(alert) => {
-            format!("the server ended the TLS handshake ({alert:?}): is the client certificate (sslcert) accepted?")
-        }
-        other => format!("TLS handshake failed ({other})"),
-    }
-}
-
-trait SourceText {
-    fn source_text(&self) -> String;
-}
-
-impl SourceText for tokio_postgres::Error {
-    /// tokio-postgres's parse errors name the option (`invalid value for option \`port\``).
-    fn source_text(&self) -> String {
-        use std::error::Error as _;
-        match self.source() {
-            Some(s) => s.to_string(),
-            None => self.to_string(),
-        }
-    }
-}
-
-/// Takes our options out of a URL's query string; the rest is left as it was.
-fn strip_url_options(url: &str, tls: &mut TlsOptions) -> Result<String, DbUrlError> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok(url.to_string());
-    };
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(k)?;
-        if !tls.take(&key, percent_decode(v)?) {
-            kept.push(pair);
-        }
-    }
-    Ok(if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) })
-}
-
-fn percent_decode(s: &str) -> Result<String, DbUrlError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3).ok_or_else(|| DbUrlError::Syntax("bad percent-encoding".into()))?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| DbUrlError::Syntax("bad percent-encoding".into()))?);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| DbUrlError::Syntax("percent-encoding is not UTF-8".into()))
-}
-
-/// Takes our options out of a `key=value` string and writes the rest back,
-/// every value quoted.
-fn strip_keyword_options(s: &str, tls: &mut TlsOptions) -> Result<String, DbUrlError> {
-    let mut kept = Vec::new();
-    for (key, value) in parse_keywords(s)? {
-        if !tls.take(&key, value.clone()) {
-            kept.push(format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'")));
-        }
-    }
-    Ok(kept.join(" "))
-}
-
-/// libpq's `key = value` syntax: values bare or single-quoted, `\` escaping.
-fn parse_keywords(s: &str) -> Result<Vec<(String, String)>, DbUrlError> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(out);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(DbUrlError::Syntax(format!(
-                "expected `=` after `{}`",
-                key.chars().take(32).collect::<String>()
-            )));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => return Err(DbUrlError::Syntax(format!("unterminated quoted value of `{key}`"))),
-                    Some('\'') => break,
-                    Some('\\') => value.push(chars.next().unwrap_or('\\')),
-                    Some(c) => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.push(chars.next().unwrap_or('\\'));
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        out.push((key, value));
     }
 }
 
