@@ -18,7 +18,7 @@ start_dev "$PORT_BASE" --heartbeat-secs 2
 
 echo "== python example: examples/python/run.sh"
 rc=0
-examples/python/run.sh --state-dir "$state" --port-base "$PORT_BASE" || rc=$?
+examples/python/run.sh --state-dir "$state" --port-base "$PORT_BASE" --cpis "$BIN" || rc=$?
 
 echo "== cpis demo against the same cpis dev"
 demo_rc=0

@@ -76,18 +76,14 @@ async fn spawn_serving(
     common: &ServerSettings,
     routes: tonic::service::Routes,
     pool: DbPool,
-    (name, component): (&'static str, &'static str),
-    metrics: &Metrics,
-    users: Option<cpis_runtime::users::UserAuth>,
+    mut opts: ServeOptions,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let tls = ServerTls::load_with_crl(&common.tls, common.crl.as_deref(), &common.trust_domain)?;
-    metrics.watch_pool(pool.clone());
+    opts.metrics.watch_pool(pool.clone());
     // Readiness asks the database on a connection of its own: a pool busy
     // with work is not an outage, and must not take the pod out of its Service.
     let pool = cpis_runtime::db::pool(&common.database_url()?, 1)?;
-    let mut opts = options(name, component, common, metrics);
-    opts.users = users;
     let Some(internal_addr) = common.internal_listen else {
         return Ok(tokio::spawn(cpis_runtime::server::serve(listener, tls, routes, pool, opts, shutdown)));
     };
@@ -138,9 +134,7 @@ pub async fn start_registry(
         common,
         service.routes(),
         pool,
-        (cpis_registry::SERVICE_NAME, "registry"),
-        &metrics,
-        None,
+        options(cpis_registry::SERVICE_NAME, "registry", common, &metrics),
         shutdown.clone(),
     )
     .await?;
@@ -167,9 +161,7 @@ pub async fn start_notification(
         common,
         service.routes(),
         pool,
-        (cpis_notification::SERVICE_NAME, "notification"),
-        &metrics,
-        None,
+        options(cpis_notification::SERVICE_NAME, "notification", common, &metrics),
         shutdown.clone(),
     )
     .await?;
@@ -205,9 +197,10 @@ pub async fn start_attendance(
         common,
         service.routes(),
         pool,
-        (cpis_attendance::SERVICE_NAME, "attendance"),
-        &metrics,
-        Some(users.clone()),
+        ServeOptions {
+            users: Some(users.clone()),
+            ..options(cpis_attendance::SERVICE_NAME, "attendance", common, &metrics)
+        },
         shutdown.clone(),
     )
     .await?;

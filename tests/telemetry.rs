@@ -123,9 +123,15 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         nhs_number: nhs_number.into(),
         arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: SettingType::EmergencyDepartment as i32,
-        user_id: "clinician-1".into(),
+        ..Default::default()
     };
-    let mut attendance = ts.attendance(&setting(ALDER_HEY));
+    // A person whose name and token must appear nowhere.
+    let spec = cpis_devkit::users::TokenSpec {
+        name: "Zyx Telemetry-Person".into(),
+        ..cpis_devkit::users::TokenSpec::new(ALDER_HEY, &["B0107", "B0170"])
+    };
+    let person = ts.user_token_for(&spec);
+    let mut attendance = ts.attendance_with(&setting(ALDER_HEY), UserHeaders::of(Some(&person)));
     let flagged = attendance.check_in(check_in(&child)).await.unwrap().into_inner();
     assert!(flagged.flagged);
     assert!(attendance.check_in(check_in(&mother)).await.unwrap().into_inner().flagged);
@@ -135,6 +141,10 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     let mut bad_id = check_in(&child);
     bad_id.request_id = format!("INJECTED-{}\u{7}", uuid::Uuid::new_v4());
     assert!(attendance.check_in(bad_id).await.is_err());
+    // A refused token (its signature broken) is not logged either.
+    let broken = UserHeaders::raw(Some(&format!("Bearer {}x", person.token)), Some(&person.role_id));
+    let refused = ts.attendance_with(&setting(ALDER_HEY), broken).check_in(check_in(&child)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     // Failures must not echo the number either.
     let mut bad = check_in(&child);
     bad.setting_type = 99;
@@ -145,7 +155,7 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
             nhs_number: child.clone(),
             page_size: 0,
             page_token: String::new(),
-            user_id: "clinician-1".into(),
+            ..Default::default()
         })
         .await
         .expect_err("Liverpool holds no flag for this child");
@@ -251,6 +261,12 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         assert!(!log_text.contains(n.as_str()), "an NHS number appears in the logs");
     }
     assert!(!everything.contains("9990000019") && !log_text.contains("9990000019"));
+    // Nor the person's token or name (nor any part of the token).
+    let signature = person.token.rsplit('.').next().unwrap();
+    for secret in [person.token.as_str(), signature, "Zyx Telemetry-Person", "Zyx", TEST_CLINICIAN] {
+        assert!(!everything.contains(secret), "a user token or name appears in the exported spans");
+        assert!(!log_text.contains(secret), "a user token or name appears in the logs");
+    }
     assert!(!everything.contains("INJECTED-") && !log_text.contains("INJECTED-"), "an invalid request id is recorded");
     // No per-request outcome: beside a vendor's request id, "flagged" would
     // tell the log's readers who is on a plan.
@@ -268,5 +284,6 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     for n in &all_numbers {
         assert!(!scrape.contains(n.as_str()), "an NHS number appears in a metric label");
     }
+    assert!(!scrape.contains("Zyx") && !scrape.contains(signature), "a user appears in a metric label");
     ts.suite.stop().await.unwrap();
 }

@@ -31,6 +31,7 @@ It exits 0 only if every step saw what it should.
 from __future__ import annotations
 
 import argparse
+import json
 import csv
 import os
 import random
@@ -78,7 +79,7 @@ def expect(ok: bool, what: str) -> None:
 class Fhir:
     """A FHIR client presenting one identity's certificate."""
 
-    def __init__(self, base: str, pki: str, kind: str, code: str):
+    def __init__(self, base: str, pki: str, kind: str, code: str, user: dict | None = None):
         self.base = base
         self.session = requests.Session()
         # REQUESTS_CA_BUNDLE and proxy variables would override the cpis CA.
@@ -86,6 +87,10 @@ class Fhir:
         self.session.cert = (os.path.join(pki, f"{kind}-{code}.pem"), os.path.join(pki, f"{kind}-{code}-key.pem"))
         self.session.verify = os.path.join(pki, "ca.pem")
         self.session.headers["Accept"] = "application/fhir+json"
+        if user:
+            # The person's CIS2 token and selected role, on every request.
+            self.session.headers["Authorization"] = f"Bearer {user['token']}"
+            self.session.headers["NHSD-Session-URID"] = user["role_id"]
 
     def get(self, path: str, params=None, headers=None) -> requests.Response:
         r = self.session.get(f"{self.base}/{path}", params=params, headers=headers or {}, timeout=TIMEOUT)
@@ -137,6 +142,15 @@ def register(cpis: str, state_dir: str, port_base: int, child: str, mother: str)
     expect("created 2" in out and "rejected 0" in out, "both plans registered")
 
 
+def user_token(cpis: str, state_dir: str, setting: str, name: str, activities: str) -> dict:
+    """A development token for a person at `setting` (`cpis users token`): in
+    production, the clinical system's signed-in user's CIS2 token."""
+    out = subprocess.run([cpis, "users", "token", "--state-dir", state_dir, "--setting", setting, "--name", name,
+                          "--activity", activities, "--json"], check=True, timeout=60, capture_output=True,
+                         text=True).stdout
+    return json.loads(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--state-dir", default=".cpis")
@@ -145,8 +159,8 @@ def main() -> int:
     args = ap.parse_args()
     pki = os.path.join(args.state_dir, "pki")
     base = f"https://localhost:{args.port_base + 3}/FHIR/R4"
-    ed = Fhir(base, pki, "setting", ED)
-    gp = Fhir(base, pki, "setting", GP)
+    ed = Fhir(base, pki, "setting", ED, user_token(args.cpis, args.state_dir, ED, "FHIR Example Nurse", "B0107"))
+    gp = Fhir(base, pki, "setting", GP, user_token(args.cpis, args.state_dir, GP, "FHIR Example GP", "B0170"))
     council = Fhir(base, pki, "council", COUNCIL)
     child, mother, nobody = test_nhs_number(), test_nhs_number(), test_nhs_number()
 
@@ -162,8 +176,7 @@ def main() -> int:
 
     print("2. notifying read (IsUnscheduledAccessEvent: true) of the child at the emergency department")
     request_id = str(uuid.uuid4())
-    notifying = {"IsUnscheduledAccessEvent": "true", "X-Request-ID": request_id, "X-User-ID": "nurse-fhir-example",
-                 "X-Correlation-ID": request_id}
+    notifying = {"IsUnscheduledAccessEvent": "true", "X-Request-ID": request_id, "X-Correlation-ID": request_id}
     r, bundle = ed.search("CareTeam", child, notifying)
     teams = resources(bundle, CareTeam)
     expect(bundle.total == 1 and len(teams) == 1, "a Bundle with total 1: one CareTeam")
@@ -180,7 +193,7 @@ def main() -> int:
     expect(again.total == 1, "a retry with the same X-Request-ID gives the same answer")
 
     print("3. silent read (IsUnscheduledAccessEvent: false) of the mother at the GP practice")
-    silent = {"IsUnscheduledAccessEvent": "false", "X-User-ID": "gp-fhir-example", "X-Setting-Type": "gp-practice"}
+    silent = {"IsUnscheduledAccessEvent": "false", "X-Setting-Type": "gp-practice"}
     _, bundle = gp.search("CareTeam", mother, silent)
     teams = resources(bundle, CareTeam)
     expect(bundle.total == 1 and teams[0].category[0].coding[0].code == "unborn-child-protection",
@@ -189,7 +202,7 @@ def main() -> int:
     expect([str(d) for d in edd] == ["2027-03-01"], f"expected delivery date {edd[0] if edd else None}")
 
     print("4. access history (AuditEvent) of the child")
-    history = {"X-User-ID": "nurse-fhir-example"}
+    history: dict = {}
     _, bundle = ed.search("AuditEvent", child, history)
     events = resources(bundle, AuditEvent)
     expect(bundle.total == 1 and len(events) == 1, "one unscheduled-care access")

@@ -8,10 +8,13 @@ Against a running `cpis dev` (its development PKI and ports), this client
      fresh test NHS number (999 range) with UpsertPlan;
   b. shows error details: UpsertPlan with an invalid NHS number fails with
      INVALID_ARGUMENT and a google.rpc.BadRequest violation on plan.nhs_number;
-  c. as the emergency department RBQ01 checks the child in (CheckIn) and prints
-     what the clinician sees;
-  d. waits for the alert on Manchester's stream, prints it and acknowledges it
-     (AckAlerts);
+  c. as the emergency department RBQ01 checks the child in (CheckIn), sending
+     the clinician's user token as a clinical system sends its user's CIS2
+     token (`authorization: Bearer` and `nhsd-session-urid` metadata; a
+     development token from `cpis users token`), and prints what the
+     clinician sees;
+  d. waits for the alert on Manchester's stream, prints it (with the verified
+     person who looked) and acknowledges it (AckAlerts);
   e. re-sends Manchester's complete list with SyncPlans (ListPlans, then every
      open plan and the completion message stating how many were sent): nothing
      ends; the same stream without its completion message is refused and
@@ -21,15 +24,17 @@ It exits 0 only if every step saw what it should. Run it with ./run.sh (which
 installs the requirements and generates the stubs), or by hand:
 
   python3 -m pip install -r requirements.txt && ./generate.sh
-  python3 client.py --state-dir ../../.cpis --port-base 50051
+  python3 client.py --state-dir ../../.cpis --port-base 50051 --cpis ../../target/debug/cpis
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import secrets
+import subprocess
 import sys
 import threading
 import time
@@ -55,6 +60,7 @@ except ImportError as e:  # pragma: no cover - a setup problem, not a test resul
 
 COUNCIL = "E08000003"  # Manchester
 SETTING = "RBQ01"  # an emergency department
+CLINICIAN = "Python Example Clinician"  # the person at RBQ01 who sees the answer
 CALL_TIMEOUT = 15.0  # seconds, for every unary call
 
 CONTACT = common_pb2.ContactDetails(
@@ -340,6 +346,18 @@ class Story:
         texts = [error.details() or ""] + [v.description for v in violations]
         expect(not any(bad in t for t in texts), "the error echoes the NHS number back")
 
+    def user_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The clinician's token and role, as gRPC metadata. In production a
+        clinical system sends its signed-in user's CIS2 token; here `cpis users
+        token` signs one with cpis dev's development identity provider."""
+        printed = subprocess.run(
+            [self.args.cpis, "users", "token", "--state-dir", self.args.state_dir, "--setting", SETTING,
+             "--name", CLINICIAN, "--job-role", "R8000", "--activity", "B0107", "--json"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        token = json.loads(printed)
+        return (("authorization", f"Bearer {token['token']}"), ("nhsd-session-urid", token["role_id"]))
+
     # c. check-in
     def check_in(self) -> None:
         request = attendance_pb2.CheckInRequest(
@@ -347,10 +365,15 @@ class Story:
             nhs_number=self.nhs_number,
             arrived_at=now_timestamp(),
             setting_type=common_pb2.SETTING_TYPE_EMERGENCY_DEPARTMENT,
-            user_id="python-example-clinician",
         )
         try:
-            response = self.attendance().CheckIn(request, timeout=CALL_TIMEOUT)
+            anonymous = self.attendance().CheckIn(request, timeout=CALL_TIMEOUT)
+            raise StepFailed(f"a check-in without a user token was answered: {anonymous}")
+        except grpc.RpcError as e:
+            expect(e.code() == grpc.StatusCode.UNAUTHENTICATED, f"without a user token: {rpc_error(e)}")
+            print(f"  without a user token: {e.code().name} ({e.details()})")
+        try:
+            response = self.attendance().CheckIn(request, timeout=CALL_TIMEOUT, metadata=self.user_metadata())
         except grpc.RpcError as e:
             raise StepFailed(f"CheckIn failed: {rpc_error(e)}")
         print(f"  {SETTING} (emergency department) checked in test NHS number {self.nhs_number}; the clinician sees:")
@@ -421,6 +444,9 @@ class Story:
         print(f"    episode           {ep.episode_id}")
         print(f"    priority          {enum_name(notification_pb2.AlertPriority, alert.priority)}")
         print(f"    created at        {alert.created_at.ToJsonString()}")
+        v = alert.viewer
+        print(f"    seen by           {v.name} ({v.job_role_name}, {v.job_role_code}) at {v.organisation_code}, "
+              f"SDS user {v.user_id}, role profile {v.role_profile_id}, verified {v.verified}")
 
         expect(
             alert.priority == notification_pb2.ALERT_PRIORITY_ROUTINE,
@@ -435,6 +461,8 @@ class Story:
         expect(ep.setting_code == SETTING, f"the alert's setting is {ep.setting_code!r}, not {SETTING}")
         expect(ep.setting_type == common_pb2.SETTING_TYPE_EMERGENCY_DEPARTMENT, "the alert's setting type is not ED")
         expect(ep.episode_id == self.episode_id, "the alert's episode is not the check-in's")
+        expect(alert.viewer.verified and alert.viewer.name == CLINICIAN, "the alert does not name who looked")
+        expect(alert.viewer.organisation_code == SETTING, "the alert's viewer is not at the setting")
 
         try:
             ack = self.notification().AckAlerts(
@@ -504,6 +532,9 @@ def main() -> int:
         "--first-event-timeout", type=float, default=20.0, help="seconds to wait for the stream's first event"
     )
     parser.add_argument("--alert-timeout", type=float, default=20.0, help="seconds to wait for the alert")
+    parser.add_argument(
+        "--cpis", default=os.environ.get("CPIS_BIN", "cpis"), help="the cpis binary, for `cpis users token`"
+    )
     args = parser.parse_args()
 
     story = Story(args)

@@ -90,7 +90,7 @@ pub(crate) fn arrival(request_id: &str, nhs_number: &str, arrived_at: DateTime<U
         nhs_number: nhs_number.into(),
         arrived_at: Some(to_timestamp(arrived_at)),
         setting_type: SettingType::EmergencyDepartment as i32,
-        user_id: "receptionist-1".into(),
+        ..Default::default()
     }
 }
 
@@ -104,6 +104,29 @@ pub(crate) async fn try_check_in(
 
 pub(crate) async fn check_in(ts: &TestSuite, setting_code: &str, request: CheckInRequest) -> CheckInResponse {
     try_check_in(ts, setting_code, request).await.expect("CheckIn")
+}
+
+/// A check-in shown to `name` (a clinician at the setting whose role allows
+/// notifying reads), with that person's token; returns the answer and the token.
+pub(crate) async fn check_in_as(
+    ts: &TestSuite,
+    setting_code: &str,
+    name: &str,
+    request: CheckInRequest,
+) -> (CheckInResponse, cpis_devkit::users::DevToken) {
+    let spec = cpis_devkit::users::TokenSpec {
+        name: name.into(),
+        job_role: "R8001".into(),
+        ..cpis_devkit::users::TokenSpec::new(setting_code, &["B0107"])
+    };
+    let token = ts.user_token_for(&spec);
+    let answer = ts
+        .attendance_with(&setting(setting_code), cpis_testkit::UserHeaders::of(Some(&token)))
+        .check_in(request)
+        .await
+        .expect("CheckIn")
+        .into_inner();
+    (answer, token)
 }
 
 /// Every alert stored for a council (nobody acknowledges in these tests, so
@@ -193,7 +216,7 @@ pub(crate) async fn list_episodes(
             nhs_number: nhs_number.into(),
             page_size,
             page_token: page_token.into(),
-            user_id: "receptionist-1".into(),
+            ..Default::default()
         })
         .await
         .map(|r| {
@@ -258,9 +281,8 @@ async fn a_flagged_check_in_shows_the_flag_and_alerts_the_council() {
             .into_inner();
 
         let arrived_at = Utc::now() - TimeDelta::minutes(3);
-        let mut request = arrival("adm-101", &child, arrived_at);
-        request.user_id = "dr-jones".into();
-        let answer = check_in(&ts, ALDER_HEY, request).await;
+        let request = arrival("adm-101", &child, arrived_at);
+        let (answer, nurse) = check_in_as(&ts, ALDER_HEY, "Dr Jones", request).await;
 
         assert!(answer.flagged);
         assert_eq!(answer.flags.len(), 1);
@@ -292,6 +314,16 @@ async fn a_flagged_check_in_shows_the_flag_and_alerts_the_council() {
         assert_eq!(alert.local_reference, "MAN-101");
         assert_eq!(alert.plan_type, PlanType::ChildProtection as i32);
         assert_eq!(alert.priority, AlertPriority::Routine as i32);
+        // The alert names the verified person who looked, so the social
+        // worker knows whom to call back.
+        let viewer = alert.viewer.clone().expect("the alert names who looked");
+        assert!(viewer.verified);
+        assert_eq!(
+            (viewer.name.as_str(), viewer.user_id.as_str(), viewer.role_profile_id.as_str()),
+            ("Dr Jones", nurse.user_id.as_str(), nurse.role_id.as_str())
+        );
+        assert_eq!((viewer.job_role_code.as_str(), viewer.job_role_name.as_str()), ("R8001", "Nurse Access Role"));
+        assert_eq!(viewer.organisation_code, ALDER_HEY);
         let episode = alert.episode.expect("episode");
         assert_eq!(episode.episode_id, answer.episode_id);
         assert_eq!(episode.setting_code, ALDER_HEY);
@@ -305,7 +337,8 @@ async fn a_flagged_check_in_shows_the_flag_and_alerts_the_council() {
         assert_eq!(accesses[0].episode_id, answer.episode_id);
         assert_eq!(accesses[0].nhs_number, child);
         assert_eq!(accesses[0].setting_code, ALDER_HEY);
-        assert_eq!(accesses[0].user_id, "dr-jones");
+        assert_eq!(accesses[0].user_id, nurse.user_id);
+        assert_eq!(accesses[0].viewer.as_ref(), Some(&viewer), "the audit names the same person");
         assert!(accesses_of(&ts, LIVERPOOL, "").await.is_empty());
         assert!(alerts_of(&ts, LIVERPOOL).await.is_empty());
 
@@ -353,14 +386,13 @@ async fn invalid_requests_are_refused_with_field_paths() {
     bounded(async {
         let ts = TestSuite::start().await;
         let err = try_check_in(&ts, ALDER_HEY, CheckInRequest::default()).await.expect_err("empty request");
-        assert_eq!(violated_fields(&err), ["request_id", "nhs_number", "arrived_at", "setting_type", "user_id"]);
+        assert_eq!(violated_fields(&err), ["request_id", "nhs_number", "arrived_at", "setting_type"]);
 
         let bad_check_digit = "9990000019";
         let mut request = arrival(&"r".repeat(129), bad_check_digit, Utc::now() + TimeDelta::minutes(10));
         request.setting_type = 99;
-        request.user_id = "   ".into();
         let err = try_check_in(&ts, ALDER_HEY, request).await.expect_err("bad fields");
-        assert_eq!(violated_fields(&err), ["request_id", "nhs_number", "arrived_at", "setting_type", "user_id"]);
+        assert_eq!(violated_fields(&err), ["request_id", "nhs_number", "arrived_at", "setting_type"]);
         assert!(!err.message().contains(bad_check_digit));
 
         // A few minutes of clock skew are fine.
@@ -402,9 +434,8 @@ async fn councils_page_through_accesses_to_their_own_children() {
         register(&ts, MANCHESTER, "MAN-1101", &ours, PlanType::UnbornChildProtection).await;
         register(&ts, LIVERPOOL, "LIV-1102", &theirs, PlanType::ChildProtection).await;
         for i in 0..3 {
-            let mut request = arrival(&format!("acc-{i}"), &ours, Utc::now());
-            request.user_id = format!("user-{i}");
-            check_in(&ts, ALDER_HEY, request).await;
+            let request = arrival(&format!("acc-{i}"), &ours, Utc::now());
+            check_in_as(&ts, ALDER_HEY, &format!("User {i}"), request).await;
         }
         check_in(&ts, ALDER_HEY, arrival("acc-x", &theirs, Utc::now())).await;
 
@@ -423,13 +454,13 @@ async fn councils_page_through_accesses_to_their_own_children() {
                 .into_inner();
             assert!(page.accesses.len() <= 2);
             assert!(page.accesses.iter().all(|a| a.nhs_number == ours));
-            users.extend(page.accesses.into_iter().map(|a| a.user_id));
+            users.extend(page.accesses.into_iter().map(|a| a.viewer.expect("viewer").name));
             if page.next_page_token.is_empty() {
                 break;
             }
             token = page.next_page_token;
         }
-        assert_eq!(users, ["user-2", "user-1", "user-0"], "most recent first");
+        assert_eq!(users, ["User 2", "User 1", "User 0"], "most recent first");
         assert!(accesses_of(&ts, MANCHESTER, &theirs).await.is_empty());
         assert_eq!(accesses_of(&ts, LIVERPOOL, "").await.len(), 1);
         ts.suite.stop().await.unwrap();

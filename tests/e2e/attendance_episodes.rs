@@ -3,11 +3,11 @@
 //! previous episodes a setting sees, and the alerts each council receives.
 
 use crate::attendance::{
-    accesses_of, alerts_of, arrival, bounded, check_in, count, list_episodes, outbox_drained, register,
+    accesses_of, alerts_of, arrival, bounded, check_in, check_in_as, count, list_episodes, outbox_drained, register,
     rows_mentioning, try_check_in, violated_fields,
 };
 use chrono::{TimeDelta, Utc};
-use cpis_proto::common::v1::PlanType;
+use cpis_proto::common::v1::{PlanType, SettingType};
 use cpis_proto::notification::v1::AlertPriority;
 use cpis_proto::registry::v1::DeletePlanRequest;
 use cpis_testkit::*;
@@ -96,7 +96,7 @@ async fn a_replayed_request_id_returns_the_first_answer_and_publishes_nothing_ne
 
         // The same request_id with another body is refused, naming the field.
         let mut changed = request.clone();
-        changed.user_id = "someone-else".into();
+        changed.setting_type = SettingType::UrgentTreatmentCentre as i32;
         let err = try_check_in(&ts, ALDER_HEY, changed).await.expect_err("reused request_id");
         assert_eq!(violated_fields(&err), ["request_id"]);
         assert!(!err.message().contains(&child));
@@ -122,9 +122,8 @@ async fn the_same_person_at_the_same_setting_within_24_hours_is_one_episode() {
         let t0 = Utc::now() - TimeDelta::hours(30);
 
         let triage = check_in(&ts, ALDER_HEY, arrival("v-1", &child, t0)).await;
-        let mut second_view = arrival("v-2", &child, t0 + TimeDelta::hours(2));
-        second_view.user_id = "paediatric-registrar".into();
-        let review = check_in(&ts, ALDER_HEY, second_view).await;
+        let second_view = arrival("v-2", &child, t0 + TimeDelta::hours(2));
+        let (review, _) = check_in_as(&ts, ALDER_HEY, "Paediatric Registrar", second_view).await;
         assert_eq!(review.episode_id, triage.episode_id, "one visit, one episode");
         assert!(review.previous_episodes.is_empty(), "this episode is excluded");
 
@@ -147,8 +146,8 @@ async fn the_same_person_at_the_same_setting_within_24_hours_is_one_episode() {
         );
         // ...but every view is audited, newest first.
         let accesses = accesses_of(&ts, MANCHESTER, &child).await;
-        let users: Vec<&str> = accesses.iter().map(|a| a.user_id.as_str()).collect();
-        assert_eq!(users, ["receptionist-1", "receptionist-1", "paediatric-registrar", "receptionist-1"]);
+        let users: Vec<String> = accesses.iter().map(|a| a.viewer.clone().expect("viewer").name).collect();
+        assert_eq!(users, [TEST_CLINICIAN, TEST_CLINICIAN, "Paediatric Registrar", TEST_CLINICIAN]);
         assert_eq!(accesses[2].episode_id, triage.episode_id);
         assert_eq!(accesses[3].episode_id, triage.episode_id);
         ts.suite.stop().await.unwrap();

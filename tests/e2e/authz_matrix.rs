@@ -119,7 +119,11 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
     let method = rpc.rsplit('/').next().unwrap();
     let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
     let registry = || RegistryServiceClient::new(channel(ts, ids, who, ts.registry_port()));
-    let attendance = || AttendanceServiceClient::new(channel(ts, ids, who, ts.attendance_port()));
+    // Every caller sends a user token of a clinician at the setting: only a
+    // setting's calls need one, and it decides nothing for anyone else.
+    let user = UserHeaders::of(Some(&ts.user_token(ALDER_HEY, &["B0107", "B0170"])));
+    let attendance =
+        || AttendanceServiceClient::with_interceptor(channel(ts, ids, who, ts.attendance_port()), user.clone());
     let notification = || NotificationServiceClient::new(channel(ts, ids, who, ts.notification_port()));
     match method {
         "UpsertPlan" => {
@@ -175,7 +179,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                     nhs_number: child.into(),
                     arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                     setting_type: SettingType::EmergencyDepartment as i32,
-                    user_id: "matrix".into(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -186,7 +190,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                     nhs_number: child.into(),
                     page_size: 0,
                     page_token: String::new(),
-                    user_id: "matrix".into(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -198,7 +202,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                     request_id: uuid::Uuid::new_v4().to_string(),
                     nhs_number: child.into(),
                     setting_type: SettingType::GpPractice as i32,
-                    user_id: "matrix".into(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -222,6 +226,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                         arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                     }),
                     priority: AlertPriority::Routine as i32,
+                    viewer: None,
                 })
                 .await
                 .map(drop),
@@ -241,6 +246,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                             arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                         }),
                         priority: AlertPriority::Routine as i32,
+                        viewer: None,
                     }],
                 })
                 .await

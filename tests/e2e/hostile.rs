@@ -34,6 +34,7 @@ fn publish(nhs_number: &str) -> PublishAlertRequest {
             arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         }),
         priority: AlertPriority::Routine as i32,
+        viewer: None,
     }
 }
 
@@ -165,8 +166,8 @@ async fn bad_requests_get_field_level_errors_and_change_nothing() {
     c.request_id.clear();
     expect_field("no request id", ok(attendance.check_in(c).await), "request_id");
     let mut c = arrival(&nhs(1));
-    c.user_id = "u".repeat(MB);
-    expect_field("a megabyte user id", ok(attendance.check_in(c).await), "user_id");
+    c.request_id = "r".repeat(MB);
+    expect_field("a megabyte request id", ok(attendance.check_in(c).await), "request_id");
     let mut p = publish(&nhs(1));
     p.episode = None;
     expect_field("no episode", ok(publisher.publish_alert(p).await), "episode");
@@ -214,7 +215,7 @@ async fn bad_requests_get_field_level_errors_and_change_nothing() {
                 nhs_number: nhs(1),
                 page_size: 101,
                 page_token: String::new(),
-                user_id: "u".into(),
+                ..Default::default()
             })
             .await),
         "page_size",
@@ -226,7 +227,7 @@ async fn bad_requests_get_field_level_errors_and_change_nothing() {
                 nhs_number: nhs(1),
                 page_size: 0,
                 page_token: "%%%".into(),
-                user_id: "u".into(),
+                ..Default::default()
             })
             .await),
         "page_token",

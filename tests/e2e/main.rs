@@ -33,3 +33,4 @@ mod settings;
 mod surfaces;
 mod uploads;
 mod uploads_under_load;
+mod users;

@@ -20,7 +20,7 @@ async fn episodes(ts: &TestSuite, caller: &cpis_runtime::Caller, nhs_number: &st
             nhs_number: nhs_number.into(),
             page_size: 0,
             page_token: String::new(),
-            user_id: "receptionist-9".into(),
+            ..Default::default()
         })
         .await
         .expect("ListEpisodes")
@@ -100,17 +100,19 @@ async fn every_read_of_episodes_by_a_setting_is_in_the_councils_access_history()
     let reads: Vec<_> = accesses.iter().filter(|a| a.episodes_read).collect();
     assert_eq!(reads.len(), 3, "each read is an access");
     assert!(reads.iter().all(|a| a.setting_code == OTHER_SETTING
-        && a.user_id == "receptionist-9"
+        && a.viewer
+            .as_ref()
+            .is_some_and(|v| v.verified && v.name == TEST_CLINICIAN && v.organisation_code == OTHER_SETTING)
         && a.episode_id.is_empty()
         && !a.silent
         && a.accessed_at.is_some()));
     assert_eq!(accesses.iter().filter(|a| !a.episodes_read).count(), 1, "and the check-in itself");
-    // A setting must say who reads.
+    // A setting must say who reads: without a user token, nothing is shown.
     let status = ts
-        .attendance(&setting(OTHER_SETTING))
+        .attendance_with(&setting(OTHER_SETTING), UserHeaders::default())
         .list_episodes(ListEpisodesRequest { nhs_number: child.clone(), ..Default::default() })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
     ts.suite.stop().await.unwrap();
 }

@@ -90,6 +90,7 @@ async fn two_replicas_drain_a_backlog_of_5000_alerts_in_each_councils_check_in_o
             cpis_attendance::Settings {
                 registry_url: format!("https://localhost:{}", ts.registry_port()),
                 notification_url: format!("https://localhost:{}", ts.notification_port()),
+                users: ts.suite.users.user_auth_settings(),
                 ..relay_settings()
             },
         )
@@ -122,11 +123,7 @@ async fn two_replicas_drain_a_backlog_of_5000_alerts_in_each_councils_check_in_o
         let ports = [ts.attendance_port(), second.addr.port()];
         let started = Instant::now();
         let checked_in = futures::future::join_all(codes.iter().enumerate().map(|(c, _)| {
-            let clients = ports.map(|port| {
-                cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient::new(
-                    ts.channel(port, &setting(ALDER_HEY)),
-                )
-            });
+            let clients = ports.map(|port| ts.attendance_on(port, &setting(ALDER_HEY)));
             async move {
                 let mut episodes = Vec::with_capacity(PER_COUNCIL);
                 for i in 0..PER_COUNCIL {
@@ -235,13 +232,7 @@ async fn a_backlog_of_seventy_councils_goes_out_in_shared_calls_each_council_gap
         .await;
 
         let port = ts.attendance_port();
-        let clients: Vec<_> = (0..codes.len())
-            .map(|_| {
-                cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient::new(
-                    ts.channel(port, &setting(ALDER_HEY)),
-                )
-            })
-            .collect();
+        let clients: Vec<_> = (0..codes.len()).map(|_| ts.attendance_on(port, &setting(ALDER_HEY))).collect();
         // Each council's check-ins one after another, councils in parallel:
         // `from..to` of each council's people; their episodes in order.
         let check_in_all = |from: usize, to: usize| {

@@ -57,6 +57,9 @@ fn serve_attendance(ts: &TestSuite, registry_url: &str, env: &[(&str, &str)]) ->
         .env("CPIS_NOTIFICATION_URL", format!("https://localhost:{}", ts.notification_port()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    for (k, v) in ts.user_auth_env() {
+        command.env(k, v);
+    }
     for (k, v) in env {
         command.env(k, v);
     }
@@ -100,11 +103,7 @@ async fn serve_attendance_honours_its_repeat_and_deadline_settings_from_the_envi
         &[("CPIS_REPEAT_THRESHOLD", "2"), ("CPIS_REPEAT_WINDOW_DAYS", "7"), ("CPIS_SAME_EPISODE_HOURS", "1")],
     );
     wait_serving(&ts, &mut served).await;
-    let attendance = |setting_code: &str| {
-        cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient::new(
-            ts.channel(served.port, &setting(setting_code)),
-        )
-    };
+    let attendance = |setting_code: &str| ts.attendance_on(served.port, &setting(setting_code));
     attendance(ALDER_HEY).check_in(arrival(&person)).await.expect("first check-in");
     let first = next_alert(&mut stream, 20, "the first alert").await;
     assert_eq!(first.priority, AlertPriority::Routine as i32);
@@ -129,9 +128,7 @@ async fn serve_attendance_honours_its_repeat_and_deadline_settings_from_the_envi
     });
     let mut served = serve_attendance(&ts, &silent_url, &[("CPIS_REGISTRY_TIMEOUT_MS", "300")]);
     wait_serving(&ts, &mut served).await;
-    let mut client = cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient::new(
-        ts.channel(served.port, &setting(ALDER_HEY)),
-    );
+    let mut client = ts.attendance_on(served.port, &setting(ALDER_HEY));
     let started = Instant::now();
     let refused = client.check_in(arrival(&person)).await.expect_err("no registry, no answer");
     let took = started.elapsed();

@@ -5,7 +5,6 @@
 use crate::{BOUND, COUNCILS, FAULT, PEOPLE, TRUST_DOMAIN};
 use cpis_devkit::pki::Pki;
 use cpis_domain::identity::{Caller, CallerKind, ServiceName};
-use cpis_proto::attendance::v1::attendance_service_client::AttendanceServiceClient;
 use cpis_proto::attendance::v1::{CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::notification_service_client::NotificationServiceClient;
@@ -48,7 +47,7 @@ pub(crate) struct Ledger {
 }
 
 pub(crate) struct Clients {
-    pub(crate) attendance: [AttendanceServiceClient<Channel>; 2],
+    pub(crate) attendance: [cpis_testkit::AttendanceClient; 2],
     /// Per council, a client of the replica that stays healthy.
     pub(crate) notification: Vec<NotificationServiceClient<Channel>>,
 }
@@ -99,7 +98,7 @@ pub(crate) async fn load(clients: &Clients, ledger: &RefCell<Ledger>, next: &Ref
                 nhs_number: person(c, i),
                 arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                 setting_type: SettingType::EmergencyDepartment as i32,
-                user_id: "netfault".into(),
+                ..Default::default()
             };
             let answer = check_in(clients, i % 2, request, ledger).await;
             assert!(answer.flagged);

@@ -172,10 +172,19 @@ async fn scenario(pki: Pki, topology: &Topology, database_url: &str, a1_log: &st
     futures::future::join_all(registered).await;
 
     let setting = tls(&Caller::from_parts(CallerKind::Setting, SETTING).expect("setting"));
+    // The person at the setting: a development token, as a clinical system
+    // sends its user's CIS2 token.
+    let token = cpis_devkit::users::DevUsers::new(pki.dir().parent().expect("state dir"))
+        .token(&cpis_devkit::users::TokenSpec {
+            ttl: Duration::from_secs(3600),
+            ..cpis_devkit::users::TokenSpec::new(SETTING, &["B0107"])
+        })
+        .expect("a user token");
+    let user = cpis_testkit::UserHeaders::of(Some(&token));
     let clients = Clients {
         attendance: [
-            AttendanceServiceClient::new(channel(url(A1.1, 50052), &setting)),
-            AttendanceServiceClient::new(channel(url(A2.1, 50052), &setting)),
+            AttendanceServiceClient::with_interceptor(channel(url(A1.1, 50052), &setting), user.clone()),
+            AttendanceServiceClient::with_interceptor(channel(url(A2.1, 50052), &setting), user),
         ],
         notification: COUNCILS
             .iter()
@@ -265,6 +274,8 @@ fn alerts_keep_flowing_in_order_when_packets_are_silently_dropped() {
 
     let pki = Pki::new(state.path());
     pki.init().expect("CA");
+    let users = cpis_devkit::users::DevUsers::new(state.path());
+    users.init().expect("development identity provider");
     let service_cert = |name: ServiceName, octets: &[u8]| {
         let addresses: Vec<IpAddr> = octets.iter().map(|o| IpAddr::V4(ip(*o))).collect();
         pki.issue_service_at(&Caller::Service(name), TRUST_DOMAIN, &addresses).expect("service certificate")
@@ -309,6 +320,9 @@ fn alerts_keep_flowing_in_order_when_packets_are_silently_dropped() {
     };
     let relay = |notification: u8| {
         vec![
+            ("CPIS_OIDC_ISSUER", cpis_devkit::users::DEV_ISSUER.to_string()),
+            ("CPIS_OIDC_AUDIENCE", cpis_devkit::users::DEV_AUDIENCE.to_string()),
+            ("CPIS_OIDC_JWKS_FILE", users.jwks_path().display().to_string()),
             ("CPIS_REGISTRY_URL", format!("https://{}:50051", ip(REGISTRY.1))),
             ("CPIS_NOTIFICATION_URL", format!("https://{}:50053", ip(notification))),
             ("CPIS_PUBLISH_TIMEOUT_MS", "1500".to_string()),

@@ -5,6 +5,7 @@
 use super::load::Op;
 use super::MAX_CONNECTIONS;
 use cpis_devkit::pki::Pki;
+use cpis_devkit::users::{DevUsers, TokenSpec};
 use cpis_domain::identity::{Caller, CallerKind};
 use cpis_proto::attendance::v1::{attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
@@ -12,13 +13,25 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-/// Channels to the services, one per (port, identity), made on first use.
+/// Channels to the services, one per (port, identity), made on first use;
+/// and the person at each setting, whose token every CheckIn carries.
 pub struct Net {
     pub pki: Pki,
     pub trust_domain: String,
     pub cache: Mutex<HashMap<String, Channel>>,
+    /// The development identity provider the Attendance service trusts.
+    pub users: DevUsers,
+    /// Per setting code: the `authorization` and `nhsd-session-urid` values.
+    pub people: Mutex<HashMap<String, Arc<User>>>,
+}
+
+/// The metadata a setting's person sends with each call.
+pub struct User {
+    authorization: MetadataValue<Ascii>,
+    urid: MetadataValue<Ascii>,
 }
 
 impl Net {
@@ -44,6 +57,22 @@ impl Net {
     /// The channel of load connection `slot` in round `round` (see [`Flagged`]).
     pub fn setting(&self, port: u16, slot: usize, round: usize) -> anyhow::Result<Channel> {
         self.channel(port, &setting_caller(slot, round)?)
+    }
+
+    /// The person at the setting of load connection `slot` in round
+    /// `round` (a clinician whose role allows the notifying read), made once.
+    pub fn user(&self, slot: usize, round: usize) -> anyhow::Result<Arc<User>> {
+        let code = setting_caller(slot, round)?.code().to_string();
+        let mut people = self.people.lock().map_err(|_| anyhow::anyhow!("user cache poisoned"))?;
+        if let Some(user) = people.get(&code) {
+            return Ok(user.clone());
+        }
+        let spec = TokenSpec { ttl: Duration::from_secs(24 * 3600), ..TokenSpec::new(&code, &["B0107"]) };
+        let token = self.users.token(&spec)?;
+        let user =
+            Arc::new(User { authorization: format!("Bearer {}", token.token).parse()?, urid: token.role_id.parse()? });
+        people.insert(code, user.clone());
+        Ok(user)
     }
 
     /// The shared channel of council `code`.
@@ -96,16 +125,19 @@ pub fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// One CheckIn with a fresh request id, a 10 s deadline and arrival now.
-pub async fn check_in(channel: Channel, nhs_number: String, worker: usize) -> Result<CheckInResponse, String> {
+/// One CheckIn by `user` with a fresh request id, a 10 s deadline and arrival now.
+pub async fn check_in(channel: Channel, user: &User, nhs_number: String) -> Result<CheckInResponse, String> {
     let mut request = tonic::Request::new(CheckInRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         nhs_number,
         arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         setting_type: SettingType::EmergencyDepartment as i32,
-        user_id: format!("bench-user-{worker}"),
+        ..Default::default()
     });
     request.set_timeout(Duration::from_secs(10));
+    // Every request's metadata is added here, and only here.
+    request.metadata_mut().insert("authorization", user.authorization.clone());
+    request.metadata_mut().insert("nhsd-session-urid", user.urid.clone());
     let mut client = AttendanceServiceClient::new(channel);
     client.check_in(request).await.map(|r| r.into_inner()).map_err(|s| status_text(&s))
 }
@@ -141,7 +173,8 @@ pub fn not_flagged_op(net: Arc<Net>, port: u16, numbers: Arc<Vec<String>>, slots
         Box::pin(async move {
             let nhs = numbers[next.fetch_add(1, Ordering::Relaxed) % numbers.len()].clone();
             let channel = net.setting(port, w % slots, 0).map_err(|e| e.to_string())?;
-            let r = check_in(channel, nhs, w).await?;
+            let user = net.user(w % slots, 0).map_err(|e| e.to_string())?;
+            let r = check_in(channel, &user, nhs).await?;
             if r.flagged {
                 return Err("an unregistered person was flagged".into());
             }
@@ -157,7 +190,8 @@ pub fn flagged_op(net: Arc<Net>, port: u16, people: Arc<Flagged>, slots: usize) 
         Box::pin(async move {
             let (nhs, round) = people.take();
             let channel = net.setting(port, w % slots, round).map_err(|e| e.to_string())?;
-            let r = check_in(channel, nhs, w).await?;
+            let user = net.user(w % slots, round).map_err(|e| e.to_string())?;
+            let r = check_in(channel, &user, nhs).await?;
             if !r.flagged || r.episode_id.is_empty() {
                 return Err("a registered person was not flagged".into());
             }

@@ -37,7 +37,13 @@ pub async fn measure(
     })?;
     let ctx = Ctx {
         shape: shape.clone(),
-        net: Arc::new(Net { pki, trust_domain, cache: Mutex::new(HashMap::new()) }),
+        net: Arc::new(Net {
+            users: cpis_devkit::users::DevUsers::new(pki.dir().parent().unwrap_or(pki.dir())),
+            pki,
+            trust_domain,
+            cache: Mutex::new(HashMap::new()),
+            people: Mutex::new(HashMap::new()),
+        }),
         registry_port: services.registry.port,
         attendance_port: services.attendance.port,
         notification_port: services.notification.port,

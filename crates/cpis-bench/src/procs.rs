@@ -162,11 +162,26 @@ impl Services {
             cpis_proto::notification::v1::notification_service_server::SERVICE_NAME,
             vec!["--heartbeat-secs".into(), launch.heartbeat_secs.to_string()],
         )?;
+        // The people at settings: tokens of the development identity provider
+        // beside the PKI, verified as `cpis dev` verifies them.
+        let users = cpis_devkit::users::DevUsers::new(pki.dir().parent().unwrap_or(pki.dir()));
+        users.init()?;
         let attendance = spawn(
             ServiceName::Attendance,
             attendance_port,
             cpis_proto::attendance::v1::attendance_service_server::SERVICE_NAME,
-            vec!["--registry-url".into(), url(registry_port), "--notification-url".into(), url(notification_port)],
+            vec![
+                "--registry-url".into(),
+                url(registry_port),
+                "--notification-url".into(),
+                url(notification_port),
+                "--oidc-issuer".into(),
+                cpis_devkit::users::DEV_ISSUER.into(),
+                "--oidc-audience".into(),
+                cpis_devkit::users::DEV_AUDIENCE.into(),
+                "--oidc-jwks-file".into(),
+                users.jwks_path().display().to_string(),
+            ],
         )?;
         let mut services = Services { registry, attendance, notification };
         let me = Caller::Service(ServiceName::Registry);

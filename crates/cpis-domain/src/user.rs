@@ -90,7 +90,7 @@ impl fmt::Debug for User {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Viewer {
     /// A person named by a verified token.
-    Verified(User),
+    Verified(Box<User>),
     /// Only in the migration mode (`CPIS_USER_AUTH=optional`), a request
     /// without a token: the id the setting asserted, marked unverified
     /// wherever it is shown.
@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(v.may(Access::NotifyingRead), Ok(()));
         let user =
             User { name: "Alex Example".into(), user_id: "910000000001".into(), role: role(&[]), ..Default::default() };
-        let shown = format!("{:?}", Viewer::Verified(user));
+        let shown = format!("{:?}", Viewer::Verified(Box::new(user)));
         assert!(!shown.contains("Alex") && !shown.contains("910000000001"), "{shown}");
     }
 }

@@ -178,6 +178,7 @@ mod tests {
                 arrived_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
             }),
             priority: pb::AlertPriority::Routine as i32,
+            viewer: None,
         }
     }
 

@@ -48,6 +48,9 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Largest HTTP/2 header block a client may send (64 KiB).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 /// How long a connection without a verified identity stays open: long enough
 /// to read the `UNAUTHENTICATED` answer and its reason, no longer.
 const UNIDENTIFIED_LIFETIME: Duration = Duration::from_secs(2);
@@ -347,7 +350,11 @@ pub async fn serve(
     let incoming = mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(options.http2_keepalive))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Room for a user token (CIS2 tokens carry every role of a person)
+        // above its own limit, so an oversized one is refused by the user
+        // layer with its reason rather than by HTTP/2 without one.
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age).max_connection_age_grace(Duration::from_secs(30));
     }

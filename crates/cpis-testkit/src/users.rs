@@ -87,6 +87,27 @@ impl TestSuite {
         AttendanceServiceClient::with_interceptor(self.channel(self.attendance_port(), caller), headers)
     }
 
+    /// An Attendance client for `caller` on another Attendance instance's
+    /// `port` (a second replica, a `cpis serve` process), with the default
+    /// test clinician's token for a setting.
+    pub fn attendance_on(&self, port: u16, caller: &Caller) -> AttendanceClient {
+        let token = match caller {
+            Caller::Setting(code) => Some(self.user_token(code, &[VIEW_FLAG_NOTIFYING, VIEW_FLAG_SILENTLY])),
+            _ => None,
+        };
+        AttendanceServiceClient::with_interceptor(self.channel(port, caller), UserHeaders::of(token.as_ref()))
+    }
+
+    /// The environment a `cpis serve attendance` process needs to verify
+    /// this suite's development users.
+    pub fn user_auth_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CPIS_OIDC_ISSUER", cpis_devkit::users::DEV_ISSUER.to_string()),
+            ("CPIS_OIDC_AUDIENCE", cpis_devkit::users::DEV_AUDIENCE.to_string()),
+            ("CPIS_OIDC_JWKS_FILE", self.suite.users.jwks_path().display().to_string()),
+        ]
+    }
+
     /// The FHIR headers carrying the default test clinician's token at `setting`.
     pub fn fhir_user_headers(&self, setting: &str) -> Vec<(String, String)> {
         let token = self.user_token(setting, &[VIEW_FLAG_NOTIFYING, VIEW_FLAG_SILENTLY]);

@@ -66,7 +66,7 @@ pub(crate) fn episode_json(e: &Episode) -> Value {
 /// What a clinician sees, as text.
 pub fn describe_check_in(r: &CheckInResponse) -> String {
     if !r.flagged {
-        return "No flags: no child protection plan, looked-after status or unborn plan is registered.".into();
+        return "No flags: no child protection plan, looked-after status or unborn plan is registered.\n".into();
     }
     let mut out = String::from("FLAGGED\n");
     for f in &r.flags {

@@ -131,7 +131,7 @@ impl UserAuthSettings {
 #[derive(Debug, Clone)]
 pub enum UserContext {
     /// A verified token, and the role it selected.
-    Verified(User),
+    Verified(Box<User>),
     /// No token, in the migration mode only.
     Unverified,
 }
@@ -198,7 +198,7 @@ impl UserAuth {
         let user = select_role(claims, urid.as_deref())?;
         cpis_domain::user::role_belongs_to_setting(&user.role.org_code, setting_code)
             .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
-        Ok(UserContext::Verified(user))
+        Ok(UserContext::Verified(Box::new(user)))
     }
 }
 
