@@ -86,5 +86,6 @@ pub async fn purge(
             let retention = cpis_notification::retention::Retention { alerts_days: args.alerts_days };
             cpis_notification::retention::purge(pool, retention, args.dry_run).await
         }
+        ServiceName::Demographics => anyhow::bail!("the demographics feed keeps no schema of its own"),
     }
 }

@@ -335,7 +335,14 @@ async fn raw_call(
     let mut grpc = tonic::client::Grpc::new(ts.channel(port, caller));
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static(path);
-    grpc.unary(tonic::Request::new(body), path, RawCodec).await.map(drop).unwrap_err()
+    let mut request = tonic::Request::new(body);
+    // A setting's person, so that the bytes themselves are what is judged.
+    if let cpis_runtime::Caller::Setting(code) = caller {
+        let token = ts.user_token(code, &["B0107", "B0170"]);
+        request.metadata_mut().insert("authorization", format!("Bearer {}", token.token).parse().unwrap());
+        request.metadata_mut().insert("nhsd-session-urid", token.role_id.parse().unwrap());
+    }
+    grpc.unary(request, path, RawCodec).await.map(drop).unwrap_err()
 }
 
 #[tokio::test]

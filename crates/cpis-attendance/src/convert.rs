@@ -33,6 +33,8 @@ pub fn access(a: &Access) -> pb::AccessRecord {
         silent: a.silent,
         episodes_read: a.episodes_read,
         viewer: Some(viewer(&a.viewer)),
+        was_not_brought: a.was_not_brought,
+        appointment_at: a.appointment_at.map(to_timestamp),
     }
 }
 

@@ -15,7 +15,9 @@ mod admitted;
 mod checkin;
 mod coalesce;
 mod convert;
+mod demographics;
 pub mod fhir;
+mod missed;
 mod model;
 mod page;
 mod reads;
@@ -76,6 +78,8 @@ pub const RELAY_POOL_SIZE: usize = 2;
 pub struct Attendance {
     check_ins: checkin::CheckIns,
     reads: reads::Reads,
+    missed: missed::MissedAppointments,
+    changes: demographics::NhsNumberChanges,
     /// The outbox's metrics, shared with the relay.
     relay_metrics: relay::RelayMetrics,
 }
@@ -114,14 +118,16 @@ impl Attendance {
             relay_metrics.clone(),
         )
         .spawn(shutdown.stopping().clone());
+        let changes = demographics::NhsNumberChanges::new(pool.clone(), registry.clone(), wake_relay.clone());
         let flags = FlagLookup::new(registry, config.registry_timeout);
+        let missed = missed::MissedAppointments::new(pool.clone(), flags.clone(), wake_relay.clone());
         let rules = rules::EpisodeRules {
             same_episode_window: config.same_episode_window,
             repeat_window: config.repeat_window,
             repeat_threshold: config.repeat_threshold,
         };
         let check_ins = checkin::CheckIns::new(pool.clone(), flags.clone(), rules, config.arrival_window, wake_relay);
-        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), relay_metrics })
+        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), missed, changes, relay_metrics })
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
@@ -224,6 +230,28 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
             .await
             .map(Response::new)
             .map_err(Status::from)
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RecordWasNotBrought", setting, request_id))]
+    async fn record_was_not_brought(
+        &self,
+        request: Request<pb::RecordWasNotBroughtRequest>,
+    ) -> Result<Response<pb::RecordWasNotBroughtResponse>, Status> {
+        let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
+        let setting = admitted::setting(&caller)?;
+        tracing::Span::current().record("setting", setting);
+        let viewer = cpis_runtime::users::viewer(cpis_runtime::users::context(&request), "", "authorization")?;
+        self.missed.record(setting, &viewer, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RecordNhsNumberChange", event_id))]
+    async fn record_nhs_number_change(
+        &self,
+        request: Request<pb::RecordNhsNumberChangeRequest>,
+    ) -> Result<Response<pb::RecordNhsNumberChangeResponse>, Status> {
+        // Only the demographics feed reaches here (POLICY).
+        cpis_runtime::authz::caller(&request)?;
+        self.changes.record(request.get_ref()).await.map(Response::new).map_err(Status::from)
     }
 }
 

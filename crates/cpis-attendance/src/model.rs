@@ -39,6 +39,10 @@ pub struct Access {
     pub silent: bool,
     /// A read of the person's episodes (ListEpisodes, AuditEvent).
     pub episodes_read: bool,
+    /// A scheduled-care setting's record that the person was not brought.
+    pub was_not_brought: bool,
+    /// When the missed appointment was (`was_not_brought` only).
+    pub appointment_at: Option<DateTime<Utc>>,
 }
 
 /// The person an access records, as stored: the verified person's ids, name,

@@ -9,6 +9,7 @@
 //! reaches this module.
 
 pub mod checkin;
+pub mod keyed;
 pub mod reads;
 pub mod relay;
 
@@ -16,6 +17,8 @@ use chrono::{DateTime, Utc};
 use cpis_domain::time::to_timestamp;
 use cpis_proto::common::v1::Episode;
 use std::time::Duration;
+use cpis_proto::notification::v1::PublishAlertRequest;
+use prost::Message as _;
 use uuid::Uuid;
 
 /// One outbox row claimed for publishing.
@@ -81,7 +84,8 @@ pub async fn pending_for_council(
     let rows = db
         .query(
             "SELECT outbox_id, attempts, council_code, nhs_number, plan_type, local_reference,
-                    episode_id, setting_code, setting_type, arrived_at, priority, traceparent, position, viewer
+                    episode_id, setting_code, setting_type, arrived_at, priority, traceparent, position, viewer,
+                    request
              FROM attendance.outbox
              WHERE council_code = $1 AND delivered_at IS NULL
              ORDER BY position
@@ -94,33 +98,37 @@ pub async fn pending_for_council(
 
 /// The columns `outbox_id, attempts, council_code, nhs_number, plan_type,
 /// local_reference, episode_id, setting_code, setting_type, arrived_at,
-/// priority, traceparent, position, viewer` of `r`, starting at column `at`.
+/// priority, traceparent, position, viewer, request` of `r`, starting at column `at`.
 pub(crate) fn pending_from_row(r: &tokio_postgres::Row, at: usize) -> PendingAlert {
-    let episode_id: Uuid = r.get(at + 6);
-    let arrived_at: DateTime<Utc> = r.get(at + 9);
-    PendingAlert {
-        outbox_id: r.get(at),
-        request: cpis_proto::notification::v1::PublishAlertRequest {
-            council_code: r.get(at + 2),
-            nhs_number: r.get(at + 3),
-            plan_type: r.get(at + 4),
-            local_reference: r.get(at + 5),
-            episode: Some(Episode {
-                episode_id: episode_id.to_string(),
-                setting_code: r.get(at + 7),
-                setting_type: r.get(at + 8),
-                arrived_at: Some(to_timestamp(arrived_at)),
-            }),
-            priority: r.get(at + 10),
-            // Written by this service from a `Viewer` it encoded; absent on
-            // rows queued before verified users existed.
-            viewer: r
-                .get::<_, Option<Vec<u8>>>(at + 13)
-                .and_then(|b| <cpis_proto::common::v1::Viewer as prost::Message>::decode(b.as_slice()).ok()),
-        },
-        traceparent: r.get(at + 11),
-        position: r.get(at + 12),
-    }
+    // An alert of another kind than an attendance was queued whole.
+    let queued: Option<Vec<u8>> = r.get(at + 14);
+    let request = match queued.and_then(|b| PublishAlertRequest::decode(b.as_slice()).ok()) {
+        Some(request) => request,
+        None => {
+            let episode_id: Option<Uuid> = r.get(at + 6);
+            let arrived_at: Option<DateTime<Utc>> = r.get(at + 9);
+            PublishAlertRequest {
+                council_code: r.get(at + 2),
+                nhs_number: r.get(at + 3),
+                plan_type: r.get(at + 4),
+                local_reference: r.get(at + 5),
+                episode: Some(Episode {
+                    episode_id: episode_id.map(|id| id.to_string()).unwrap_or_default(),
+                    setting_code: r.get::<_, Option<String>>(at + 7).unwrap_or_default(),
+                    setting_type: r.get::<_, Option<i32>>(at + 8).unwrap_or_default(),
+                    arrived_at: arrived_at.map(to_timestamp),
+                }),
+                priority: r.get(at + 10),
+                // Written by this service from a `Viewer` it encoded; absent on
+                // rows queued before verified users existed.
+                viewer: r
+                    .get::<_, Option<Vec<u8>>>(at + 13)
+                    .and_then(|b| cpis_proto::common::v1::Viewer::decode(b.as_slice()).ok()),
+                ..Default::default()
+            }
+        }
+    };
+    PendingAlert { outbox_id: r.get(at), request, traceparent: r.get(at + 11), position: r.get(at + 12) }
 }
 
 /// Marks outbox rows delivered (the Notification service has stored them:

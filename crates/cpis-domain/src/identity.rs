@@ -46,6 +46,9 @@ pub enum ServiceName {
     Attendance,
     /// The Notification service.
     Notification,
+    /// The follower of the national demographics service's change feed
+    /// (NHS number changes).
+    Demographics,
 }
 
 impl ServiceName {
@@ -55,6 +58,7 @@ impl ServiceName {
             ServiceName::Registry => "registry",
             ServiceName::Attendance => "attendance",
             ServiceName::Notification => "notification",
+            ServiceName::Demographics => "demographics",
         }
     }
 
@@ -64,6 +68,7 @@ impl ServiceName {
             "registry" => Some(ServiceName::Registry),
             "attendance" => Some(ServiceName::Attendance),
             "notification" => Some(ServiceName::Notification),
+            "demographics" => Some(ServiceName::Demographics),
             _ => None,
         }
     }

@@ -3,6 +3,7 @@
 //! council code, setting code and date are (validation that names the field that
 //! failed), and what "a day" means (Europe/London).
 
+pub mod demographics;
 pub mod identity;
 pub mod time;
 pub mod user;

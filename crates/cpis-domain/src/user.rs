@@ -131,6 +131,9 @@ pub enum Access {
     /// A read of the person's unscheduled-care history (`ListEpisodes`, FHIR
     /// AuditEvent). Needs B0170 or B0107.
     EpisodeRead,
+    /// Scheduled care records that the person was not brought to an
+    /// appointment (`RecordWasNotBrought`); no flag is shown. Needs B0170 or B0107.
+    WasNotBrought,
 }
 
 impl Access {
@@ -138,7 +141,9 @@ impl Access {
     pub fn activities(self) -> &'static [&'static str] {
         match self {
             Access::NotifyingRead => &[VIEW_FLAG_NOTIFYING],
-            Access::SilentRead | Access::EpisodeRead => &[VIEW_FLAG_SILENTLY, VIEW_FLAG_NOTIFYING],
+            Access::SilentRead | Access::EpisodeRead | Access::WasNotBrought => {
+                &[VIEW_FLAG_SILENTLY, VIEW_FLAG_NOTIFYING]
+            }
         }
     }
 
@@ -148,6 +153,7 @@ impl Access {
             Access::NotifyingRead => "a notifying read (the council is told)",
             Access::SilentRead => "a silent read",
             Access::EpisodeRead => "a read of the access history",
+            Access::WasNotBrought => "a record that the person was not brought",
         }
     }
 

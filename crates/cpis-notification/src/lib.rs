@@ -246,7 +246,7 @@ impl Notification {
         let published = self.store.publish(&alert).await?;
         tracing::info!(
             council = %alert.council_code,
-            episode = %alert.episode_id,
+            key = %alert.key,
             alert_id = %published.alert_id,
             sequence = published.sequence,
             repeat = !published.created,

@@ -8,6 +8,7 @@
 //! the lock is never held while waiting on the network.
 
 use crate::alert::NewAlert;
+use prost::Message as _;
 use chrono::{DateTime, Utc};
 use cpis_domain::time::to_timestamp;
 use cpis_proto::common::v1::Episode;
@@ -54,7 +55,8 @@ pub struct Store {
 }
 
 const SELECT_ALERT: &str = "SELECT council_code, sequence, alert_id, episode_id, nhs_number,
-        plan_type, local_reference, setting_code, setting_type, arrived_at, priority, created_at, traceparent, viewer
+        plan_type, local_reference, setting_code, setting_type, arrived_at, priority, created_at, traceparent, viewer,
+        kind, detail
     FROM notification.alerts";
 
 impl Store {
@@ -76,7 +78,7 @@ impl Store {
         let stmt = client
             .prepare_cached(
                 "SELECT o_alert_id, o_sequence, o_created
-                 FROM notification.publish_alert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 FROM notification.publish_alert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .await?;
         let row = client
@@ -85,7 +87,7 @@ impl Store {
                 &[
                     &alert.council_code,
                     &Uuid::now_v7(),
-                    &alert.episode_id,
+                    &alert.key,
                     &alert.nhs_number.as_str(),
                     &alert.plan_type,
                     &alert.local_reference,
@@ -95,6 +97,8 @@ impl Store {
                     &alert.priority,
                     &cpis_runtime::telemetry::current_traceparent(),
                     &alert.viewer,
+                    &alert.kind,
+                    &alert.detail,
                 ],
             )
             .await?;
@@ -113,20 +117,22 @@ impl Store {
         let ints = |f: fn(&NewAlert) -> i32| alerts.iter().map(f).collect::<Vec<i32>>();
         let councils = column(|a| &a.council_code);
         let alert_ids: Vec<Uuid> = alerts.iter().map(|_| Uuid::now_v7()).collect();
-        let episodes = column(|a| &a.episode_id);
+        let keys = column(|a| &a.key);
         let nhs_numbers = column(|a| a.nhs_number.as_str());
         let plan_types = ints(|a| a.plan_type);
         let local_references = column(|a| &a.local_reference);
-        let setting_codes = column(|a| &a.setting_code);
-        let setting_types = ints(|a| a.setting_type);
-        let arrived_at: Vec<DateTime<Utc>> = alerts.iter().map(|a| a.arrived_at).collect();
+        let setting_codes: Vec<Option<&str>> = alerts.iter().map(|a| a.setting_code.as_deref()).collect();
+        let setting_types: Vec<Option<i32>> = alerts.iter().map(|a| a.setting_type).collect();
+        let arrived_at: Vec<Option<DateTime<Utc>>> = alerts.iter().map(|a| a.arrived_at).collect();
         let priorities = ints(|a| a.priority);
         let viewers: Vec<Option<&[u8]>> = alerts.iter().map(|a| a.viewer.as_deref()).collect();
+        let kinds = ints(|a| a.kind);
+        let details: Vec<Option<&[u8]>> = alerts.iter().map(|a| a.detail.as_deref()).collect();
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
                 "SELECT o_index, o_alert_id, o_sequence, o_created
-                 FROM notification.publish_alerts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 FROM notification.publish_alerts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .await?;
         let rows = client
@@ -135,7 +141,7 @@ impl Store {
                 &[
                     &councils,
                     &alert_ids,
-                    &episodes,
+                    &keys,
                     &nhs_numbers,
                     &plan_types,
                     &local_references,
@@ -145,6 +151,8 @@ impl Store {
                     &priorities,
                     &cpis_runtime::telemetry::current_traceparent(),
                     &viewers,
+                    &kinds,
+                    &details,
                 ],
             )
             .await?;
@@ -294,26 +302,41 @@ pub struct CouncilBacklog {
     pub oldest_unacked_age: f64,
 }
 
-/// The wire form of one row of `notification.alerts`.
+/// The wire form of one row of `notification.alerts`: its kind's own
+/// message decoded (written by this service from a validated request).
 fn alert_from_row(r: &Row) -> pb::Alert {
-    pb::Alert {
+    let kind = crate::alert::kinds::stored_kind(r.get("kind"), r.get("priority"));
+    let detail: Option<Vec<u8>> = r.get("detail");
+    let key: String = r.get("episode_id");
+    let mut alert = pb::Alert {
         alert_id: r.get::<_, Uuid>("alert_id").to_string(),
         sequence: r.get("sequence"),
         council_code: r.get("council_code"),
         nhs_number: r.get("nhs_number"),
         plan_type: r.get("plan_type"),
         local_reference: r.get("local_reference"),
-        episode: Some(Episode {
-            episode_id: r.get("episode_id"),
-            setting_code: r.get("setting_code"),
-            setting_type: r.get("setting_type"),
-            arrived_at: Some(to_timestamp(r.get("arrived_at"))),
-        }),
         priority: r.get("priority"),
         created_at: Some(to_timestamp(r.get("created_at"))),
-        // Encoded by this service from a validated `Viewer`.
-        viewer: r
-            .get::<_, Option<Vec<u8>>>("viewer")
-            .and_then(|b| <cpis_proto::common::v1::Viewer as prost::Message>::decode(b.as_slice()).ok()),
+        viewer: r.get::<_, Option<Vec<u8>>>("viewer").and_then(|b| cpis_proto::common::v1::Viewer::decode(b.as_slice()).ok()),
+        kind,
+        ..Default::default()
+    };
+    match pb::AlertKind::try_from(kind) {
+        Ok(pb::AlertKind::WasNotBrought) => {
+            alert.was_not_brought = detail.and_then(|b| pb::MissedAppointment::decode(b.as_slice()).ok());
+        }
+        Ok(pb::AlertKind::NhsNumberSuperseded | pb::AlertKind::NhsNumberInactive) => {
+            alert.nhs_number_change = detail.and_then(|b| pb::NhsNumberNotice::decode(b.as_slice()).ok());
+        }
+        _ => {
+            let arrived_at: Option<DateTime<Utc>> = r.get("arrived_at");
+            alert.episode = Some(Episode {
+                episode_id: key,
+                setting_code: r.get::<_, Option<String>>("setting_code").unwrap_or_default(),
+                setting_type: r.get::<_, Option<i32>>("setting_type").unwrap_or_default(),
+                arrived_at: arrived_at.map(to_timestamp),
+            });
+        }
     }
+    alert
 }

@@ -54,11 +54,14 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     ("/cpis.registry.v1.RegistryService/SyncPlans",                 &[Councils]),
     ("/cpis.registry.v1.RegistryService/LookupFlags",               &[Service(ServiceName::Attendance)]),
     ("/cpis.registry.v1.RegistryService/LookupFlagsBatch",          &[Service(ServiceName::Attendance)]),
+    ("/cpis.registry.v1.RegistryService/RecordNhsNumberChange",     &[Service(ServiceName::Attendance)]),
     ("/cpis.attendance.v1.AttendanceService/CheckIn",               &[Settings]),
     // Councils only for people they hold a flag in scope for (checked in the handler).
     ("/cpis.attendance.v1.AttendanceService/ListEpisodes",          &[Settings, Councils]),
     ("/cpis.attendance.v1.AttendanceService/ListAccesses",          &[Councils]),
     ("/cpis.attendance.v1.AttendanceService/SilentRead",            &[Settings]),
+    ("/cpis.attendance.v1.AttendanceService/RecordWasNotBrought",   &[Settings]),
+    ("/cpis.attendance.v1.AttendanceService/RecordNhsNumberChange", &[Service(ServiceName::Demographics)]),
     ("/cpis.notification.v1.NotificationService/Subscribe",         &[Councils]),
     ("/cpis.notification.v1.NotificationService/AckAlerts",         &[Councils]),
     ("/cpis.notification.v1.NotificationService/ListAlerts",        &[Councils]),
@@ -82,6 +85,7 @@ pub const USER_METHODS: &[&str] = &[
     "/cpis.attendance.v1.AttendanceService/CheckIn",
     "/cpis.attendance.v1.AttendanceService/SilentRead",
     "/cpis.attendance.v1.AttendanceService/ListEpisodes",
+    "/cpis.attendance.v1.AttendanceService/RecordWasNotBrought",
     "/FHIR/R4/CareTeam",
     "/FHIR/R4/AuditEvent",
 ];
@@ -93,6 +97,8 @@ pub const USER_METHODS: &[&str] = &[
 pub const INTERNAL_METHODS: &[&str] = &[
     "/cpis.registry.v1.RegistryService/LookupFlags",
     "/cpis.registry.v1.RegistryService/LookupFlagsBatch",
+    "/cpis.registry.v1.RegistryService/RecordNhsNumberChange",
+    "/cpis.attendance.v1.AttendanceService/RecordNhsNumberChange",
     "/cpis.notification.v1.NotificationService/PublishAlert",
     "/cpis.notification.v1.NotificationService/PublishAlerts",
 ];

@@ -103,7 +103,7 @@ pub async fn list_accesses(
         .query(
             "SELECT access_id, episode_id, nhs_number, setting_code, setting_type, user_id,
                     accessed_at, silent, episodes_read, viewer_name, role_profile_id, role_code,
-                    job_role_name, org_code, org_name, verified
+                    job_role_name, org_code, org_name, verified, was_not_brought, appointment_at
              FROM attendance.accesses
              WHERE council_codes @> ARRAY[$1::text]
                AND ($2::text IS NULL OR nhs_number = $2)
@@ -134,6 +134,8 @@ pub async fn list_accesses(
             accessed_at: r.get(6),
             silent: r.get(7),
             episodes_read: r.get(8),
+            was_not_brought: r.get(16),
+            appointment_at: r.get(17),
         })
         .collect())
 }

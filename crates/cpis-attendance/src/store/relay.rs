@@ -66,7 +66,7 @@ pub async fn lease_and_read(
                  CROSS JOIN LATERAL (
                      SELECT outbox_id, attempts, council_code, nhs_number, plan_type, local_reference,
                             episode_id, setting_code, setting_type, arrived_at, priority, traceparent, position,
-                            viewer
+                            viewer, request
                      FROM attendance.outbox
                      WHERE council_code = l.council_code AND delivered_at IS NULL
                      ORDER BY position
@@ -75,7 +75,7 @@ pub async fn lease_and_read(
              SELECT l.council_code, l.attempts,
                     t.outbox_id, t.attempts, t.council_code, t.nhs_number, t.plan_type, t.local_reference,
                     t.episode_id, t.setting_code, t.setting_type, t.arrived_at, t.priority, t.traceparent,
-                    t.position, t.viewer
+                    t.position, t.viewer, t.request
              FROM leased l LEFT JOIN taken t ON t.council_code = l.council_code
              ORDER BY l.council_code, t.position",
         )

@@ -1,13 +1,14 @@
 //! What an alert is: a validated `PublishAlert` request, ready to store.
+//! Every kind (attendance, was not brought, NHS number changes) is one row of
+//! the same log with the same sequence; what differs is checked in `kinds`.
+
+pub(crate) mod kinds;
 
 use chrono::{DateTime, Utc};
-use cpis_domain::validate::{is_council_code, is_setting_code, NhsNumber, Violations};
-use cpis_proto::common::v1::{PlanType, SettingType};
+use cpis_domain::validate::{is_council_code, NhsNumber, Violations};
+use cpis_proto::common::v1::PlanType;
 use cpis_proto::notification::v1 as pb;
 use cpis_runtime::ApiError;
-
-/// Longest accepted episode id (the Attendance service sends UUIDs).
-const MAX_EPISODE_ID: usize = 128;
 
 /// Longest accepted case reference (the Registry allows 1 to 64 characters).
 const MAX_LOCAL_REFERENCE: usize = 64;
@@ -25,25 +26,30 @@ pub const MAX_BATCH: usize = 500;
 pub struct NewAlert {
     /// The council alerted.
     pub council_code: String,
-    /// The person who attended.
+    /// The person the alert is about.
     pub nhs_number: NhsNumber,
     /// The kind of the council's plan (a known, specified `PlanType`).
     pub plan_type: i32,
     /// The council's case reference; may be empty.
     pub local_reference: String,
-    /// The idempotency key, together with the council.
-    pub episode_id: String,
-    /// ODS code of the setting attended.
-    pub setting_code: String,
+    /// What the alert is about (`AlertKind`, never unspecified).
+    pub kind: i32,
+    /// The idempotency key, together with the council: the episode id of an
+    /// attendance, `wnb:<record id>`, `nhs-number:<event id>`.
+    pub key: String,
+    /// ODS code of the setting (attendances and missed appointments).
+    pub setting_code: Option<String>,
     /// The kind of setting (a known, specified `SettingType`).
-    pub setting_type: i32,
-    /// When the person arrived.
-    pub arrived_at: DateTime<Utc>,
+    pub setting_type: Option<i32>,
+    /// When the person arrived, or when the missed appointment was.
+    pub arrived_at: Option<DateTime<Utc>>,
     /// How urgently to look (a known, specified `AlertPriority`).
     pub priority: i32,
-    /// The person at the setting who was shown the flag, encoded as a
-    /// `cpis.common.v1.Viewer`; `None` when the publisher sent none.
+    /// The person at the setting, encoded as a `cpis.common.v1.Viewer`;
+    /// `None` when the publisher sent none.
     pub viewer: Option<Vec<u8>>,
+    /// The kind's own details, encoded (`MissedAppointment`, `NhsNumberNotice`).
+    pub detail: Option<Vec<u8>>,
 }
 
 impl NewAlert {
@@ -70,32 +76,7 @@ impl NewAlert {
             Ok(_) => {}
             Err(_) => v.add("priority", "is not a known alert priority"),
         }
-        let mut arrived_at = None;
-        match &r.episode {
-            None => v.add("episode", "is required"),
-            Some(e) => {
-                v.text("episode.episode_id", &e.episode_id, MAX_EPISODE_ID);
-                if e.setting_code.is_empty() {
-                    v.add("episode.setting_code", "is required");
-                } else if !is_setting_code(&e.setting_code) {
-                    v.add("episode.setting_code", "must be an ODS site code: 3 to 6 upper-case letters and digits");
-                }
-                match SettingType::try_from(e.setting_type) {
-                    Ok(SettingType::Unspecified) => v.add("episode.setting_type", "is required"),
-                    Ok(_) => {}
-                    Err(_) => v.add("episode.setting_type", "is not a known setting type"),
-                }
-                match &e.arrived_at {
-                    None => v.add("episode.arrived_at", "is required"),
-                    Some(t) => {
-                        arrived_at = cpis_domain::time::from_timestamp(t);
-                        if arrived_at.is_none() {
-                            v.add("episode.arrived_at", "is not a valid timestamp");
-                        }
-                    }
-                }
-            }
-        }
+        let what = kinds::check(r, &mut v);
         if let Some(viewer) = &r.viewer {
             for (field, value) in [
                 ("viewer.user_id", &viewer.user_id),
@@ -112,7 +93,7 @@ impl NewAlert {
         }
         v.finish()?;
         // `finish` succeeded, so every optional above is filled in.
-        let (Some(nhs_number), Some(episode), Some(arrived_at)) = (nhs_number, r.episode.as_ref(), arrived_at) else {
+        let (Some(nhs_number), Some(what)) = (nhs_number, what) else {
             return Err(ApiError::internal("validated alert lost a field"));
         };
         Ok(NewAlert {
@@ -120,12 +101,14 @@ impl NewAlert {
             nhs_number,
             plan_type: r.plan_type,
             local_reference: r.local_reference.clone(),
-            episode_id: episode.episode_id.clone(),
-            setting_code: episode.setting_code.clone(),
-            setting_type: episode.setting_type,
-            arrived_at,
+            kind: what.kind as i32,
+            key: what.key,
+            setting_code: what.setting_code,
+            setting_type: what.setting_type,
+            arrived_at: what.at,
             priority: r.priority,
             viewer: r.viewer.as_ref().map(prost::Message::encode_to_vec),
+            detail: what.detail,
         })
     }
 }
@@ -162,7 +145,7 @@ pub fn batch_from_request(r: &pb::PublishAlertsRequest) -> Result<Vec<NewAlert>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cpis_proto::common::v1::Episode;
+    use cpis_proto::common::v1::{Episode, SettingType};
     use cpis_runtime::FieldViolation;
 
     fn valid() -> pb::PublishAlertRequest {
@@ -178,7 +161,7 @@ mod tests {
                 arrived_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
             }),
             priority: pb::AlertPriority::Routine as i32,
-            viewer: None,
+            ..Default::default()
         }
     }
 
@@ -193,7 +176,8 @@ mod tests {
     #[test]
     fn a_valid_request_passes() {
         let a = NewAlert::from_request(&valid()).expect("valid");
-        assert_eq!(a.episode_id, "ep-1");
+        assert_eq!(a.key, "ep-1");
+        assert_eq!(a.kind, pb::AlertKind::Attendance as i32, "an unspecified kind is an attendance");
         assert!(!format!("{a:?}").contains("9990000018"));
     }
 
