@@ -6,7 +6,10 @@ use super::load::Op;
 use super::MAX_CONNECTIONS;
 use cpis_devkit::pki::Pki;
 use cpis_domain::identity::{Caller, CallerKind};
-use cpis_proto::attendance::v1::{attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse};
+use cpis_proto::attendance::v1::{
+    attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse, SilentReadRequest,
+    SilentReadResponse,
+};
 use cpis_proto::common::v1::SettingType;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,8 +45,14 @@ impl Net {
     }
 
     /// The channel of load connection `slot` in round `round` (see [`Flagged`]).
-    pub fn setting(&self, port: u16, slot: usize, round: usize) -> anyhow::Result<Channel> {
-        self.channel(port, &setting_caller(slot, round)?)
+    pub fn setting(&self, port: u16, slot: usize, round: usize) -> anyhow::Result<SettingChannel> {
+        self.setting_code(port, &setting_code(slot, round)?)
+    }
+
+    /// The shared channel of the setting with ODS code `code`.
+    pub fn setting_code(&self, port: u16, code: &str) -> anyhow::Result<SettingChannel> {
+        let caller = Caller::from_parts(CallerKind::Setting, code)?;
+        Ok(SettingChannel { channel: self.channel(port, &caller)?, code: code.to_string() })
     }
 
     /// The shared channel of council `code`.
@@ -59,9 +68,32 @@ pub fn council(code: &str) -> anyhow::Result<Caller> {
 
 /// The setting identity of load connection `slot` in round `round`: an ODS
 /// format code such as `B03R00`.
-fn setting_caller(slot: usize, round: usize) -> anyhow::Result<Caller> {
+fn setting_code(slot: usize, round: usize) -> anyhow::Result<String> {
     anyhow::ensure!(slot < 100 && round < 100, "setting slot {slot} round {round} out of range");
-    Ok(Caller::from_parts(CallerKind::Setting, &format!("B{slot:02}R{round:02}"))?)
+    Ok(format!("B{slot:02}R{round:02}"))
+}
+
+/// A setting's connection to the Attendance service: the channel that
+/// presents its certificate, and its ODS code (whose user the request is
+/// made for).
+#[derive(Clone)]
+pub struct SettingChannel {
+    /// The mutual-TLS channel of the setting's identity.
+    pub channel: Channel,
+    /// The setting's ODS code.
+    pub code: String,
+}
+
+/// Every Attendance request the benchmark sends is made here: the 10 s
+/// deadline and the metadata of the person who asks. This is the one place
+/// where a user's bearer token (`authorization`) and selected role
+/// (`nhsd-session-urid`) are to be added, for every `CheckIn` and
+/// `SilentRead` of every phase: the token of a user at `_setting` (its ODS
+/// code is `_setting.code`), with activities B0107 and B0170.
+pub fn attendance_request<T>(_setting: &SettingChannel, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(10));
+    request
 }
 
 /// Registered people handed out for flagged check-ins. Person `i` of the
@@ -96,18 +128,59 @@ pub fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// One CheckIn with a fresh request id, a 10 s deadline and arrival now.
-pub async fn check_in(channel: Channel, nhs_number: String, worker: usize) -> Result<CheckInResponse, String> {
-    let mut request = tonic::Request::new(CheckInRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        nhs_number,
-        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
-        setting_type: SettingType::EmergencyDepartment as i32,
-        user_id: format!("bench-user-{worker}"),
-    });
-    request.set_timeout(Duration::from_secs(10));
-    let mut client = AttendanceServiceClient::new(channel);
-    client.check_in(request).await.map(|r| r.into_inner()).map_err(|s| status_text(&s))
+/// One CheckIn at an emergency department with a fresh request id and
+/// arrival now.
+pub async fn check_in(setting: SettingChannel, nhs_number: String, worker: usize) -> Result<CheckInResponse, String> {
+    check_in_as(setting, nhs_number, SettingType::EmergencyDepartment, worker).await
+}
+
+/// One CheckIn at a setting of `kind` with a fresh request id and arrival now.
+pub async fn check_in_as(
+    setting: SettingChannel,
+    nhs_number: String,
+    kind: SettingType,
+    worker: usize,
+) -> Result<CheckInResponse, String> {
+    let request = attendance_request(
+        &setting,
+        CheckInRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            nhs_number,
+            arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
+            setting_type: kind as i32,
+            user_id: format!("bench-user-{worker}"),
+        },
+    );
+    let mut client = AttendanceServiceClient::new(setting.channel);
+    client
+        .check_in(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("{} ({})", status_text(&s), setting.code))
+}
+
+/// One SilentRead from a scheduled-care setting of `kind`.
+pub async fn silent_read(
+    setting: SettingChannel,
+    nhs_number: String,
+    kind: SettingType,
+    worker: usize,
+) -> Result<SilentReadResponse, String> {
+    let request = attendance_request(
+        &setting,
+        SilentReadRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            nhs_number,
+            setting_type: kind as i32,
+            user_id: format!("bench-user-{worker}"),
+        },
+    );
+    let mut client = AttendanceServiceClient::new(setting.channel);
+    client
+        .silent_read(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("{} ({})", status_text(&s), setting.code))
 }
 
 /// Load connections a level of `concurrency` workers uses.
@@ -121,7 +194,7 @@ pub fn health_op(net: Arc<Net>, port: u16, slots: usize) -> Op {
     Arc::new(move |w| {
         let net = net.clone();
         Box::pin(async move {
-            let channel = net.setting(port, w % slots, 0).map_err(|e| e.to_string())?;
+            let channel = net.setting(port, w % slots, 0).map_err(|e| e.to_string())?.channel;
             let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
             request.set_timeout(Duration::from_secs(10));
             let status = HealthClient::new(channel).check(request).await.map_err(|s| status_text(&s))?;

@@ -135,7 +135,7 @@ pub struct Launch {
 }
 
 /// A port nobody listens on right now (the kernel's choice).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -148,7 +148,7 @@ impl Services {
         let [registry_port, attendance_port, notification_port] = ports;
         let url = |port: u16| format!("https://localhost:{port}");
         let spawn = |name: ServiceName, port: u16, grpc_name: &'static str, extra: Vec<String>| {
-            spawn_service(launch, pki, name, port, grpc_name, extra)
+            spawn_service(launch, pki, (name, name.as_str()), port, grpc_name, extra)
         };
         let registry = spawn(
             ServiceName::Registry,
@@ -207,16 +207,18 @@ impl Services {
     }
 }
 
-fn spawn_service(
+/// Starts `cpis serve <name>` on `port` as `label` (its log is `<label>.log`),
+/// with the settings `cpis dev` gives it plus `extra`; does not wait.
+pub fn spawn_service(
     launch: &Launch,
     pki: &Pki,
-    name: ServiceName,
+    (name, label): (ServiceName, &'static str),
     port: u16,
     grpc_name: &'static str,
     extra: Vec<String>,
 ) -> anyhow::Result<ServiceProc> {
     let tls = pki.ensure(&Caller::Service(name), &launch.trust_domain)?;
-    let log = launch.dir.join(format!("{}.log", name.as_str()));
+    let log = launch.dir.join(format!("{label}.log"));
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let path = |p: &Path| p.display().to_string();
     let metrics_port = free_port()?;
@@ -256,10 +258,11 @@ fn spawn_service(
         }
     }
     let child = cmd.spawn().with_context(|| format!("starting {} serve {}", launch.exe.display(), name.as_str()))?;
-    Ok(ServiceProc { name: name.as_str(), port, grpc_name, metrics_port, child: Some(child), log })
+    Ok(ServiceProc { name: label, port, grpc_name, metrics_port, child: Some(child), log })
 }
 
-async fn wait_ready(s: &mut ServiceProc, tls: &cpis_runtime::tls::TlsPaths) -> anyhow::Result<()> {
+/// Waits until `s` reports its service SERVING (60 s at most).
+pub async fn wait_ready(s: &mut ServiceProc, tls: &cpis_runtime::tls::TlsPaths) -> anyhow::Result<()> {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let channel = cpis_runtime::client::channel(&format!("https://localhost:{}", s.port), tls, None)?;
     let mut client = HealthClient::new(channel);
