@@ -1,8 +1,9 @@
 //! (12)'s chart: CheckIn p99 per minute of the national day at the factor
-//! charted, flagged and not, against twice the idle p99 of each, with the
-//! nightly upload window shaded.
+//! charted, flagged and not, the p99 of each window the verdict judged,
+//! twice the idle p99 of each, and the nightly upload window shaded.
 
 use super::headroom::NationalDay;
+use super::verdict::Window;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -18,10 +19,13 @@ pub fn draw(path: &Path, d: &NationalDay, tag: &str) -> Result<(), Box<dyn std::
     let root = SVGBackend::new(path, (980, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let verdict = if r.passed { "held" } else { "missed" };
-    let title = format!(
-        "A national day at {:.0}x ({verdict}): CheckIn p99 per minute of the day{tag}",
-        r.factor * d.spec.as_ref().map_or(1.0, |s| s.volume)
-    );
+    let volume = d.spec.as_ref().map_or(1.0, |s| s.volume);
+    let load = if volume < 1.0 {
+        format!("{:.0}x compressed at {volume} of the volume = {:.0}x national load", r.factor, r.factor * volume)
+    } else {
+        format!("{:.0}x national load", r.factor)
+    };
+    let title = format!("A national day at {load} ({verdict}): CheckIn p99 by minute of the day{tag}");
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
@@ -51,6 +55,25 @@ pub fn draw(path: &Path, d: &NationalDay, tag: &str) -> Result<(), Box<dyn std::
         .draw_series(flagged.iter().map(|&p| Circle::new(p, 3, orange.filled())))?
         .label("flagged (few a minute: near the largest)")
         .legend(move |(x, y)| Circle::new((x + 10, y), 3, orange.filled()));
+    let steps = |windows: &[Window]| -> Vec<(f64, f64)> {
+        windows
+            .iter()
+            .flat_map(|w| {
+                let (from, to) = (f64::from(w.from_minute) / 60.0, f64::from(w.to_minute + 1) / 60.0);
+                [(from, w.p99_ms), (to, w.p99_ms)]
+            })
+            .collect()
+    };
+    for (windows, color, label) in [
+        (&r.not_flagged.all, RGBColor(0, 0, 120), "judged windows (100+ check-ins), not flagged"),
+        (&r.flagged.all, RGBColor(150, 60, 0), "judged windows, flagged"),
+    ] {
+        let style = color.stroke_width(3);
+        chart
+            .draw_series(LineSeries::new(steps(windows), style))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
     for (bound, color, label) in
         [(bounds[0], BLUE, "2x idle p99, not flagged"), (bounds[1], orange, "2x idle p99, flagged")]
     {
@@ -62,7 +85,7 @@ pub fn draw(path: &Path, d: &NationalDay, tag: &str) -> Result<(), Box<dyn std::
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))

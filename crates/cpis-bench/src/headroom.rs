@@ -66,6 +66,9 @@ pub struct NationalDay {
     pub searched: bool,
     /// The largest factor passed.
     pub headroom: Option<f64>,
+    /// The PostgreSQL server's version.
+    #[serde(skip)]
+    pub postgres: String,
     /// The smallest factor failed.
     pub failed_at: Option<f64>,
 }
@@ -111,6 +114,7 @@ pub async fn national_day(shape: &Shape, launch: &Launch, cluster: &PrivateClust
     cluster.create_database("cpis_day").await?;
     let launch = Launch { database_url: cluster.url("cpis_day"), ..launch.clone() };
     let db = data::connect(&launch.database_url).await?;
+    result.postgres = db.query_one("SHOW server_version", &[]).await?.get(0);
     let pki = Pki::new(&launch.dir);
     let mut fleet = Fleet::start(&launch, &pki).await?;
     for s in fleet.all() {

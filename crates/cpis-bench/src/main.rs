@@ -263,7 +263,12 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok(()) if shape.runs("national-day") => {
             services.stop();
             meter.phase("(12) national day");
-            headroom::national_day(&shape, &launch, &cluster).await.map(|day| report.national_day = Some(day))
+            headroom::national_day(&shape, &launch, &cluster).await.map(|day| {
+                if report.machine.postgres.is_empty() {
+                    report.machine.postgres.clone_from(&day.postgres);
+                }
+                report.national_day = Some(day);
+            })
         }
         other => other,
     };

@@ -154,6 +154,9 @@ pub fn print_report(r: &Report) {
     }
     println!("\n(9) footprint: RSS of each service process, MB");
     let row = |name: &str, x: Rss| {
+        if x.registry_kib + x.attendance_kib + x.notification_kib == 0 {
+            return; // not read in this run
+        }
         println!(
             "  {name:<28} registry {:>6.1}   attendance {:>6.1}   notification {:>6.1}",
             mb(x.registry_kib),

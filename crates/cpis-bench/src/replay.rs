@@ -75,6 +75,8 @@ pub struct Upload {
     pub on_time: bool,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Times it was sent again after the Registry said it was busy.
+    pub retries: usize,
 }
 
 /// What one replay recorded.
@@ -147,16 +149,18 @@ pub async fn play(rig: &Rig<'_>, events: &[Timed], factor: f64, night: usize) ->
                 });
             }
             Event::Upload { council } => {
-                let plans = lists[council].take().unwrap_or_default();
+                let plans = Arc::new(lists[council].take().unwrap_or_default());
                 let channel = rig.net.council(rig.registry_port, &rig.day.councils[council])?;
                 tasks.spawn(async move {
                     let rows = plans.len();
                     let limit = Duration::from_secs(600);
-                    let result = tokio::time::timeout(limit, data::sync(channel, plans.into_iter())).await;
+                    let mut retries = 0;
+                    let sending = upload(channel, plans, upload_deadline, &mut retries);
+                    let result = tokio::time::timeout(limit, sending).await;
                     let done = Instant::now();
                     let finished_at = done.saturating_duration_since(start).as_secs_f64() * factor;
                     let error = match result {
-                        Ok(Ok(_)) => None,
+                        Ok(Ok(())) => None,
                         Ok(Err(e)) => Some(format!("{e:#}")),
                         Err(_) => Some(format!("no answer within {limit:?}")),
                     };
@@ -165,6 +169,7 @@ pub async fn play(rig: &Rig<'_>, events: &[Timed], factor: f64, night: usize) ->
                         finished_at,
                         on_time: error.is_none() && done <= upload_deadline,
                         error,
+                        retries,
                     })
                 });
             }
@@ -191,6 +196,30 @@ pub async fn play(rig: &Rig<'_>, events: &[Timed], factor: f64, night: usize) ->
     }
     out.seconds = start.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// One council's upload, sent again after a transient refusal (the
+/// Registry busy with other councils) with a backoff from 50 ms to 1 s, as
+/// a council's client does, until 30 s after its window closed.
+async fn upload(
+    channel: tonic::transport::Channel,
+    plans: Arc<Vec<Plan>>,
+    deadline: Instant,
+    retries: &mut usize,
+) -> anyhow::Result<()> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let rows = plans.clone();
+        let sent = data::sync(channel.clone(), (0..rows.len()).map(move |i| rows[i].clone())).await;
+        match sent {
+            Err(e) if data::Refused::is_transient(&e) && Instant::now() < deadline + Duration::from_secs(30) => {
+                *retries += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other.map(|_| ()),
+        }
+    }
 }
 
 /// The person of event `k`: the next registered one, or someone never registered.

@@ -68,6 +68,9 @@ pub struct Kind {
     pub windows_over: usize,
     /// The window with the highest p99.
     pub worst: Window,
+    /// Every window (for the chart; not in the JSON).
+    #[serde(skip)]
+    pub all: Vec<Window>,
 }
 
 /// p99 of each minute of the day that had check-ins (the chart).
@@ -124,6 +127,8 @@ pub struct ReplayResult {
     pub upload_errors: usize,
     /// The first upload failure.
     pub upload_first_error: Option<String>,
+    /// Uploads sent again after the Registry said it was busy.
+    pub upload_retries: usize,
     /// When the last upload finished, in seconds of the day (the window closes at 10,800).
     pub last_upload_at: f64,
     /// Whether every condition held.
@@ -182,6 +187,7 @@ fn kind(samples: &[Sample], flagged: bool, idle_p99: f64) -> Kind {
         windows: ws.len(),
         windows_over: ws.iter().filter(|w| w.p99_ms > bound_ms).count(),
         worst: ws.iter().copied().max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms)).unwrap_or_default(),
+        all: ws,
     }
 }
 
@@ -260,6 +266,7 @@ pub fn judge(o: &Outcome, idle: &Idle, alerts: Vec<u64>, missing: usize, streams
         uploads_late: late.len(),
         upload_errors: failed.len(),
         upload_first_error: failed.first().and_then(|u| u.error.clone()),
+        upload_retries: o.uploads.iter().map(|u| u.retries).sum(),
         last_upload_at: o.uploads.iter().map(|u| u.finished_at).fold(0.0, f64::max),
         passed: reasons.is_empty(),
         reasons,
