@@ -80,6 +80,29 @@ impl NationalDay {
         at_headroom.or(self.replays.last())
     }
 
+    /// What went wrong with alerts in any replay (missing, repeated, out of
+    /// order, to the wrong council): the run fails for it, whatever the speed.
+    pub fn alerts_lost(&self) -> Option<String> {
+        let (missing, s) = self.replays.iter().fold((0, super::held::Seen::default()), |(m, s), r| {
+            let t = r.streams;
+            (
+                m + r.alerts_missing,
+                super::held::Seen {
+                    duplicated: s.duplicated + t.duplicated,
+                    out_of_order: s.out_of_order + t.out_of_order,
+                    wrong_council: s.wrong_council + t.wrong_council,
+                    ..s
+                },
+            )
+        });
+        (missing + (s.duplicated + s.out_of_order + s.wrong_council) as usize > 0).then(|| {
+            format!(
+                "{missing} alert(s) missing, {} repeated, {} out of order, {} to the wrong council",
+                s.duplicated, s.out_of_order, s.wrong_council
+            )
+        })
+    }
+
     /// Headroom over national load: the factor times the day's volume.
     pub fn over_national(&self) -> Option<f64> {
         Some(self.headroom? * self.spec.as_ref().map_or(1.0, |s| s.volume))

@@ -299,6 +299,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("\nJSON written to {}", path.display());
     }
+    if let Some(lost) = report.national_day.as_ref().and_then(headroom::NationalDay::alerts_lost) {
+        bail!("(12) {lost}");
+    }
     if let Some(a) = &report.alerts {
         if a.alerts_missing > 0 || a.alerts_to_wrong_council > 0 {
             bail!(

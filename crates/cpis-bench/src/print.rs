@@ -130,9 +130,6 @@ pub fn print_report(r: &Report) {
     if let Some(c) = &r.council_load {
         super::council::print(c);
     }
-    if let Some(d) = &r.national_day {
-        super::headroom::print(d);
-    }
     if !r.scaling.is_empty() {
         println!("\n(7) scaling: CheckIn latency by register size");
         for s in &r.scaling {
@@ -151,6 +148,9 @@ pub fn print_report(r: &Report) {
     }
     if let Some(s) = &r.streams {
         print_streams(s);
+    }
+    if let Some(d) = &r.national_day {
+        super::headroom::print(d);
     }
     println!("\n(9) footprint: RSS of each service process, MB");
     let row = |name: &str, x: Rss| {
