@@ -376,7 +376,9 @@ async fn migrate(service: &str, database_url: &str) -> anyhow::Result<()> {
         Some(ServiceName::Registry) => cpis_registry::MIGRATIONS,
         Some(ServiceName::Attendance) => cpis_attendance::MIGRATIONS,
         Some(ServiceName::Notification) => cpis_notification::MIGRATIONS,
-        Some(ServiceName::Demographics) | None => anyhow::bail!("unknown service {service:?}: expected registry, attendance or notification"),
+        Some(ServiceName::Demographics) | None => {
+            anyhow::bail!("unknown service {service:?}: expected registry, attendance or notification")
+        }
     };
     migrations.run(&pool).await?;
     println!("{}: migrations applied", migrations.schema);

@@ -5,9 +5,9 @@ use cpis_devkit::pki::IssueOptions;
 use cpis_domain::identity::ServiceName;
 use cpis_proto::attendance::v1::{
     attendance_service_client::AttendanceServiceClient, CheckInRequest, ListAccessesRequest, ListEpisodesRequest,
-    SilentReadRequest,
+    RecordNhsNumberChangeRequest, RecordWasNotBroughtRequest, SilentReadRequest,
 };
-use cpis_proto::common::v1::{Episode, PlanType, SettingType};
+use cpis_proto::common::v1::{Episode, NhsNumberChange, NhsNumberChangeKind, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, AckAlertsRequest, AlertPriority, ListAlertsRequest,
     PublishAlertRequest, PublishAlertsRequest, SubscribeRequest,
@@ -34,6 +34,8 @@ enum Who {
     Registry,
     Attendance,
     Notification,
+    /// The demographics feed's follower.
+    Demographics,
     /// Hostile or broken certificates.
     ForeignCa,
     OtherDomain,
@@ -42,13 +44,14 @@ enum Who {
     NoCertificate,
 }
 
-const WHO: [Who; 11] = [
+const WHO: [Who; 12] = [
     Who::Council,
     Who::OtherCouncil,
     Who::Setting,
     Who::Registry,
     Who::Attendance,
     Who::Notification,
+    Who::Demographics,
     Who::ForeignCa,
     Who::OtherDomain,
     Who::NoUriSan,
@@ -62,32 +65,46 @@ const NF: Code = Code::NotFound;
 const UA: Code = Code::Unauthenticated;
 
 /// The matrix. Columns: council, other council, setting, service/registry,
-/// service/attendance, service/notification, certificate from another CA,
+/// service/attendance, service/notification, service/demographics, certificate from another CA,
 /// another trust domain, no URI SAN, expired, no certificate.
 #[rustfmt::skip]
-const MATRIX: &[(&str, [Code; 11])] = &[
-    //                                                  council other  setting reg  att  notif foreign domain nosan expired none
-    ("/cpis.registry.v1.RegistryService/UpsertPlan",   [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.registry.v1.RegistryService/EndPlan",      [OK, NF, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.registry.v1.RegistryService/DeletePlan",   [OK, NF, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.registry.v1.RegistryService/GetPlan",      [OK, NF, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.registry.v1.RegistryService/ListPlans",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.registry.v1.RegistryService/SyncPlans",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.registry.v1.RegistryService/LookupFlags",  [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.registry.v1.RegistryService/LookupFlagsBatch", [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.attendance.v1.AttendanceService/CheckIn",  [PD, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.attendance.v1.AttendanceService/ListEpisodes", [OK, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.attendance.v1.AttendanceService/ListAccesses", [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.attendance.v1.AttendanceService/SilentRead",   [PD, PD, OK, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.notification.v1.NotificationService/Subscribe",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.notification.v1.NotificationService/AckAlerts",    [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.notification.v1.NotificationService/ListAlerts",   [OK, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.notification.v1.NotificationService/PublishAlert", [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
-    ("/cpis.notification.v1.NotificationService/PublishAlerts", [PD, PD, PD, PD, OK, PD, UA, UA, UA, UA, UA]),
-    ("/grpc.health.v1.Health/Check",                           [OK, OK, OK, OK, OK, OK, UA, UA, UA, UA, UA]),
+const MATRIX: &[(&str, [Code; 12])] = &[
+    //                                                  council other  setting reg  att  notif demo foreign domain nosan expired none
+    ("/cpis.registry.v1.RegistryService/UpsertPlan",   [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/EndPlan",      [OK, NF, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/DeletePlan",   [OK, NF, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/GetPlan",      [OK, NF, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/ListPlans",    [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/SyncPlans",    [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/LookupFlags",  [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/RecordNhsNumberChange", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/LookupFlagsBatch", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/CheckIn",  [PD, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/ListEpisodes", [OK, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/ListAccesses", [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/RecordWasNotBrought", [PD, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/RecordNhsNumberChange", [PD, PD, PD, PD, PD, PD, OK, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/SilentRead",   [PD, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.notification.v1.NotificationService/Subscribe",    [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.notification.v1.NotificationService/AckAlerts",    [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.notification.v1.NotificationService/ListAlerts",   [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.notification.v1.NotificationService/PublishAlert", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.notification.v1.NotificationService/PublishAlerts", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
+    ("/grpc.health.v1.Health/Check",                           [OK, OK, OK, OK, OK, OK, OK, UA, UA, UA, UA, UA]),
 ];
 
 const CHILD_REF: &str = "MCR-MATRIX";
+
+/// A change of NHS number of someone with no plan (a new event each time).
+fn inactive_change() -> NhsNumberChange {
+    NhsNumberChange {
+        nhs_number: nhs(902),
+        kind: NhsNumberChangeKind::Inactive as i32,
+        replacement_nhs_number: String::new(),
+        effective_date: "2026-11-30".into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
 const DELETE_REF: &str = "MCR-MATRIX-DEL";
 
 struct Identities {
@@ -105,6 +122,7 @@ fn channel(ts: &TestSuite, ids: &Identities, who: Who, port: u16) -> Channel {
         Who::Registry => ts.channel(port, &service(ServiceName::Registry)),
         Who::Attendance => ts.channel(port, &service(ServiceName::Attendance)),
         Who::Notification => ts.channel(port, &service(ServiceName::Notification)),
+        Who::Demographics => ts.channel(port, &service(ServiceName::Demographics)),
         Who::ForeignCa => ts.channel_with(port, &ids.foreign),
         Who::OtherDomain => ts.channel_with(port, &ids.other_domain),
         Who::NoUriSan => ts.channel_with(port, &ids.no_san),
@@ -207,6 +225,33 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                 .await
                 .map(drop),
         ),
+        "RecordWasNotBrought" => code(
+            attendance()
+                .record_was_not_brought(RecordWasNotBroughtRequest {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    nhs_number: child.into(),
+                    appointment_at: Some(cpis_domain::time::to_timestamp(
+                        chrono::Utc::now() - chrono::TimeDelta::hours(1),
+                    )),
+                    setting_type: SettingType::GpPractice as i32,
+                })
+                .await
+                .map(drop),
+        ),
+        "RecordNhsNumberChange" if rpc.contains("registry") => code(
+            registry()
+                .record_nhs_number_change(cpis_proto::registry::v1::RecordNhsNumberChangeRequest {
+                    change: Some(inactive_change()),
+                })
+                .await
+                .map(drop),
+        ),
+        "RecordNhsNumberChange" => code(
+            attendance()
+                .record_nhs_number_change(RecordNhsNumberChangeRequest { change: Some(inactive_change()) })
+                .await
+                .map(drop),
+        ),
         "Subscribe" => {
             code(notification().subscribe(SubscribeRequest { after_sequence: 0, replay: false }).await.map(drop))
         }
@@ -226,7 +271,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                         arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                     }),
                     priority: AlertPriority::Routine as i32,
-                    viewer: None,
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -246,7 +291,7 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
                             arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
                         }),
                         priority: AlertPriority::Routine as i32,
-                        viewer: None,
+                        ..Default::default()
                     }],
                 })
                 .await

@@ -34,7 +34,7 @@ fn publish(nhs_number: &str) -> PublishAlertRequest {
             arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
         }),
         priority: AlertPriority::Routine as i32,
-        viewer: None,
+        ..Default::default()
     }
 }
 

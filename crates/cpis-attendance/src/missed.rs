@@ -150,8 +150,8 @@ impl MissedAppointments {
             tx.rollback().await?;
             return Ok(RecordWasNotBroughtResponse::default());
         };
-        let count = store::count_missed(&tx, nhs_number, valid.appointment_at - COUNT_WINDOW, valid.appointment_at)
-            .await?;
+        let count =
+            store::count_missed(&tx, nhs_number, valid.appointment_at - COUNT_WINDOW, valid.appointment_at).await?;
         let detail = MissedAppointment {
             record_id: record_id.to_string(),
             setting_code: setting_code.to_string(),

@@ -16,9 +16,9 @@ pub mod relay;
 use chrono::{DateTime, Utc};
 use cpis_domain::time::to_timestamp;
 use cpis_proto::common::v1::Episode;
-use std::time::Duration;
 use cpis_proto::notification::v1::PublishAlertRequest;
 use prost::Message as _;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// One outbox row claimed for publishing.

@@ -106,9 +106,8 @@ pub async fn alert_latency(ctx: &Ctx, people: Arc<Flagged>) -> anyhow::Result<Al
             let slot = n as usize % super::MAX_CONNECTIONS;
             let (nhs, round) = people.take();
             let channel = net.setting(port, slot, round).map_err(|e| e.to_string())?;
-            let user = net.user(slot, round).map_err(|e| e.to_string())?;
             let sent = Instant::now();
-            let r = check_in(channel, &user, nhs).await?;
+            let r = check_in(channel, nhs).await?;
             let returned = Instant::now();
             if !r.flagged || r.episode_id.is_empty() {
                 return Err("a registered person was not flagged".to_string());

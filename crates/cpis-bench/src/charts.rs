@@ -1,6 +1,7 @@
 //! The run's figures as SVG charts (plotters, SVG backend only: no system
 //! fonts or native libraries needed): throughput against concurrency with
-//! the ceiling and the goal drawn in, and the alert-latency distribution.
+//! the ceiling and the goal drawn in, the alert-latency distribution, and
+//! (12)'s day.
 
 use super::load::{peak, LevelResult};
 use super::report::Report;
@@ -70,6 +71,10 @@ pub fn write_all(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             a.rate_per_sec, a.subscribers, a.latency.samples, a.latency.p50_ms, a.latency.p99_ms
         );
         svg(name, latency_cdf(&dir.join(name), &title, &a.samples_us, 20.0), &mut written)?;
+    }
+    if let Some(d) = r.national_day.as_ref().filter(|d| d.charted().is_some()) {
+        let name = "national-day.svg";
+        svg(name, super::day_chart::draw(&dir.join(name), d, tag), &mut written)?;
     }
     Ok(written)
 }

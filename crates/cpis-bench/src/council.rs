@@ -68,13 +68,12 @@ async fn check_ins(ctx: &Ctx, people: &Arc<Flagged>, rate: f64, until: impl Fn()
         let flagged = k.is_multiple_of(2);
         let (nhs, round) =
             if flagged { people.take() } else { (ctx.unregistered[k / 2 % ctx.unregistered.len()].clone(), 0) };
-        let slot = k % super::MAX_CONNECTIONS;
-        let link = ctx.net.setting(ctx.attendance_port, slot, round).and_then(|c| Ok((c, ctx.net.user(slot, round)?)));
+        let channel = ctx.net.setting(ctx.attendance_port, k % super::MAX_CONNECTIONS, round);
         k += 1;
         calls.push(tokio::spawn(async move {
             let t = Instant::now();
-            let answer = match link {
-                Ok((channel, user)) => check_in(channel, &user, nhs).await,
+            let answer = match channel {
+                Ok(channel) => check_in(channel, nhs).await,
                 Err(e) => Err(e.to_string()),
             };
             let took = t.elapsed();

@@ -130,9 +130,36 @@ pub async fn sync(
     let mut client = RegistryServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let result = client.sync_plans(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
     let _ = producer.await;
-    let r = result.map_err(|s| anyhow::anyhow!("SyncPlans: {:?}: {}", s.code(), s.message()))?.into_inner();
+    let r = result.map_err(|s| Refused { code: s.code(), message: s.message().to_string() })?.into_inner();
     ensure!(r.rejected == 0, "SyncPlans rejected {} rows, e.g. {:?}", r.rejected, r.rejections.first());
     Ok(r)
+}
+
+/// A `SyncPlans` the Registry answered with an error status.
+#[derive(Debug)]
+pub struct Refused {
+    /// The status code.
+    pub code: tonic::Code,
+    /// Its message (the services never put personal data in one).
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SyncPlans: {:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Refused {
+    /// True when `e` is a refusal a council retries with backoff (the
+    /// Registry busy with other councils' work).
+    pub fn is_transient(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<Refused>().is_some_and(|r| {
+            matches!(r.code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::Aborted)
+        })
+    }
 }
 
 /// Registers `segments` for every council with one `SyncPlans` each (each

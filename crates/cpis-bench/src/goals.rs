@@ -2,6 +2,7 @@
 //! same run: met, missed, or not measurable.
 
 use super::council::CouncilLoadResult;
+use super::headroom::NationalDay;
 use super::load::peak;
 use super::report::{mb, Goal, Report};
 
@@ -95,7 +96,9 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         streams_goals(s, &mut goals);
     }
     let idle = r.footprint_idle_start;
-    goals.push(Goal {
+    // Read by the main phases only (not by `--only national-day`).
+    let read = [idle.registry_kib, idle.attendance_kib, idle.notification_kib].iter().any(|&k| k > 0);
+    goals.extend(read.then(|| Goal {
         figure: "(9) RSS of each service, idle",
         goal: "< 30 MB each",
         measured: format!(
@@ -105,12 +108,15 @@ pub fn goals(r: &Report) -> Vec<Goal> {
             mb(idle.notification_kib)
         ),
         met: Some([idle.registry_kib, idle.attendance_kib, idle.notification_kib].iter().all(|&k| mb(k) < 30.0)),
-    });
+    }));
     if let Some(s) = &r.streams {
         memory_return_goals(s, &mut goals);
     }
     if let Some(c) = &r.council_load {
         goals.push(council_load_goal(c));
+    }
+    if let Some(d) = &r.national_day {
+        goals.push(national_day_goal(d));
     }
     goals
 }
@@ -212,5 +218,26 @@ fn council_load_goal(r: &CouncilLoadResult) -> Goal {
             r.under_load.errors + r.idle.errors
         ),
         met: Some(fl <= 2.0 && nf <= 2.0 && r.under_load.errors + r.idle.errors == 0),
+    }
+}
+
+/// (12): the largest compression of the national day that held, as a
+/// multiple of national load. Judged only when the factor was searched.
+fn national_day_goal(d: &NationalDay) -> Goal {
+    let measured = match (d.headroom, d.over_national()) {
+        (Some(h), Some(n)) if (h - n).abs() < 0.5 => format!("{h:.0}x national load held"),
+        (Some(h), Some(n)) => format!("{n:.0}x national load held ({h:.0}x at the day's volume)"),
+        _ => format!("no factor held (lowest tried {:.0}x)", d.failed_at.unwrap_or(0.0)),
+    };
+    let failed = d.failed_at.map(|f| format!("; {f:.0}x missed")).unwrap_or_default();
+    Goal {
+        figure: "(12) headroom over a national day on this machine",
+        goal: ">= 1,000x",
+        measured: if d.searched {
+            format!("{measured}{failed}")
+        } else {
+            format!("{measured} (one fixed factor, not searched)")
+        },
+        met: if d.searched { Some(d.over_national().is_some_and(|n| n >= 1_000.0)) } else { None },
     }
 }

@@ -31,6 +31,11 @@
 //! 11. check-in under council load (issue 13): CheckIn p99 (flagged and not) at a fixed
 //!     rate while one council uploads a national-size list and another sends
 //!     64 concurrent upserts, against the same rate with the Registry idle.
+//! 12. a national day (issue 27): the main services stopped, one Registry
+//!     and two replicas each of Attendance and Notification on a database of
+//!     their own replay a synthetic day of England compressed by a factor;
+//!     the largest factor at which check-ins, alerts and uploads keep their
+//!     bounds is the headroom over national load.
 //!
 //! Each level has a warm-up and a fixed duration; every wait is bounded.
 //! The run fails (exit code 1) when an alert is missing, never for speed.
@@ -42,16 +47,23 @@ mod charts;
 mod council;
 mod cpu;
 mod data;
+mod day_chart;
+mod fleet;
 mod goals;
+mod headroom;
+mod held;
 mod load;
+mod national;
 mod net;
 mod phases;
 mod print;
 mod procs;
 mod profile;
+mod replay;
 mod report;
 mod shape;
 mod streams;
+mod verdict;
 
 use anyhow::{bail, Context as _};
 use clap::Parser as _;
@@ -242,8 +254,24 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let outcome =
-        phases::measure(&shape, &mut services, pki, trust_domain, database_url, profiler, &meter, &mut report).await;
+    let outcome = if shape.runs_main() {
+        phases::measure(&shape, &mut services, pki, trust_domain, database_url, profiler, &meter, &mut report).await
+    } else {
+        Ok(())
+    };
+    let outcome = match outcome {
+        Ok(()) if shape.runs("national-day") => {
+            services.stop();
+            meter.phase("(12) national day");
+            headroom::national_day(&shape, &launch, &cluster).await.map(|day| {
+                if report.machine.postgres.is_empty() {
+                    report.machine.postgres.clone_from(&day.postgres);
+                }
+                report.national_day = Some(day);
+            })
+        }
+        other => other,
+    };
     report.footprint_peak_over_run = whole_run.finish().await;
     meter.phase("shutdown");
     services.stop();
@@ -270,6 +298,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("\nJSON written to {}", path.display());
+    }
+    if let Some(lost) = report.national_day.as_ref().and_then(headroom::NationalDay::alerts_lost) {
+        bail!("(12) {lost}");
     }
     if let Some(a) = &report.alerts {
         if a.alerts_missing > 0 || a.alerts_to_wrong_council > 0 {

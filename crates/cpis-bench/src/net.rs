@@ -5,9 +5,12 @@
 use super::load::Op;
 use super::MAX_CONNECTIONS;
 use cpis_devkit::pki::Pki;
-use cpis_devkit::users::{DevUsers, TokenSpec};
+use cpis_devkit::users::TokenSpec;
 use cpis_domain::identity::{Caller, CallerKind};
-use cpis_proto::attendance::v1::{attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse};
+use cpis_proto::attendance::v1::{
+    attendance_service_client::AttendanceServiceClient, CheckInRequest, CheckInResponse, SilentReadRequest,
+    SilentReadResponse,
+};
 use cpis_proto::common::v1::SettingType;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,19 +19,17 @@ use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-/// Channels to the services, one per (port, identity), made on first use;
-/// and the person at each setting, whose token every CheckIn carries.
+/// Channels to the services, one per (port, identity), made on first use.
 pub struct Net {
     pub pki: Pki,
     pub trust_domain: String,
     pub cache: Mutex<HashMap<String, Channel>>,
-    /// The development identity provider the Attendance service trusts.
-    pub users: DevUsers,
-    /// Per setting code: the `authorization` and `nhsd-session-urid` values.
+    /// Per setting code: the person there (their token's metadata), made once.
     pub people: Mutex<HashMap<String, Arc<User>>>,
 }
 
-/// The metadata a setting's person sends with each call.
+/// The metadata of the person at a setting: a development token (B0107 and
+/// B0170) from the identity provider beside the PKI.
 pub struct User {
     authorization: MetadataValue<Ascii>,
     urid: MetadataValue<Ascii>,
@@ -55,23 +56,32 @@ impl Net {
     }
 
     /// The channel of load connection `slot` in round `round` (see [`Flagged`]).
-    pub fn setting(&self, port: u16, slot: usize, round: usize) -> anyhow::Result<Channel> {
-        self.channel(port, &setting_caller(slot, round)?)
+    pub fn setting(&self, port: u16, slot: usize, round: usize) -> anyhow::Result<SettingChannel> {
+        self.setting_code(port, &setting_code(slot, round)?)
     }
 
-    /// The person at the setting of load connection `slot` in round
-    /// `round` (a clinician whose role allows the notifying read), made once.
-    pub fn user(&self, slot: usize, round: usize) -> anyhow::Result<Arc<User>> {
-        let code = setting_caller(slot, round)?.code().to_string();
+    /// The shared channel of the setting with ODS code `code`.
+    pub fn setting_code(&self, port: u16, code: &str) -> anyhow::Result<SettingChannel> {
+        let caller = Caller::from_parts(CallerKind::Setting, code)?;
+        Ok(SettingChannel { channel: self.channel(port, &caller)?, code: code.to_string(), user: self.user(code)? })
+    }
+
+    /// The channels of the benchmark under `pki`.
+    pub fn new(pki: Pki, trust_domain: String) -> Net {
+        Net { pki, trust_domain, cache: Mutex::new(HashMap::new()), people: Mutex::new(HashMap::new()) }
+    }
+
+    /// The person at the setting `code`, made on first use.
+    fn user(&self, code: &str) -> anyhow::Result<Arc<User>> {
         let mut people = self.people.lock().map_err(|_| anyhow::anyhow!("user cache poisoned"))?;
-        if let Some(user) = people.get(&code) {
+        if let Some(user) = people.get(code) {
             return Ok(user.clone());
         }
-        let spec = TokenSpec { ttl: Duration::from_secs(24 * 3600), ..TokenSpec::new(&code, &["B0107"]) };
-        let token = self.users.token(&spec)?;
+        let spec = TokenSpec { ttl: Duration::from_secs(24 * 3600), ..TokenSpec::new(code, &["B0107", "B0170"]) };
+        let token = super::procs::users_of(&self.pki).token(&spec)?;
         let user =
             Arc::new(User { authorization: format!("Bearer {}", token.token).parse()?, urid: token.role_id.parse()? });
-        people.insert(code, user.clone());
+        people.insert(code.to_string(), user.clone());
         Ok(user)
     }
 
@@ -88,9 +98,34 @@ pub fn council(code: &str) -> anyhow::Result<Caller> {
 
 /// The setting identity of load connection `slot` in round `round`: an ODS
 /// format code such as `B03R00`.
-fn setting_caller(slot: usize, round: usize) -> anyhow::Result<Caller> {
+fn setting_code(slot: usize, round: usize) -> anyhow::Result<String> {
     anyhow::ensure!(slot < 100 && round < 100, "setting slot {slot} round {round} out of range");
-    Ok(Caller::from_parts(CallerKind::Setting, &format!("B{slot:02}R{round:02}"))?)
+    Ok(format!("B{slot:02}R{round:02}"))
+}
+
+/// A setting's connection to the Attendance service: the channel that
+/// presents its certificate, and its ODS code (whose user the request is
+/// made for).
+#[derive(Clone)]
+pub struct SettingChannel {
+    /// The mutual-TLS channel of the setting's identity.
+    pub channel: Channel,
+    /// The setting's ODS code.
+    pub code: String,
+    /// The person at the setting.
+    pub user: Arc<User>,
+}
+
+/// Every Attendance request the benchmark sends is made here: the 10 s
+/// deadline and the metadata of the person who asks, the user's bearer
+/// token (`authorization`) and selected role (`nhsd-session-urid`), for
+/// every `CheckIn` and `SilentRead` of every phase.
+pub fn attendance_request<T>(setting: &SettingChannel, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(10));
+    request.metadata_mut().insert("authorization", setting.user.authorization.clone());
+    request.metadata_mut().insert("nhsd-session-urid", setting.user.urid.clone());
+    request
 }
 
 /// Registered people handed out for flagged check-ins. Person `i` of the
@@ -125,21 +160,57 @@ pub fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// One CheckIn by `user` with a fresh request id, a 10 s deadline and arrival now.
-pub async fn check_in(channel: Channel, user: &User, nhs_number: String) -> Result<CheckInResponse, String> {
-    let mut request = tonic::Request::new(CheckInRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        nhs_number,
-        arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
-        setting_type: SettingType::EmergencyDepartment as i32,
-        ..Default::default()
-    });
-    request.set_timeout(Duration::from_secs(10));
-    // Every request's metadata is added here, and only here.
-    request.metadata_mut().insert("authorization", user.authorization.clone());
-    request.metadata_mut().insert("nhsd-session-urid", user.urid.clone());
-    let mut client = AttendanceServiceClient::new(channel);
-    client.check_in(request).await.map(|r| r.into_inner()).map_err(|s| status_text(&s))
+/// One CheckIn at an emergency department with a fresh request id and
+/// arrival now.
+pub async fn check_in(setting: SettingChannel, nhs_number: String) -> Result<CheckInResponse, String> {
+    check_in_as(setting, nhs_number, SettingType::EmergencyDepartment).await
+}
+
+/// One CheckIn at a setting of `kind` with a fresh request id and arrival now.
+pub async fn check_in_as(
+    setting: SettingChannel,
+    nhs_number: String,
+    kind: SettingType,
+) -> Result<CheckInResponse, String> {
+    let request = attendance_request(
+        &setting,
+        CheckInRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            nhs_number,
+            arrived_at: Some(cpis_domain::time::to_timestamp(chrono::Utc::now())),
+            setting_type: kind as i32,
+            ..Default::default()
+        },
+    );
+    let mut client = AttendanceServiceClient::new(setting.channel);
+    client
+        .check_in(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("{} ({})", status_text(&s), setting.code))
+}
+
+/// One SilentRead from a scheduled-care setting of `kind`.
+pub async fn silent_read(
+    setting: SettingChannel,
+    nhs_number: String,
+    kind: SettingType,
+) -> Result<SilentReadResponse, String> {
+    let request = attendance_request(
+        &setting,
+        SilentReadRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            nhs_number,
+            setting_type: kind as i32,
+            ..Default::default()
+        },
+    );
+    let mut client = AttendanceServiceClient::new(setting.channel);
+    client
+        .silent_read(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("{} ({})", status_text(&s), setting.code))
 }
 
 /// Load connections a level of `concurrency` workers uses.
@@ -153,7 +224,7 @@ pub fn health_op(net: Arc<Net>, port: u16, slots: usize) -> Op {
     Arc::new(move |w| {
         let net = net.clone();
         Box::pin(async move {
-            let channel = net.setting(port, w % slots, 0).map_err(|e| e.to_string())?;
+            let channel = net.setting(port, w % slots, 0).map_err(|e| e.to_string())?.channel;
             let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
             request.set_timeout(Duration::from_secs(10));
             let status = HealthClient::new(channel).check(request).await.map_err(|s| status_text(&s))?;
@@ -173,8 +244,7 @@ pub fn not_flagged_op(net: Arc<Net>, port: u16, numbers: Arc<Vec<String>>, slots
         Box::pin(async move {
             let nhs = numbers[next.fetch_add(1, Ordering::Relaxed) % numbers.len()].clone();
             let channel = net.setting(port, w % slots, 0).map_err(|e| e.to_string())?;
-            let user = net.user(w % slots, 0).map_err(|e| e.to_string())?;
-            let r = check_in(channel, &user, nhs).await?;
+            let r = check_in(channel, nhs).await?;
             if r.flagged {
                 return Err("an unregistered person was flagged".into());
             }
@@ -190,8 +260,7 @@ pub fn flagged_op(net: Arc<Net>, port: u16, people: Arc<Flagged>, slots: usize) 
         Box::pin(async move {
             let (nhs, round) = people.take();
             let channel = net.setting(port, w % slots, round).map_err(|e| e.to_string())?;
-            let user = net.user(w % slots, round).map_err(|e| e.to_string())?;
-            let r = check_in(channel, &user, nhs).await?;
+            let r = check_in(channel, nhs).await?;
             if !r.flagged || r.episode_id.is_empty() {
                 return Err("a registered person was not flagged".into());
             }

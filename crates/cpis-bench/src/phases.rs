@@ -11,8 +11,7 @@ use super::report::{FlaggedLevel, Report, ScalingPoint};
 use super::{alerts, bulk, council, cpu::CpuMeter, levels, progress, streams, Ctx, Shape};
 use anyhow::Context as _;
 use cpis_devkit::pki::Pki;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // The run's parts, each handed once to the phases' shared context.
@@ -37,13 +36,7 @@ pub async fn measure(
     })?;
     let ctx = Ctx {
         shape: shape.clone(),
-        net: Arc::new(Net {
-            users: cpis_devkit::users::DevUsers::new(pki.dir().parent().unwrap_or(pki.dir())),
-            pki,
-            trust_domain,
-            cache: Mutex::new(HashMap::new()),
-            people: Mutex::new(HashMap::new()),
-        }),
+        net: Arc::new(Net::new(pki, trust_domain)),
         registry_port: services.registry.port,
         attendance_port: services.attendance.port,
         notification_port: services.notification.port,

@@ -149,8 +149,14 @@ pub fn print_report(r: &Report) {
     if let Some(s) = &r.streams {
         print_streams(s);
     }
+    if let Some(d) = &r.national_day {
+        super::headroom::print(d);
+    }
     println!("\n(9) footprint: RSS of each service process, MB");
     let row = |name: &str, x: Rss| {
+        if x.registry_kib + x.attendance_kib + x.notification_kib == 0 {
+            return; // not read in this run
+        }
         println!(
             "  {name:<28} registry {:>6.1}   attendance {:>6.1}   notification {:>6.1}",
             mb(x.registry_kib),

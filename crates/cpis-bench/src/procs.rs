@@ -135,7 +135,7 @@ pub struct Launch {
 }
 
 /// A port nobody listens on right now (the kernel's choice).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -148,7 +148,7 @@ impl Services {
         let [registry_port, attendance_port, notification_port] = ports;
         let url = |port: u16| format!("https://localhost:{port}");
         let spawn = |name: ServiceName, port: u16, grpc_name: &'static str, extra: Vec<String>| {
-            spawn_service(launch, pki, name, port, grpc_name, extra)
+            spawn_service(launch, pki, (name, name.as_str()), port, grpc_name, extra)
         };
         let registry = spawn(
             ServiceName::Registry,
@@ -162,26 +162,11 @@ impl Services {
             cpis_proto::notification::v1::notification_service_server::SERVICE_NAME,
             vec!["--heartbeat-secs".into(), launch.heartbeat_secs.to_string()],
         )?;
-        // The people at settings: tokens of the development identity provider
-        // beside the PKI, verified as `cpis dev` verifies them.
-        let users = cpis_devkit::users::DevUsers::new(pki.dir().parent().unwrap_or(pki.dir()));
-        users.init()?;
         let attendance = spawn(
             ServiceName::Attendance,
             attendance_port,
             cpis_proto::attendance::v1::attendance_service_server::SERVICE_NAME,
-            vec![
-                "--registry-url".into(),
-                url(registry_port),
-                "--notification-url".into(),
-                url(notification_port),
-                "--oidc-issuer".into(),
-                cpis_devkit::users::DEV_ISSUER.into(),
-                "--oidc-audience".into(),
-                cpis_devkit::users::DEV_AUDIENCE.into(),
-                "--oidc-jwks-file".into(),
-                users.jwks_path().display().to_string(),
-            ],
+            vec!["--registry-url".into(), url(registry_port), "--notification-url".into(), url(notification_port)],
         )?;
         let mut services = Services { registry, attendance, notification };
         let me = Caller::Service(ServiceName::Registry);
@@ -222,19 +207,41 @@ impl Services {
     }
 }
 
-fn spawn_service(
+/// The development identity provider beside `pki` (in its state directory).
+pub fn users_of(pki: &Pki) -> cpis_devkit::users::DevUsers {
+    cpis_devkit::users::DevUsers::new(pki.dir().parent().unwrap_or(pki.dir()))
+}
+
+/// Starts `cpis serve <name>` on `port` as `label` (its log is `<label>.log`),
+/// with the settings `cpis dev` gives it plus `extra`; does not wait.
+pub fn spawn_service(
     launch: &Launch,
     pki: &Pki,
-    name: ServiceName,
+    (name, label): (ServiceName, &'static str),
     port: u16,
     grpc_name: &'static str,
     extra: Vec<String>,
 ) -> anyhow::Result<ServiceProc> {
     let tls = pki.ensure(&Caller::Service(name), &launch.trust_domain)?;
-    let log = launch.dir.join(format!("{}.log", name.as_str()));
+    let log = launch.dir.join(format!("{label}.log"));
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let path = |p: &Path| p.display().to_string();
     let metrics_port = free_port()?;
+    let mut extra = extra;
+    if name == ServiceName::Attendance {
+        // The people at settings: tokens of the development identity
+        // provider beside the PKI, verified as `cpis dev` verifies them.
+        let users = users_of(pki);
+        users.init()?;
+        extra.extend([
+            "--oidc-issuer".into(),
+            cpis_devkit::users::DEV_ISSUER.into(),
+            "--oidc-audience".into(),
+            cpis_devkit::users::DEV_AUDIENCE.into(),
+            "--oidc-jwks-file".into(),
+            users.jwks_path().display().to_string(),
+        ]);
+    }
     let mut cmd = Command::new(&launch.exe);
     cmd.arg("serve")
         .arg(name.as_str())
@@ -271,10 +278,11 @@ fn spawn_service(
         }
     }
     let child = cmd.spawn().with_context(|| format!("starting {} serve {}", launch.exe.display(), name.as_str()))?;
-    Ok(ServiceProc { name: name.as_str(), port, grpc_name, metrics_port, child: Some(child), log })
+    Ok(ServiceProc { name: label, port, grpc_name, metrics_port, child: Some(child), log })
 }
 
-async fn wait_ready(s: &mut ServiceProc, tls: &cpis_runtime::tls::TlsPaths) -> anyhow::Result<()> {
+/// Waits until `s` reports its service SERVING (60 s at most).
+pub async fn wait_ready(s: &mut ServiceProc, tls: &cpis_runtime::tls::TlsPaths) -> anyhow::Result<()> {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let channel = cpis_runtime::client::channel(&format!("https://localhost:{}", s.port), tls, None)?;
     let mut client = HealthClient::new(channel);

@@ -3,6 +3,7 @@
 
 use super::council::CouncilLoadResult;
 use super::cpu::CpuShare;
+use super::headroom::NationalDay;
 use super::load::{Latency, LevelResult};
 use super::procs::Rss;
 use super::Shape;
@@ -31,6 +32,8 @@ pub struct Report {
     pub bulk_sync: Vec<BulkPass>,
     pub council_load: Option<CouncilLoadResult>,
     pub scaling: Vec<ScalingPoint>,
+    /// (12) a national day.
+    pub national_day: Option<NationalDay>,
     pub footprint_idle_end: Rss,
     pub footprint_peak_over_run: Rss,
     pub goals: Vec<Goal>,

@@ -28,8 +28,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub heartbeat_secs: u64,
     /// Run only these phases (comma-separated: framework, database,
-    /// not-flagged, flagged, alerts, streams, bulk, council-load, scaling); the register
-    /// is set up and the footprint read in every run.
+    /// not-flagged, flagged, alerts, streams, bulk, council-load, scaling,
+    /// national-day); the register is set up and the footprint read in every
+    /// run that has one of the first nine.
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
     /// Keep the temporary directory (database, PKI, service logs) afterwards.
@@ -45,14 +46,29 @@ pub struct BenchArgs {
     /// figures are not comparable with an unprofiled one's.
     #[arg(long, value_name = "DIR")]
     pub perf: Option<PathBuf>,
+    /// (12): replay the national day once at this compression factor
+    /// instead of searching for the largest that holds (`--quick`: 2,880 at
+    /// a tenth of the day's volume).
+    #[arg(long, value_name = "FACTOR")]
+    pub day_factor: Option<f64>,
     /// The `cpis` executable whose `cpis serve` is measured. Default: the
     /// one beside this program (built first when run through cargo).
     #[arg(long, env = "CPIS_BIN")]
     pub cpis_bin: Option<PathBuf>,
 }
 
-const PHASES: &[&str] =
-    &["framework", "database", "not-flagged", "flagged", "alerts", "streams", "bulk", "council-load", "scaling"];
+const PHASES: &[&str] = &[
+    "framework",
+    "database",
+    "not-flagged",
+    "flagged",
+    "alerts",
+    "streams",
+    "bulk",
+    "council-load",
+    "scaling",
+    "national-day",
+];
 
 /// Most connections (each its own setting identity) a load level uses.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -87,6 +103,12 @@ pub struct Shape {
     /// Numbers never registered, cycled by the not-flagged check-ins.
     pub unregistered: usize,
     pub phases: BTreeSet<String>,
+    /// (12): share of the national day's volume (1; quick 0.1).
+    pub day_volume: f64,
+    /// (12): a fixed compression factor, or `None` to search.
+    pub day_factor: Option<f64>,
+    /// (12): seconds of the idle reference.
+    pub day_idle_secs: f64,
 }
 
 impl Shape {
@@ -97,6 +119,9 @@ impl Shape {
         let levels = args.concurrency.clone().unwrap_or_else(|| if quick { vec![4, 16] } else { vec![1, 8, 32, 64] });
         anyhow::ensure!(!levels.is_empty() && levels.iter().all(|&c| (1..=1024).contains(&c)), "bad --concurrency");
         anyhow::ensure!((1..=60).contains(&args.heartbeat_secs), "--heartbeat-secs must be 1 to 60");
+        if let Some(f) = args.day_factor {
+            anyhow::ensure!((1.0..=1_000_000.0).contains(&f), "--day-factor must be 1 to 1,000,000");
+        }
         let phases: BTreeSet<String> = match &args.only {
             Some(list) => {
                 for p in list {
@@ -123,11 +148,19 @@ impl Shape {
             scaling_concurrency: 8,
             unregistered: 10_000,
             phases,
+            day_volume: if quick { 0.1 } else { 1.0 },
+            day_factor: args.day_factor.or(if quick { Some(2_880.0) } else { None }),
+            day_idle_secs: if quick { 5.0 } else { 30.0 },
         })
     }
 
     pub fn runs(&self, phase: &str) -> bool {
         self.phases.contains(phase)
+    }
+
+    /// True when a phase other than (12) runs (they share the main register).
+    pub fn runs_main(&self) -> bool {
+        self.phases.iter().any(|p| p != "national-day")
     }
 
     pub fn warmup(&self) -> Duration {

@@ -8,13 +8,13 @@
 //! the lock is never held while waiting on the network.
 
 use crate::alert::NewAlert;
-use prost::Message as _;
 use chrono::{DateTime, Utc};
 use cpis_domain::time::to_timestamp;
 use cpis_proto::common::v1::Episode;
 use cpis_proto::notification::v1 as pb;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::ApiError;
+use prost::Message as _;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -317,7 +317,9 @@ fn alert_from_row(r: &Row) -> pb::Alert {
         local_reference: r.get("local_reference"),
         priority: r.get("priority"),
         created_at: Some(to_timestamp(r.get("created_at"))),
-        viewer: r.get::<_, Option<Vec<u8>>>("viewer").and_then(|b| cpis_proto::common::v1::Viewer::decode(b.as_slice()).ok()),
+        viewer: r
+            .get::<_, Option<Vec<u8>>>("viewer")
+            .and_then(|b| cpis_proto::common::v1::Viewer::decode(b.as_slice()).ok()),
         kind,
         ..Default::default()
     };

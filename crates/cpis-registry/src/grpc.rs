@@ -24,8 +24,8 @@ impl pb::registry_service_server::RegistryService for Registry {
         req: Request<pb::UpsertPlanRequest>,
     ) -> Result<Response<pb::UpsertPlanResponse>, Status> {
         let council = council(&req)?;
-        let plan = self.upsert(&council, req.into_inner()).await?;
-        Ok(Response::new(pb::UpsertPlanResponse { plan: Some(plan) }))
+        let (plan, warnings) = self.upsert(&council, req.into_inner()).await?;
+        Ok(Response::new(pb::UpsertPlanResponse { plan: Some(plan), warnings }))
     }
 
     async fn end_plan(&self, req: Request<pb::EndPlanRequest>) -> Result<Response<pb::EndPlanResponse>, Status> {
@@ -74,5 +74,12 @@ impl pb::registry_service_server::RegistryService for Registry {
         req: Request<pb::LookupFlagsBatchRequest>,
     ) -> Result<Response<pb::LookupFlagsBatchResponse>, Status> {
         Ok(Response::new(self.lookup_batch(req.into_inner()).await?))
+    }
+
+    async fn record_nhs_number_change(
+        &self,
+        req: Request<pb::RecordNhsNumberChangeRequest>,
+    ) -> Result<Response<pb::RecordNhsNumberChangeResponse>, Status> {
+        Ok(Response::new(self.record_nhs_number_change(req.into_inner()).await?))
     }
 }

@@ -11,6 +11,7 @@
 //! is `NOT_FOUND`, so the existence of a plan never leaks.
 
 pub mod councils;
+pub mod demographics;
 mod grpc;
 pub mod lookup;
 pub mod model;

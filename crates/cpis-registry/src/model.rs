@@ -79,6 +79,8 @@ impl StoredPlan {
             contact: Some(p.contact.to_proto()),
             version: self.version,
             updated_at: Some(cpis_domain::time::to_timestamp(self.updated_at)),
+            // Set from the number's changes where they are read (`demographics::mark`).
+            nhs_number_change: None,
         }
     }
 }

@@ -3,11 +3,12 @@
 //! check, and one transaction each. A council only ever reaches its own
 //! plans: another council's is `NOT_FOUND`.
 
+use crate::demographics::{NumberStatus, INACTIVE_WARNING, SUPERSEDED_REASON};
 use crate::model::{self, validate_plan, StoredPlan};
 use crate::{pg, store, today, Registry};
 use cpis_domain::validate::Violations;
 use cpis_proto::registry::v1 as pb;
-use cpis_runtime::ApiError;
+use cpis_runtime::{ApiError, FieldViolation};
 
 /// Who a council's change is recorded as.
 fn author(council: &str) -> String {
@@ -39,7 +40,11 @@ fn reference(value: &str) -> Result<(), ApiError> {
 impl Registry {
     /// `UpsertPlan`: creates the plan or changes it (when `expected_version`
     /// is 0 or matches); an identical plan changes nothing.
-    pub(crate) async fn upsert(&self, council: &str, req: pb::UpsertPlanRequest) -> Result<pb::Plan, ApiError> {
+    pub(crate) async fn upsert(
+        &self,
+        council: &str,
+        req: pb::UpsertPlanRequest,
+    ) -> Result<(pb::Plan, Vec<pb::PlanWarning>), ApiError> {
         let input = validate_plan(req.plan.as_ref(), "plan", today()).map_err(|v| match v.finish() {
             Err(e) => e.into(),
             Ok(()) => ApiError::internal("validation failed without a reason"),
@@ -54,6 +59,23 @@ impl Registry {
             let mut client = self.council_db(council).await?;
             let tx = client.transaction().await?;
             store::lock_council(&*tx, council, false).await?;
+            let changed = crate::store::changes::of_numbers(&*tx, &[input.nhs_number.as_str()]).await?;
+            let warnings = match NumberStatus::of(changed.values().next()) {
+                NumberStatus::Superseded { replacement } => {
+                    return Err(ApiError::InvalidWithInfo {
+                        violation: FieldViolation::new("plan.nhs_number", SUPERSEDED_REASON),
+                        reason: "SUPERSEDED_NHS_NUMBER",
+                        metadata: vec![("replacement_nhs_number".into(), replacement)],
+                    })
+                }
+                NumberStatus::Inactive => vec![pb::PlanWarning {
+                    row: 0,
+                    local_reference: input.local_reference.clone(),
+                    field: "plan.nhs_number".into(),
+                    reason: INACTIVE_WARNING.into(),
+                }],
+                NumberStatus::Current => Vec::new(),
+            };
             let stored = match store::find_plan(&*tx, council, &input.local_reference, true).await? {
                 None => {
                     if req.expected_version != 0 {
@@ -76,12 +98,13 @@ impl Registry {
                     }
                     match store::update_plan(&*tx, current.plan_id, &input, &by).await? {
                         Some(p) => p,
-                        None => return Ok(current.to_proto()),
+                        None => return Ok((marked(&*tx, current.to_proto()).await?, warnings)),
                     }
                 }
             };
+            let plan = marked(&*tx, stored.to_proto()).await?;
             tx.commit().await?;
-            return Ok(stored.to_proto());
+            return Ok((plan, warnings));
         }
         Err(ApiError::Aborted("concurrent changes to the same plan; retry".into()))
     }
@@ -103,11 +126,12 @@ impl Registry {
             return Err(ApiError::invalid("end_date", "must not be before the plan's start_date"));
         }
         if current.input.end_date == Some(end) {
-            return Ok(current.to_proto());
+            return marked(&*tx, current.to_proto()).await;
         }
         let plan = store::set_end_date(&*tx, current.plan_id, end, &author(council)).await?;
+        let plan = marked(&*tx, plan.to_proto()).await?;
         tx.commit().await?;
-        Ok(plan.to_proto())
+        Ok(plan)
     }
 
     /// `DeletePlan`: marks the plan entered in error; it is never shown again.
@@ -130,7 +154,7 @@ impl Registry {
         let plan = store::find_plan(pg(&client), council, &req.local_reference, false)
             .await?
             .ok_or(ApiError::NotFound("plan"))?;
-        Ok(plan.to_proto())
+        marked(pg(&client), plan.to_proto()).await
     }
 
     /// `ListPlans`: one page of the council's plans, by reference.
@@ -161,6 +185,16 @@ impl Registry {
         } else {
             String::new()
         };
-        Ok(pb::ListPlansResponse { plans: plans.iter().map(StoredPlan::to_proto).collect(), next_page_token })
+        let mut plans: Vec<pb::Plan> = plans.iter().map(StoredPlan::to_proto).collect();
+        crate::demographics::mark(pg(&client), &mut plans).await?;
+        Ok(pb::ListPlansResponse { plans, next_page_token })
     }
+}
+
+/// `plan` with its number's change, if any (the council's action is needed).
+async fn marked(client: &impl tokio_postgres::GenericClient, plan: pb::Plan) -> Result<pb::Plan, ApiError> {
+    let mut plans = [plan];
+    crate::demographics::mark(client, &mut plans).await?;
+    let [plan] = plans;
+    Ok(plan)
 }

@@ -4,6 +4,7 @@
 //! the `registry` schema; nothing here reads another service's tables. The
 //! plan's columns come from one list ([`columns::FIELDS`]).
 
+pub mod changes;
 pub mod columns;
 pub mod uploads;
 
@@ -194,30 +195,44 @@ pub struct FoundFlag {
 
 /// The query of [`lookup_flags`] (`$1` NHS number, `$2` the day, `$3` days
 /// an unborn plan stays in scope after the expected delivery date): plans in
-/// scope are active, or ended less than 12 months before the day; a child
+/// scope are active, or ended less than 12 months before the day, on the
+/// number or on a number it superseded (until the council moves them); a child
 /// protection or looked-after plan never flags an adult (scope ends at the
 /// 18th birthday), an unborn plan ends `$3` days after the expected delivery.
 pub const LOOKUP_FLAGS_SQL: &str = "SELECT council_code, local_reference, plan_type, start_date, end_date,
         expected_delivery_date, team_name, office_phone, emergency_duty_phone, email
      FROM registry.plans
-     WHERE nhs_number = $1 AND deleted_at IS NULL AND start_date <= $2
+     WHERE nhs_number = ANY(ARRAY(
+             SELECT $1::text
+             UNION ALL
+             SELECT c.nhs_number FROM registry.nhs_number_changes c
+             WHERE c.replacement_nhs_number = $1 AND c.kind = 'superseded'))
+       AND deleted_at IS NULL AND start_date <= $2
        AND (end_date IS NULL OR $2 < (end_date + interval '12 months')::date)
        AND (date_of_birth IS NULL OR $2 < (date_of_birth + interval '18 years')::date)
        AND (expected_delivery_date IS NULL OR $2 <= expected_delivery_date + $3::int)
      ORDER BY council_code, start_date, local_reference";
 
 /// The query of [`lookup_flags_batch`]: [`LOOKUP_FLAGS_SQL`] for several
-/// look-ups at once (`$1` NHS numbers, `$2` their days, `$3` as there). The
-/// `= ANY($1)` probes the `plans_nhs_number` index once per distinct number;
+/// look-ups at once (`$1` NHS numbers, `$2` their days, `$3` as there), each
+/// with the numbers it superseded. The `= ANY(...)` probes the
+/// `plans_nhs_number` index once per distinct number;
 /// the join back to the look-ups (by ordinality) applies each one's day and
 /// tells which look-up a row answers, so one number asked twice is answered twice.
-pub const LOOKUP_FLAGS_BATCH_SQL: &str = "SELECT q.idx::int, p.council_code, p.local_reference, p.plan_type,
+pub const LOOKUP_FLAGS_BATCH_SQL: &str = "WITH q AS (
+         SELECT * FROM unnest($1::text[], $2::date[]) WITH ORDINALITY AS q(nhs_number, day, idx)),
+     asked AS (
+         SELECT q.idx, q.day, q.nhs_number AS plan_number FROM q
+         UNION ALL
+         SELECT q.idx, q.day, c.nhs_number FROM q
+         JOIN registry.nhs_number_changes c ON c.replacement_nhs_number = q.nhs_number AND c.kind = 'superseded')
+     SELECT q.idx::int, p.council_code, p.local_reference, p.plan_type,
         p.start_date, p.end_date, p.expected_delivery_date, p.team_name, p.office_phone,
         p.emergency_duty_phone, p.email
      FROM registry.plans p
-     JOIN unnest($1::text[], $2::date[]) WITH ORDINALITY AS q(nhs_number, day, idx)
-       ON q.nhs_number = p.nhs_number
-     WHERE p.nhs_number = ANY($1) AND p.deleted_at IS NULL AND p.start_date <= q.day
+     JOIN asked q ON q.plan_number = p.nhs_number
+     WHERE p.nhs_number = ANY(ARRAY(SELECT plan_number FROM asked))
+       AND p.deleted_at IS NULL AND p.start_date <= q.day
        AND (p.end_date IS NULL OR q.day < (p.end_date + interval '12 months')::date)
        AND (p.date_of_birth IS NULL OR q.day < (p.date_of_birth + interval '18 years')::date)
        AND (p.expected_delivery_date IS NULL OR q.day <= p.expected_delivery_date + $3::int)

@@ -144,6 +144,7 @@ impl Sync {
             reason: reason.chars().take(MAX_REASON_CHARS).collect(),
             row,
             field: field.to_string(),
+            replacement_nhs_number: String::new(),
         });
         if listed.len() >= 2 * MAX_LISTED_REJECTIONS {
             listed.sort_by_key(|r| r.row);

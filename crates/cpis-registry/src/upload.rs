@@ -66,6 +66,7 @@ impl Registry {
             created_references: outcome.created_references,
             updated_references: outcome.updated_references,
             ended_references: outcome.ended_references,
+            warnings: Vec::new(),
         })
     }
 

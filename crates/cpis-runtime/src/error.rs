@@ -13,6 +13,18 @@ pub enum ApiError {
     /// Bad input: `INVALID_ARGUMENT` with `google.rpc.BadRequest` details.
     #[error("invalid argument")]
     InvalidArgument(Vec<FieldViolation>),
+    /// Bad input whose remedy is a value the caller needs and no message may
+    /// carry (an NHS number): `INVALID_ARGUMENT` with a `google.rpc.BadRequest`
+    /// violation and a `google.rpc.ErrorInfo` whose metadata holds the value.
+    #[error("invalid argument")]
+    InvalidWithInfo {
+        /// The field and why.
+        violation: FieldViolation,
+        /// `ErrorInfo.reason`, e.g. `SUPERSEDED_NHS_NUMBER`.
+        reason: &'static str,
+        /// `ErrorInfo.metadata`.
+        metadata: Vec<(String, String)>,
+    },
     /// The thing asked for does not exist for this caller.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -51,7 +63,7 @@ impl ApiError {
     /// The gRPC code this error is answered with.
     pub fn code(&self) -> Code {
         match self {
-            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::InvalidArgument(_) | ApiError::InvalidWithInfo { .. } => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::Aborted(_) => Code::Aborted,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -80,6 +92,17 @@ impl From<ApiError> for Status {
                 for v in violations {
                     details.add_bad_request_violation(v.field, v.description);
                 }
+                Status::with_error_details(Code::InvalidArgument, summary, details)
+            }
+            ApiError::InvalidWithInfo { violation, reason, metadata } => {
+                let summary = format!("{}: {}", violation.field, violation.description);
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation(violation.field, violation.description);
+                details.set_error_info(
+                    reason,
+                    "cpis",
+                    metadata.into_iter().collect::<std::collections::HashMap<_, _>>(),
+                );
                 Status::with_error_details(Code::InvalidArgument, summary, details)
             }
             ApiError::NotFound(what) => Status::not_found(format!("{what} not found")),

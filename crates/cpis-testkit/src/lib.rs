@@ -405,6 +405,6 @@ pub fn alert_for(council: &str, serial: u32) -> cpis_proto::notification::v1::Pu
             arrived_at: Some(prost_types::Timestamp { seconds: 1_760_000_000 + i64::from(serial), nanos: 0 }),
         }),
         priority: cpis_proto::notification::v1::AlertPriority::Routine as i32,
-        viewer: None,
+        ..Default::default()
     }
 }

@@ -115,11 +115,7 @@ pub struct KeyedAlert {
 /// Queues `alerts` (in council-code order, the order their position
 /// counters are locked in); an alert already queued under its key for its
 /// council adds nothing. Returns how many were queued.
-pub async fn queue(
-    tx: &impl GenericClient,
-    alerts: &[KeyedAlert],
-    traceparent: Option<&str>,
-) -> Result<u64, ApiError> {
+pub async fn queue(tx: &impl GenericClient, alerts: &[KeyedAlert], traceparent: Option<&str>) -> Result<u64, ApiError> {
     let mut sorted: Vec<&KeyedAlert> = alerts.iter().collect();
     sorted.sort_by(|a, b| a.council_code.cmp(&b.council_code));
     let column = |f: fn(&KeyedAlert) -> &str| sorted.iter().map(|a| f(a)).collect::<Vec<&str>>();

@@ -245,7 +245,8 @@ mod tests {
             ..base()
         };
         assert!(fields(&superseded).is_empty());
-        let wrong_kind = pb::PublishAlertRequest { kind: pb::AlertKind::NhsNumberInactive as i32, ..superseded.clone() };
+        let wrong_kind =
+            pb::PublishAlertRequest { kind: pb::AlertKind::NhsNumberInactive as i32, ..superseded.clone() };
         assert_eq!(fields(&wrong_kind), ["nhs_number_change.kind", "nhs_number_change.replacement_nhs_number"]);
         let mut no_replacement = superseded.clone();
         no_replacement.nhs_number_change.as_mut().unwrap().replacement_nhs_number = "9990000019".into();
@@ -255,7 +256,10 @@ mod tests {
     #[test]
     fn rows_from_before_kinds_are_attendances_by_priority() {
         assert_eq!(stored_kind(None, pb::AlertPriority::Routine as i32), pb::AlertKind::Attendance as i32);
-        assert_eq!(stored_kind(None, pb::AlertPriority::RepeatAttendance as i32), pb::AlertKind::RepeatAttendance as i32);
+        assert_eq!(
+            stored_kind(None, pb::AlertPriority::RepeatAttendance as i32),
+            pb::AlertKind::RepeatAttendance as i32
+        );
         assert_eq!(stored_kind(Some(3), 1), 3);
     }
 }
