@@ -94,7 +94,10 @@ where
                 if let Err(refusal) = this.identity.check() {
                     *this.ended = true;
                     let status = Status::from(refusal);
-                    tracing::info!(reason = status.message(), "long-lived call ended: the caller's certificate is no longer valid");
+                    tracing::info!(
+                        reason = status.message(),
+                        "long-lived call ended: the caller's certificate is no longer valid"
+                    );
                     let mut trailers = http::HeaderMap::new();
                     let _ = status.add_header(&mut trailers);
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
