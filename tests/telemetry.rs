@@ -5,7 +5,7 @@
 //! A separate test binary: the tracing subscriber and tracer are global.
 
 use cpis_domain::identity::ServiceName;
-use cpis_proto::attendance::v1::{CheckInRequest, ListEpisodesRequest};
+use cpis_proto::attendance::v1::{CheckInRequest, ListEpisodesRequest, SilentReadRequest};
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::{subscribe_response::Event, SubscribeRequest};
 use cpis_proto::registry::v1::{Plan, UpsertPlanRequest};
@@ -135,6 +135,14 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     let mut bad_id = check_in(&child);
     bad_id.request_id = format!("INJECTED-{}\u{7}", uuid::Uuid::new_v4());
     assert!(attendance.check_in(bad_id).await.is_err());
+    // The same for a silent read.
+    let bad_silent = SilentReadRequest {
+        request_id: format!("INJECTED-{}\u{7}", uuid::Uuid::new_v4()),
+        nhs_number: child.clone(),
+        setting_type: SettingType::GpPractice as i32,
+        user_id: "gp-1".into(),
+    };
+    assert!(ts.attendance(&setting("Y01234")).silent_read(bad_silent).await.is_err());
     // Failures must not echo the number either.
     let mut bad = check_in(&child);
     bad.setting_type = 99;

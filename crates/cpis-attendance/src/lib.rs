@@ -195,9 +195,8 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
     ) -> Result<Response<pb::SilentReadResponse>, Status> {
         let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         let setting = admitted::setting(&caller)?;
-        let span = tracing::Span::current();
-        span.record("setting", setting);
-        span.record("request_id", request.get_ref().request_id.as_str());
+        // The client's key is recorded once validated.
+        tracing::Span::current().record("setting", setting);
         self.reads().silent_read(setting, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
     }
 }
