@@ -21,9 +21,10 @@
 //! nothing: it never ends with OK, which some clients read as "done".
 //!
 //! A stream follows its caller's identity: before each alert and on each
-//! heartbeat tick (and before reading the table) it checks the caller's
-//! certificate again; once it has expired or been revoked, the stream ends
-//! with `UNAUTHENTICATED` and the reason, and nothing more is sent.
+//! heartbeat tick (and before reading the table, and at once when another
+//! call on its connection is refused) it checks the caller's certificate
+//! again; once it has expired or been revoked, the stream ends with
+//! `UNAUTHENTICATED` and the reason, and nothing more is sent.
 //!
 //! A stream survives a restore of the database: each read starts at the
 //! cursor's own alert (the anchor), so a log that no longer holds the alert
@@ -256,6 +257,13 @@ impl Pump {
                         "this instance lost its database; reconnect and resume from your last sequence".to_string(),
                     )));
                 },
+                _ = self.sub.identity.refused_elsewhere() => {
+                    // The connection closes shortly: end first, with the reason.
+                    self.sub.identity.check()?;
+                    return Err(End::Failed(ApiError::Unavailable(
+                        "the connection is closing; reconnect and resume from your last sequence".to_string(),
+                    )));
+                }
                 _ = tokio::time::sleep_until(self.last_sent + self.settings.heartbeat) => {
                     self.sub.identity.check()?;
                     self.last_sent = Instant::now();

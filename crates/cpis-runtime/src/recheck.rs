@@ -47,6 +47,15 @@ impl Identity {
         Self { peer }
     }
 
+    /// Resolves once another call on the same connection was refused for
+    /// want of a valid identity: check again then (never, without a connection).
+    pub async fn refused_elsewhere(&self) {
+        match &self.peer {
+            Some(peer) => peer.closing().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// `Ok` while the caller's certificate is still valid now (not expired,
     /// not revoked, still issued by a trusted CA); `UNAUTHENTICATED` with the
     /// reason once it is not.

@@ -57,6 +57,11 @@ impl Default for ConnectionLimits {
 /// to read the `UNAUTHENTICATED` answer and its reason, no longer.
 const UNIDENTIFIED_LIFETIME: Duration = Duration::from_secs(2);
 
+/// How long a connection whose caller was refused for a certificate that
+/// stopped being valid (revoked, expired) stays open after the refusal: long
+/// enough for its streams to end with their own `UNAUTHENTICATED`.
+const REFUSED_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 pin_project! {
     /// A server-side TLS connection that carries its client's identity.
     pub struct MtlsStream {
@@ -107,7 +112,15 @@ impl AsyncWrite for MtlsStream {
         let this = self.project();
         let flushed = this.inner.poll_flush(cx);
         if flushed.is_ready() && this.info.close.is_cancelled() {
-            *this.closed = true;
+            if this.info.identity.is_err() {
+                *this.closed = true;
+            } else if this.deadline.is_none() {
+                // A caller whose certificate stopped being valid: its open
+                // streams end with their own UNAUTHENTICATED first.
+                let mut grace = Box::pin(tokio::time::sleep(REFUSED_CLOSE_GRACE));
+                let _ = grace.as_mut().poll(cx);
+                *this.deadline = Some(grace);
+            }
         }
         flushed
     }
