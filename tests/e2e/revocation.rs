@@ -49,20 +49,20 @@ async fn a_revoked_councils_open_stream_ends_unauthenticated_and_gets_no_alert_m
             .await
             .unwrap();
     }
-    let mut manchester = ts.notification(&council(MANCHESTER));
-    let mut mcr_stream = subscribe(&mut manchester).await;
+    let mut mcr_stream = subscribe(&mut ts.notification(&council(MANCHESTER))).await;
     let mut lpl_stream = subscribe(&mut ts.notification(&council(LIVERPOOL))).await;
     let mut alder_hey = ts.attendance(&setting(ALDER_HEY));
     alder_hey.check_in(arrival(&mcr_child)).await.unwrap();
     assert_eq!(next_alert(&mut mcr_stream, 20, "Manchester's alert before the revocation").await.sequence, 1);
 
     ts.pki.revoke(&council(MANCHESTER)).expect("revoking");
-    // Once the Notification service has loaded the list (it looks every 2 s)...
+    // Once the Notification service has loaded the list (it looks every 2 s;
+    // asked on connections of their own, so the stream's stays open)...
     eventually(10, "the revocation is loaded", || {
-        let mut manchester = manchester.clone();
+        let mut probe = ts.notification(&council(MANCHESTER));
         async move {
             let request = ListAlertsRequest { after_sequence: 0, page_size: 1, replay: true };
-            matches!(manchester.list_alerts(request).await, Err(s) if s.code() == Code::Unauthenticated)
+            matches!(probe.list_alerts(request).await, Err(s) if s.code() == Code::Unauthenticated)
         }
     })
     .await;
@@ -78,6 +78,33 @@ async fn a_revoked_councils_open_stream_ends_unauthenticated_and_gets_no_alert_m
     // Liverpool's stream is untouched: it still has its heartbeats.
     let next = tokio::time::timeout(Duration::from_secs(5), lpl_stream.message()).await.expect("in time");
     assert!(matches!(next, Ok(Some(_))), "{next:?}");
+    ts.suite.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_on_a_streams_connection_ends_that_stream_with_unauthenticated_not_a_cut() {
+    // A long heartbeat: the stream learns of the revocation from the refusal.
+    let ts = TestSuite::start_with(cpis::suite::ServiceConfigs {
+        notification: notification_settings(Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .await;
+    let mut manchester = ts.notification(&council(MANCHESTER));
+    let mut stream = subscribe(&mut manchester).await;
+    ts.pki.revoke(&council(MANCHESTER)).expect("revoking");
+    // The council's case system acknowledges on the stream's connection.
+    eventually(10, "the revocation is loaded", || {
+        let mut manchester = manchester.clone();
+        async move {
+            let request = ListAlertsRequest { after_sequence: 0, page_size: 1, replay: true };
+            matches!(manchester.list_alerts(request).await, Err(s) if s.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+    let (alerts, end) = read_to_end(&mut stream, 10).await;
+    assert!(alerts.is_empty());
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    assert!(end.message().contains("revoked"), "{}", end.message());
     ts.suite.stop().await.unwrap();
 }
 

@@ -30,16 +30,22 @@ async fn get(registry: &mut RegistryServiceClient<Channel>, reference: &str) -> 
 async fn upserts_ends_and_deletes_made_while_an_upload_streams_stand_and_are_listed_as_conflicts() {
     let ts = TestSuite::start().await;
     let mut worker = ts.registry(&council(MANCHESTER));
-    for (reference, serial) in [("A", 6101), ("B", 6102), ("X", 6103)] {
-        upsert(&mut worker, plan(reference, &nhs(serial))).await;
+    // A, B, X and twenty more: one plan absent is well within the mass-end share.
+    let register: Vec<Plan> = [("A", 6101), ("B", 6102), ("X", 6103)]
+        .into_iter()
+        .map(|(reference, serial)| plan(reference, &nhs(serial)))
+        .chain((0..20).map(|i| plan(&format!("F-{i:02}"), &nhs(6110 + i))))
+        .collect();
+    for p in &register {
+        upsert(&mut worker, p.clone()).await;
     }
-    // The nightly upload of A, B and X starts streaming...
-    let (tx, rx) = mpsc::channel(16);
+    // The nightly upload of the register starts streaming...
+    let (tx, rx) = mpsc::channel(64);
     let mut uploader = ts.registry(&council(MANCHESTER));
     let upload =
         tokio::spawn(async move { uploader.sync_plans(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
-    for (reference, serial) in [("A", 6101), ("B", 6102), ("X", 6103)] {
-        tx.send(row(plan(reference, &nhs(serial)))).await.unwrap();
+    for p in &register {
+        tx.send(row(p.clone())).await.unwrap();
     }
     let db = ts.db().await;
     eventually(10, "the upload has started", || async {
@@ -51,7 +57,7 @@ async fn upserts_ends_and_deletes_made_while_an_upload_streams_stand_and_are_lis
     upsert(&mut worker, plan("C", &nhs(6104))).await;
     worker.end_plan(EndPlanRequest { local_reference: "B".into(), end_date: "2025-06-01".into() }).await.unwrap();
     worker.delete_plan(DeletePlanRequest { local_reference: "X".into() }).await.unwrap();
-    tx.send(SyncPlansRequest { completion: Some(SyncCompletion { plan_rows: 3 }), ..Default::default() })
+    tx.send(SyncPlansRequest { completion: Some(SyncCompletion { plan_rows: 23 }), ..Default::default() })
         .await
         .unwrap();
     drop(tx);
@@ -73,11 +79,14 @@ async fn upserts_ends_and_deletes_made_while_an_upload_streams_stand_and_are_lis
     );
     assert_eq!(answer.conflicted, 3);
     assert!(answer.conflicts.iter().all(|c| !c.reason.is_empty()));
-    assert_eq!((answer.created, answer.updated, answer.ended, answer.unchanged), (0, 0, 0, 1), "{answer:?}");
+    assert_eq!((answer.created, answer.updated, answer.ended, answer.unchanged), (0, 0, 0, 21), "{answer:?}");
 
     // The next snapshot, which knows of the changes, meets no conflict.
-    let next = sync_plans(&ts, MANCHESTER, vec![plan("A", &nhs(6101)), plan("C", &nhs(6104))], false).await.unwrap();
-    assert_eq!((next.conflicted, next.ended, next.unchanged), (0, 0, 2), "{next:?}");
+    let mut known: Vec<Plan> = register.iter().filter(|p| p.local_reference != "X").cloned().collect();
+    known.push(plan("C", &nhs(6104)));
+    known[1].end_date = "2025-06-01".into();
+    let next = sync_plans(&ts, MANCHESTER, known, false).await.unwrap();
+    assert_eq!((next.conflicted, next.ended, next.updated, next.unchanged), (0, 0, 0, 23), "{next:?}");
     ts.suite.stop().await.unwrap();
 }
 
