@@ -30,19 +30,21 @@ pub fn mass_end_refusal(ending: i64, open: i64, share: f64) -> String {
 }
 
 /// What another call did to a plan during an upload, from the actions its
-/// change history recorded then: the weightiest of them (a deletion over a
-/// creation over an end over an update).
+/// change history recorded then, in order: where the plan stands now as the
+/// snapshot would misread it. A plan created during the upload is
+/// `Created` whatever followed, unless deleted after; a deletion is
+/// `Deleted` unless the reference was created again after; an end is
+/// `Ended`, and later updates do not change that.
 pub fn conflict_change(actions: &[String]) -> pb::SyncConflictChange {
-    let did = |what: &str| actions.iter().any(|a| a == what);
-    if did("deleted") {
-        pb::SyncConflictChange::Deleted
-    } else if did("created") {
-        pb::SyncConflictChange::Created
-    } else if did("ended") {
-        pb::SyncConflictChange::Ended
-    } else {
-        pb::SyncConflictChange::Updated
-    }
+    use pb::SyncConflictChange as C;
+    actions.iter().fold(C::Unspecified, |now, action| match (action.as_str(), now) {
+        ("created", _) => C::Created,
+        ("deleted", _) => C::Deleted,
+        ("ended" | "updated", C::Created) => C::Created,
+        ("ended", _) => C::Ended,
+        (_, C::Unspecified) => C::Updated,
+        (_, now) => now,
+    })
 }
 
 /// One conflict as the response lists it.
@@ -86,12 +88,20 @@ mod tests {
     }
 
     #[test]
-    fn a_conflict_names_the_weightiest_change() {
+    fn a_conflict_names_where_the_plan_stands_after_the_changes() {
+        use pb::SyncConflictChange as C;
         let actions = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(conflict_change(&actions(&["updated"])), pb::SyncConflictChange::Updated);
-        assert_eq!(conflict_change(&actions(&["updated", "ended"])), pb::SyncConflictChange::Ended);
-        assert_eq!(conflict_change(&actions(&["created", "updated"])), pb::SyncConflictChange::Created);
-        assert_eq!(conflict_change(&actions(&["created", "deleted"])), pb::SyncConflictChange::Deleted);
+        for (done, change) in [
+            (&["updated"][..], C::Updated),
+            (&["updated", "ended"], C::Ended),
+            (&["ended", "updated"], C::Ended),
+            (&["created", "updated"], C::Created),
+            (&["created", "ended"], C::Created),
+            (&["created", "deleted"], C::Deleted),
+            (&["deleted", "created"], C::Created),
+        ] {
+            assert_eq!(conflict_change(&actions(done)), change, "{done:?}");
+        }
         let c = conflict("X-1".into(), &actions(&["ended"]));
         assert_eq!(c.change, pb::SyncConflictChange::Ended as i32);
         assert!(c.reason.contains("not re-opened"), "{}", c.reason);

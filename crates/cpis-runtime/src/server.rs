@@ -43,7 +43,7 @@ pub struct ConnectionLimits {
     pub max_handshakes: usize,
     /// TLS handshakes in progress from one client address (an IPv6 /64) per
     /// listener; more from it are closed at once.
-    #[arg(long, env = "CPIS_MAX_HANDSHAKES_PER_ADDRESS", default_value_t = 32)]
+    #[arg(long, env = "CPIS_MAX_HANDSHAKES_PER_ADDRESS", default_value_t = 128)]
     pub max_handshakes_per_address: usize,
 }
 

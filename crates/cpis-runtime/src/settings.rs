@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(s.max_connection_age(), None);
         assert_eq!(s.limits.per_caller, 64);
         assert_eq!(s.connections.max_handshakes, 256);
-        assert_eq!(s.connections.max_handshakes_per_address, 32);
+        assert_eq!(s.connections.max_handshakes_per_address, 128);
         s.validate().expect("defaults are valid");
     }
 }

@@ -34,7 +34,7 @@ pub async fn claim(client: &impl GenericClient, sync_id: Uuid, council: &str) ->
 pub struct Changed {
     /// The plan's reference.
     pub local_reference: String,
-    /// What its history recorded since (`created`, `updated`, `ended`, `deleted`).
+    /// What its history recorded since, in order (`created`, `updated`, `ended`, `deleted`).
     pub actions: Vec<String>,
     /// The upload has a valid row for it (which is therefore not applied).
     pub staged: bool,
@@ -52,7 +52,7 @@ pub async fn changed_since_claim(
             "SELECT r.local_reference, r.actions,
                     EXISTS (SELECT 1 FROM registry.sync_rows s
                             WHERE s.sync_id = $1 AND s.local_reference = r.local_reference AND NOT s.rejected)
-             FROM (SELECT p.local_reference, array_agg(DISTINCT c.action) AS actions
+             FROM (SELECT p.local_reference, array_agg(c.action ORDER BY c.change_id) AS actions
                    FROM registry.plan_changes c
                    JOIN registry.plans p ON p.plan_id = c.plan_id
                    WHERE p.council_code = $2
