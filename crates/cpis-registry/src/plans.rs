@@ -83,7 +83,7 @@ impl Registry {
             tx.commit().await?;
             return Ok(stored.to_proto());
         }
-        Err(ApiError::Aborted("concurrent changes to the same plan; retry".into()))
+        Err(ApiError::Contention("concurrent changes to the same plan; retry".into()))
     }
 
     /// `EndPlan`: sets the end date (not before the start); the same end
