@@ -33,6 +33,11 @@ pub struct ServiceConfigs {
     pub limits: cpis_runtime::limits::Limits,
     /// Pooled database connections of each service (the default when unset).
     pub pool_size: Option<usize>,
+    /// Session settings of every service's database connections (the
+    /// `CPIS_DB_*` environment variables when unset).
+    pub db_session: Option<cpis_runtime::db::SessionSettings>,
+    /// Caps on each listener's connections and handshakes (the defaults when unset).
+    pub connections: Option<cpis_runtime::server::ConnectionLimits>,
 }
 
 /// One running service.
@@ -83,7 +88,7 @@ async fn spawn_serving(
     opts.metrics.watch_pool(pool.clone());
     // Readiness asks the database on a connection of its own: a pool busy
     // with work is not an outage, and must not take the pod out of its Service.
-    let pool = cpis_runtime::db::pool(&common.database_url()?, 1)?;
+    let pool = common.db_pool(1)?;
     let Some(internal_addr) = common.internal_listen else {
         return Ok(tokio::spawn(cpis_runtime::server::serve(listener, tls, routes, pool, opts, shutdown)));
     };
@@ -101,7 +106,7 @@ async fn spawn_serving(
 }
 
 fn pool(common: &ServerSettings) -> anyhow::Result<DbPool> {
-    cpis_runtime::db::pool(&common.database_url()?, common.pool_size)
+    common.db_pool(common.pool_size)
 }
 
 /// Serves `metrics` on the configured address until the service stops.
@@ -185,7 +190,7 @@ pub async fn start_attendance(
     // The people behind setting-facing calls: one verifier (and one key
     // cache) for the gRPC and FHIR ports.
     let users = cpis_runtime::users::UserAuth::start(&config.users, shutdown.stopping().clone()).await?;
-    let relay_pool = cpis_runtime::db::pool(&common.database_url()?, cpis_attendance::RELAY_POOL_SIZE)?;
+    let relay_pool = common.db_pool(cpis_attendance::RELAY_POOL_SIZE)?;
     let service =
         cpis_attendance::Attendance::new(config, pool.clone(), relay_pool, registry, notification, shutdown.clone())
             .await?;
@@ -290,6 +295,10 @@ fn with_limits(mut common: ServerSettings, options: &SuiteOptions) -> ServerSett
     common.limits = options.configs.limits;
     if let Some(size) = options.configs.pool_size {
         common.pool_size = size;
+    }
+    common.db_session = options.configs.db_session;
+    if let Some(connections) = options.configs.connections {
+        common.connections = connections;
     }
     common
 }

@@ -5,7 +5,7 @@
 //! A separate test binary: the tracing subscriber and tracer are global.
 
 use cpis_domain::identity::ServiceName;
-use cpis_proto::attendance::v1::{CheckInRequest, ListEpisodesRequest};
+use cpis_proto::attendance::v1::{CheckInRequest, ListEpisodesRequest, SilentReadRequest};
 use cpis_proto::common::v1::{ContactDetails, PlanType, SettingType};
 use cpis_proto::notification::v1::{subscribe_response::Event, SubscribeRequest};
 use cpis_proto::registry::v1::{Plan, UpsertPlanRequest};
@@ -145,6 +145,14 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     let broken = UserHeaders::raw(Some(&format!("Bearer {}x", person.token)), Some(&person.role_id));
     let refused = ts.attendance_with(&setting(ALDER_HEY), broken).check_in(check_in(&child)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // The same for a silent read.
+    let bad_silent = SilentReadRequest {
+        request_id: format!("INJECTED-{}\u{7}", uuid::Uuid::new_v4()),
+        nhs_number: child.clone(),
+        setting_type: SettingType::GpPractice as i32,
+        ..Default::default()
+    };
+    assert!(ts.attendance(&setting("Y01234")).silent_read(bad_silent).await.is_err());
     // Failures must not echo the number either.
     let mut bad = check_in(&child);
     bad.setting_type = 99;

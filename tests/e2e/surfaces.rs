@@ -156,7 +156,8 @@ async fn connections_beyond_the_cap_are_refused_while_existing_callers_continue(
     let mut common =
         cpis::suite::dev_common(&ts.pki, cpis_domain::identity::ServiceName::Registry, TRUST_DOMAIN, &ts.database_url)
             .unwrap();
-    common.connections = cpis_runtime::server::ConnectionLimits { max_connections: 3, max_handshakes: 3 };
+    common.connections =
+        cpis_runtime::server::ConnectionLimits { max_connections: 3, max_handshakes: 3, max_handshakes_per_address: 3 };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let capped =
         cpis::suite::start_registry(listener, &common, cpis_registry::Settings::default()).await.expect("registry");

@@ -296,9 +296,9 @@ impl CheckIns {
                     tracing::info!(replay = true, "check-in answered from a concurrent request");
                     replay(&earlier, &valid.fingerprint)
                 }
-                None => {
-                    Err(ApiError::Aborted("a concurrent check-in with this request_id did not complete; retry".into()))
-                }
+                None => Err(ApiError::Contention(
+                    "a concurrent check-in with this request_id did not complete; retry".into(),
+                )),
             };
         }
         tx.commit().await?;

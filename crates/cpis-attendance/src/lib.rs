@@ -219,9 +219,8 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
     ) -> Result<Response<pb::SilentReadResponse>, Status> {
         let (caller, deadline) = (cpis_runtime::authz::caller(&request)?, CallerDeadline::of(&request));
         let setting = admitted::setting(&caller)?;
-        let span = tracing::Span::current();
-        span.record("setting", setting);
-        span.record("request_id", request.get_ref().request_id.as_str());
+        // The client's key is recorded once validated.
+        tracing::Span::current().record("setting", setting);
         #[allow(deprecated)] // user_id: only without a token, in the migration mode
         let viewer =
             cpis_runtime::users::viewer(cpis_runtime::users::context(&request), &request.get_ref().user_id, "user_id")?;

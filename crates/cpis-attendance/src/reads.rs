@@ -30,8 +30,9 @@ impl Reads {
     }
 
     /// A silent read by the setting `setting_code` (scheduled care), shown
-    /// to `viewer`: the access is audited for the councils holding a flag;
-    /// no episode, no alert. An unflagged person leaves no trace.
+    /// to `viewer`: the access is audited for the councils holding a flag, as
+    /// silent and as a read of the person's episodes (it returns the 25 most
+    /// recent); no episode, no alert. An unflagged person leaves no trace.
     pub async fn silent_read(
         &self,
         setting_code: &str,
@@ -41,6 +42,9 @@ impl Reads {
     ) -> Result<pb::SilentReadResponse, ApiError> {
         admitted::may(viewer, Access::SilentRead)?;
         let valid = silent::validate(req)?;
+        // The client's key identifies the request in logs only once it is
+        // known to be short, printable text.
+        tracing::Span::current().record("request_id", req.request_id.as_str());
         let found = self.flags.lookup(&valid.nhs_number, None, deadline).await?;
         // No log line says whether the person was flagged: beside a request
         // id, that would tell the log's readers who is on a plan.

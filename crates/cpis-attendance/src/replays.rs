@@ -86,6 +86,7 @@ impl ReplayLookup {
 fn copy(e: &ApiError) -> ApiError {
     match e {
         ApiError::Unavailable(m) => ApiError::Unavailable(m.clone()),
+        ApiError::Contention(m) => ApiError::Contention(m.clone()),
         ApiError::DeadlineExceeded(m) => ApiError::DeadlineExceeded(m.clone()),
         ApiError::Internal(m) => ApiError::Internal(m.clone()),
         other => ApiError::internal(format!("replay look-up: {other}")),

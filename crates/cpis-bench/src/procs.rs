@@ -252,6 +252,10 @@ pub fn spawn_service(
         // What `cpis dev` gives each service (suite::dev_common): 16 pooled
         // connections, no drain delay, metrics on a port of their own.
         .args(["--pool-size", "16", "--drain-secs", "0"])
+        // Every client of the benchmark is on 127.0.0.1: the per-address
+        // share of handshake slots (for stalled clients of one address)
+        // would count them all as one.
+        .args(["--max-handshakes-per-address", "256"])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(extra)
         .stdin(Stdio::null())

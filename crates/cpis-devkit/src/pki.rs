@@ -68,9 +68,14 @@ impl Pki {
         self.ca_path().exists() && self.ca_key_path().exists()
     }
 
-    /// Creates the CA unless it exists. Returns whether it was created.
+    /// Creates the CA unless it exists, and its revocation list (empty at
+    /// first) unless that exists: servers configured with a list refuse
+    /// every handshake while it is missing. Returns whether the CA was created.
     pub fn init(&self) -> anyhow::Result<bool> {
         if self.exists() {
+            if !self.crl_path().exists() {
+                self.write_crl(&[])?;
+            }
             return Ok(false);
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
@@ -87,6 +92,7 @@ impl Pki {
         let cert = params.self_signed(&key)?;
         write_private(&self.ca_key_path(), &key.serialize_pem())?;
         std::fs::write(self.ca_path(), cert.pem())?;
+        self.write_crl(&[])?;
         Ok(true)
     }
 
@@ -174,8 +180,8 @@ impl Pki {
 }
 
 impl Pki {
-    /// The certificate revocation list the development servers read (it
-    /// exists once something has been revoked).
+    /// The certificate revocation list the development servers read
+    /// (written, empty, with the CA).
     pub fn crl_path(&self) -> PathBuf {
         self.dir.join("crl.pem")
     }
@@ -205,7 +211,11 @@ impl Pki {
             serials.push(serial);
         }
         std::fs::write(self.revoked_list_path(), serials.join("\n") + "\n")?;
+        self.write_crl(&serials)
+    }
 
+    /// Writes the CA's revocation list of `serials` (hex), signed now.
+    fn write_crl(&self, serials: &[String]) -> anyhow::Result<PathBuf> {
         let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.ca_key_path())?)?;
         let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(self.ca_path())?, ca_key)?;
         let now = OffsetDateTime::now_utc();

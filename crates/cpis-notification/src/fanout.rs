@@ -5,12 +5,17 @@
 //! highest sequence seen per council, raised by the `NOTIFY` payloads
 //! (`council:sequence`), by one re-read of every council after the `LISTEN`
 //! connection (re)connects, and by the safety poll of the councils that
-//! have streams here ([`crate::listen`]). The value only ever rises, so
-//! those sources can race freely. An idle stream compares it with its own
-//! cursor: heartbeats come from memory, and the table is read only when the
-//! council has something newer than the cursor. A burst of a thousand
-//! alerts coalesces (a `watch` keeps only the latest), so a stalled stream
-//! holds no queue at all.
+//! have streams here ([`crate::listen`]). Those sources race (a poll's
+//! answer may arrive after a newer notification), so a lower value is never
+//! taken as it comes: it only asks for the council to be read again, and a
+//! read that started after the higher value was known and still finds less
+//! proves the database went back (a point-in-time restore). Then, and only
+//! then, the value goes down ([`Fanout::settle`]) and the council's streams
+//! wake to deliver what the log now holds (see [`crate::stream`]). An idle
+//! stream compares the value with its own cursor: heartbeats come from
+//! memory, and the table is read only when the council has something newer
+//! than the cursor. A burst of a thousand alerts coalesces (a `watch` keeps
+//! only the latest), so a stalled stream holds no queue at all.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,9 +31,9 @@ pub struct Fanout {
 
 #[derive(Debug, Default)]
 struct Inner {
-    councils: Mutex<HashMap<String, watch::Sender<i64>>>,
-    /// Councils whose notification carried no sequence (an older publisher):
-    /// the poller reads their latest in one query.
+    councils: Mutex<HashMap<String, watch::Sender<Known>>>,
+    /// Councils whose notification carried no sequence (an older publisher)
+    /// or a lower one than known: the poller reads their latest in one query.
     stale: Mutex<HashSet<String>>,
     /// Every council must be re-read (the LISTEN connection (re)connected).
     stale_all: AtomicBool,
@@ -36,6 +41,16 @@ struct Inner {
     refresh: Notify,
     /// Bumped when the instance lost sight of the database: streams end.
     lost: watch::Sender<u64>,
+}
+
+/// What the instance knows of one council's log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    /// The latest sequence.
+    pub latest: i64,
+    /// How often the log was seen to go back (a restore): a stream that saw
+    /// another count reads the log again from its cursor.
+    pub restores: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -57,7 +72,7 @@ impl Fanout {
         let rx = match councils.get(council) {
             Some(tx) => tx.subscribe(),
             None => {
-                let (tx, rx) = watch::channel(0);
+                let (tx, rx) = watch::channel(Known::default());
                 councils.insert(council.to_string(), tx);
                 rx
             }
@@ -67,30 +82,68 @@ impl Fanout {
         Latest { rx, lost, _registry: self.clone() }
     }
 
-    /// Records that `council` has `sequence` stored; wakes its streams if that is new.
+    /// Records that `council` has `sequence` stored; wakes its streams if
+    /// that is new. A lower value changes nothing here (see [`Fanout::settle`]).
     pub fn advance(&self, council: &str, sequence: i64) {
         let mut councils = lock(&self.inner.councils);
         match councils.get(council) {
             Some(tx) => {
-                tx.send_if_modified(|latest| {
-                    let newer = sequence > *latest;
+                tx.send_if_modified(|known| {
+                    let newer = sequence > known.latest;
                     if newer {
-                        *latest = sequence;
+                        known.latest = sequence;
                     }
                     newer
                 });
             }
             None => {
-                councils.insert(council.to_string(), watch::channel(sequence).0);
+                let known = Known { latest: sequence, restores: 0 };
+                councils.insert(council.to_string(), watch::channel(known).0);
             }
         }
     }
 
+    /// Takes what a read of the table found for `council`, `read`, where
+    /// `before` is what was known when the read began (see [`Fanout::known`]):
+    /// a higher value is a rise; a lower one proves the log went back (what
+    /// was known before the read had committed before it), so the value goes
+    /// down and the council's streams wake to read their log again.
+    pub fn settle(&self, council: &str, read: i64, before: i64) {
+        if read >= before {
+            return self.advance(council, read);
+        }
+        let councils = lock(&self.inner.councils);
+        if let Some(tx) = councils.get(council) {
+            tracing::warn!(
+                council,
+                from = before,
+                to = read,
+                "the council's alert log went back (a restore?): streams read it again"
+            );
+            tx.send_modify(|known| {
+                known.latest = read;
+                known.restores += 1;
+            });
+        }
+    }
+
+    /// What is known now of each of `councils` (of every council when
+    /// `None`), to [`Fanout::settle`] a read with.
+    pub fn known(&self, councils: Option<&[String]>) -> HashMap<String, i64> {
+        let all = lock(&self.inner.councils);
+        match councils {
+            None => all.iter().map(|(c, tx)| (c.clone(), tx.borrow().latest)).collect(),
+            Some(wanted) => wanted.iter().map(|c| (c.clone(), all.get(c).map_or(0, |tx| tx.borrow().latest))).collect(),
+        }
+    }
+
     /// One `NOTIFY` payload: `council:sequence`, or a bare council code from
-    /// a publisher that does not send the sequence (then it is read).
+    /// a publisher that does not send the sequence (then it is read). A
+    /// sequence lower than known is read too: it may be late (a poll saw
+    /// more meanwhile) or the first alert after a restore.
     pub fn notified(&self, payload: &str) {
         match payload.split_once(':').map(|(c, s)| (c, s.parse::<i64>())) {
-            Some((council, Ok(sequence))) => self.advance(council, sequence),
+            Some((council, Ok(sequence))) if sequence >= self.latest(council) => self.advance(council, sequence),
             _ => {
                 let council = payload.split(':').next().unwrap_or(payload);
                 lock(&self.inner.stale).insert(council.to_string());
@@ -149,14 +202,14 @@ impl Fanout {
 
     /// The latest sequence known for `council` (0 when none is known).
     pub fn latest(&self, council: &str) -> i64 {
-        lock(&self.inner.councils).get(council).map_or(0, |tx| *tx.borrow())
+        lock(&self.inner.councils).get(council).map_or(0, |tx| tx.borrow().latest)
     }
 }
 
 /// One stream's view of its council's latest sequence.
 #[derive(Debug)]
 pub struct Latest {
-    rx: watch::Receiver<i64>,
+    rx: watch::Receiver<Known>,
     lost: watch::Receiver<u64>,
     // Keeps the senders alive for as long as any stream waits on them.
     _registry: Fanout,
@@ -165,19 +218,19 @@ pub struct Latest {
 /// What woke a waiting stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// The council's latest sequence rose.
+    /// The council's latest sequence changed.
     Advanced,
     /// The instance lost sight of the database.
     Lost,
 }
 
 impl Latest {
-    /// The latest sequence known now; marks it seen for [`Latest::changed`].
-    pub fn get(&mut self) -> i64 {
+    /// What is known now; marks it seen for [`Latest::changed`].
+    pub fn get(&mut self) -> Known {
         *self.rx.borrow_and_update()
     }
 
-    /// Resolves once the latest sequence rose since the last [`Latest::get`]
+    /// Resolves once what is known changed since the last [`Latest::get`]
     /// (at once if it did in between), or when the database is lost.
     pub async fn changed(&mut self) -> Change {
         tokio::select! {
@@ -221,18 +274,19 @@ mod tests {
         let fanout = Fanout::new();
         let mut manchester = fanout.subscribe("E08000003");
         let mut liverpool = fanout.subscribe("E08000012");
-        assert_eq!(manchester.get(), 0);
-        assert_eq!(liverpool.get(), 0);
+        assert_eq!(manchester.get().latest, 0);
+        assert_eq!(liverpool.get().latest, 0);
         fanout.notified("E08000003:4");
         fanout.notified("E08000003:5"); // coalesces with the first
         let quick = Duration::from_millis(50);
         assert_eq!(tokio::time::timeout(quick, manchester.changed()).await, Ok(Change::Advanced));
-        assert_eq!(manchester.get(), 5);
+        assert_eq!(manchester.get().latest, 5);
         assert!(tokio::time::timeout(quick, manchester.changed()).await.is_err());
         assert!(tokio::time::timeout(quick, liverpool.changed()).await.is_err());
-        fanout.notified("E08000003:3"); // late and lower: nothing changes
+        fanout.notified("E08000003:3"); // late and lower: nothing changes, it is read again
         assert!(tokio::time::timeout(quick, manchester.changed()).await.is_err());
-        assert_eq!(manchester.get(), 5);
+        assert_eq!(manchester.get().latest, 5);
+        assert_eq!(fanout.take_refresh(), Some(vec!["E08000003".to_string()]));
         fanout.notified("E10000016:9"); // nobody streaming: remembered
         assert_eq!(fanout.latest("E10000016"), 9);
         assert_eq!(fanout.take_refresh(), Some(vec![]));
@@ -247,6 +301,30 @@ mod tests {
         fanout.refresh_all();
         assert_eq!(fanout.take_refresh(), None);
         assert_eq!(fanout.take_refresh(), Some(vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_read_below_what_was_known_before_it_resets_the_council_and_wakes_its_streams() {
+        let fanout = Fanout::new();
+        let mut manchester = fanout.subscribe("E08000003");
+        let mut liverpool = fanout.subscribe("E08000012");
+        fanout.advance("E08000003", 100);
+        fanout.advance("E08000012", 7);
+        assert_eq!(manchester.get(), Known { latest: 100, restores: 0 });
+        liverpool.get();
+        // A late read (begun before 100 was known) is no proof: nothing changes.
+        fanout.settle("E08000003", 98, 98);
+        let quick = Duration::from_millis(50);
+        assert!(tokio::time::timeout(quick, manchester.changed()).await.is_err());
+        // A read begun once 100 was known that finds 51: the log went back.
+        let before = fanout.known(Some(&["E08000003".to_string()]));
+        assert_eq!(before["E08000003"], 100);
+        fanout.settle("E08000003", 51, before["E08000003"]);
+        assert_eq!(tokio::time::timeout(quick, manchester.changed()).await, Ok(Change::Advanced));
+        assert_eq!(manchester.get(), Known { latest: 51, restores: 1 });
+        assert!(tokio::time::timeout(quick, liverpool.changed()).await.is_err(), "other councils untouched");
+        fanout.notified("E08000003:52");
+        assert_eq!(manchester.get(), Known { latest: 52, restores: 1 });
     }
 
     #[tokio::test]

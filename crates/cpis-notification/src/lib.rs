@@ -48,6 +48,7 @@
 //! and its open subscriptions ([`delivery`]).
 
 pub mod alert;
+pub mod alert_log;
 pub mod delivery;
 pub mod fanout;
 pub mod listen;
@@ -55,6 +56,7 @@ pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod stream;
+pub mod stream_metrics;
 
 use crate::alert::NewAlert;
 use crate::fanout::Fanout;
@@ -66,9 +68,11 @@ use cpis_domain::validate::Violations;
 use cpis_proto::notification::v1 as pb;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::migrate::{Frozen, Migrations};
+use cpis_runtime::recheck::Identity;
 use cpis_runtime::server::Shutdown;
 use cpis_runtime::ApiError;
 use std::pin::Pin;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -190,8 +194,14 @@ impl Notification {
         Ok(after)
     }
 
-    /// `Subscribe`: the council's stream from the requested sequence on.
-    async fn open_stream(&self, council: String, r: pb::SubscribeRequest) -> Result<EventStream, ApiError> {
+    /// `Subscribe`: the council's stream from the requested sequence on,
+    /// for as long as the caller's identity stays valid.
+    async fn open_stream(
+        &self,
+        council: String,
+        identity: Identity,
+        r: pb::SubscribeRequest,
+    ) -> Result<EventStream, ApiError> {
         self.metrics.db_queries.inc("open");
         let cursor = self.start_after(&council, r.after_sequence, r.replay).await?;
         // Registered before the stream's first read, so no new sequence falls between.
@@ -203,9 +213,9 @@ impl Notification {
         // The stream's events and reads carry its council and id instead.
         let id = uuid::Uuid::new_v4();
         tracing::debug!(council = %council, stream = %id, from = cursor, replay = r.replay, "subscribed");
-        let subscription = Subscription { council, id, cursor, latest };
+        let subscription = Subscription { council, id, cursor, latest, identity };
         let cx = StreamContext {
-            store: self.store.clone(),
+            log: Arc::new(self.store.clone()),
             stop: self.shutdown.stopping().clone(),
             metrics: self.metrics.clone(),
         };
@@ -287,8 +297,8 @@ impl pb::notification_service_server::NotificationService for Notification {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, r: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        let council = council_of(&r)?;
-        Ok(Response::new(self.open_stream(council, r.into_inner()).await?))
+        let (council, identity) = (council_of(&r)?, Identity::of(&r));
+        Ok(Response::new(self.open_stream(council, identity, r.into_inner()).await?))
     }
 
     async fn ack_alerts(&self, r: Request<pb::AckAlertsRequest>) -> Result<Response<pb::AckAlertsResponse>, Status> {

@@ -8,7 +8,9 @@
 //! safety poll reads the latest of every council with a stream on this
 //! instance, again in one query, every `poll_interval`: a notification lost
 //! any other way costs latency, never an alert, and the cost does not grow
-//! with the number of streams. If that poll fails, the instance can no
+//! with the number of streams. A read that finds a council's log shorter
+//! than was known before it began means the database went back (a restore):
+//! [`Fanout::settle`] resets that council and wakes its streams. If that poll fails, the instance can no
 //! longer tell what is new, and its streams end with `UNAVAILABLE` so their
 //! clients resume elsewhere (as a stream's own failed read always did).
 
@@ -192,10 +194,17 @@ pub async fn poll(store: Store, fanout: Fanout, every: Duration, queries: Stream
         };
         let all = councils.is_none();
         queries.inc(kind);
+        // What was known before the read: a read that finds less proves a restore.
+        let mut before = fanout.known(councils.as_deref());
         match store.latest_sequences(councils.as_deref()).await {
             Ok(rows) => {
                 for (council, sequence) in rows {
-                    fanout.advance(&council, sequence);
+                    let known = before.remove(&council).unwrap_or(0);
+                    fanout.settle(&council, sequence, known);
+                }
+                // A council without a row has no alert (any more).
+                for (council, known) in before {
+                    fanout.settle(&council, 0, known);
                 }
             }
             Err(e) => {

@@ -182,17 +182,43 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(pb::Alert, Option<String>)>, ApiError> {
+        self.traced_alerts_from(council, after + 1, limit).await
+    }
+
+    /// Up to `limit` alerts of `council` from sequence `from` on, in order,
+    /// each with its stored trace context.
+    pub async fn traced_alerts_from(
+        &self,
+        council: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<(pb::Alert, Option<String>)>, ApiError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 &format!(
-                    "{SELECT_ALERT} WHERE council_code = $1 AND sequence > $2
+                    "{SELECT_ALERT} WHERE council_code = $1 AND sequence >= $2
                      ORDER BY sequence LIMIT $3"
                 ),
-                &[&council, &after, &limit],
+                &[&council, &from, &limit],
             )
             .await?;
         Ok(rows.iter().map(|r| (alert_from_row(r), r.get("traceparent"))).collect())
+    }
+
+    /// The highest sequence of `council` at or below `at_most` whose alert
+    /// was stored no later than `stored_by` (0 when none): after a restore,
+    /// the last alert the log still holds of those a stream delivered.
+    pub async fn last_stored_by(&self, council: &str, at_most: i64, stored_by: DateTime<Utc>) -> Result<i64, ApiError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(max(sequence), 0) FROM notification.alerts
+                 WHERE council_code = $1 AND sequence <= $2 AND created_at <= $3",
+                &[&council, &at_most, &stored_by],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// The council's latest sequence (0 before its first alert).

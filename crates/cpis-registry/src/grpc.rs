@@ -6,6 +6,7 @@
 use crate::Registry;
 use cpis_proto::registry::v1 as pb;
 use cpis_runtime::authz::caller;
+use cpis_runtime::recheck::Identity;
 use cpis_runtime::{ApiError, Caller};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -58,8 +59,8 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         req: Request<Streaming<pb::SyncPlansRequest>>,
     ) -> Result<Response<pb::SyncPlansResponse>, Status> {
-        let council = council(&req)?;
-        Ok(Response::new(self.sync(&council, req.into_inner()).await?))
+        let (council, identity) = (council(&req)?, Identity::of(&req));
+        Ok(Response::new(self.sync(&council, &identity, req.into_inner()).await?))
     }
 
     async fn lookup_flags(

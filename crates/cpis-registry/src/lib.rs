@@ -20,6 +20,7 @@ pub mod retention;
 pub mod seed;
 pub mod settings;
 pub mod share;
+pub mod snapshot;
 pub mod store;
 pub mod sync;
 mod upload;

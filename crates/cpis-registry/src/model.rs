@@ -109,9 +109,10 @@ pub fn last_day_in_scope(end: NaiveDate) -> NaiveDate {
 }
 
 /// True when a plan is in scope on `day`: started, and either not ended or
-/// ended less than 12 months before.
+/// ended less than 12 months before, after the day it started (a plan that
+/// ends on its start date never comes into force and flags nobody).
 pub fn in_scope_on(start: NaiveDate, end: Option<NaiveDate>, day: NaiveDate) -> bool {
-    start <= day && end.is_none_or(|e| day <= last_day_in_scope(e))
+    start <= day && end.is_none_or(|e| e > start && day <= last_day_in_scope(e))
 }
 
 fn plan_type(v: &mut Violations, field: &str, value: i32) -> Option<common::PlanType> {
@@ -301,6 +302,9 @@ mod tests {
         assert!(in_scope_on(start, end, d("2026-03-14")));
         assert!(!in_scope_on(start, end, d("2026-03-15")));
         assert!(in_scope_on(start, None, d("2040-01-01")));
+        // Ended on the day it started (a plan not yet started left out of a snapshot): never in force.
+        assert!(!in_scope_on(d("2030-05-01"), Some(d("2030-05-01")), d("2030-05-01")));
+        assert!(!in_scope_on(d("2030-05-01"), Some(d("2030-05-01")), d("2030-09-01")));
         // A plan ending on 29 February stays in scope until 27 February the next year.
         assert_eq!(last_day_in_scope(d("2024-02-29")), d("2025-02-27"));
     }

@@ -106,7 +106,7 @@ impl Registry {
             tx.commit().await?;
             return Ok((plan, warnings));
         }
-        Err(ApiError::Aborted("concurrent changes to the same plan; retry".into()))
+        Err(ApiError::Contention("concurrent changes to the same plan; retry".into()))
     }
 
     /// `EndPlan`: sets the end date (not before the start); the same end

@@ -174,6 +174,22 @@ pub async fn list_plans(
     rows.iter().map(plan_from_row).collect()
 }
 
+/// The SQL condition "the plan in row `alias` is in scope on day `day`"
+/// (`unborn_days`: days an unborn plan stays in scope after the expected
+/// delivery), as [`LOOKUP_FLAGS_SQL`] decides it: started; not ended, or
+/// ended less than 12 months before, and after the day it started (a plan
+/// ending on its start date never came into force); a child under 18; an
+/// unborn plan not long past the expected delivery.
+pub fn in_scope(alias: &str, day: &str, unborn_days: &str) -> String {
+    format!(
+        "({a}.start_date <= {day}
+          AND ({a}.end_date IS NULL OR ({day} < ({a}.end_date + interval '12 months')::date AND {a}.end_date > {a}.start_date))
+          AND ({a}.date_of_birth IS NULL OR {day} < ({a}.date_of_birth + interval '18 years')::date)
+          AND ({a}.expected_delivery_date IS NULL OR {day} <= {a}.expected_delivery_date + {unborn_days}::int))",
+        a = alias
+    )
+}
+
 /// A flag found by [`lookup_flags`], with its plan's case reference.
 #[derive(Debug)]
 pub struct FoundFlag {
@@ -195,10 +211,12 @@ pub struct FoundFlag {
 
 /// The query of [`lookup_flags`] (`$1` NHS number, `$2` the day, `$3` days
 /// an unborn plan stays in scope after the expected delivery date): plans in
-/// scope are active, or ended less than 12 months before the day, on the
-/// number or on a number it superseded (until the council moves them); a child
-/// protection or looked-after plan never flags an adult (scope ends at the
-/// 18th birthday), an unborn plan ends `$3` days after the expected delivery.
+/// scope are active, or ended less than 12 months before the day (a plan
+/// that ended on its start date never came into force: it flags nobody), on
+/// the number or on a number it superseded (until the council moves them);
+/// a child protection or looked-after plan never flags an adult (scope ends
+/// at the 18th birthday), an unborn plan ends `$3` days after the expected
+/// delivery. The same rule as [`in_scope`].
 pub const LOOKUP_FLAGS_SQL: &str = "SELECT council_code, local_reference, plan_type, start_date, end_date,
         expected_delivery_date, team_name, office_phone, emergency_duty_phone, email
      FROM registry.plans
@@ -208,7 +226,7 @@ pub const LOOKUP_FLAGS_SQL: &str = "SELECT council_code, local_reference, plan_t
              SELECT c.nhs_number FROM registry.nhs_number_changes c
              WHERE c.replacement_nhs_number = $1 AND c.kind = 'superseded'))
        AND deleted_at IS NULL AND start_date <= $2
-       AND (end_date IS NULL OR $2 < (end_date + interval '12 months')::date)
+       AND (end_date IS NULL OR ($2 < (end_date + interval '12 months')::date AND end_date > start_date))
        AND (date_of_birth IS NULL OR $2 < (date_of_birth + interval '18 years')::date)
        AND (expected_delivery_date IS NULL OR $2 <= expected_delivery_date + $3::int)
      ORDER BY council_code, start_date, local_reference";
@@ -233,7 +251,7 @@ pub const LOOKUP_FLAGS_BATCH_SQL: &str = "WITH q AS (
      JOIN asked q ON q.plan_number = p.nhs_number
      WHERE p.nhs_number = ANY(ARRAY(SELECT plan_number FROM asked))
        AND p.deleted_at IS NULL AND p.start_date <= q.day
-       AND (p.end_date IS NULL OR q.day < (p.end_date + interval '12 months')::date)
+       AND (p.end_date IS NULL OR (q.day < (p.end_date + interval '12 months')::date AND p.end_date > p.start_date))
        AND (p.date_of_birth IS NULL OR q.day < (p.date_of_birth + interval '18 years')::date)
        AND (p.expected_delivery_date IS NULL OR q.day <= p.expected_delivery_date + $3::int)
      ORDER BY q.idx, p.council_code, p.start_date, p.local_reference";

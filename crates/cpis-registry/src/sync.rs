@@ -19,9 +19,15 @@
 //! A refused row changes nothing: an existing plan with its reference is
 //! neither updated nor ended. Rows are staged and judged in file order: of two
 //! rows with the same reference the first counts, whatever the batch size.
+//!
+//! A snapshot never undoes a change it did not see: a plan that UpsertPlan,
+//! EndPlan or DeletePlan changed after the upload was claimed is left as it
+//! stands and reported as a conflict; and the mass-end guard counts every
+//! way the snapshot would end plans ([`crate::snapshot`]).
 
 use crate::model::{validate_plan, PlanInput};
 use crate::share::CouncilConn;
+use crate::snapshot;
 use crate::store::{lock_council, uploads};
 use chrono::NaiveDate;
 use cpis_proto::registry::v1 as pb;
@@ -64,6 +70,26 @@ pub struct Outcome {
     pub updated_references: Vec<String>,
     /// References of ended plans (the first [`MAX_LISTED_REFERENCES`]).
     pub ended_references: Vec<String>,
+    /// Plans changed by another call after the upload started, left alone
+    /// (the first [`MAX_LISTED_REFERENCES`]).
+    pub conflicts: Vec<pb::SyncConflict>,
+    /// Conflicts in all.
+    pub conflicted: i64,
+}
+
+/// How a staged snapshot is applied.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions<'a> {
+    /// Who the changes are recorded as.
+    pub by: &'a str,
+    /// The request allows ending more than `mass_end_share` of the open plans.
+    pub allow_mass_end: bool,
+    /// The share of open plans a snapshot may end without `allow_mass_end`.
+    pub mass_end_share: f64,
+    /// Change nothing; report what would change.
+    pub dry_run: bool,
+    /// Days an unborn plan stays in scope after the expected delivery.
+    pub unborn_scope_days: u32,
 }
 
 /// One row waiting to be staged.
@@ -117,16 +143,25 @@ impl Sync {
         self.outcome.received
     }
 
-    /// Registers this upload as the council's only one. `stale_after`: an
-    /// upload of the council not heard of for that long is abandoned and
-    /// swept (with its rows) first.
-    pub async fn claim(&mut self, client: &impl GenericClient, stale_after: Duration) -> Result<(), ApiError> {
-        uploads::sweep_abandoned(client, stale_after).await?;
-        if uploads::claim(client, self.sync_id, &self.council).await? {
+    /// Registers this upload as the council's only one, and what it has seen
+    /// of the council's plans (under the council's exclusive lock, so that no
+    /// change is half made). `stale_after`: an upload of the council not
+    /// heard of for that long is abandoned and swept (with its rows) first.
+    pub async fn claim(
+        &mut self,
+        client: &mut deadpool_postgres::Client,
+        stale_after: Duration,
+    ) -> Result<(), ApiError> {
+        uploads::sweep_abandoned(crate::pg(client), stale_after).await?;
+        let tx = client.transaction().await?;
+        lock_council(&*tx, &self.council, true).await?;
+        let claimed = uploads::claim(&*tx, self.sync_id, &self.council).await?;
+        tx.commit().await?;
+        if claimed {
             self.last_touch = Instant::now();
             return Ok(());
         }
-        let since = uploads::started_at(client, &self.council).await?.unwrap_or_default();
+        let since = uploads::started_at(crate::pg(client), &self.council).await?.unwrap_or_default();
         Err(ApiError::Aborted(format!(
             "another SyncPlans upload of this council is in progress (since {since}): only one runs at a time; \
              nothing was changed; resend when it has finished"
@@ -244,17 +279,14 @@ impl Sync {
     pub async fn apply(
         mut self,
         client: &mut deadpool_postgres::Client,
-        by: &str,
-        allow_mass_end: bool,
-        mass_end_share: f64,
-        dry_run: bool,
+        options: ApplyOptions<'_>,
     ) -> Result<Outcome, ApiError> {
         let flushed = match self.settle().await {
             Ok(()) => self.take_batch().stage(client).await.map(|staged| self.absorb(staged)),
             Err(e) => Err(e),
         };
         let result = match flushed {
-            Ok(()) => self.apply_staged(client, by, allow_mass_end, mass_end_share, dry_run).await,
+            Ok(()) => self.apply_staged(client, options).await,
             Err(e) => Err(e),
         };
         // Staged rows are scratch data: drop them whatever happened.
@@ -268,10 +300,7 @@ impl Sync {
     async fn apply_staged(
         &mut self,
         client: &mut deadpool_postgres::Client,
-        by: &str,
-        allow_mass_end: bool,
-        mass_end_share: f64,
-        dry_run: bool,
+        options: ApplyOptions<'_>,
     ) -> Result<(), ApiError> {
         let tx = client.transaction().await?;
         // A whole register (up to the row cap) is applied in this one
@@ -285,26 +314,36 @@ impl Sync {
             return Err(idle_too_long());
         }
         let (id, council) = (self.sync_id, self.council.as_str());
-        let (open, to_end) = uploads::open_and_absent(&*tx, id, council, self.today).await?;
-        if to_end > 0 && !allow_mass_end && (to_end as f64) > mass_end_share * (open as f64) {
-            return Err(ApiError::FailedPrecondition(format!(
-                "this snapshot would end {to_end} of the council's {open} open plans, more than {:.0}%: \
-                 nothing was changed; if the list is complete and this is intended, resend it with allow_mass_end",
-                mass_end_share * 100.0
-            )));
+        // What other calls changed since the upload started stays as they left it.
+        let changed = uploads::changed_since_claim(&*tx, id, council).await?;
+        let left_alone: Vec<&str> = changed.iter().map(|c| c.local_reference.as_str()).collect();
+        let unborn_days = i32::try_from(options.unborn_scope_days).unwrap_or(i32::MAX);
+        let (open, ending) = uploads::open_and_ending(&*tx, id, council, self.today, &left_alone, unborn_days).await?;
+        if snapshot::mass_end_refused(ending, open, options.mass_end_share, options.allow_mass_end) {
+            return Err(ApiError::FailedPrecondition(snapshot::mass_end_refusal(ending, open, options.mass_end_share)));
         }
-        let listed = MAX_LISTED_REFERENCES;
-        let (ended, ended_refs) = uploads::end_absent(&*tx, id, council, self.today, by, listed).await?;
-        let (updated, updated_refs) = uploads::update_changed(&*tx, id, council, by, listed).await?;
-        let (created, created_refs) = uploads::create_new(&*tx, id, council, by, listed).await?;
+        let how = (options.by, MAX_LISTED_REFERENCES, left_alone.as_slice());
+        let (ended, ended_refs) = uploads::end_absent(&*tx, id, council, self.today, how).await?;
+        let (updated, updated_refs) = uploads::update_changed(&*tx, id, council, how).await?;
+        let (created, created_refs) = uploads::create_new(&*tx, id, council, how).await?;
+        let staged_left_alone = changed.iter().filter(|c| c.staged).count() as i64;
         self.outcome.ended = ended;
         self.outcome.updated = updated;
         self.outcome.created = created;
-        self.outcome.unchanged = self.staged - updated - created;
+        self.outcome.unchanged = self.staged - updated - created - staged_left_alone;
+        self.outcome.conflicted = changed.len() as i64;
+        self.outcome.conflicts = changed
+            .into_iter()
+            .take(MAX_LISTED_REFERENCES as usize)
+            .map(|c| snapshot::conflict(c.local_reference, &c.actions))
+            .collect();
+        if self.outcome.conflicted > 0 {
+            tracing::info!(council, conflicts = self.outcome.conflicted, "plans changed during the upload left alone");
+        }
         self.outcome.ended_references = ended_refs;
         self.outcome.updated_references = updated_refs;
         self.outcome.created_references = created_refs;
-        if dry_run {
+        if options.dry_run {
             tx.rollback().await?;
         } else {
             tx.commit().await?;

@@ -1,9 +1,12 @@
 //! The `SyncPlans` operation: claim the council's upload slot, stage rows
 //! as they arrive (see [`crate::sync`] for the rules), and apply the snapshot
-//! after a completion message stating the number of rows received.
+//! after a completion message stating the number of rows received, as long
+//! as the caller's certificate stays valid (checked before each batch and
+//! before the apply: a revoked council's upload changes nothing).
 
 use crate::{pg, sync, today, Registry};
 use cpis_proto::registry::v1 as pb;
+use cpis_runtime::recheck::Identity;
 use cpis_runtime::ApiError;
 use tonic::Streaming;
 
@@ -15,6 +18,7 @@ impl Registry {
     pub(crate) async fn sync(
         &self,
         council: &str,
+        identity: &Identity,
         mut stream: Streaming<pb::SyncPlansRequest>,
     ) -> Result<pb::SyncPlansResponse, ApiError> {
         let cfg = &self.config;
@@ -23,12 +27,18 @@ impl Registry {
         // replica is gone (a live one is dropped after one idle limit).
         let stale_after = cfg.sync_idle * 3;
         {
-            let client = self.council_db(council).await?;
-            upload.claim(pg(&client), stale_after).await?;
+            let mut client = self.council_db(council).await?;
+            upload.claim(&mut client, stale_after).await?;
         }
         // Drops the rows of an upload cancelled mid-way (its client went away).
         let _staged = upload.staging_guard(self.pool.clone());
-        let (allow_mass_end, dry_run) = match self.receive(council, &mut upload, &mut stream).await {
+        let received = match identity.check() {
+            Ok(()) => self.receive(council, identity, &mut upload, &mut stream).await,
+            Err(e) => Err(e),
+        };
+        // The caller's certificate may have been revoked while it streamed.
+        let received = received.and_then(|options| identity.check().map(|()| options));
+        let (allow_mass_end, dry_run) = match received {
             Ok(options) => options,
             Err(e) => {
                 // Free the council's upload slot before answering, so that
@@ -40,9 +50,15 @@ impl Registry {
             }
         };
         let mut client = self.council_db(council).await?;
-        let outcome = upload
-            .apply(&mut client, &format!("council/{council}"), allow_mass_end, cfg.mass_end_share, dry_run)
-            .await?;
+        let by = format!("council/{council}");
+        let options = sync::ApplyOptions {
+            by: &by,
+            allow_mass_end,
+            mass_end_share: cfg.mass_end_share,
+            dry_run,
+            unborn_scope_days: cfg.unborn_scope_days,
+        };
+        let outcome = upload.apply(&mut client, options).await?;
         tracing::info!(
             council = %council,
             received = outcome.received,
@@ -51,6 +67,7 @@ impl Registry {
             unchanged = outcome.unchanged,
             ended = outcome.ended,
             rejected = outcome.rejected,
+            conflicts = outcome.conflicted,
             dry_run,
             "plans synced"
         );
@@ -67,6 +84,8 @@ impl Registry {
             updated_references: outcome.updated_references,
             ended_references: outcome.ended_references,
             warnings: Vec::new(),
+            conflicts: outcome.conflicts,
+            conflicted: outcome.conflicted,
         })
     }
 
@@ -75,6 +94,7 @@ impl Registry {
     async fn receive(
         &self,
         council: &str,
+        identity: &Identity,
         upload: &mut sync::Sync,
         stream: &mut Streaming<pb::SyncPlansRequest>,
     ) -> Result<(bool, bool), ApiError> {
@@ -132,6 +152,7 @@ impl Registry {
             }
             upload.push(msg.plan.as_ref());
             if upload.should_flush(keepalive) {
+                identity.check()?;
                 upload.settle().await?;
                 let client = self.council_db(council).await?;
                 upload.flush(client);

@@ -5,11 +5,13 @@
 //! connection by [`crate::server`]), refuses unauthenticated connections with
 //! `UNAUTHENTICATED` and callers outside the table with `PERMISSION_DENIED`,
 //! and hands the typed [`Caller`] to the handler in the request extensions.
+//! The answers of long-lived calls keep checking ([`crate::recheck`]).
 //! Finer rules that depend on data (a council sees only its own plans) live
 //! in the handlers.
 
 use crate::error::ApiError;
 use crate::peer::PeerInfo;
+use crate::recheck::{Guarded, Identity, LONG_LIVED};
 use cpis_domain::identity::{Caller, ServiceName};
 use futures::future::BoxFuture;
 use std::task::{Context, Poll};
@@ -211,7 +213,16 @@ where
         match decide(&path, req.extensions().get::<PeerInfo>(), self.surface) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(req))
+                if !LONG_LIVED.contains(&path.as_str()) {
+                    return Box::pin(self.inner.call(req));
+                }
+                // A stream outlives this check: its messages check again.
+                let identity = Identity::from_peer(req.extensions().get::<PeerInfo>().cloned());
+                let answer = self.inner.call(req);
+                Box::pin(async move {
+                    let response = answer.await?;
+                    Ok(response.map(|body| tonic::body::Body::new(Guarded::new(body, identity))))
+                })
             }
             Err(refusal) => {
                 if matches!(refusal, ApiError::Unauthenticated(_)) {

@@ -14,6 +14,11 @@ pub use deadpool_postgres::Pool as DbPool;
 /// Waiting for a connection is bounded so that a database outage turns into
 /// `UNAVAILABLE` quickly instead of hanging callers.
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    pool_with(url, max_size, SessionSettings::from_env()?)
+}
+
+/// [`pool`] with these session settings instead of the environment's.
+pub fn pool_with(url: &str, max_size: usize, session: SessionSettings) -> anyhow::Result<Pool> {
     let target = DbTarget::parse(url).context("DATABASE_URL")?;
     let tls = target.tls()?;
     let mut config = target.config;
@@ -21,7 +26,7 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
         config.application_name("cpis");
     }
     config.connect_timeout(Duration::from_secs(5));
-    SessionSettings::from_env()?.apply(&mut config);
+    session.apply(&mut config);
     let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)
@@ -202,21 +207,44 @@ fn describe_connect(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// True when the error means the database could not be reached or the
-/// connection broke (so the caller may retry), not that the query was wrong.
-pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+/// Why a database error is worth repeating the whole operation for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// The database is out of reach, restarting, failing over or full.
+    Outage,
+    /// Another transaction was in the way: a lock or statement timeout, a
+    /// deadlock, a serialization failure.
+    Contention,
+}
+
+/// Which SQLSTATEs are transient: the one list (the README's table of codes
+/// follows it). Everything else is a bug or bad data, not worth repeating.
+pub fn transient_sqlstate(code: &str) -> Option<Transient> {
+    match code {
+        // 40001 serialization_failure, 40P01 deadlock_detected, 55P03
+        // lock_not_available (lock_timeout), 57014 query_canceled
+        // (statement_timeout, mostly a wait on a lock).
+        "40001" | "40P01" | "55P03" | "57014" => Some(Transient::Contention),
+        // Class 08 connection exception; 57P01-57P05 shutdown, crash,
+        // cannot connect now, idle session timeout; 53300 too many
+        // connections; 25006 read_only_sql_transaction (connected to a
+        // standby during a failover); 58030 io_error.
+        c if c.starts_with("08") || c.starts_with("57P") => Some(Transient::Outage),
+        "53300" | "25006" | "58030" => Some(Transient::Outage),
+        _ => None,
+    }
+}
+
+/// Whether (and why) an operation that failed with `e` may be repeated.
+pub fn is_transient_error(e: &tokio_postgres::Error) -> Option<Transient> {
     if e.is_closed() {
-        return true;
+        return Some(Transient::Outage);
     }
     match e.code() {
-        // Class 08: connection exception; 57P01-57P03: admin shutdown, crash
-        // shutdown, cannot connect now; 53300: too many connections.
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08") || c.starts_with("57P") || c == "53300"
-        }
+        Some(code) => transient_sqlstate(code.code()),
         // No SQLSTATE: an I/O or protocol failure before the server answered.
-        None => e.as_db_error().is_none(),
+        None if e.as_db_error().is_none() => Some(Transient::Outage),
+        None => None,
     }
 }
 
@@ -280,6 +308,19 @@ mod tests {
         );
         let bad = SessionSettings::from_lookup(|name| (name == "CPIS_DB_LOCK_TIMEOUT_MS").then(|| "5s".into()));
         assert!(bad.unwrap_err().to_string().contains("CPIS_DB_LOCK_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn lock_waits_and_failovers_are_transient_and_bad_statements_are_not() {
+        for code in ["40001", "40P01", "55P03", "57014"] {
+            assert_eq!(transient_sqlstate(code), Some(Transient::Contention), "{code}");
+        }
+        for code in ["08006", "57P01", "53300", "25006"] {
+            assert_eq!(transient_sqlstate(code), Some(Transient::Outage), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "XX000"] {
+            assert_eq!(transient_sqlstate(code), None, "{code}");
+        }
     }
 
     #[test]

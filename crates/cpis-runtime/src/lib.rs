@@ -3,7 +3,7 @@
 //! (one policy table), limits, telemetry and metrics, the PostgreSQL pool with
 //! TLS and migrations, retention, and the one mapping of errors to gRPC status.
 //!
-//! Dependencies point one way: `peer` <- `authz` <- `limits`/`telemetry` <- `server`.
+//! Dependencies point one way: `peer` <- `recheck` <- `authz` <- `limits`/`telemetry` <- `server`.
 
 pub mod args;
 pub mod authz;
@@ -12,10 +12,12 @@ pub mod db;
 pub mod db_tls;
 pub mod decode;
 pub mod error;
+pub mod handshakes;
 pub mod limits;
 pub mod metrics;
 pub mod migrate;
 pub mod peer;
+pub mod recheck;
 pub mod retention;
 pub mod server;
 pub mod settings;

@@ -46,4 +46,10 @@ impl PeerInfo {
     pub fn close_after_answer(&self) {
         self.close.cancel();
     }
+
+    /// Resolves once a request on this connection was refused for want of a
+    /// valid identity (the connection is about to close).
+    pub async fn closing(&self) {
+        self.close.cancelled().await
+    }
 }

@@ -9,6 +9,7 @@
 //! 3. `serve` returns once every connection has closed.
 
 use crate::authz::AuthzLayer;
+use crate::handshakes::HandshakeSlots;
 use crate::tls::ServerTls;
 use deadpool_postgres::Pool;
 use pin_project_lite::pin_project;
@@ -40,6 +41,10 @@ pub struct ConnectionLimits {
     /// TLS handshakes in progress per listener; more are closed at once.
     #[arg(long, env = "CPIS_MAX_HANDSHAKES", default_value_t = 256)]
     pub max_handshakes: usize,
+    /// TLS handshakes in progress from one client address (an IPv6 /64) per
+    /// listener; more from it are closed at once.
+    #[arg(long, env = "CPIS_MAX_HANDSHAKES_PER_ADDRESS", default_value_t = 128)]
+    pub max_handshakes_per_address: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -54,6 +59,11 @@ const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// How long a connection without a verified identity stays open: long enough
 /// to read the `UNAUTHENTICATED` answer and its reason, no longer.
 const UNIDENTIFIED_LIFETIME: Duration = Duration::from_secs(2);
+
+/// How long a connection whose caller was refused for a certificate that
+/// stopped being valid (revoked, expired) stays open after the refusal: long
+/// enough for its streams to end with their own `UNAUTHENTICATED`.
+const REFUSED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pin_project! {
     /// A server-side TLS connection that carries its client's identity.
@@ -105,7 +115,15 @@ impl AsyncWrite for MtlsStream {
         let this = self.project();
         let flushed = this.inner.poll_flush(cx);
         if flushed.is_ready() && this.info.close.is_cancelled() {
-            *this.closed = true;
+            if this.info.identity.is_err() {
+                *this.closed = true;
+            } else if this.deadline.is_none() {
+                // A caller whose certificate stopped being valid: its open
+                // streams end with their own UNAUTHENTICATED first.
+                let mut grace = Box::pin(tokio::time::sleep(REFUSED_CLOSE_GRACE));
+                let _ = grace.as_mut().poll(cx);
+                *this.deadline = Some(grace);
+            }
         }
         flushed
     }
@@ -143,7 +161,7 @@ pub fn mtls_incoming(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls.config());
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let handshakes = HandshakeSlots::new(limits.max_handshakes, limits.max_handshakes_per_address);
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -160,12 +178,18 @@ pub fn mtls_incoming(
                 },
             };
             // Over a cap: drop the socket before spending anything on it.
-            let (Ok(permit), Ok(handshake)) =
-                (connections.clone().try_acquire_owned(), handshakes.clone().try_acquire_owned())
+            let (Ok(permit), Some(handshake)) =
+                (connections.clone().try_acquire_owned(), handshakes.try_acquire(addr.ip()))
             else {
-                tracing::debug!(remote = %addr, "connection refused: listener at its connection or handshake cap");
+                tracing::debug!(remote = %addr, "connection refused: listener or address at its connection or handshake cap");
                 continue;
             };
+            // Fail closed: without the revocation list no caller can be
+            // verified, so no handshake is started (readiness says why).
+            if !tls.trust_loaded() {
+                tracing::debug!(remote = %addr, "connection refused: the revocation list is not loaded");
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             let keepalive =
                 socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15));
@@ -325,7 +349,7 @@ pub async fn serve(
     // truth from the start and let the watcher below decide.
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     reporter.set_service_status(options.service_name, tonic_health::ServingStatus::NotServing).await;
-    tokio::spawn(watch_readiness(reporter, pool, options.clone(), shutdown.clone()));
+    tokio::spawn(watch_readiness(reporter, pool, tls.clone(), options.clone(), shutdown.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
@@ -381,26 +405,31 @@ pub async fn serve(
     Ok(())
 }
 
-/// Keeps the readiness status in step with PostgreSQL, and turns it
+/// Keeps the readiness status in step with PostgreSQL and the trust
+/// bundle (a configured revocation list that cannot be read), and turns it
 /// `NOT_SERVING` for good once shutdown is requested.
 async fn watch_readiness(
     reporter: tonic_health::server::HealthReporter,
     pool: Pool,
+    tls: ServerTls,
     options: ServeOptions,
     shutdown: Shutdown,
 ) {
     let mut last = None;
     loop {
-        let up = crate::db::ping(&pool).await;
-        if last != Some(up) {
-            if up {
+        let trust = tls.trust_loaded();
+        let database = crate::db::ping(&pool).await;
+        let now = (trust, database);
+        if last != Some(now) {
+            if trust && database {
                 reporter.set_service_status(options.service_name, tonic_health::ServingStatus::Serving).await;
-                tracing::info!(service = options.service_name, "ready: database reachable");
+                tracing::info!(service = options.service_name, "ready: database reachable, revocation list loaded");
             } else {
                 reporter.set_service_status(options.service_name, tonic_health::ServingStatus::NotServing).await;
-                tracing::warn!(service = options.service_name, "not ready: database unreachable");
+                let why = if trust { "database unreachable" } else { "revocation list or trust bundle not loaded" };
+                tracing::warn!(service = options.service_name, why, "not ready");
             }
-            last = Some(up);
+            last = Some(now);
         }
         tokio::select! {
             _ = shutdown.requested().cancelled() => break,

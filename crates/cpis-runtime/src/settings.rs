@@ -89,6 +89,11 @@ pub struct ServerSettings {
     /// Serve internal methods (LookupFlags, PublishAlert) on this address only.
     #[arg(long, env = "CPIS_INTERNAL_LISTEN")]
     pub internal_listen: Option<SocketAddr>,
+    /// Session settings of the service's database connections instead of
+    /// the `CPIS_DB_*` environment variables (tests running several suites
+    /// in one process).
+    #[arg(skip)]
+    pub db_session: Option<crate::db::SessionSettings>,
 }
 
 impl ServerSettings {
@@ -105,6 +110,15 @@ impl ServerSettings {
     /// neither or both are set).
     pub fn database_url(&self) -> anyhow::Result<String> {
         self.database.required()
+    }
+
+    /// A pool of `size` connections to the service's database, with its session settings.
+    pub fn db_pool(&self, size: usize) -> anyhow::Result<crate::db::DbPool> {
+        let session = match self.db_session {
+            Some(session) => session,
+            None => crate::db::SessionSettings::from_env()?,
+        };
+        crate::db::pool_with(&self.database_url()?, size, session)
     }
 
     /// The age after which connections are closed, if any.
@@ -126,6 +140,9 @@ impl ServerSettings {
         if self.connections.max_connections == 0 || self.connections.max_handshakes == 0 {
             return Err(invalid("CPIS_MAX_CONNECTIONS", "and CPIS_MAX_HANDSHAKES must be at least 1"));
         }
+        if self.connections.max_handshakes_per_address == 0 {
+            return Err(invalid("CPIS_MAX_HANDSHAKES_PER_ADDRESS", "must be at least 1"));
+        }
         self.database.required().map(drop)
     }
 }
@@ -146,6 +163,7 @@ mod tests {
         assert_eq!(s.max_connection_age(), None);
         assert_eq!(s.limits.per_caller, 64);
         assert_eq!(s.connections.max_handshakes, 256);
+        assert_eq!(s.connections.max_handshakes_per_address, 128);
         s.validate().expect("defaults are valid");
     }
 }

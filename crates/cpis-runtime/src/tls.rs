@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The one crypto provider of the whole program.
@@ -112,15 +112,24 @@ impl ServerTls {
     }
 
     /// [`ServerTls::load`], also refusing client certificates listed in the
-    /// PEM certificate revocation list at `crl` (a file that does not exist
-    /// yet means none is revoked; it is picked up when it appears).
+    /// PEM certificate revocation list at `crl`.
+    ///
+    /// Fails closed: while a configured list is missing, unreadable or holds
+    /// no list (at start-up, or deleted later), [`ServerTls::trust_loaded`]
+    /// is false, so the server reports itself not ready and refuses new
+    /// handshakes; open connections keep the last list loaded. It is tried
+    /// again every couple of seconds, and the server recovers by itself.
     pub fn load_with_crl(paths: &TlsPaths, crl: Option<&Path>, trust_domain: &str) -> anyhow::Result<Self> {
         let provider = provider();
         let mut files = vec![paths.ca.clone()];
         files.extend(crl.map(Path::to_path_buf));
         let (ca, crl_path, verifier_provider) = (paths.ca.clone(), crl.map(Path::to_path_buf), provider.clone());
-        let verifier = Reloading::new("client trust bundle", files, move || {
-            client_verifier(&ca, crl_path.as_deref(), verifier_provider.clone())
+        let build = move || client_verifier(&ca, crl_path.as_deref(), verifier_provider.clone());
+        // Without the list, a stand-in that trusts the CA alone: it verifies
+        // nobody, since no handshake is accepted until the list loads.
+        let (ca, stand_in_provider) = (paths.ca.clone(), provider.clone());
+        let verifier = Reloading::new_or("client trust bundle", files, build, move || {
+            client_verifier(&ca, None, stand_in_provider.clone())
         })?;
         let hints = verifier.current().root_hint_subjects().to_vec();
         let resolver = Arc::new(ReloadingCertResolver::new(paths.clone(), provider.clone())?);
@@ -150,6 +159,13 @@ impl ServerTls {
         &self.trust_domain
     }
 
+    /// True when the trust bundle and the configured revocation list are
+    /// loaded as they are on disk now; false while either is missing or
+    /// unreadable (then no new handshake is accepted, and readiness fails).
+    pub fn trust_loaded(&self) -> bool {
+        self.verifier.loaded()
+    }
+
     /// Verifies the client's chain against our CA and reads its identity.
     pub fn identify(&self, peer_certs: Option<&[CertificateDer<'_>]>) -> Result<Caller, IdentityError> {
         self.identify_chain(peer_certs).map(|(caller, _)| caller)
@@ -162,6 +178,11 @@ impl ServerTls {
     ) -> Result<(Caller, VerifiedChain), IdentityError> {
         let certs = peer_certs.filter(|c| !c.is_empty()).ok_or(IdentityError::NoCertificate)?;
         let chain: Vec<CertificateDer<'static>> = certs.iter().map(|c| c.clone().into_owned()).collect();
+        if !self.verifier.loaded() {
+            return Err(IdentityError::Untrusted(
+                "the server cannot check revocation now (its revocation list is not loaded)".into(),
+            ));
+        }
         let verifier = self.verifier.current();
         verify(&verifier, &chain)?;
         let caller = Caller::from_certificate(&chain[0], &self.trust_domain)?;
@@ -210,11 +231,14 @@ fn client_verifier(
     provider: Arc<CryptoProvider>,
 ) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
     let mut builder = WebPkiClientVerifier::builder_with_provider(root_store(ca)?, provider);
-    if let Some(crl) = crl.filter(|p| p.exists()) {
+    if let Some(crl) = crl {
+        // A configured list that is missing, unreadable or empty fails: a
+        // deleted file must never lift every revocation.
         let crls = CertificateRevocationListDer::pem_file_iter(crl)
             .with_context(|| format!("reading the revocation list {}", crl.display()))?
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("parsing the revocation list {}", crl.display()))?;
+        anyhow::ensure!(!crls.is_empty(), "no revocation list in {}", crl.display());
         // Only certificates the list's issuer revoked are refused; a chain
         // from another issuer (mid CA rotation) is not refused for want of a list.
         builder = builder.with_crls(crls).allow_unknown_revocation_status();
@@ -304,7 +328,19 @@ pub(crate) struct Reloading<T> {
     what: &'static str,
     files: Vec<PathBuf>,
     build: Box<dyn Fn() -> anyhow::Result<T> + Send + Sync>,
-    state: Mutex<(Instant, Vec<Option<SystemTime>>, Arc<T>)>,
+    state: Mutex<ReloadState<T>>,
+}
+
+/// What [`Reloading`] holds between two looks at its files.
+struct ReloadState<T> {
+    /// When the files were last looked at.
+    checked: Instant,
+    /// Their modification times when the value was last built.
+    stamps: Vec<Option<SystemTime>>,
+    /// The value last built.
+    value: Arc<T>,
+    /// False while the files as they are now cannot be built.
+    loaded: bool,
 }
 
 /// How often [`Reloading`] looks at the files.
@@ -324,30 +360,80 @@ impl<T> Reloading<T> {
         build: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
         let value = Arc::new(build()?);
-        let stamps = files.iter().map(|f| mtime(f)).collect();
-        Ok(Self { what, files, build: Box::new(build), state: Mutex::new((Instant::now(), stamps, value)) })
+        Ok(Self::with_first(what, files, Box::new(build), value, true))
+    }
+
+    /// Builds the first value, or, when the files cannot be built yet, starts
+    /// from `stand_in` and not [`Reloading::loaded`] (failing start-up only
+    /// when the stand-in cannot be built either).
+    pub(crate) fn new_or(
+        what: &'static str,
+        files: Vec<PathBuf>,
+        build: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
+        stand_in: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<Self> {
+        match build() {
+            Ok(value) => Ok(Self::with_first(what, files, Box::new(build), Arc::new(value), true)),
+            Err(e) => {
+                tracing::error!(what, error = %format!("{e:#}"), "files not usable: not ready until they are");
+                let value = Arc::new(stand_in()?);
+                Ok(Self::with_first(what, files, Box::new(build), value, false))
+            }
+        }
+    }
+
+    fn with_first(
+        what: &'static str,
+        files: Vec<PathBuf>,
+        build: Box<dyn Fn() -> anyhow::Result<T> + Send + Sync>,
+        value: Arc<T>,
+        loaded: bool,
+    ) -> Self {
+        // Not loaded: no stamps, so the next look builds again whatever the files say.
+        let stamps = if loaded { files.iter().map(|f| mtime(f)).collect() } else { Vec::new() };
+        let state = ReloadState { checked: Instant::now(), stamps, value, loaded };
+        Self { what, files, build, state: Mutex::new(state) }
     }
 
     /// The current value, rebuilt first when the files have changed.
     pub(crate) fn current(&self) -> Arc<T> {
+        self.look().value.clone()
+    }
+
+    /// True when the value was built from the files as they are now; false
+    /// while a change to them cannot be built (a file removed, unreadable
+    /// or caught mid-write), which is tried again at the next look.
+    pub(crate) fn loaded(&self) -> bool {
+        self.look().loaded
+    }
+
+    fn look(&self) -> MutexGuard<'_, ReloadState<T>> {
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if state.0.elapsed() >= RELOAD_CHECK_INTERVAL {
-            state.0 = Instant::now();
+        if state.checked.elapsed() >= RELOAD_CHECK_INTERVAL {
+            state.checked = Instant::now();
             let stamps: Vec<_> = self.files.iter().map(|f| mtime(f)).collect();
-            if stamps != state.1 {
+            if stamps != state.stamps {
                 match (self.build)() {
                     Ok(value) => {
                         tracing::info!(what = self.what, "reloaded from changed files");
-                        state.1 = stamps;
-                        state.2 = Arc::new(value);
+                        state.stamps = stamps;
+                        state.value = Arc::new(value);
+                        state.loaded = true;
                     }
                     Err(e) => {
-                        tracing::warn!(what = self.what, error = %e, "changed files not usable yet; keeping the old ones")
+                        if state.loaded {
+                            tracing::warn!(
+                                what = self.what,
+                                error = %format!("{e:#}"),
+                                "changed files not usable; keeping the old ones and refusing new handshakes"
+                            );
+                        }
+                        state.loaded = false;
                     }
                 }
             }
         }
-        state.2.clone()
+        state
     }
 }
 

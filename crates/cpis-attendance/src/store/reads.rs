@@ -10,7 +10,8 @@ use uuid::Uuid;
 /// How a flagged person's record was read without a check-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadKind {
-    /// A silent read by scheduled care (`SilentRead`, a FHIR silent search).
+    /// A silent read by scheduled care (`SilentRead`, a FHIR silent search),
+    /// which also reads the person's recent episodes.
     Silent,
     /// A setting's read of the person's episodes (`ListEpisodes`, FHIR `AuditEvent`).
     Episodes,
@@ -48,7 +49,8 @@ pub async fn record_read(db: &tokio_postgres::Client, a: &Read<'_>) -> Result<()
             &a.viewer.user_id,
             &a.council_codes,
             &(a.kind == ReadKind::Silent),
-            &(a.kind == ReadKind::Episodes),
+            // Every read audited here shows the person's recent episodes.
+            &true,
             &a.viewer.name,
             &a.viewer.role_profile_id,
             &a.viewer.role_code,

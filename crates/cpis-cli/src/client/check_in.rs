@@ -129,11 +129,33 @@ pub async fn check_in_once(
         setting_type: setting_type as i32,
         ..Default::default()
     };
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(Duration::from_secs(10));
-    user.attach(&mut request)?;
-    Ok(client.check_in(request).await.map_err(status_error)?.into_inner())
+    // Repeated as it is (the same request_id and body) while the answer says
+    // the call may be retried: a repeat never records the arrival twice.
+    let mut attempt = 1;
+    loop {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(Duration::from_secs(10));
+        user.attach(&mut call)?;
+        match client.check_in(call).await {
+            Ok(answer) => return Ok(answer.into_inner()),
+            Err(e) => match cpis_runtime::error::retry_delay(&e, Duration::from_secs(1)) {
+                Some(delay) if attempt < CHECK_IN_ATTEMPTS => {
+                    eprintln!(
+                        "check-in: {} ({:?}); retrying in {delay:?} with the same request id",
+                        e.message(),
+                        e.code()
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                _ => return Err(status_error(e)),
+            },
+        }
+    }
 }
+
+/// How often `cpis check-in` asks before giving up on transient failures.
+const CHECK_IN_ATTEMPTS: u32 = 3;
 
 /// Runs `cpis check-in`.
 pub async fn check_in(args: CheckInArgs) -> anyhow::Result<()> {

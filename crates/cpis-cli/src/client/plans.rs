@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use cpis_proto::common::v1::PlanType;
 use cpis_proto::registry::v1::{
     registry_service_client::RegistryServiceClient, DeletePlanRequest, EndPlanRequest, GetPlanRequest,
-    ListPlansRequest, Plan, SyncCompletion, SyncPlansRequest,
+    ListPlansRequest, Plan, SyncCompletion, SyncConflict, SyncConflictChange, SyncPlansRequest,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -192,7 +192,8 @@ async fn sync_csv(
                    "unchanged": r.unchanged, "ended": r.ended, "rejected": r.rejected,
                    "blank_rows_skipped": check.blank_rows, "dry_run": r.dry_run, "rejections": rejections,
                    "created_references": r.created_references, "updated_references": r.updated_references,
-                   "ended_references": r.ended_references})
+                   "ended_references": r.ended_references, "conflicted": r.conflicted,
+                   "conflicts": r.conflicts.iter().map(conflict_json).collect::<Vec<_>>()})
         );
         return Ok(());
     }
@@ -230,7 +231,32 @@ async fn sync_csv(
     if (r.rejections.len() as i64) < r.rejected {
         println!("  ... and {} more", r.rejected - r.rejections.len() as i64);
     }
+    if r.conflicted > 0 {
+        println!("  left as they stand: changed by another call while this upload ran ({}):", r.conflicted);
+        for c in &r.conflicts {
+            println!("    {} ({}): {}", c.local_reference, conflict_change(c.change), c.reason);
+        }
+        if (r.conflicts.len() as i64) < r.conflicted {
+            println!("    ... and {} more", r.conflicted - r.conflicts.len() as i64);
+        }
+    }
     Ok(())
+}
+
+/// What another call did to a plan during an upload, as a word.
+fn conflict_change(change: i32) -> &'static str {
+    match SyncConflictChange::try_from(change) {
+        Ok(SyncConflictChange::Created) => "created",
+        Ok(SyncConflictChange::Updated) => "updated",
+        Ok(SyncConflictChange::Ended) => "ended",
+        Ok(SyncConflictChange::Deleted) => "deleted",
+        _ => "changed",
+    }
+}
+
+/// One conflict for `--json`.
+fn conflict_json(c: &SyncConflict) -> Value {
+    json!({"local_reference": c.local_reference, "change": conflict_change(c.change), "reason": c.reason})
 }
 
 /// Runs `cpis plans ...`.

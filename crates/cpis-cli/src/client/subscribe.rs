@@ -100,6 +100,16 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                 backoff = (backoff * 2).min(max_backoff);
                 continue;
             }
+            Err(e) if cursor > 0 && beyond_the_log(&e) => {
+                // The server's log was restored to before our cursor: resume
+                // after its acknowledgement (restored with it); alerts written
+                // out again keep their alert_id.
+                eprintln!(
+                    "subscribe: the alert log was restored to before {cursor}; resuming after the acknowledgement"
+                );
+                cursor = 0;
+                continue;
+            }
             Err(e) => return Err(status_error(e)),
         };
         loop {
@@ -109,7 +119,12 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                     match msg.event {
                         Some(Event::Alert(alert)) => {
                             if alert.sequence <= cursor {
-                                continue; // already handled (a resend after a reconnect)
+                                // A stream never sends an alert twice: the
+                                // server's log was restored, and this one is new.
+                                eprintln!(
+                                    "subscribe: the alert log was restored: alert {} follows {cursor}",
+                                    alert.sequence
+                                );
                             }
                             emit(&alert_json(&alert))?;
                             cursor = alert.sequence;
@@ -165,4 +180,14 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// True when `Subscribe` refused a cursor beyond the council's latest
+/// alert: the server's log went back (restored from a backup).
+fn beyond_the_log(e: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    e.code() == tonic::Code::InvalidArgument
+        && e.get_error_details()
+            .bad_request()
+            .is_some_and(|b| b.field_violations.iter().any(|v| v.field == "after_sequence"))
 }

@@ -13,17 +13,57 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-/// Registers upload `sync_id` as `council`'s only one; false when the
-/// council already has one.
+/// Registers upload `sync_id` as `council`'s only one, recording the last
+/// plan change id handed out so far (run under the council's exclusive lock,
+/// so no change of the council is in flight); false when the council
+/// already has an upload.
 pub async fn claim(client: &impl GenericClient, sync_id: Uuid, council: &str) -> Result<bool, ApiError> {
     let claimed = client
         .execute(
-            "INSERT INTO registry.sync_uploads (sync_id, council_code) VALUES ($1, $2)
+            "INSERT INTO registry.sync_uploads (sync_id, council_code, changes_seen)
+             VALUES ($1, $2, coalesce(pg_sequence_last_value('registry.plan_changes_change_id_seq'), 0))
              ON CONFLICT (council_code) DO NOTHING",
             &[&sync_id, &council],
         )
         .await?;
     Ok(claimed == 1)
+}
+
+/// One plan another call changed after the upload started.
+#[derive(Debug)]
+pub struct Changed {
+    /// The plan's reference.
+    pub local_reference: String,
+    /// What its history recorded since, in order (`created`, `updated`, `ended`, `deleted`).
+    pub actions: Vec<String>,
+    /// The upload has a valid row for it (which is therefore not applied).
+    pub staged: bool,
+}
+
+/// The council's plans (by reference) that UpsertPlan, EndPlan or
+/// DeletePlan changed after upload `sync_id` was claimed, in reference order.
+pub async fn changed_since_claim(
+    tx: &impl GenericClient,
+    sync_id: Uuid,
+    council: &str,
+) -> Result<Vec<Changed>, ApiError> {
+    let rows = tx
+        .query(
+            "SELECT r.local_reference, r.actions,
+                    EXISTS (SELECT 1 FROM registry.sync_rows s
+                            WHERE s.sync_id = $1 AND s.local_reference = r.local_reference AND NOT s.rejected)
+             FROM (SELECT p.local_reference, array_agg(c.action ORDER BY c.change_id) AS actions
+                   FROM registry.plan_changes c
+                   JOIN registry.plans p ON p.plan_id = c.plan_id
+                   WHERE p.council_code = $2
+                     AND c.change_id > (SELECT changes_seen FROM registry.sync_uploads WHERE sync_id = $1)
+                     AND c.action NOT LIKE '%by_sync'
+                   GROUP BY p.local_reference) r
+             ORDER BY r.local_reference",
+            &[&sync_id, &council],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| Changed { local_reference: r.get(0), actions: r.get(1), staged: r.get(2) }).collect())
 }
 
 /// When `council`'s upload in progress started (UTC, RFC 3339), if it has one.
@@ -107,44 +147,61 @@ pub async fn lock(tx: &impl GenericClient, sync_id: Uuid) -> Result<bool, ApiErr
     Ok(tx.query_opt("SELECT 1 FROM registry.sync_uploads WHERE sync_id = $1 FOR UPDATE", &[&sync_id]).await?.is_some())
 }
 
-/// The council's open plans, and how many of them the snapshot would end.
-pub async fn open_and_absent(
+/// `$1` upload, `$2` council, `$3` the day, `$4` references left alone,
+/// `$5` days an unborn plan stays in scope after the expected delivery.
+static OPEN_AND_ENDING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT count(*) FILTER (WHERE p.end_date IS NULL OR p.end_date > $3),
+                count(*) FILTER (WHERE
+                    ((p.end_date IS NULL OR p.end_date > $3)
+                     AND (s.local_reference IS NULL OR (NOT s.rejected AND s.end_date <= $3)))
+                    OR (NOT s.rejected AND {p_in_scope} AND NOT {s_in_scope}))
+         FROM registry.plans p
+         LEFT JOIN registry.sync_rows s ON s.sync_id = $1 AND s.local_reference = p.local_reference
+         WHERE p.council_code = $2 AND p.deleted_at IS NULL AND p.local_reference <> ALL($4)
+           AND (p.end_date IS NULL OR $3 < (p.end_date + interval '12 months')::date)",
+        p_in_scope = super::in_scope("p", "$3", "$5"),
+        s_in_scope = super::in_scope("s", "$3", "$5"),
+    )
+});
+
+/// The council's open plans, and how many plans the snapshot would end or
+/// take out of scope: open plans absent from it, open plans its rows end
+/// (an `end_date` on or before the day), and plans in scope its rows take
+/// out of scope. Plans in `left_alone` are not counted.
+pub async fn open_and_ending(
     tx: &impl GenericClient,
     sync_id: Uuid,
     council: &str,
     today: NaiveDate,
+    left_alone: &[&str],
+    unborn_scope_days: i32,
 ) -> Result<(i64, i64), ApiError> {
-    let counts = tx
-        .query_one(
-            "SELECT count(*),
-                    count(*) FILTER (WHERE NOT EXISTS (
-                        SELECT 1 FROM registry.sync_rows s WHERE s.sync_id = $1 AND s.local_reference = p.local_reference))
-             FROM registry.plans p
-             WHERE p.council_code = $2 AND p.deleted_at IS NULL AND (p.end_date IS NULL OR p.end_date > $3)",
-            &[&sync_id, &council, &today],
-        )
-        .await?;
+    let counts =
+        tx.query_one(OPEN_AND_ENDING.as_str(), &[&sync_id, &council, &today, &left_alone, &unborn_scope_days]).await?;
     Ok((counts.get(0), counts.get(1)))
 }
 
 /// What one applying statement did: how many plans, and the first `listed` references.
 pub type Applied = (i64, Vec<String>);
 
-/// Ends the council's open plans absent from the snapshot (on `today`, or
-/// their start date if later), with history.
+/// Ends the council's open plans absent from the snapshot, with history:
+/// on `today`, or, for a plan not started yet, on its start date (a plan
+/// ending on the day it starts never comes into force and flags nobody).
+/// Plans in `left_alone` are not touched.
 pub async fn end_absent(
     tx: &impl GenericClient,
     sync_id: Uuid,
     council: &str,
     today: NaiveDate,
-    by: &str,
-    listed: i32,
+    (by, listed, left_alone): (&str, i32, &[&str]),
 ) -> Result<Applied, ApiError> {
     let row = tx
         .query_one(
             "WITH ended AS (
                  UPDATE registry.plans p SET end_date = GREATEST($3, p.start_date), version = p.version + 1, updated_at = now()
                  WHERE p.council_code = $2 AND p.deleted_at IS NULL AND (p.end_date IS NULL OR p.end_date > $3)
+                   AND p.local_reference <> ALL($6)
                    AND NOT EXISTS (SELECT 1 FROM registry.sync_rows s
                                    WHERE s.sync_id = $1 AND s.local_reference = p.local_reference)
                  RETURNING p.plan_id, p.version, p.local_reference),
@@ -153,20 +210,20 @@ pub async fn end_absent(
                  SELECT plan_id, version, 'ended_by_sync', ARRAY['end_date'], $4 FROM ended RETURNING 1)
              SELECT (SELECT count(*) FROM hist),
                     coalesce((SELECT array_agg(local_reference ORDER BY local_reference) FROM ended)[1:$5], '{}')",
-            &[&sync_id, &council, &today, &by, &listed],
+            &[&sync_id, &council, &today, &by, &listed, &left_alone],
         )
         .await?;
     Ok((row.get(0), row.get(1)))
 }
 
-/// `$1` upload, `$2` council, `$3` author, `$4` references listed.
+/// `$1` upload, `$2` council, `$3` author, `$4` references listed, `$5` references left alone.
 static UPDATE_CHANGED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH diff AS (
              SELECT p.plan_id, {changed} AS fields
              FROM registry.plans p
              JOIN registry.sync_rows s ON s.sync_id = $1 AND s.local_reference = p.local_reference AND NOT s.rejected
-             WHERE p.council_code = $2 AND p.deleted_at IS NULL),
+             WHERE p.council_code = $2 AND p.deleted_at IS NULL AND p.local_reference <> ALL($5)),
          upd AS (
              UPDATE registry.plans p SET {assign}, version = p.version + 1, updated_at = now()
              FROM diff d, registry.sync_rows s
@@ -184,26 +241,26 @@ static UPDATE_CHANGED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Updates the council's plans whose staged row differs, recording which fields changed.
+/// Updates the council's plans whose staged row differs, recording which
+/// fields changed; plans in `left_alone` are not touched.
 pub async fn update_changed(
     tx: &impl GenericClient,
     sync_id: Uuid,
     council: &str,
-    by: &str,
-    listed: i32,
+    (by, listed, left_alone): (&str, i32, &[&str]),
 ) -> Result<Applied, ApiError> {
-    let row = tx.query_one(UPDATE_CHANGED.as_str(), &[&sync_id, &council, &by, &listed]).await?;
+    let row = tx.query_one(UPDATE_CHANGED.as_str(), &[&sync_id, &council, &by, &listed, &left_alone]).await?;
     Ok((row.get(0), row.get(1)))
 }
 
-/// `$1` upload, `$2` council, `$3` author, `$4` references listed.
+/// `$1` upload, `$2` council, `$3` author, `$4` references listed, `$5` references left alone.
 static CREATE_NEW: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH ins AS (
              INSERT INTO registry.plans (plan_id, council_code, local_reference, {fields}, version)
              SELECT registry.new_plan_id(), $2, s.local_reference, {staged}, 1
              FROM registry.sync_rows s
-             WHERE s.sync_id = $1 AND NOT s.rejected
+             WHERE s.sync_id = $1 AND NOT s.rejected AND s.local_reference <> ALL($5)
                AND NOT EXISTS (SELECT 1 FROM registry.plans p WHERE p.council_code = $2
                                AND p.local_reference = s.local_reference AND p.deleted_at IS NULL)
              RETURNING plan_id, local_reference),
@@ -217,15 +274,15 @@ static CREATE_NEW: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Creates plans for staged rows whose reference the council does not have.
+/// Creates plans for staged rows whose reference the council does not
+/// have; references in `left_alone` are not created.
 pub async fn create_new(
     tx: &impl GenericClient,
     sync_id: Uuid,
     council: &str,
-    by: &str,
-    listed: i32,
+    (by, listed, left_alone): (&str, i32, &[&str]),
 ) -> Result<Applied, ApiError> {
-    let row = tx.query_one(CREATE_NEW.as_str(), &[&sync_id, &council, &by, &listed]).await?;
+    let row = tx.query_one(CREATE_NEW.as_str(), &[&sync_id, &council, &by, &listed, &left_alone]).await?;
     Ok((row.get(0), row.get(1)))
 }
 
