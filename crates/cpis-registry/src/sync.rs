@@ -28,7 +28,7 @@
 use crate::model::{validate_plan, PlanInput};
 use crate::share::CouncilConn;
 use crate::snapshot;
-use crate::store::{lock_council, uploads};
+use crate::store::{changes, lock_council, uploads};
 use chrono::NaiveDate;
 use cpis_proto::registry::v1 as pb;
 use cpis_runtime::ApiError;
@@ -75,6 +75,8 @@ pub struct Outcome {
     pub conflicts: Vec<pb::SyncConflict>,
     /// Conflicts in all.
     pub conflicted: i64,
+    /// Rows accepted but needing the council's attention (inactive NHS numbers).
+    pub warnings: Vec<pb::PlanWarning>,
 }
 
 /// How a staged snapshot is applied.
@@ -313,6 +315,7 @@ impl Sync {
         if !uploads::lock(&*tx, self.sync_id).await? {
             return Err(idle_too_long());
         }
+        self.check_numbers(&*tx).await?;
         let (id, council) = (self.sync_id, self.council.as_str());
         // What other calls changed since the upload started stays as they left it.
         let changed = uploads::changed_since_claim(&*tx, id, council).await?;
@@ -348,6 +351,36 @@ impl Sync {
         } else {
             tx.commit().await?;
         }
+        Ok(())
+    }
+
+    /// Refuses the staged rows whose NHS number was superseded (the national
+    /// result "superseded NHS number", the replacement in its own field) and
+    /// warns of those whose number was made inactive.
+    async fn check_numbers(&mut self, tx: &impl GenericClient) -> Result<(), ApiError> {
+        let superseded = changes::refuse_superseded_rows(tx, self.sync_id).await?;
+        self.staged -= superseded.len() as i64;
+        self.outcome.rejected += superseded.len() as i64;
+        self.outcome.rejections.extend(superseded.into_iter().map(|(row, local_reference, replacement)| {
+            pb::SyncRejection {
+                local_reference,
+                reason: crate::demographics::SUPERSEDED_REASON.into(),
+                row,
+                field: "plan.nhs_number".into(),
+                replacement_nhs_number: replacement,
+            }
+        }));
+        let inactive = changes::inactive_rows(tx, self.sync_id).await?;
+        self.outcome.warnings = inactive
+            .into_iter()
+            .take(MAX_LISTED_REJECTIONS)
+            .map(|(row, local_reference)| pb::PlanWarning {
+                row,
+                local_reference,
+                field: "plan.nhs_number".into(),
+                reason: crate::demographics::INACTIVE_WARNING.into(),
+            })
+            .collect();
         Ok(())
     }
 

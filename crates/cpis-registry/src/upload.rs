@@ -83,7 +83,7 @@ impl Registry {
             created_references: outcome.created_references,
             updated_references: outcome.updated_references,
             ended_references: outcome.ended_references,
-            warnings: Vec::new(),
+            warnings: outcome.warnings,
             conflicts: outcome.conflicts,
             conflicted: outcome.conflicted,
         })

@@ -145,3 +145,40 @@ pub async fn of_numbers(
         })
         .collect())
 }
+
+/// Refuses an upload's staged rows whose NHS number was superseded (they
+/// then protect their reference like any refused row); answers
+/// `(row number, reference, replacement)` of each.
+pub async fn refuse_superseded_rows(
+    tx: &impl GenericClient,
+    sync_id: uuid::Uuid,
+) -> Result<Vec<(i64, String, String)>, ApiError> {
+    let rows = tx
+        .query(
+            "UPDATE registry.sync_rows s SET rejected = true
+             FROM (SELECT DISTINCT ON (nhs_number) nhs_number, replacement_nhs_number
+                   FROM registry.nhs_number_changes WHERE kind = 'superseded'
+                   ORDER BY nhs_number, effective_date DESC, recorded_at DESC) c
+             WHERE s.sync_id = $1 AND NOT s.rejected AND s.nhs_number = c.nhs_number
+             RETURNING s.row_no, s.local_reference, c.replacement_nhs_number",
+            &[&sync_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+/// An upload's staged rows whose NHS number was made inactive:
+/// `(row number, reference)`, in row order.
+pub async fn inactive_rows(tx: &impl GenericClient, sync_id: uuid::Uuid) -> Result<Vec<(i64, String)>, ApiError> {
+    let rows = tx
+        .query(
+            "SELECT s.row_no, s.local_reference FROM registry.sync_rows s
+             WHERE s.sync_id = $1 AND NOT s.rejected
+               AND EXISTS (SELECT 1 FROM registry.nhs_number_changes c
+                           WHERE c.nhs_number = s.nhs_number AND c.kind = 'inactive')
+             ORDER BY s.row_no",
+            &[&sync_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
