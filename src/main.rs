@@ -63,6 +63,13 @@ enum Command {
     Subscribe(cpis_cli::client::SubscribeArgs),
     /// Council: the history of accesses to its children's flags.
     Audit(cpis_cli::client::AuditArgs),
+    /// Scheduled care: record that a child was not brought to an appointment.
+    WasNotBrought(cpis_cli::client::WasNotBroughtArgs),
+    /// The demographics feed: record one NHS number change (operators and tests).
+    Demographics {
+        #[command(subcommand)]
+        command: DemographicsCommand,
+    },
     /// Development users: signed tokens shaped as the NHS Care Identity Service issues them.
     Users {
         #[command(subcommand)]
@@ -74,6 +81,13 @@ enum Command {
     /// (Kubernetes exec probes: kubelet's own gRPC probes cannot present a
     /// client certificate).
     Probe(ProbeArgs),
+}
+
+/// `cpis demographics ...`
+#[derive(Subcommand, Debug)]
+enum DemographicsCommand {
+    /// Send one NHS number change as `service/demographics` (idempotent by --event-id).
+    Record(cpis_cli::client::DemographicsRecordArgs),
 }
 
 #[derive(Args, Debug)]
@@ -216,6 +230,10 @@ async fn run() -> anyhow::Result<()> {
         Command::Subscribe(args) => cpis_cli::client::subscribe(args).await,
         Command::Audit(args) => cpis_cli::client::audit(args).await,
         Command::Users { command } => cpis_cli::users::users(command),
+        Command::WasNotBrought(args) => cpis_cli::client::was_not_brought(args).await,
+        Command::Demographics { command: DemographicsCommand::Record(args) } => {
+            cpis_cli::client::demographics_record(args).await
+        }
         Command::Demo(conn) => cpis_cli::demo::run(conn).await,
     }
 }

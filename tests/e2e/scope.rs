@@ -70,7 +70,7 @@ async fn an_open_ended_plan_stops_flagging_at_the_eighteenth_birthday() {
 }
 
 #[tokio::test]
-async fn an_unborn_plan_stops_flagging_six_weeks_after_the_expected_delivery() {
+async fn an_unborn_plan_stops_flagging_28_days_after_the_expected_delivery() {
     let ts = TestSuite::start().await;
     let today = cpis_domain::time::today_in_london();
     let unborn = |reference: &str, nhs_number: &str, edd: NaiveDate| Plan {
@@ -81,10 +81,11 @@ async fn an_unborn_plan_stops_flagging_six_weeks_after_the_expected_delivery() {
         ..plan(reference, nhs_number)
     };
     let days = i64::from(cpis_registry::DEFAULT_UNBORN_SCOPE_DAYS);
+    assert_eq!(days, 28, "the national service's 28 days");
     let (past, within) = (nhs(3005), nhs(3006));
     register(&ts, unborn("M-3005", &past, today - TimeDelta::days(days + 1))).await;
     register(&ts, unborn("M-3006", &within, today - TimeDelta::days(days))).await;
-    assert!(!flagged(&ts, arrival(&past)).await, "out of scope six weeks and a day after the expected delivery");
+    assert!(!flagged(&ts, arrival(&past)).await, "out of scope 29 days after the expected delivery");
     assert!(flagged(&ts, arrival(&within)).await, "in scope until then");
     ts.suite.stop().await.unwrap();
 }

@@ -6,9 +6,11 @@ use clap::Args;
 use cpis_runtime::settings::{invalid, millis, secs};
 use std::time::Duration;
 
-/// Six weeks: a birth up to two weeks after the expected date, and the
-/// council's registration of the newborn's own plan.
-pub const DEFAULT_UNBORN_SCOPE_DAYS: u32 = 42;
+/// 28 days, as the national CP-IS service keeps an unborn child protection
+/// plan on show after the expected delivery date (NHS England's CP-IS
+/// guidance, as quoted in issue 26); the council then registers the
+/// newborn's own plan.
+pub const DEFAULT_UNBORN_SCOPE_DAYS: u32 = 28;
 
 /// Settings of the Registry service.
 #[derive(Args, Debug, Clone)]

@@ -6,11 +6,13 @@
 mod audit;
 mod check_in;
 mod plans;
+mod records;
 mod subscribe;
 
 pub use audit::*;
 pub use check_in::*;
 pub use plans::*;
+pub use records::*;
 pub use subscribe::*;
 
 use anyhow::bail;

@@ -184,7 +184,13 @@ async fn sync_csv(
         let rejections: Vec<Value> = r
             .rejections
             .iter()
-            .map(|x| json!({"line": line_of(x.row), "row": x.row, "local_reference": x.local_reference, "field": x.field, "reason": x.reason}))
+            .map(|x| json!({"line": line_of(x.row), "row": x.row, "local_reference": x.local_reference, "field": x.field, "reason": x.reason,
+                            "replacement_nhs_number": x.replacement_nhs_number}))
+            .collect();
+        let warnings: Vec<Value> = r
+            .warnings
+            .iter()
+            .map(|w| json!({"line": line_of(w.row), "row": w.row, "local_reference": w.local_reference, "field": w.field, "reason": w.reason}))
             .collect();
         println!(
             "{}",
@@ -193,7 +199,7 @@ async fn sync_csv(
                    "blank_rows_skipped": check.blank_rows, "dry_run": r.dry_run, "rejections": rejections,
                    "created_references": r.created_references, "updated_references": r.updated_references,
                    "ended_references": r.ended_references, "conflicted": r.conflicted,
-                   "conflicts": r.conflicts.iter().map(conflict_json).collect::<Vec<_>>()})
+                   "conflicts": r.conflicts.iter().map(conflict_json).collect::<Vec<_>>(), "warnings": warnings})
         );
         return Ok(());
     }
@@ -227,6 +233,13 @@ async fn sync_csv(
     }
     for x in &r.rejections {
         println!("  line {} ({}): {}", line_of(x.row), x.local_reference, x.reason);
+        if !x.replacement_nhs_number.is_empty() {
+            // The council's own upload: the replacement is what to send instead.
+            println!("    send it with the replacement NHS number {}", x.replacement_nhs_number);
+        }
+    }
+    for w in &r.warnings {
+        println!("  line {} ({}): warning: {}", line_of(w.row), w.local_reference, w.reason);
     }
     if (r.rejections.len() as i64) < r.rejected {
         println!("  ... and {} more", r.rejected - r.rejections.len() as i64);

@@ -3,10 +3,10 @@
 use super::*;
 use anyhow::Context as _;
 use clap::Args;
-use cpis_proto::common::v1::PlanType;
+use cpis_proto::common::v1::{NhsNumberChangeKind, PlanType, SettingType};
 use cpis_proto::notification::v1::{
     notification_service_client::NotificationServiceClient, subscribe_response::Event, AckAlertsRequest, Alert,
-    AlertPriority, SubscribeRequest,
+    AlertKind, AlertPriority, SubscribeRequest,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -46,6 +46,16 @@ pub fn alert_json(a: &Alert) -> Value {
            "priority": AlertPriority::try_from(a.priority).map(|t| t.as_str_name()).unwrap_or("?"),
            "episode": a.episode.as_ref().map(episode_json),
            "viewer": a.viewer.as_ref().map(super::viewer_json),
+           "kind": AlertKind::try_from(a.kind).map(|k| k.as_str_name()).unwrap_or("?"),
+           "was_not_brought": a.was_not_brought.as_ref().map(|m| json!({
+               "record_id": m.record_id, "setting_code": m.setting_code,
+               "setting_type": SettingType::try_from(m.setting_type).map(|t| t.as_str_name()).unwrap_or("?"),
+               "appointment_at": m.appointment_at.as_ref().and_then(cpis_domain::time::from_timestamp).map(|t| t.to_rfc3339()),
+               "missed_in_last_90_days": m.missed_in_last_90_days})),
+           "nhs_number_change": a.nhs_number_change.as_ref().map(|n| json!({
+               "kind": NhsNumberChangeKind::try_from(n.kind).map(|k| k.as_str_name()).unwrap_or("?"),
+               "replacement_nhs_number": n.replacement_nhs_number, "effective_date": n.effective_date,
+               "event_id": n.event_id, "local_references": n.local_references})),
            "created_at": a.created_at.as_ref().and_then(cpis_domain::time::from_timestamp).map(|t| t.to_rfc3339())})
 }
 
