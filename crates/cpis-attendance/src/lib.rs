@@ -6,7 +6,8 @@
 //! publishes each outbox row to Notification `PublishAlert`.
 //!
 //! Where things are: the handlers below (caller, one operation, conversion);
-//! the operations in `checkin` (the check-in and its transaction) and `reads`;
+//! the operations in `checkin` (the check-in and its transaction), `reads` and
+//! `history` (the access history shown to settings);
 //! `replays` coalesces the check-in's replay look-ups as `registry` does the
 //! flag look-ups; the rules they apply in `rules` (plain functions); one SQL statement per
 //! function in `store`; the contract's messages built in `convert`.
@@ -16,6 +17,7 @@ mod checkin;
 mod coalesce;
 mod convert;
 pub mod fhir;
+mod history;
 mod model;
 mod page;
 mod reads;
@@ -76,6 +78,7 @@ pub const RELAY_POOL_SIZE: usize = 2;
 pub struct Attendance {
     check_ins: checkin::CheckIns,
     reads: reads::Reads,
+    history: history::AccessHistory,
     /// The outbox's metrics, shared with the relay.
     relay_metrics: relay::RelayMetrics,
 }
@@ -121,7 +124,8 @@ impl Attendance {
             repeat_threshold: config.repeat_threshold,
         };
         let check_ins = checkin::CheckIns::new(pool.clone(), flags.clone(), rules, config.arrival_window, wake_relay);
-        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), relay_metrics })
+        let history = history::AccessHistory::new(pool.clone(), flags.clone());
+        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), history, relay_metrics })
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
@@ -145,6 +149,11 @@ impl Attendance {
     /// The read operations (also the FHIR silent read and AuditEvent).
     fn reads(&self) -> &reads::Reads {
         &self.reads
+    }
+
+    /// The access history shown to settings (the FHIR AuditEvent search).
+    fn history(&self) -> &history::AccessHistory {
+        &self.history
     }
 }
 
