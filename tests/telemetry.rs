@@ -284,7 +284,10 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         spans.iter().any(|s| s.name == "FHIR/R4/CareTeam" && s.span_id == referenced.parent_span_id),
         "the TraceID's span is in the request's trace, under its server span"
     );
-    assert!(!everything.contains("TRACEREF-") && !log_text.contains("TRACEREF-"), "a TraceID that is no UUID is recorded");
+    assert!(
+        !everything.contains("TRACEREF-") && !log_text.contains("TRACEREF-"),
+        "a TraceID that is no UUID is recorded"
+    );
     // No per-request outcome: beside a vendor's request id, "flagged" would
     // tell the log's readers who is on a plan.
     assert!(!log_text.contains("flagged"), "a log line says whether a check-in was flagged");
