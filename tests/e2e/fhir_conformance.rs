@@ -334,3 +334,34 @@ async fn audit_event_is_the_guides_with_and_without_the_include_of_who_looked() 
     assert_eq!(count(&ts, "SELECT count(*) FROM attendance.accesses").await, before);
     ts.suite.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn behind_a_gateway_every_url_starts_at_the_public_base_url() {
+    let public = "https://api.example.nhs.uk/cpis/FHIR/R4";
+    let mut configs = cpis::suite::ServiceConfigs::default();
+    configs.attendance.fhir_base_url = Some(format!("{public}/"));
+    let ts = TestSuite::start_with(configs).await;
+    let child = nhs(2431);
+    let unborn = Plan {
+        plan_type: PlanType::UnbornChildProtection as i32,
+        date_of_birth: String::new(),
+        start_date: day(-10),
+        expected_delivery_date: day(100),
+        ..plan("ISL-2431", &child)
+    };
+    upsert(&ts, ISLINGTON, unborn).await;
+    let ed = ts.identity(&setting(ALDER_HEY));
+    let answer = fhir_get(&ts, Some(&ed), &search_path("CareTeam", &child), &[]).await;
+    keep("careteam-gateway", &answer);
+    assert_eq!(answer.status, 200, "{}", answer.raw);
+    let b = &answer.body;
+    let self_url = b["link"][0]["url"].as_str().unwrap();
+    assert!(self_url.starts_with(&format!("{public}/CareTeam?patient:identifier=")), "{self_url}");
+    let team = &b["entry"][0]["resource"];
+    assert_eq!(b["entry"][0]["fullUrl"], format!("{public}/CareTeam/{}", team["id"].as_str().unwrap()).as_str());
+    let edd = format!("{public}/StructureDefinition/cpis-expected-delivery-date");
+    assert_eq!(team["extension"][0]["url"], edd.as_str(), "the extension's URL is stable behind the gateway");
+    let metadata = fhir_get(&ts, Some(&ed), "/FHIR/R4/metadata", &[]).await;
+    assert_eq!(metadata.body["implementation"]["url"], public);
+    ts.suite.stop().await.unwrap();
+}

@@ -159,6 +159,7 @@ request without a token: the user id the setting asserts, recorded as not verifi
 
 #[cfg(test)]
 mod tests {
+    use super::super::outcome::ErrorCode;
     use super::*;
     use axum::http::HeaderValue;
 
@@ -200,6 +201,4 @@ mod tests {
         assert_eq!(setting_type(&HeaderMap::new(), false).ok(), Some(SettingType::GpPractice));
         assert!(setting_type(&with(SETTING_TYPE_HEADER, "hospital"), true).is_err());
     }
-
-    use super::super::outcome::ErrorCode;
 }
