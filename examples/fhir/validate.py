@@ -51,20 +51,21 @@ def main() -> int:
         print(f"validate.py: no JSON files in {args.dir}", file=sys.stderr)
         return 1
     problems: list[str] = []
+    kinds: set[str] = set()
     for path in files:
         try:
             body = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             problems.append(f"{path.name}: not JSON: {e}")
             continue
-        problems += validate(body, path.name)
+        kinds.add(str(body.get("resourceType", "?")) if isinstance(body, dict) else "?")
+        problems += validate(body, path.name) if isinstance(body, dict) else [f"{path.name}: not a JSON object"]
     for label in args.expect:
         if not any(f.name.startswith(f"{label}-") for f in files):
             problems.append(f"no answer kept for {label!r}")
     for p in problems:
         print(f"INVALID: {p}", file=sys.stderr)
-    kinds = sorted({json.loads(f.read_text()).get("resourceType", "?") for f in files})
-    print(f"validate.py: {len(files)} bodies ({', '.join(kinds)}), {len(problems)} problems")
+    print(f"validate.py: {len(files)} bodies ({', '.join(sorted(kinds))}), {len(problems)} problems")
     return 1 if problems else 0
 
 
