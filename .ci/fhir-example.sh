@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # CI: the FHIR example (examples/fhir) against a fresh `cpis dev`: a vendor's
-# FHIR client (Python, `fhir.resources` R4B models parsing every response)
-# runs the national searches over our mutual TLS: notifying read, silent
-# read, access history, an invalid NHS number, an unflagged person.
+# FHIR client written to the national CP-IS guide (Python, `fhir.resources`
+# R4B models parsing every response, only the guide's headers) runs the
+# national searches over our mutual TLS: notifying reads (header true and
+# absent), a silent read, the access history with the PractitionerRoles of
+# who looked, the errors with their Spine codes, an unflagged person.
 # Exit code: the client's.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -247,8 +247,10 @@ const DEV_IDENTITIES: &[(CallerKind, &str)] = &[
     (CallerKind::Setting, "REM01"),
     (CallerKind::Setting, "RWJ01"),
     (CallerKind::Setting, "RVY01"),
-    // Scheduled care (a GP practice): silent reads.
+    // Scheduled care (a GP practice): silent reads, missed appointments.
     (CallerKind::Setting, "Y01234"),
+    // The demographics feed's follower (NHS number changes).
+    (CallerKind::Service, "demographics"),
 ];
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {

@@ -187,6 +187,7 @@ pub async fn start_attendance(
     let registry = cpis_runtime::client::channel(&config.registry_url, &common.tls, None)?;
     let notification = cpis_runtime::client::channel(&config.notification_url, &common.tls, None)?;
     let fhir_listen = config.fhir_listen;
+    let fhir_base_url = config.fhir_base_url.clone();
     // The people behind setting-facing calls: one verifier (and one key
     // cache) for the gRPC and FHIR ports.
     let users = cpis_runtime::users::UserAuth::start(&config.users, shutdown.stopping().clone()).await?;
@@ -222,6 +223,7 @@ pub async fn start_attendance(
                 shutdown_grace: Duration::from_secs(10),
                 connections: common.connections,
                 users: Some(users),
+                base_url: fhir_base_url,
             };
             let fhir = cpis_attendance::fhir::serve(
                 fhir_listener,

@@ -189,6 +189,14 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
     assert_eq!(fhir_get(&ts, Some(&ed), &format!("/FHIR/R4/Patient/{child}"), &[]).await.status, 404);
     assert_eq!(fhir_get(&ts, None, &format!("/FHIR/R4/Patient/{child}"), &[]).await.status, 401);
     assert_eq!(fhir_get(&ts, None, &nhs_query(&child), &notifying).await.status, 401);
+    // The guide's TraceID: a UUID is put on the request's trace; anything
+    // else (here carrying an NHS number) is accepted and recorded nowhere.
+    let trace_ref = "0b6f9a53-6f1e-4c1d-9a51-3d2f8e7c6b5a";
+    let with_ref = [("IsUnscheduledAccessEvent", "false"), ("TraceID", trace_ref)];
+    assert_eq!(fhir_get(&ts, Some(&gp), &nhs_query(&mother), &with_ref).await.status, 200);
+    let not_uuid = format!("TRACEREF-{mother}");
+    let with_text = [("IsUnscheduledAccessEvent", "false"), ("TraceID", not_uuid.as_str())];
+    assert_eq!(fhir_get(&ts, Some(&gp), &nhs_query(&mother), &with_text).await.status, 200);
 
     let alert = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -276,6 +284,18 @@ async fn one_trace_spans_all_three_services_and_no_nhs_number_is_recorded() {
         assert!(!log_text.contains(secret), "a user token or name appears in the logs");
     }
     assert!(!everything.contains("INJECTED-") && !log_text.contains("INJECTED-"), "an invalid request id is recorded");
+    let referenced = spans
+        .iter()
+        .find(|s| s.name == "fhir.request" && format!("{:?}", s.attributes).contains(trace_ref))
+        .expect("a UUID TraceID is on a span of its request");
+    assert!(
+        spans.iter().any(|s| s.name == "FHIR/R4/CareTeam" && s.span_id == referenced.parent_span_id),
+        "the TraceID's span is in the request's trace, under its server span"
+    );
+    assert!(
+        !everything.contains("TRACEREF-") && !log_text.contains("TRACEREF-"),
+        "a TraceID that is no UUID is recorded"
+    );
     // No per-request outcome: beside a vendor's request id, "flagged" would
     // tell the log's readers who is on a plan.
     assert!(!log_text.contains("flagged"), "a log line says whether a check-in was flagged");

@@ -18,7 +18,12 @@ Against a running `cpis dev` (its development PKI and ports), this client
   e. re-sends Manchester's complete list with SyncPlans (ListPlans, then every
      open plan and the completion message stating how many were sent): nothing
      ends; the same stream without its completion message is refused and
-     changes nothing.
+     changes nothing;
+  f. a GP practice records that the child was not brought to an appointment
+     (RecordWasNotBrought), and the demographics feed supersedes the child's
+     NHS number (RecordNhsNumberChange): Manchester's stream delivers an alert
+     of each kind, in order, and `describe` handles every kind a council can
+     receive.
 
 It exits 0 only if every step saw what it should. Run it with ./run.sh (which
 installs the requirements and generates the stubs), or by hand:
@@ -60,6 +65,7 @@ except ImportError as e:  # pragma: no cover - a setup problem, not a test resul
 
 COUNCIL = "E08000003"  # Manchester
 SETTING = "RBQ01"  # an emergency department
+GP = "Y01234"  # a GP practice (scheduled care)
 CLINICIAN = "Python Example Clinician"  # the person at RBQ01 who sees the answer
 CALL_TIMEOUT = 15.0  # seconds, for every unary call
 
@@ -346,13 +352,13 @@ class Story:
         texts = [error.details() or ""] + [v.description for v in violations]
         expect(not any(bad in t for t in texts), "the error echoes the NHS number back")
 
-    def user_metadata(self) -> tuple[tuple[str, str], ...]:
+    def user_metadata(self, setting: str = SETTING, activity: str = "B0107") -> tuple[tuple[str, str], ...]:
         """The clinician's token and role, as gRPC metadata. In production a
         clinical system sends its signed-in user's CIS2 token; here `cpis users
         token` signs one with cpis dev's development identity provider."""
         printed = subprocess.run(
-            [self.args.cpis, "users", "token", "--state-dir", self.args.state_dir, "--setting", SETTING,
-             "--name", CLINICIAN, "--job-role", "R8000", "--activity", "B0107", "--json"],
+            [self.args.cpis, "users", "token", "--state-dir", self.args.state_dir, "--setting", setting,
+             "--name", CLINICIAN, "--job-role", "R8000", "--activity", activity, "--json"],
             check=True, capture_output=True, text=True,
         ).stdout
         token = json.loads(printed)
@@ -521,6 +527,72 @@ class Story:
         expect(r.ended == 0, f"re-sending the complete list ended {r.ended} plan(s): {list(r.ended_references)}")
         expect(r.rejected == 0, f"SyncPlans rejected {r.rejected} row(s): {list(r.rejections)[:3]}")
 
+    # f. the other kinds of alert
+    def other_kinds(self) -> None:
+        appointment = timestamp_pb2.Timestamp()
+        appointment.FromSeconds(int(time.time()) - 3600)
+        stub = attendance_pb2_grpc.AttendanceServiceStub(self.channel("setting", GP, 1))
+        try:
+            stub.RecordWasNotBrought(
+                attendance_pb2.RecordWasNotBroughtRequest(
+                    request_id=str(uuid.uuid4()), nhs_number=self.nhs_number, appointment_at=appointment,
+                    setting_type=common_pb2.SETTING_TYPE_GP_PRACTICE),
+                timeout=CALL_TIMEOUT, metadata=self.user_metadata(GP, "B0170"))
+        except grpc.RpcError as e:
+            raise StepFailed(f"RecordWasNotBrought failed: {rpc_error(e)}")
+        print(f"  {GP} recorded a missed appointment (the answer is empty whether or not the child is flagged)")
+        replacement = fresh_test_nhs_number()
+        feed = attendance_pb2_grpc.AttendanceServiceStub(self.channel("service", "demographics", 1))
+        change = common_pb2.NhsNumberChange(
+            nhs_number=self.nhs_number, kind=common_pb2.NHS_NUMBER_CHANGE_KIND_SUPERSEDED,
+            replacement_nhs_number=replacement, effective_date=time.strftime("%Y-%m-%d"),
+            event_id=f"py-{uuid.uuid4()}")
+        try:
+            r = feed.RecordNhsNumberChange(attendance_pb2.RecordNhsNumberChangeRequest(change=change), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as e:
+            raise StepFailed(f"RecordNhsNumberChange failed: {rpc_error(e)}")
+        print(f"  the demographics feed superseded test NHS number {self.nhs_number} by {replacement}: "
+              f"{r.plans} plan(s), {r.councils_alerted} council(s) alerted")
+        wanted = [notification_pb2.ALERT_KIND_WAS_NOT_BROUGHT, notification_pb2.ALERT_KIND_NHS_NUMBER_SUPERSEDED]
+        seen = []
+        deadline = time.monotonic() + self.args.alert_timeout
+        while len(seen) < len(wanted):
+            event = self.stream.next(deadline)
+            expect(event is not None, f"alerts of kinds {wanted} did not all arrive; saw {seen}")
+            if event.WhichOneof("event") != "alert":
+                continue
+            alert = event.alert
+            self.take_alert(alert)
+            if alert.nhs_number != self.nhs_number:
+                continue
+            print("  " + describe(alert))
+            seen.append(alert.kind)
+        expect(seen == wanted, f"kinds {seen}, expected {wanted} in this order")
+
+
+def describe(alert: notification_pb2.Alert) -> str:
+    """What a council's case system would make of an alert, for every kind."""
+    kind = alert.kind
+    who = f"{alert.viewer.name} ({alert.viewer.job_role_name})" if alert.viewer.name else "someone unverified"
+    if kind in (notification_pb2.ALERT_KIND_ATTENDANCE, notification_pb2.ALERT_KIND_REPEAT_ATTENDANCE,
+                notification_pb2.ALERT_KIND_UNSPECIFIED):
+        repeat = " - REPEAT ATTENDANCE" if alert.priority == notification_pb2.ALERT_PRIORITY_REPEAT_ATTENDANCE else ""
+        return (f"#{alert.sequence} {alert.local_reference}: attended {alert.episode.setting_code} at "
+                f"{alert.episode.arrived_at.ToJsonString()}, seen by {who}{repeat}")
+    if kind == notification_pb2.ALERT_KIND_WAS_NOT_BROUGHT:
+        m = alert.was_not_brought
+        return (f"#{alert.sequence} {alert.local_reference}: NOT BROUGHT to {m.setting_code} at "
+                f"{m.appointment_at.ToJsonString()} ({m.missed_in_last_90_days} in 90 days), recorded by {who}")
+    if kind == notification_pb2.ALERT_KIND_NHS_NUMBER_SUPERSEDED:
+        n = alert.nhs_number_change
+        return (f"#{alert.sequence} {', '.join(n.local_references)}: NHS number superseded by "
+                f"{n.replacement_nhs_number} from {n.effective_date}: update the plan to the new number")
+    if kind == notification_pb2.ALERT_KIND_NHS_NUMBER_INACTIVE:
+        n = alert.nhs_number_change
+        return (f"#{alert.sequence} {', '.join(n.local_references)}: NHS number made inactive from "
+                f"{n.effective_date}: check the child's current number")
+    return f"#{alert.sequence}: an alert of a kind this client does not know ({kind}): keep it, in order"
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -546,6 +618,7 @@ def main() -> int:
         ("c", "setting checks the child in and sees the flag", story.check_in, ["a"]),
         ("d", "council's stream delivers the alert; council acknowledges it", story.alert_arrives, ["a", "c"]),
         ("e", "council re-sends its complete list: all or nothing", story.sync_complete_list, ["a"]),
+        ("f", "a missed appointment and an NHS number change reach the stream", story.other_kinds, ["a", "d"]),
     ]
     outcome: dict[str, str] = {}
     failures: list[str] = []

@@ -12,6 +12,8 @@ mod delivery;
 mod failover;
 mod faults;
 mod fhir;
+mod fhir_conformance;
+mod fhir_conformance_errors;
 mod foundation;
 mod handshakes;
 mod hostile;

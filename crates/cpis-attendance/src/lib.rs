@@ -6,7 +6,8 @@
 //! publishes each outbox row to Notification `PublishAlert`.
 //!
 //! Where things are: the handlers below (caller, one operation, conversion);
-//! the operations in `checkin` (the check-in and its transaction) and `reads`;
+//! the operations in `checkin` (the check-in and its transaction), `reads` and
+//! `history` (the access history shown to settings);
 //! `replays` coalesces the check-in's replay look-ups as `registry` does the
 //! flag look-ups; the rules they apply in `rules` (plain functions); one SQL statement per
 //! function in `store`; the contract's messages built in `convert`.
@@ -17,6 +18,7 @@ mod coalesce;
 mod convert;
 mod demographics;
 pub mod fhir;
+mod history;
 mod missed;
 mod model;
 mod page;
@@ -80,6 +82,7 @@ pub struct Attendance {
     reads: reads::Reads,
     missed: missed::MissedAppointments,
     changes: demographics::NhsNumberChanges,
+    history: history::AccessHistory,
     /// The outbox's metrics, shared with the relay.
     relay_metrics: relay::RelayMetrics,
 }
@@ -127,7 +130,8 @@ impl Attendance {
             repeat_threshold: config.repeat_threshold,
         };
         let check_ins = checkin::CheckIns::new(pool.clone(), flags.clone(), rules, config.arrival_window, wake_relay);
-        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), missed, changes, relay_metrics })
+        let history = history::AccessHistory::new(pool.clone(), flags.clone());
+        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), history, missed, changes, relay_metrics })
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
@@ -151,6 +155,11 @@ impl Attendance {
     /// The read operations (also the FHIR silent read and AuditEvent).
     fn reads(&self) -> &reads::Reads {
         &self.reads
+    }
+
+    /// The access history shown to settings (the FHIR AuditEvent search).
+    fn history(&self) -> &history::AccessHistory {
+        &self.history
     }
 }
 

@@ -20,6 +20,12 @@ pub struct Settings {
     /// same mutual TLS; not served when unset.
     #[arg(long, env = "CPIS_FHIR_LISTEN")]
     pub fhir_listen: Option<SocketAddr>,
+    /// The FHIR API's public base URL, as clients reach it (behind a
+    /// gateway), e.g. `https://api.example.nhs.uk/cpis/FHIR/R4`: the base of
+    /// every `fullUrl`, `self` link and extension URL. Default: the address
+    /// served, as the request's `Host` names it (`https://<host>/FHIR/R4`).
+    #[arg(long = "fhir-base-url", env = "CPIS_FHIR_BASE_URL")]
+    pub fhir_base_url: Option<String>,
     /// This many episodes of a person within the repeat window (the new one
     /// included) make its alerts `ALERT_PRIORITY_REPEAT_ATTENDANCE`.
     #[arg(long, env = "CPIS_REPEAT_THRESHOLD", default_value_t = 3)]
@@ -130,6 +136,9 @@ impl Settings {
                 return Err(invalid(variable, "must be an https:// URL (the services speak mutual TLS)"));
             }
         }
+        if let Some(base) = &self.fhir_base_url {
+            crate::fhir::check_base_url(base).map_err(|why| invalid("CPIS_FHIR_BASE_URL", &why))?;
+        }
         Ok(())
     }
 }
@@ -155,5 +164,13 @@ mod tests {
         let s = Settings { retry_max: Duration::from_millis(10), ..Settings::default() };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.starts_with("CPIS_RELAY_RETRY_MAX_MS"), "{e}");
+        for bad in ["http://api.example.nhs.uk/FHIR/R4", "https://", "https://api.example/FHIR?x=1", "not a url"] {
+            let s = Settings { fhir_base_url: Some(bad.into()), ..Settings::default() };
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.starts_with("CPIS_FHIR_BASE_URL"), "{bad}: {e}");
+        }
+        let good =
+            Settings { fhir_base_url: Some("https://api.example.nhs.uk/cpis/FHIR/R4/".into()), ..Settings::default() };
+        good.validate().expect("an https base with a path");
     }
 }

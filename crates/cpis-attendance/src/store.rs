@@ -1,6 +1,7 @@
 //! The service's SQL, one function per statement (its schema is in
 //! `migrations/`): the relay's statements here, the
-//! check-in's in [`checkin`], the reads' in [`reads`]. Rules (what the rows
+//! check-in's in [`checkin`], the reads' in [`reads`], the access history's
+//! in [`history`]. Rules (what the rows
 //! mean) are in `crate::rules`; the contract's messages are built in
 //! `crate::convert`. (The relay's claim still returns the `PublishAlertRequest`
 //! it sends: it changes with the relay's batch publishing.)
@@ -9,6 +10,7 @@
 //! reaches this module.
 
 pub mod checkin;
+pub mod history;
 pub mod keyed;
 pub mod reads;
 pub mod relay;

@@ -74,6 +74,8 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     ("/FHIR/R4/metadata",                                           &[AnyIdentity]),
     ("/FHIR/R4/CareTeam",                                           &[Settings]),
     ("/FHIR/R4/AuditEvent",                                         &[Settings]),
+    // The definition of the FHIR API's one extension, where its URL points.
+    ("/FHIR/R4/StructureDefinition/cpis-expected-delivery-date",    &[AnyIdentity]),
     ("/grpc.health.v1.Health/Check",                                &[AnyIdentity]),
     ("/grpc.health.v1.Health/Watch",                                &[AnyIdentity]),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",      &[AnyIdentity]),

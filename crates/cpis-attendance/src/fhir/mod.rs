@@ -1,26 +1,39 @@
-//! CP-IS's own FHIR R4 API beside gRPC, on its own port, so a clinical system
-//! vendor's existing FHIR client works by changing its base URL and client
-//! certificate: `GET /FHIR/R4/metadata`, `GET /FHIR/R4/CareTeam` and
-//! `GET /FHIR/R4/AuditEvent`.
+//! The national CP-IS FHIR R4 API beside gRPC, on its own port, shaped as
+//! NHS England's "CP-IS API Consumer" and "CP-IS API Producer" guides publish
+//! it, so a vendor's client written to the guide works unchanged apart from
+//! its base URL and client certificate: `GET /FHIR/R4/metadata`,
+//! `GET /FHIR/R4/CareTeam` and `GET /FHIR/R4/AuditEvent` (with the guide's
+//! `_include` of the PractitionerRoles who looked).
 //!
 //! The invariant this module keeps: the FHIR port is the gRPC port in another
 //! dress. The same mutual-TLS acceptor identifies the caller, the same tower
 //! layers (telemetry and metrics, the `POLICY` authorization table, the
-//! in-flight limits) run around every request, and a CareTeam search runs
-//! the same code as `CheckIn` (notifying read) or `SilentRead` (silent read).
-//! Only the outermost layer is FHIR's own: it turns any refusal by the inner
-//! layers into an `OperationOutcome` with the HTTP status that fits.
+//! in-flight limits, the verified user) run around every request, and a
+//! CareTeam search runs the same code as `CheckIn` (notifying read) or
+//! `SilentRead` (silent read). Only the outermost layer is FHIR's own: it
+//! turns any refusal by the inner layers into an `OperationOutcome` with the
+//! HTTP status and Spine error code that fit.
 //!
-//! Here: the listener and routes. `search`: the two searches, read into the
-//! contract's requests and run by the same operations as gRPC. `outcome`:
-//! every error answer, from one table of codes to HTTP statuses. `resources`:
-//! the FHIR JSON.
+//! Here: the listener, the routes and the public base URL. One module per
+//! resource, each built from the same values the gRPC conversion uses:
+//! `care_team` (plan type to SNOMED CT, contact to telecom), `audit_event`,
+//! `practitioner_role` (the person who looked), `bundle` (searchsets),
+//! `outcome` (every error answer), `capability` (the CapabilityStatement),
+//! `structure_definition` (our one extension). `search`: the two searches,
+//! read into the contract's requests; `headers`: the request headers.
 
+mod audit_event;
+mod bundle;
+mod capability;
+mod care_team;
+mod headers;
 mod outcome;
-mod resources;
+mod practitioner_role;
 mod search;
+mod structure_definition;
 
 use crate::Attendance;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,10 +45,10 @@ use cpis_runtime::server::{ConnectionLimits, PeerInfo, Shutdown};
 use cpis_runtime::telemetry::GrpcTraceLayer;
 use cpis_runtime::tls::ServerTls;
 use futures::StreamExt;
-pub use outcome::{Outcome, OutcomeLayer};
-use resources::HEADERS_DOC;
-pub use resources::{NHS_NUMBER_SYSTEM, SETTING_TYPES};
+pub use headers::{CORRELATION_HEADER, REQUEST_ID_HEADER, SETTING_TYPE_HEADER, TRACE_ID_HEADER, UNSCHEDULED_HEADER};
+pub use outcome::{ErrorCode, Outcome, OutcomeLayer};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::server::Connected;
@@ -47,16 +60,11 @@ pub const BASE_PATH: &str = "/FHIR/R4";
 /// The FHIR JSON media type of every answer.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
-/// The header that chooses a notifying (`true`) or a silent (`false`) read.
-pub const UNSCHEDULED_HEADER: &str = "isunscheduledaccessevent";
-/// The header naming the user shown the answer.
-pub const USER_HEADER: &str = "x-user-id";
-/// The idempotency key of a notifying read (also the request id in logs).
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The kind of setting, when it is not the default.
-pub const SETTING_TYPE_HEADER: &str = "x-setting-type";
-/// A caller's trace id, returned on the response.
-pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// The NHS number identifier system.
+pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+/// ODS organisation codes (settings, the organisations of people's roles).
+pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 
 /// How long a client may take to send its request headers (HTTP/1.1).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +82,8 @@ pub struct FhirOptions {
     pub connections: ConnectionLimits,
     /// Verifies the people behind the searches (the gRPC port's verifier).
     pub users: Option<cpis_runtime::users::UserAuth>,
+    /// The public base URL (`CPIS_FHIR_BASE_URL`); `None`: the address served.
+    pub base_url: Option<String>,
 }
 
 /// Serves the FHIR API of `svc` on `listener` with mutual TLS until
@@ -86,15 +96,20 @@ pub async fn serve(
     options: FhirOptions,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    if let Some(base) = &options.base_url {
+        check_base_url(base).map_err(|why| anyhow::anyhow!("CPIS_FHIR_BASE_URL: {why}"))?;
+    }
     let tls = tls.with_alpn(&[b"h2", b"http/1.1"]);
+    let api = Api { svc, base_url: options.base_url.as_deref().map(|b| Arc::from(b.trim_end_matches('/'))) };
     let stack = ServiceBuilder::new()
         .layer(OutcomeLayer)
         .layer(GrpcTraceLayer::fhir("attendance", options.metrics.clone()))
+        .layer(headers::TraceIdLayer)
         .layer(AuthzLayer::new(Surface::Combined))
         .layer(LimitLayer::new(options.limits))
         .layer(cpis_runtime::users::UserLayer::new(options.users.clone()))
         .map_response(to_tonic_body as fn(Response) -> http::Response<tonic::body::Body>)
-        .service(router(svc));
+        .service(router(api));
     let mut incoming =
         cpis_runtime::server::mtls_incoming(listener, tls, options.connections, shutdown.stopping().clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -132,17 +147,36 @@ pub async fn serve(
     Ok(())
 }
 
+/// What the handlers share: the service and the public base URL.
+#[derive(Debug, Clone)]
+struct Api {
+    svc: Attendance,
+    base_url: Option<Arc<str>>,
+}
+
+impl Api {
+    /// The base URL of every absolute URL in an answer: the configured public
+    /// base, else the address served as the request's `Host` names it.
+    fn base(&self, uri: &Uri, headers: &HeaderMap) -> String {
+        match &self.base_url {
+            Some(base) => base.to_string(),
+            None => served_base(uri, headers),
+        }
+    }
+}
+
 /// An axum answer as the body type the tower layers share.
 fn to_tonic_body(response: Response) -> http::Response<tonic::body::Body> {
     response.map(tonic::body::Body::new)
 }
 
-fn router(svc: Attendance) -> Router {
+fn router(api: Api) -> Router {
     Router::new()
         .route(&format!("{BASE_PATH}/metadata"), get(metadata))
         .route(&format!("{BASE_PATH}/CareTeam"), get(search::care_team))
         .route(&format!("{BASE_PATH}/AuditEvent"), get(search::audit_event))
-        .with_state(svc)
+        .route(&format!("{BASE_PATH}/StructureDefinition/{{id}}"), get(structure_definition))
+        .with_state(api)
 }
 
 /// A FHIR JSON answer.
@@ -152,22 +186,65 @@ fn fhir(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-/// The base URL as the caller addressed us.
-fn base_url(uri: &Uri, headers: &HeaderMap) -> String {
+/// The base URL as the caller addressed us: `https://<Host>/FHIR/R4`.
+fn served_base(uri: &Uri, headers: &HeaderMap) -> String {
     let host = uri
         .authority()
         .map(|a| a.as_str().to_string())
         .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|h| h.parse::<http::uri::Authority>().is_ok_and(|a| a.as_str() == h && !h.contains('@')))
         .unwrap_or_else(|| "localhost".into());
     format!("https://{host}{BASE_PATH}")
 }
 
-async fn metadata(uri: Uri, headers: HeaderMap) -> Response {
-    fhir(StatusCode::OK, &resources::capability_statement(&base_url(&uri, &headers)))
+/// Whether `base` can be the public base URL: an absolute `https://` URL
+/// with a host, and neither query nor fragment.
+pub fn check_base_url(base: &str) -> Result<(), String> {
+    let uri: Uri = base.parse().map_err(|_| "is not a URL".to_string())?;
+    if uri.scheme_str() != Some("https") {
+        return Err("must be an https:// URL".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    if uri.query().is_some() || base.contains('#') {
+        return Err("must have no query or fragment".into());
+    }
+    Ok(())
 }
 
-/// For the README and the CLI: what the request headers mean.
-pub fn headers_documentation() -> &'static str {
-    HEADERS_DOC
+async fn metadata(State(api): State<Api>, uri: Uri, headers: HeaderMap) -> Response {
+    fhir(StatusCode::OK, &capability::capability_statement(&api.base(&uri, &headers)))
+}
+
+/// `GET StructureDefinition/{id}`: the definitions of our extensions, where
+/// their URLs point.
+async fn structure_definition(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    match structure_definition::by_id(&api.base(&uri, &headers), &id) {
+        Some(definition) => fhir(StatusCode::OK, &definition),
+        None => outcome::not_found("StructureDefinition").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_is_the_setting_else_the_host_the_request_named() {
+        let uri: Uri = "/FHIR/R4/metadata".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("localhost:50054"));
+        assert_eq!(served_base(&uri, &headers), "https://localhost:50054/FHIR/R4");
+        headers.insert(http::header::HOST, HeaderValue::from_static("evil/path?x"));
+        assert_eq!(served_base(&uri, &headers), "https://localhost/FHIR/R4", "a Host that is not an authority");
+        assert!(check_base_url("https://api.example.nhs.uk/cpis/FHIR/R4").is_ok());
+        assert!(check_base_url("http://api.example.nhs.uk/cpis/FHIR/R4").is_err());
+        assert!(check_base_url("https://api.example.nhs.uk/FHIR/R4#x").is_err());
+    }
 }
