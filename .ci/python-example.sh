@@ -25,6 +25,27 @@ demo_rc=0
 "$BIN" demo --state-dir "$state" --port-base "$PORT_BASE" || demo_rc=$?
 echo "cpis demo: exit $demo_rc"
 
+# The month's reports of what the example and the demo did: Manchester's own
+# (CSV) and the national one (JSON), each put together from all three services.
+echo "== cpis report (a council's and the national) against the same cpis dev"
+report_rc=0
+month="$(TZ=Europe/London date +%Y-%m)"
+"$BIN" report --state-dir "$state" --port-base "$PORT_BASE" --council E08000003 --from "$month" --to "$month" --csv \
+  > "$state/report.csv" || report_rc=$?
+cat "$state/report.csv"
+if [ "$report_rc" -eq 0 ] && ! grep -q "^E08000003,$month," "$state/report.csv"; then
+  echo "cpis report: no row for Manchester this month" >&2
+  report_rc=1
+fi
+"$BIN" report --state-dir "$state" --port-base "$PORT_BASE" --analyst NHSE --from "$month" --to "$month" \
+  > "$state/national.json" || report_rc=$?
+if [ "$report_rc" -eq 0 ] && ! grep -q '"audience": "national"' "$state/national.json"; then
+  echo "cpis report --analyst: not the national report" >&2
+  report_rc=1
+fi
+echo "cpis report: exit $report_rc"
+[ "$demo_rc" -ne 0 ] || demo_rc="$report_rc"
+
 # A stream the server ends (here: cpis dev stopping) must reach grpcio as
 # UNAVAILABLE, never OK: stream_end.py holds Manchester's stream open while
 # cpis dev gets SIGTERM.

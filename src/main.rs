@@ -63,6 +63,8 @@ enum Command {
     Subscribe(cpis_cli::client::SubscribeArgs),
     /// Council: the history of accesses to its children's flags.
     Audit(cpis_cli::client::AuditArgs),
+    /// Council (its own) or analyst (national, small counts withheld): figures per month.
+    Report(cpis_cli::client::ReportArgs),
     /// Scheduled care: record that a child was not brought to an appointment.
     WasNotBrought(cpis_cli::client::WasNotBroughtArgs),
     /// The demographics feed: record one NHS number change (operators and tests).
@@ -231,6 +233,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Audit(args) => cpis_cli::client::audit(args).await,
         Command::Users { command } => cpis_cli::users::users(command),
         Command::WasNotBrought(args) => cpis_cli::client::was_not_brought(args).await,
+        Command::Report(args) => cpis_cli::client::report(args).await,
         Command::Demographics { command: DemographicsCommand::Record(args) } => {
             cpis_cli::client::demographics_record(args).await
         }
@@ -251,6 +254,8 @@ const DEV_IDENTITIES: &[(CallerKind, &str)] = &[
     (CallerKind::Setting, "Y01234"),
     // The demographics feed's follower (NHS number changes).
     (CallerKind::Service, "demographics"),
+    // An analyst (the national report).
+    (CallerKind::Analyst, "NHSE"),
 ];
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -369,7 +374,7 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
             }
         }
         CertsCommand::Issue { state, kind, code } => {
-            let kind = CallerKind::parse(&kind).context("--kind must be council, setting or service")?;
+            let kind = CallerKind::parse(&kind).context("--kind must be council, setting, service or analyst")?;
             let caller = Caller::from_parts(kind, &code)?;
             let pki = Pki::new(&state.state_dir);
             pki.init()?;
@@ -380,7 +385,7 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
             println!("ca   {}", paths.ca.display());
         }
         CertsCommand::Revoke { state, kind, code } => {
-            let kind = CallerKind::parse(&kind).context("--kind must be council, setting or service")?;
+            let kind = CallerKind::parse(&kind).context("--kind must be council, setting, service or analyst")?;
             let caller = Caller::from_parts(kind, &code)?;
             let crl = Pki::new(&state.state_dir).revoke(&caller)?;
             println!("revoked {}", caller.spiffe_id(&state.trust_domain));

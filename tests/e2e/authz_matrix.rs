@@ -78,18 +78,21 @@ const MATRIX: &[(&str, [Code; 12])] = &[
     ("/cpis.registry.v1.RegistryService/SyncPlans",    [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.registry.v1.RegistryService/LookupFlags",  [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.registry.v1.RegistryService/RecordNhsNumberChange", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.registry.v1.RegistryService/ReportPlans",  [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.registry.v1.RegistryService/LookupFlagsBatch", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/CheckIn",  [PD, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/ListEpisodes", [OK, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/ListAccesses", [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/RecordWasNotBrought", [PD, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/RecordNhsNumberChange", [PD, PD, PD, PD, PD, PD, OK, UA, UA, UA, UA, UA]),
+    ("/cpis.attendance.v1.AttendanceService/ReportAccesses", [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.attendance.v1.AttendanceService/SilentRead",   [PD, PD, OK, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/Subscribe",    [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/AckAlerts",    [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/ListAlerts",   [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/PublishAlert", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
     ("/cpis.notification.v1.NotificationService/PublishAlerts", [PD, PD, PD, PD, OK, PD, PD, UA, UA, UA, UA, UA]),
+    ("/cpis.notification.v1.NotificationService/ReportAlerts", [OK, OK, PD, PD, PD, PD, PD, UA, UA, UA, UA, UA]),
     ("/grpc.health.v1.Health/Check",                           [OK, OK, OK, OK, OK, OK, OK, UA, UA, UA, UA, UA]),
 ];
 
@@ -249,6 +252,33 @@ async fn call(ts: &TestSuite, ids: &Identities, rpc: &str, who: Who, child: &str
         "RecordNhsNumberChange" => code(
             attendance()
                 .record_nhs_number_change(RecordNhsNumberChangeRequest { change: Some(inactive_change()) })
+                .await
+                .map(drop),
+        ),
+        "ReportPlans" => code(
+            registry()
+                .report_plans(cpis_proto::registry::v1::ReportPlansRequest {
+                    from_month: "2026-01".into(),
+                    to_month: "2026-02".into(),
+                })
+                .await
+                .map(drop),
+        ),
+        "ReportAccesses" => code(
+            attendance()
+                .report_accesses(cpis_proto::attendance::v1::ReportAccessesRequest {
+                    from_month: "2026-01".into(),
+                    to_month: "2026-02".into(),
+                })
+                .await
+                .map(drop),
+        ),
+        "ReportAlerts" => code(
+            notification()
+                .report_alerts(cpis_proto::notification::v1::ReportAlertsRequest {
+                    from_month: "2026-01".into(),
+                    to_month: "2026-02".into(),
+                })
                 .await
                 .map(drop),
         ),

@@ -30,6 +30,7 @@ mod registry;
 mod registry_lookups;
 mod registry_sync;
 mod relay;
+mod reports;
 mod restore;
 mod retention;
 mod retries;

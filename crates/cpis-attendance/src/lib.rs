@@ -26,6 +26,7 @@ mod reads;
 mod registry;
 mod relay;
 mod replays;
+mod report;
 pub mod retention;
 mod rules;
 pub mod settings;
@@ -83,6 +84,8 @@ pub struct Attendance {
     missed: missed::MissedAppointments,
     changes: demographics::NhsNumberChanges,
     history: history::AccessHistory,
+    /// For reports (read-only queries of the access audit).
+    pool: DbPool,
     /// The outbox's metrics, shared with the relay.
     relay_metrics: relay::RelayMetrics,
 }
@@ -131,7 +134,15 @@ impl Attendance {
         };
         let check_ins = checkin::CheckIns::new(pool.clone(), flags.clone(), rules, config.arrival_window, wake_relay);
         let history = history::AccessHistory::new(pool.clone(), flags.clone());
-        Ok(Self { check_ins, reads: reads::Reads::new(pool, flags), history, missed, changes, relay_metrics })
+        Ok(Self {
+            check_ins,
+            reads: reads::Reads::new(pool.clone(), flags),
+            history,
+            missed,
+            changes,
+            pool,
+            relay_metrics,
+        })
     }
 
     /// Registers this service's own metrics (outbox depth and age, relay counts).
@@ -250,6 +261,17 @@ impl pb::attendance_service_server::AttendanceService for Attendance {
         tracing::Span::current().record("setting", setting);
         let viewer = cpis_runtime::users::viewer(cpis_runtime::users::context(&request), "", "authorization")?;
         self.missed.record(setting, &viewer, request.get_ref(), deadline).await.map(Response::new).map_err(Status::from)
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ReportAccesses", caller))]
+    async fn report_accesses(
+        &self,
+        request: Request<pb::ReportAccessesRequest>,
+    ) -> Result<Response<pb::ReportAccessesResponse>, Status> {
+        let caller = cpis_runtime::authz::caller(&request)?;
+        tracing::Span::current().record("caller", caller.to_string());
+        let audience = cpis_runtime::report::Audience::of(&caller)?;
+        report::report(&self.pool, &audience, request.get_ref()).await.map(Response::new).map_err(Status::from)
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RecordNhsNumberChange", event_id))]

@@ -14,6 +14,7 @@ pub mod history;
 pub mod keyed;
 pub mod reads;
 pub mod relay;
+pub mod report;
 
 use chrono::{DateTime, Utc};
 use cpis_domain::time::to_timestamp;

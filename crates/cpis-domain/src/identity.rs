@@ -14,6 +14,8 @@ pub enum CallerKind {
     Setting,
     /// One of our own services.
     Service,
+    /// An analyst of the national service's use (the national report only).
+    Analyst,
 }
 
 impl CallerKind {
@@ -23,6 +25,7 @@ impl CallerKind {
             CallerKind::Council => "council",
             CallerKind::Setting => "setting",
             CallerKind::Service => "service",
+            CallerKind::Analyst => "analyst",
         }
     }
 
@@ -32,6 +35,7 @@ impl CallerKind {
             "council" => Some(CallerKind::Council),
             "setting" => Some(CallerKind::Setting),
             "service" => Some(CallerKind::Service),
+            "analyst" => Some(CallerKind::Analyst),
             _ => None,
         }
     }
@@ -83,6 +87,9 @@ pub enum Caller {
     Setting(String),
     /// One of our services.
     Service(ServiceName),
+    /// An analyst, by a short code of their organisation (e.g. `NHSE`): sees
+    /// the national report, aggregated, and nothing about any person.
+    Analyst(String),
 }
 
 impl Caller {
@@ -92,13 +99,14 @@ impl Caller {
             Caller::Council(_) => CallerKind::Council,
             Caller::Setting(_) => CallerKind::Setting,
             Caller::Service(_) => CallerKind::Service,
+            Caller::Analyst(_) => CallerKind::Analyst,
         }
     }
 
     /// The caller's code (GSS code, ODS code or service name).
     pub fn code(&self) -> &str {
         match self {
-            Caller::Council(c) | Caller::Setting(c) => c,
+            Caller::Council(c) | Caller::Setting(c) | Caller::Analyst(c) => c,
             Caller::Service(s) => s.as_str(),
         }
     }
@@ -115,6 +123,10 @@ impl Caller {
             CallerKind::Setting if crate::validate::is_setting_code(code) => Ok(Caller::Setting(code.to_string())),
             CallerKind::Service => {
                 ServiceName::parse(code).map(Caller::Service).ok_or(IdentityError::Malformed("unknown service name"))
+            }
+            CallerKind::Analyst if is_analyst_code(code) => Ok(Caller::Analyst(code.to_string())),
+            CallerKind::Analyst => {
+                Err(IdentityError::Malformed("analyst code is not 2 to 16 upper-case letters and digits"))
             }
             CallerKind::Council => Err(IdentityError::Malformed("council code is not a GSS code")),
             CallerKind::Setting => Err(IdentityError::Malformed("setting code is not an ODS code")),
@@ -161,6 +173,11 @@ impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind().as_str(), self.code())
     }
+}
+
+/// An analyst's code: 2 to 16 upper-case letters and digits (`NHSE`).
+fn is_analyst_code(code: &str) -> bool {
+    (2..=16).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// Why a connection has no usable identity. Every variant is `UNAUTHENTICATED`.

@@ -5,6 +5,7 @@
 
 pub mod demographics;
 pub mod identity;
+pub mod report;
 pub mod time;
 pub mod user;
 pub mod validate;

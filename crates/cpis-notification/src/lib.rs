@@ -52,6 +52,7 @@ pub mod alert_log;
 pub mod delivery;
 pub mod fanout;
 pub mod listen;
+mod report;
 pub mod retention;
 pub mod settings;
 pub mod store;
@@ -324,6 +325,15 @@ impl pb::notification_service_server::NotificationService for Notification {
         r: Request<pb::PublishAlertsRequest>,
     ) -> Result<Response<pb::PublishAlertsResponse>, Status> {
         Ok(Response::new(self.publish_batch(r.into_inner()).await?))
+    }
+
+    // Councils (their own) and analysts (all), which POLICY guarantees.
+    async fn report_alerts(
+        &self,
+        r: Request<pb::ReportAlertsRequest>,
+    ) -> Result<Response<pb::ReportAlertsResponse>, Status> {
+        let audience = cpis_runtime::report::Audience::of(&cpis_runtime::authz::caller(&r)?)?;
+        Ok(Response::new(report::report(self.store.pool(), &audience, r.get_ref()).await?))
     }
 }
 

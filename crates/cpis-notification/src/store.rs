@@ -65,6 +65,11 @@ impl Store {
         Self { pool }
     }
 
+    /// The pool, for the reports' read-only queries (`crate::report`).
+    pub(crate) fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
     /// Stores `alert` with the council's next sequence and wakes its streams
     /// (on every replica) when it commits. A repeat of the same council and
     /// episode returns the original alert and wakes nobody.
@@ -285,8 +290,9 @@ impl Store {
             .collect())
     }
 
-    /// Records that the council holds everything up to `up_to`; a lower value
-    /// than the current one changes nothing. Returns the acknowledgement now
+    /// Records that the council holds everything up to `up_to` (and when, if
+    /// it moved the acknowledgement forward); a lower value than the current
+    /// one changes nothing. Returns the acknowledgement now
     /// stored.
     pub async fn acknowledge(&self, council: &str, up_to: i64) -> Result<i64, AckError> {
         let client = self.pool.get().await.map_err(ApiError::from)?;
@@ -296,6 +302,13 @@ impl Store {
                 "WITH latest AS (
                      SELECT COALESCE((SELECT last_sequence FROM notification.council_sequences
                                       WHERE council_code = $1), 0) AS seq
+                 ), before AS (
+                     SELECT COALESCE((SELECT acknowledged_through FROM notification.acks
+                                      WHERE council_code = $1), 0) AS through
+                 ), history AS (
+                     INSERT INTO notification.ack_history (council_code, up_to_sequence)
+                     SELECT $1, $2 FROM latest, before WHERE $2 <= latest.seq AND $2 > before.through
+                     ON CONFLICT DO NOTHING
                  ), upserted AS (
                      INSERT INTO notification.acks (council_code, acknowledged_through)
                      SELECT $1, $2 FROM latest WHERE $2 <= latest.seq

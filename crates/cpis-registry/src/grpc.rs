@@ -77,6 +77,14 @@ impl pb::registry_service_server::RegistryService for Registry {
         Ok(Response::new(self.lookup_batch(req.into_inner()).await?))
     }
 
+    async fn report_plans(
+        &self,
+        req: Request<pb::ReportPlansRequest>,
+    ) -> Result<Response<pb::ReportPlansResponse>, Status> {
+        let audience = cpis_runtime::report::Audience::of(&caller(&req)?)?;
+        Ok(Response::new(self.report_plans(&audience, req.get_ref()).await?))
+    }
+
     async fn record_nhs_number_change(
         &self,
         req: Request<pb::RecordNhsNumberChangeRequest>,

@@ -16,6 +16,7 @@ mod grpc;
 pub mod lookup;
 pub mod model;
 mod plans;
+mod report;
 pub mod retention;
 pub mod seed;
 pub mod settings;

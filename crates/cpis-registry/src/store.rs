@@ -6,6 +6,7 @@
 
 pub mod changes;
 pub mod columns;
+pub mod report;
 pub mod uploads;
 
 use crate::model::{Contact, PlanInput, StoredPlan};

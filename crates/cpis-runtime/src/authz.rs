@@ -24,6 +24,8 @@ pub enum Allow {
     Councils,
     /// Any setting.
     Settings,
+    /// Any analyst (the national report).
+    Analysts,
     /// One of our services.
     Service(ServiceName),
     /// Any authenticated identity (health checks, reflection).
@@ -36,6 +38,7 @@ impl Allow {
             (Allow::AnyIdentity, _) => true,
             (Allow::Councils, Caller::Council(_)) => true,
             (Allow::Settings, Caller::Setting(_)) => true,
+            (Allow::Analysts, Caller::Analyst(_)) => true,
             (Allow::Service(want), Caller::Service(got)) => want == *got,
             _ => false,
         }
@@ -57,6 +60,7 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     ("/cpis.registry.v1.RegistryService/LookupFlags",               &[Service(ServiceName::Attendance)]),
     ("/cpis.registry.v1.RegistryService/LookupFlagsBatch",          &[Service(ServiceName::Attendance)]),
     ("/cpis.registry.v1.RegistryService/RecordNhsNumberChange",     &[Service(ServiceName::Attendance)]),
+    ("/cpis.registry.v1.RegistryService/ReportPlans",               &[Councils, Analysts]),
     ("/cpis.attendance.v1.AttendanceService/CheckIn",               &[Settings]),
     // Councils only for people they hold a flag in scope for (checked in the handler).
     ("/cpis.attendance.v1.AttendanceService/ListEpisodes",          &[Settings, Councils]),
@@ -64,11 +68,13 @@ pub const POLICY: &[(&str, &[Allow])] = &[
     ("/cpis.attendance.v1.AttendanceService/SilentRead",            &[Settings]),
     ("/cpis.attendance.v1.AttendanceService/RecordWasNotBrought",   &[Settings]),
     ("/cpis.attendance.v1.AttendanceService/RecordNhsNumberChange", &[Service(ServiceName::Demographics)]),
+    ("/cpis.attendance.v1.AttendanceService/ReportAccesses",        &[Councils, Analysts]),
     ("/cpis.notification.v1.NotificationService/Subscribe",         &[Councils]),
     ("/cpis.notification.v1.NotificationService/AckAlerts",         &[Councils]),
     ("/cpis.notification.v1.NotificationService/ListAlerts",        &[Councils]),
     ("/cpis.notification.v1.NotificationService/PublishAlert",      &[Service(ServiceName::Attendance)]),
     ("/cpis.notification.v1.NotificationService/PublishAlerts",     &[Service(ServiceName::Attendance)]),
+    ("/cpis.notification.v1.NotificationService/ReportAlerts",      &[Councils, Analysts]),
     // The FHIR R4 endpoint of the Attendance service (its own port): the
     // same identities and the same table. Paths are the resource types.
     ("/FHIR/R4/metadata",                                           &[AnyIdentity]),

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod peer;
 pub mod recheck;
+pub mod report;
 pub mod retention;
 pub mod server;
 pub mod settings;

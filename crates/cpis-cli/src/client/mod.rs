@@ -7,12 +7,14 @@ mod audit;
 mod check_in;
 mod plans;
 mod records;
+mod report;
 mod subscribe;
 
 pub use audit::*;
 pub use check_in::*;
 pub use plans::*;
 pub use records::*;
+pub use report::*;
 pub use subscribe::*;
 
 use anyhow::bail;
