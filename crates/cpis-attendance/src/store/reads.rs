@@ -7,6 +7,11 @@ use chrono::{DateTime, Utc};
 use cpis_runtime::ApiError;
 use uuid::Uuid;
 
+/// The columns of an access row, in the order [`access_from_row`] reads them.
+pub(crate) const ACCESS_COLUMNS: &str = "access_id, episode_id, nhs_number, setting_code, setting_type, user_id,
+        accessed_at, silent, episodes_read, viewer_name, role_profile_id, role_code,
+        job_role_name, org_code, org_name, verified, was_not_brought, appointment_at";
+
 /// How a flagged person's record was read without a check-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadKind {
@@ -103,41 +108,43 @@ pub async fn list_accesses(
     };
     let rows = db
         .query(
-            "SELECT access_id, episode_id, nhs_number, setting_code, setting_type, user_id,
-                    accessed_at, silent, episodes_read, viewer_name, role_profile_id, role_code,
-                    job_role_name, org_code, org_name, verified, was_not_brought, appointment_at
+            &format!(
+                "SELECT {ACCESS_COLUMNS}
              FROM attendance.accesses
              WHERE council_codes @> ARRAY[$1::text]
                AND ($2::text IS NULL OR nhs_number = $2)
                AND ($3::timestamptz IS NULL OR (accessed_at, access_id) < ($3, $4::uuid))
              ORDER BY accessed_at DESC, access_id DESC
-             LIMIT $5",
+             LIMIT $5"
+            ),
             &[&council_code, &nhs_number, &at, &id, &limit],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Access {
-            access_id: r.get(0),
-            episode_id: r.get(1),
-            nhs_number: r.get(2),
-            setting_code: r.get(3),
-            setting_type: r.get(4),
-            viewer: RecordedViewer {
-                user_id: r.get(5),
-                name: r.get(9),
-                role_profile_id: r.get(10),
-                role_code: r.get(11),
-                job_role_name: r.get(12),
-                org_code: r.get(13),
-                org_name: r.get(14),
-                verified: r.get(15),
-            },
-            accessed_at: r.get(6),
-            silent: r.get(7),
-            episodes_read: r.get(8),
-            was_not_brought: r.get(16),
-            appointment_at: r.get(17),
-        })
-        .collect())
+    Ok(rows.iter().map(access_from_row).collect())
+}
+
+/// The columns [`ACCESS_COLUMNS`] of one access row.
+pub(crate) fn access_from_row(r: &tokio_postgres::Row) -> Access {
+    Access {
+        access_id: r.get(0),
+        episode_id: r.get(1),
+        nhs_number: r.get(2),
+        setting_code: r.get(3),
+        setting_type: r.get(4),
+        viewer: RecordedViewer {
+            user_id: r.get(5),
+            name: r.get(9),
+            role_profile_id: r.get(10),
+            role_code: r.get(11),
+            job_role_name: r.get(12),
+            org_code: r.get(13),
+            org_name: r.get(14),
+            verified: r.get(15),
+        },
+        accessed_at: r.get(6),
+        silent: r.get(7),
+        episodes_read: r.get(8),
+        was_not_brought: r.get(16),
+        appointment_at: r.get(17),
+    }
 }
