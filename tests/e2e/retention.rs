@@ -102,7 +102,9 @@ async fn a_purge_removes_exactly_what_is_past_retention_and_is_idempotent() {
          UPDATE attendance.check_in_requests SET created_at = now() - interval '8 days' WHERE setting_code = 'RBQ01';
          UPDATE attendance.outbox SET delivered_at = now() - interval '8 days' WHERE setting_code = 'RBQ01';
          -- Both alerts are three years old; only the first is acknowledged.
-         UPDATE notification.alerts SET created_at = now() - interval '3 years';",
+         UPDATE notification.alerts SET created_at = now() - interval '3 years';
+         -- And so is the acknowledgement of the first.
+         UPDATE notification.ack_history SET acked_at = now() - interval '3 years';",
     )
     .await
     .unwrap();
@@ -115,6 +117,7 @@ async fn a_purge_removes_exactly_what_is_past_retention_and_is_idempotent() {
         ("accesses", 2),
         ("episodes", 1),
         ("alerts", 1),
+        ("acknowledgements", 1),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

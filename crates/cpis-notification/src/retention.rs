@@ -30,7 +30,7 @@ pub async fn purge(pool: &deadpool_postgres::Pool, retention: Retention, dry_run
             days: retention.alerts_days,
         },
         PurgeStep {
-            kind: "acknowledgement times",
+            kind: "acknowledgements",
             sql: "DELETE FROM notification.ack_history h
               WHERE h.acked_at < now() - make_interval(days => $1) AND $2::date IS NOT NULL",
             days: retention.alerts_days,
