@@ -191,7 +191,9 @@ pub async fn start_attendance(
     // The people behind setting-facing calls: one verifier (and one key
     // cache) for the gRPC and FHIR ports.
     let users = cpis_runtime::users::UserAuth::start(&config.users, shutdown.stopping().clone()).await?;
-    let relay_pool = common.db_pool(cpis_attendance::RELAY_POOL_SIZE)?;
+    // The relay's statements are all safe to lose in a database crash
+    // (leases expire, a lost delivery mark republishes): early commits.
+    let relay_pool = common.db_pool_early_commit(cpis_attendance::RELAY_POOL_SIZE)?;
     let service =
         cpis_attendance::Attendance::new(config, pool.clone(), relay_pool, registry, notification, shutdown.clone())
             .await?;

@@ -15,6 +15,7 @@ mod fhir;
 mod fhir_conformance;
 mod fhir_conformance_errors;
 mod foundation;
+mod group_commit;
 mod handshakes;
 mod hostile;
 mod idle_streams;

@@ -1,30 +1,31 @@
 //! `CheckIn`: validate, replay an earlier answer, look the flags up, and
 //! record a flagged arrival (episode, access audit, alerts) in one
-//! transaction, owned here: the store runs single statements and
-//! `crate::rules` decides what they write. An unflagged person leaves no trace.
+//! transaction with the flagged check-ins arriving at the same time
+//! ([`group`]): the store runs the statements and `crate::rules`
+//! decides what they write. An unflagged person leaves no trace.
 
 use crate::convert;
-use crate::model::{FlaggedRows, RecordedViewer, StoredRequest};
+use crate::model::{RecordedViewer, StoredRequest};
 use crate::registry::{CallerDeadline, FlagLookup};
 use crate::replays::ReplayLookup;
-use crate::rules::{self, EpisodeRules};
+use crate::rules::EpisodeRules;
 use crate::settings::ArrivalWindow;
-use crate::store::checkin as store;
 use chrono::{DateTime, Utc};
 use cpis_domain::time::from_timestamp;
 use cpis_domain::user::{Access, Viewer};
 use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::{CheckInRequest, CheckInResponse};
 use cpis_proto::common::v1::SettingType;
-use cpis_proto::registry::v1::LookupFlagsResponse;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::ApiError;
 use futures::future::Either;
+use group::GroupCommit;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::Notify;
-use uuid::Uuid;
+
+mod group;
 
 /// Longest accepted `request_id`, in characters.
 const MAX_ID_CHARS: usize = 128;
@@ -140,13 +141,11 @@ fn fingerprint(req: &CheckInRequest, viewer_id: &str) -> Vec<u8> {
 /// The check-in operation and everything it runs on.
 #[derive(Debug, Clone)]
 pub struct CheckIns {
-    pool: DbPool,
     flags: FlagLookup,
     replays: ReplayLookup,
-    rules: EpisodeRules,
+    /// Writes flagged check-ins, grouped.
+    group: GroupCommit,
     arrival_window: ArrivalWindow,
-    /// Wakes the relay as soon as a check-in has queued alerts.
-    wake_relay: Arc<Notify>,
 }
 
 impl CheckIns {
@@ -159,7 +158,12 @@ impl CheckIns {
         arrival_window: ArrivalWindow,
         wake_relay: Arc<Notify>,
     ) -> Self {
-        Self { replays: ReplayLookup::new(pool.clone()), pool, flags, rules, arrival_window, wake_relay }
+        Self {
+            replays: ReplayLookup::new(pool.clone()),
+            group: GroupCommit::new(pool, rules, wake_relay),
+            flags,
+            arrival_window,
+        }
     }
 
     /// Handles one check-in from the setting `setting_code`, shown to `viewer`.
@@ -209,103 +213,31 @@ impl CheckIns {
         // answer wins over whatever the Registry says.
         // The day of the arrival in England, not UTC (they differ after midnight in summer).
         let day = cpis_domain::time::london_date(valid.arrived_at);
-        let earlier = std::pin::pin!(self.replays.find(setting_code, &valid.request_id));
-        let lookup = std::pin::pin!(self.flags.lookup(&valid.nhs_number, Some(day), deadline));
-        let found = match futures::future::select(earlier, lookup).await {
-            Either::Left((earlier, lookup)) => match earlier? {
-                Some(earlier) => return replayed(&earlier, &valid.fingerprint),
-                None => lookup.await,
-            },
-            Either::Right((found, earlier)) => match earlier.await? {
-                Some(earlier) => return replayed(&earlier, &valid.fingerprint),
-                None => found,
-            },
-        }?;
+        let found = {
+            let earlier = std::pin::pin!(self.replays.find(setting_code, &valid.request_id));
+            let lookup = std::pin::pin!(self.flags.lookup(&valid.nhs_number, Some(day), deadline));
+            match futures::future::select(earlier, lookup).await {
+                Either::Left((earlier, lookup)) => match earlier? {
+                    Some(earlier) => return replayed(&earlier, &valid.fingerprint),
+                    None => lookup.await,
+                },
+                Either::Right((found, earlier)) => match earlier.await? {
+                    Some(earlier) => return replayed(&earlier, &valid.fingerprint),
+                    None => found,
+                },
+            }?
+        };
         if found.flags.is_empty() {
             // Nothing about the person is stored, not even the request; and
             // no log line says how it went (beside the vendor's request id,
             // an outcome would tell the log's readers who is flagged).
             return Ok(CheckInResponse::default());
         }
-        self.record_flagged(setting_code, &valid, found).await
-    }
-
-    /// Records a flagged arrival in one transaction of four round trips
-    /// (BEGIN; the lock, replay record and history, pipelined; one statement
-    /// writing every row; COMMIT) and answers once it has committed.
-    async fn record_flagged(
-        &self,
-        setting_code: &str,
-        valid: &ValidCheckIn,
-        found: LookupFlagsResponse,
-    ) -> Result<CheckInResponse, ApiError> {
-        let nhs_number = valid.nhs_number.as_str();
-        let alerts = rules::alert_targets(&found);
-        let mut db = self.pool.get().await?;
-        let tx = db.transaction().await?;
-        // Pipelined: `try_join3` polls in order and tokio-postgres sends each
-        // statement at its first poll, so the lock is asked for first and the
-        // two reads run behind it on the connection, each with a snapshot
-        // taken once the lock is held.
-        let (_, earlier, history) = futures::future::try_join3(
-            store::lock_person_at_setting(&tx, setting_code, nhs_number),
-            store::find_request(&tx, setting_code, &valid.request_id),
-            store::person_history(
-                &tx,
-                nhs_number,
-                self.rules.history_since(valid.arrived_at),
-                rules::PREVIOUS_EPISODES as i64 + 1,
-            ),
-        )
-        .await?;
-        if let Some(earlier) = earlier {
-            tx.rollback().await?;
+        let recorded = self.group.record(setting_code, valid, found).await?;
+        if recorded.replayed {
             tracing::info!(replay = true, "check-in answered from a concurrent request");
-            return replay(&earlier, &valid.fingerprint);
         }
-
-        let setting_type = valid.setting_type as i32;
-        let decision =
-            rules::decide(&history, setting_code, setting_type, valid.arrived_at, self.rules, Uuid::now_v7());
-        let response = convert::flagged_check_in(found.flags, &decision.episode, &decision.previous);
-        let encoded = response.encode_to_vec();
-        let alert_viewer = convert::viewer(&valid.viewer).encode_to_vec();
-        let rows = FlaggedRows {
-            episode: &decision.episode,
-            new_episode: decision.new_episode,
-            nhs_number,
-            setting_code,
-            setting_type,
-            viewer: &valid.viewer,
-            alert_viewer: &alert_viewer,
-            alerts: &alerts,
-            priority: decision.priority as i32,
-            // The relay continues this check-in's trace from here.
-            traceparent: cpis_runtime::telemetry::current_traceparent(),
-            request_id: &valid.request_id,
-            fingerprint: &valid.fingerprint,
-            response: &encoded,
-        };
-        let inserted = store::insert_flagged(&tx, &rows).await?;
-        if !inserted.request_stored {
-            // The same request_id was used concurrently for another person
-            // (the lock covers the same person): the first one wins.
-            tx.rollback().await?;
-            return match store::find_request(&db, setting_code, &valid.request_id).await? {
-                Some(earlier) => {
-                    tracing::info!(replay = true, "check-in answered from a concurrent request");
-                    replay(&earlier, &valid.fingerprint)
-                }
-                None => Err(ApiError::Contention(
-                    "a concurrent check-in with this request_id did not complete; retry".into(),
-                )),
-            };
-        }
-        tx.commit().await?;
-        if inserted.alerts_queued > 0 {
-            self.wake_relay.notify_one();
-        }
-        Ok(response)
+        Ok(recorded.response)
     }
 }
 
@@ -316,7 +248,7 @@ fn replayed(earlier: &StoredRequest, fingerprint: &[u8]) -> Result<CheckInRespon
 }
 
 /// The first answer again, if `fingerprint` is the same request body.
-fn replay(earlier: &StoredRequest, fingerprint: &[u8]) -> Result<CheckInResponse, ApiError> {
+pub(crate) fn replay(earlier: &StoredRequest, fingerprint: &[u8]) -> Result<CheckInResponse, ApiError> {
     if earlier.fingerprint != fingerprint {
         return Err(ApiError::invalid("request_id", "was already used by this setting for a different check-in"));
     }

@@ -1,9 +1,10 @@
-//! The coalescing queue shared by the flag look-ups ([`crate::registry`]) and
-//! the replay look-ups ([`crate::replays`]): a look-up asked while none is in
-//! flight goes at once, alone (a lone check-in waits for nothing); look-ups
-//! asked while one is in flight queue, and go together when it returns, at
-//! most [`MAX_COALESCED`] at a time (a queue that fills up goes at once, in
-//! parallel).
+//! The coalescing queue shared by the flag look-ups ([`crate::registry`]),
+//! the replay look-ups ([`crate::replays`]) and the group commit of flagged
+//! check-ins (`checkin::group`): a look-up asked while none is in flight
+//! (fewer than the queue's parallel batches) goes at once, alone (a lone
+//! check-in waits for nothing); look-ups asked while one is in flight queue,
+//! and go together when it returns, at most [`MAX_COALESCED`] at a time (a
+//! queue that fills up goes at once, in parallel).
 
 use futures::FutureExt;
 use std::future::Future;
@@ -16,6 +17,8 @@ pub const MAX_COALESCED: usize = 128;
 #[derive(Debug)]
 pub struct Coalescer<W> {
     queue: Mutex<Queue<W>>,
+    /// Batches sent at the same time before look-ups queue (1 by default).
+    parallel: usize,
 }
 
 #[derive(Debug)]
@@ -28,22 +31,30 @@ struct Queue<W> {
 
 impl<W> Default for Coalescer<W> {
     fn default() -> Self {
-        Self { queue: Mutex::new(Queue { in_flight: 0, waiting: Vec::new() }) }
+        Self::with_parallel(1)
     }
 }
 
 impl<W> Coalescer<W> {
+    /// A queue that sends up to `parallel` batches at the same time: a
+    /// waiter asked while fewer are in flight goes at once, alone.
+    pub fn with_parallel(parallel: usize) -> Self {
+        Self { queue: Mutex::new(Queue { in_flight: 0, waiting: Vec::new() }), parallel: parallel.max(1) }
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue<W>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `waiter`; returns what to send now, if anything: the waiter
-    /// alone when nothing is in flight, or the whole queue once it is full.
-    /// What it returns goes to [`Coalescer::drain`].
+    /// alone when fewer batches than allowed are in flight (one by
+    /// default), or the whole queue once it is full. What it returns goes
+    /// to [`Coalescer::drain`].
     pub fn enqueue(&self, waiter: W) -> Option<Vec<W>> {
+        let parallel = self.parallel;
         let mut q = self.queue();
-        if q.in_flight == 0 {
-            q.in_flight = 1;
+        if q.in_flight < parallel {
+            q.in_flight += 1;
             return Some(vec![waiter]);
         }
         q.waiting.push(waiter);

@@ -10,6 +10,7 @@
 //! reaches this module.
 
 pub mod checkin;
+pub mod grouped;
 pub mod history;
 pub mod keyed;
 pub mod reads;
@@ -52,10 +53,15 @@ pub async fn lease_councils(
         .query(
             "INSERT INTO attendance.relay_councils AS r (council_code, holder, lease_until)
              SELECT p.council_code, $1, now() + make_interval(secs => $2::float8)
-             FROM (SELECT DISTINCT council_code FROM attendance.outbox WHERE delivered_at IS NULL) p
+             FROM attendance.outbox_positions p
              LEFT JOIN attendance.relay_councils c USING (council_code)
-             WHERE c.council_code IS NULL
-                OR (COALESCE(c.lease_until, '-infinity') < now() AND c.next_attempt_at <= now())
+             WHERE p.last_position > COALESCE(c.delivered_through, 0)
+               AND EXISTS (SELECT 1 FROM attendance.outbox o
+                           WHERE o.council_code = p.council_code
+                             AND o.position > COALESCE(c.delivered_through, 0)
+                             AND o.delivered_at IS NULL)
+               AND (c.council_code IS NULL
+                    OR (COALESCE(c.lease_until, '-infinity') < now() AND c.next_attempt_at <= now()))
              ORDER BY c.next_attempt_at NULLS FIRST, p.council_code
              LIMIT $3
              ON CONFLICT (council_code) DO UPDATE
@@ -91,6 +97,8 @@ pub async fn pending_for_council(
                     request
              FROM attendance.outbox
              WHERE council_code = $1 AND delivered_at IS NULL
+               AND position > COALESCE((SELECT delivered_through FROM attendance.relay_councils
+                                        WHERE council_code = $1), 0)
              ORDER BY position
              LIMIT $2",
             &[&council, &limit],
@@ -136,8 +144,9 @@ pub(crate) fn pending_from_row(r: &tokio_postgres::Row, at: usize) -> PendingAle
 
 /// Marks outbox rows delivered (the Notification service has stored them:
 /// one alert, or every row of one `PublishAlerts` batch, which it stores all
-/// or nothing) and renews `holder`'s lease of their council in the same
-/// statement. Returns false when `holder` no longer holds the lease (it
+/// or nothing), moves their council's `delivered_through` up to them (they
+/// are its next rows in position order) and renews `holder`'s lease of the
+/// council in the same statement. Returns false when `holder` no longer holds the lease (it
 /// expired and another relay took the council over): the caller then stops.
 pub async fn mark_delivered(
     db: &impl deadpool_postgres::GenericClient,
@@ -151,16 +160,20 @@ pub async fn mark_delivered(
                  UPDATE attendance.outbox
                  SET delivered_at = COALESCE(delivered_at, now()), attempts = attempts + 1, last_error = NULL
                  WHERE outbox_id = ANY($1)
-                 RETURNING council_code)
+                 RETURNING council_code, position)
              UPDATE attendance.relay_councils r
-             SET lease_until = now() + make_interval(secs => $3::float8), attempts = 0, last_error = NULL
-             FROM (SELECT DISTINCT council_code FROM delivered) d
-             WHERE r.council_code = d.council_code AND r.holder = $2
-             RETURNING 1",
+             SET delivered_through = GREATEST(r.delivered_through, d.through),
+                 lease_until = CASE WHEN r.holder = $2 THEN now() + make_interval(secs => $3::float8)
+                                    ELSE r.lease_until END,
+                 attempts = CASE WHEN r.holder = $2 THEN 0 ELSE r.attempts END,
+                 last_error = CASE WHEN r.holder = $2 THEN NULL ELSE r.last_error END
+             FROM (SELECT council_code, max(position) AS through FROM delivered GROUP BY council_code) d
+             WHERE r.council_code = d.council_code
+             RETURNING r.holder = $2",
             &[&outbox_ids, &holder, &secs(lease)],
         )
         .await?;
-    Ok(!renewed.is_empty())
+    Ok(renewed.iter().any(|r| r.get::<_, Option<bool>>(0) == Some(true)))
 }
 
 /// Records a failed attempt at a council's head-of-line alert and gives the
@@ -235,8 +248,14 @@ pub async fn backlog(db: &impl deadpool_postgres::GenericClient) -> Result<Backl
     let row = db
         .query_one(
             "WITH pending AS (
-                 SELECT council_code, count(*) AS n, min(created_at) AS oldest
-                 FROM attendance.outbox WHERE delivered_at IS NULL GROUP BY council_code)
+                 SELECT p.council_code, q.n, q.oldest
+                 FROM attendance.outbox_positions p
+                 LEFT JOIN attendance.relay_councils c USING (council_code)
+                 CROSS JOIN LATERAL (
+                     SELECT count(*) AS n, min(o.created_at) AS oldest FROM attendance.outbox o
+                     WHERE o.council_code = p.council_code AND o.position > COALESCE(c.delivered_through, 0)
+                       AND o.delivered_at IS NULL) q
+                 WHERE p.last_position > COALESCE(c.delivered_through, 0) AND q.n > 0)
              SELECT COALESCE(sum(p.n), 0)::bigint,
                     COALESCE(extract(epoch FROM now() - min(p.oldest))::float8, 0),
                     extract(epoch FROM min(GREATEST(COALESCE(r.next_attempt_at, now()),

@@ -219,7 +219,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     progress(&format!("working in {}", dir.display()));
     progress("starting PostgreSQL (default settings: durable commits; TLS, verify-full)");
-    let cluster = PrivateCluster::start(&dir.join("pg"), ClusterOptions::default())
+    // Extra server settings for diagnosis (e.g. `shared_preload_libraries=pg_stat_statements`),
+    // `name=value` separated by `;`: never in a recorded run, whose settings are the defaults.
+    let settings: Vec<(String, String)> = std::env::var("CPIS_BENCH_PG_SETTINGS")
+        .unwrap_or_default()
+        .split(';')
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    if !settings.is_empty() {
+        progress(&format!("extra PostgreSQL settings (CPIS_BENCH_PG_SETTINGS): {settings:?}"));
+    }
+    let cluster = PrivateCluster::start(&dir.join("pg"), ClusterOptions { settings, ..ClusterOptions::default() })
         .context("starting the benchmark's PostgreSQL cluster")?;
     cluster.create_database("cpis").await?;
     let database_url = cluster.url("cpis");

@@ -19,6 +19,28 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
 
 /// [`pool`] with these session settings instead of the environment's.
 pub fn pool_with(url: &str, max_size: usize, session: SessionSettings) -> anyhow::Result<Pool> {
+    pool_committing(url, max_size, session, Commit::Durable)
+}
+
+/// When a commit on a pool's connections returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Once its WAL record is on disk (`synchronous_commit` as the server
+    /// sets it, on by default): what every answer to a caller relies on.
+    Durable,
+    /// At once, the WAL record flushed by the server's WAL writer within
+    /// about `3 × wal_writer_delay` (`synchronous_commit = off`). A database
+    /// crash may lose the last such commits, never leave one half done, and
+    /// never lose one that a later durable commit depends on (the WAL is
+    /// flushed in order). Only for statements whose loss is harmless: the
+    /// outbox relay's leases (a lost one expires), delivery marks (a lost one
+    /// republishes, which `PublishAlert` absorbs by council and key) and
+    /// retry schedules.
+    Early,
+}
+
+/// [`pool_with`], its commits returning as `commit` says.
+pub fn pool_committing(url: &str, max_size: usize, session: SessionSettings, commit: Commit) -> anyhow::Result<Pool> {
     let target = DbTarget::parse(url).context("DATABASE_URL")?;
     let tls = target.tls()?;
     let mut config = target.config;
@@ -27,6 +49,10 @@ pub fn pool_with(url: &str, max_size: usize, session: SessionSettings) -> anyhow
     }
     config.connect_timeout(Duration::from_secs(5));
     session.apply(&mut config);
+    if commit == Commit::Early {
+        let options = format!("{} -c synchronous_commit=off", config.get_options().unwrap_or_default());
+        config.options(&options);
+    }
     let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)

@@ -121,6 +121,17 @@ impl ServerSettings {
         crate::db::pool_with(&self.database_url()?, size, session)
     }
 
+    /// [`ServerSettings::db_pool`] whose commits return before their WAL
+    /// record is flushed (`synchronous_commit = off`): only for work whose
+    /// loss in a database crash is harmless (see [`crate::db::Commit::Early`]).
+    pub fn db_pool_early_commit(&self, size: usize) -> anyhow::Result<crate::db::DbPool> {
+        let session = match self.db_session {
+            Some(session) => session,
+            None => crate::db::SessionSettings::from_env()?,
+        };
+        crate::db::pool_committing(&self.database_url()?, size, session, crate::db::Commit::Early)
+    }
+
     /// The age after which connections are closed, if any.
     pub fn max_connection_age(&self) -> Option<Duration> {
         (!self.max_connection_age.is_zero()).then_some(self.max_connection_age)

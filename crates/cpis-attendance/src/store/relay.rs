@@ -43,7 +43,13 @@ pub async fn lease_and_read(
                  ON CONFLICT (relay_id) DO UPDATE SET alive_until = EXCLUDED.alive_until
                  RETURNING 1),
              pending AS (
-                 SELECT DISTINCT council_code FROM attendance.outbox WHERE delivered_at IS NULL),
+                 SELECT p.council_code FROM attendance.outbox_positions p
+                 LEFT JOIN attendance.relay_councils c USING (council_code)
+                 WHERE p.last_position > COALESCE(c.delivered_through, 0)
+                   AND EXISTS (SELECT 1 FROM attendance.outbox o
+                               WHERE o.council_code = p.council_code
+                                 AND o.position > COALESCE(c.delivered_through, 0)
+                                 AND o.delivered_at IS NULL)),
              share AS (
                  SELECT LEAST($3::bigint, ceil((SELECT count(*) FROM pending)::float8
                      / (1 + (SELECT count(*) FROM attendance.relays
@@ -59,7 +65,7 @@ pub async fn lease_and_read(
                  ON CONFLICT (council_code) DO UPDATE
                      SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
                      WHERE COALESCE(r.lease_until, '-infinity') < now() AND r.next_attempt_at <= now()
-                 RETURNING council_code, attempts),
+                 RETURNING council_code, attempts, delivered_through),
              due AS (
                  SELECT o.*, row_number() OVER (PARTITION BY o.council_code ORDER BY o.position) AS rn
                  FROM leased l
@@ -68,7 +74,8 @@ pub async fn lease_and_read(
                             episode_id, setting_code, setting_type, arrived_at, priority, traceparent, position,
                             viewer, request
                      FROM attendance.outbox
-                     WHERE council_code = l.council_code AND delivered_at IS NULL
+                     WHERE council_code = l.council_code AND position > l.delivered_through
+                       AND delivered_at IS NULL
                      ORDER BY position
                      LIMIT $4) o),
              taken AS (SELECT * FROM due ORDER BY rn, council_code LIMIT $5)
@@ -99,10 +106,14 @@ pub async fn lease_and_read(
 }
 
 /// In one statement: marks `delivered` (outbox ids the Notification service
-/// has stored) delivered, and gives up `holder`'s lease of each of
-/// `councils` (those it leased for the pass), clearing the failure count of
-/// the ones that had an alert delivered. A council whose lease another relay
-/// took meanwhile stays with that relay; the rows are delivered either way.
+/// has stored) delivered, moves each council's `delivered_through` up to
+/// the last of them (they are the council's next rows in position order,
+/// so everything up to there is delivered), and gives up `holder`'s lease
+/// of each of `councils` (those it leased for the pass), clearing the
+/// failure count of the ones that had an alert delivered. A council whose
+/// lease another relay took meanwhile stays with that relay; the rows are
+/// delivered either way. The mark changes no indexed column, so it is a
+/// HOT update (the outbox keeps room on its pages for it).
 pub async fn settle(
     db: &impl deadpool_postgres::GenericClient,
     delivered: &[i64],
@@ -115,14 +126,21 @@ pub async fn settle(
                  UPDATE attendance.outbox
                  SET delivered_at = COALESCE(delivered_at, now()), attempts = attempts + 1, last_error = NULL
                  WHERE outbox_id = ANY($1)
-                 RETURNING council_code),
-             served AS (SELECT DISTINCT council_code FROM delivered)
+                 RETURNING council_code, position),
+             served AS (SELECT council_code, max(position) AS through FROM delivered GROUP BY council_code),
+             touched AS (
+                 SELECT COALESCE(c.code, s.council_code) AS code, c.code IS NOT NULL AS leased, s.through
+                 FROM unnest($2::text[]) AS c(code) FULL JOIN served s ON s.council_code = c.code)
              UPDATE attendance.relay_councils r
-             SET holder = NULL, lease_until = now(),
-                 attempts = CASE WHEN s.council_code IS NULL THEN r.attempts ELSE 0 END,
-                 last_error = CASE WHEN s.council_code IS NULL THEN r.last_error END
-             FROM unnest($2::text[]) AS c(code) LEFT JOIN served s ON s.council_code = c.code
-             WHERE r.council_code = c.code AND r.holder = $3",
+             SET delivered_through = GREATEST(r.delivered_through, COALESCE(t.through, 0)),
+                 holder = CASE WHEN t.leased AND r.holder = $3 THEN NULL ELSE r.holder END,
+                 lease_until = CASE WHEN t.leased AND r.holder = $3 THEN now() ELSE r.lease_until END,
+                 attempts = CASE WHEN t.leased AND r.holder = $3 AND t.through IS NOT NULL THEN 0
+                                 ELSE r.attempts END,
+                 last_error = CASE WHEN t.leased AND r.holder = $3 AND t.through IS NOT NULL THEN NULL
+                                   ELSE r.last_error END
+             FROM touched t
+             WHERE r.council_code = t.code",
         )
         .await?;
     db.execute(&stmt, &[&delivered, &councils, &holder]).await?;
