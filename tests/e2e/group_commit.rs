@@ -95,6 +95,17 @@ async fn a_burst_of_flagged_check_ins_written_together_is_stored_and_alerted_as_
             let sequences: Vec<i64> = alerts.iter().map(|a| a.sequence).collect();
             assert_eq!(sequences, (1..=alerts.len() as i64).collect::<Vec<_>>(), "{council}: gapless");
         }
+        // The relay's mark of each council reached its last alert, so its
+        // next pass reads nothing already delivered.
+        let behind = count(
+            &ts,
+            "SELECT count(*) FROM (SELECT council_code, max(position) AS last FROM attendance.outbox
+                                   GROUP BY council_code) o
+             LEFT JOIN attendance.relay_councils r USING (council_code)
+             WHERE COALESCE(r.delivered_through, 0) <> o.last",
+        )
+        .await;
+        assert_eq!(behind, 0, "every council's delivered_through is at its last alert");
         ts.suite.stop().await.unwrap();
     })
     .await
