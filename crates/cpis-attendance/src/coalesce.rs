@@ -102,4 +102,23 @@ mod tests {
         }
         assert_eq!(c.enqueue(MAX_COALESCED).map(|b| b.len()), Some(MAX_COALESCED));
     }
+
+    #[test]
+    fn with_two_in_flight_two_lone_waiters_go_at_once_and_the_third_waits_for_either() {
+        let c = Coalescer::with_parallel(2);
+        assert_eq!(c.enqueue(1), Some(vec![1]));
+        assert_eq!(c.enqueue(2), Some(vec![2]));
+        assert_eq!(c.enqueue(3), None);
+        assert_eq!(c.enqueue(4), None);
+        // The first batch returns: the queued ones go together on its turn.
+        let sent = std::sync::Mutex::new(Vec::new());
+        futures::executor::block_on(c.drain(vec![1], "test", |b| {
+            sent.lock().unwrap().push(b);
+            async {}
+        }));
+        assert_eq!(*sent.lock().unwrap(), vec![vec![1], vec![3, 4]]);
+        // One batch is still in flight (2): a new waiter goes at once again.
+        assert_eq!(c.enqueue(5), Some(vec![5]));
+        assert_eq!(c.enqueue(6), None);
+    }
 }
