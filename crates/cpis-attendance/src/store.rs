@@ -55,11 +55,14 @@ pub async fn lease_councils(
              SELECT p.council_code, $1, now() + make_interval(secs => $2::float8)
              FROM attendance.outbox_positions p
              LEFT JOIN attendance.relay_councils c USING (council_code)
+             -- A probe per council on its position index (LATERAL: never a
+             -- scan of the whole outbox as a semi-join).
+             CROSS JOIN LATERAL (SELECT 1 FROM attendance.outbox o
+                                 WHERE o.council_code = p.council_code
+                                   AND o.position > COALESCE(c.delivered_through, 0)
+                                   AND o.delivered_at IS NULL
+                                 ORDER BY o.position LIMIT 1) due
              WHERE p.last_position > COALESCE(c.delivered_through, 0)
-               AND EXISTS (SELECT 1 FROM attendance.outbox o
-                           WHERE o.council_code = p.council_code
-                             AND o.position > COALESCE(c.delivered_through, 0)
-                             AND o.delivered_at IS NULL)
                AND (c.council_code IS NULL
                     OR (COALESCE(c.lease_until, '-infinity') < now() AND c.next_attempt_at <= now()))
              ORDER BY c.next_attempt_at NULLS FIRST, p.council_code

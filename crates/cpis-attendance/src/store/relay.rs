@@ -45,11 +45,14 @@ pub async fn lease_and_read(
              pending AS (
                  SELECT p.council_code FROM attendance.outbox_positions p
                  LEFT JOIN attendance.relay_councils c USING (council_code)
-                 WHERE p.last_position > COALESCE(c.delivered_through, 0)
-                   AND EXISTS (SELECT 1 FROM attendance.outbox o
-                               WHERE o.council_code = p.council_code
-                                 AND o.position > COALESCE(c.delivered_through, 0)
-                                 AND o.delivered_at IS NULL)),
+                 -- A probe per council on its position index (LATERAL, so
+                 -- never a scan of the whole outbox as a semi-join).
+                 CROSS JOIN LATERAL (SELECT 1 FROM attendance.outbox o
+                                     WHERE o.council_code = p.council_code
+                                       AND o.position > COALESCE(c.delivered_through, 0)
+                                       AND o.delivered_at IS NULL
+                                     ORDER BY o.position LIMIT 1) due
+                 WHERE p.last_position > COALESCE(c.delivered_through, 0)),
              share AS (
                  SELECT LEAST($3::bigint, ceil((SELECT count(*) FROM pending)::float8
                      / (1 + (SELECT count(*) FROM attendance.relays
