@@ -22,9 +22,10 @@
 //!   group's earlier check-ins created, i.e. exactly as if they had committed
 //!   one after another in the order they were queued; a repeat of a
 //!   `request_id` inside the group is answered as a replay of the first;
-//! - **per-council order and gapless positions**: the outbox rows take their
-//!   councils' position counters inside the transaction, in council-code
-//!   order, held until it commits, as a check-in alone does.
+//! - **per-council order**: the outbox rows take their councils' position
+//!   counters inside the transaction, in council-code order, held until it
+//!   commits, as a check-in alone does: a position becomes visible only
+//!   after every lower one of its council.
 
 use super::{replay, ValidCheckIn};
 use crate::coalesce::Coalescer;
