@@ -112,8 +112,11 @@ async fn a_call_refused_on_a_streams_connection_ends_that_stream_with_unauthenti
 async fn a_stream_whose_certificate_expires_ends_unauthenticated_within_a_heartbeat() {
     let ts = TestSuite::start().await;
     let mut options = IssueOptions::client(Some(council(KENT).spiffe_id(TRUST_DOMAIN)));
-    // Certificate times have one-second resolution: expire in three.
-    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    // Certificate times have one-second resolution: expire in three, on a
+    // whole second (the certificate would otherwise say up to a second
+    // earlier than `expires`, and the stream rightly end before it).
+    let expires =
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(3)).replace_nanosecond(0).expect("a whole second");
     options.not_after = expires;
     let short = ts.custom_identity("council-kent-short-lived", options);
     let mut kent = NotificationServiceClient::new(ts.channel_with(ts.notification_port(), &short));
