@@ -81,21 +81,12 @@ pub fn validate(
             Some(t) => Some(t),
         },
     };
-    let setting_type = match SettingType::try_from(req.setting_type) {
-        Ok(SettingType::Unspecified) => {
-            v.add("setting_type", "is required");
-            None
-        }
-        Ok(t) if is_scheduled(t) => {
-            v.add("setting_type", "is a scheduled-care setting: scheduled care makes a silent read (SilentRead)");
-            None
-        }
-        Ok(t) => Some(t),
-        Err(_) => {
-            v.add("setting_type", "is not a known setting type");
-            None
-        }
-    };
+    let setting_type = setting_type(
+        &mut v,
+        req.setting_type,
+        false,
+        "is a scheduled-care setting: scheduled care makes a silent read (SilentRead)",
+    );
     v.finish()?;
     let (Some(nhs_number), Some(arrived_at), Some(setting_type)) = (nhs_number, arrived_at, setting_type) else {
         return Err(ApiError::internal("validation passed without values"));
@@ -124,6 +115,27 @@ fn minutes(d: chrono::TimeDelta) -> String {
 /// unscheduled care (a notifying read, `CheckIn`).
 pub fn is_scheduled(t: SettingType) -> bool {
     (t as i32) >= SettingType::GpPractice as i32
+}
+
+/// The request's `setting_type`, checked to be known and of the care the
+/// call is for (`scheduled` or not; `wrong_care` says why otherwise): the
+/// one check behind `CheckIn`, `SilentRead` and `RecordWasNotBrought`.
+pub fn setting_type(v: &mut Violations, raw: i32, scheduled: bool, wrong_care: &str) -> Option<SettingType> {
+    match SettingType::try_from(raw) {
+        Ok(SettingType::Unspecified) => {
+            v.add("setting_type", "is required");
+            None
+        }
+        Ok(t) if is_scheduled(t) != scheduled => {
+            v.add("setting_type", wrong_care);
+            None
+        }
+        Ok(t) => Some(t),
+        Err(_) => {
+            v.add("setting_type", "is not a known setting type");
+            None
+        }
+    }
 }
 
 /// The start of the protobuf `Timestamp` range (0001-01-01T00:00:00Z).

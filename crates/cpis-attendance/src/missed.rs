@@ -67,21 +67,12 @@ pub fn validate(req: &RecordWasNotBroughtRequest, now: DateTime<Utc>) -> Result<
         }
         Some(Some(t)) => Some(rules::stored_precision(t)),
     };
-    let setting_type = match SettingType::try_from(req.setting_type) {
-        Ok(SettingType::Unspecified) => {
-            v.add("setting_type", "is required");
-            None
-        }
-        Ok(t) if !crate::checkin::is_scheduled(t) => {
-            v.add("setting_type", "is an unscheduled-care setting: missed appointments are scheduled care's");
-            None
-        }
-        Ok(t) => Some(t),
-        Err(_) => {
-            v.add("setting_type", "is not a known setting type");
-            None
-        }
-    };
+    let setting_type = crate::checkin::setting_type(
+        &mut v,
+        req.setting_type,
+        true,
+        "is an unscheduled-care setting: missed appointments are scheduled care's",
+    );
     v.finish()?;
     let (Some(nhs_number), Some(appointment_at), Some(setting_type)) = (nhs_number, appointment_at, setting_type)
     else {

@@ -4,7 +4,7 @@
 //! it was silent) for the councils holding a flag; no episode is created and
 //! no council is alerted (`crate::reads`). Here: what a valid request is.
 
-use crate::checkin::is_scheduled;
+use crate::checkin::setting_type;
 use cpis_domain::validate::{NhsNumber, Violations};
 use cpis_proto::attendance::v1::SilentReadRequest;
 use cpis_proto::common::v1::SettingType;
@@ -28,21 +28,12 @@ pub fn validate(req: &SilentReadRequest) -> Result<ValidSilentRead, ApiError> {
     let mut v = Violations::new();
     v.text("request_id", &req.request_id, MAX_ID_CHARS);
     let nhs_number = v.nhs_number("nhs_number", &req.nhs_number);
-    let setting_type = match SettingType::try_from(req.setting_type) {
-        Ok(SettingType::Unspecified) => {
-            v.add("setting_type", "is required");
-            None
-        }
-        Ok(t) if !is_scheduled(t) => {
-            v.add("setting_type", "is an unscheduled-care setting: unscheduled care makes a notifying read (CheckIn)");
-            None
-        }
-        Ok(t) => Some(t),
-        Err(_) => {
-            v.add("setting_type", "is not a known setting type");
-            None
-        }
-    };
+    let setting_type = setting_type(
+        &mut v,
+        req.setting_type,
+        true,
+        "is an unscheduled-care setting: unscheduled care makes a notifying read (CheckIn)",
+    );
     v.finish()?;
     let (Some(nhs_number), Some(setting_type)) = (nhs_number, setting_type) else {
         return Err(ApiError::internal("validation passed without values"));
