@@ -113,7 +113,8 @@ pub struct AlertTarget {
 }
 
 /// The rows one flagged check-in adds, written by one statement
-/// (`store::checkin::insert_flagged`).
+/// (`store::checkin::insert_flagged`, or `store::grouped::insert_group`
+/// for a group of them).
 #[derive(Debug, Clone)]
 pub struct FlaggedRows<'a> {
     /// The episode the arrival belongs to.
@@ -137,7 +138,7 @@ pub struct FlaggedRows<'a> {
     /// The alerts' priority (`AlertPriority` as stored).
     pub priority: i32,
     /// The check-in's W3C trace context, for the relay.
-    pub traceparent: Option<String>,
+    pub traceparent: Option<&'a str>,
     /// The client's idempotency key.
     pub request_id: &'a str,
     /// SHA-256 of the request body without its request_id.

@@ -176,7 +176,7 @@ impl GroupCommit {
         )
         .await?;
         let outcomes = self.decide(group, earlier, &mut histories);
-        let rows: Vec<store::GroupedRows<'_>> = group
+        let rows: Vec<FlaggedRows<'_>> = group
             .iter()
             .zip(&outcomes)
             .filter_map(|(job, outcome)| match outcome {
@@ -283,7 +283,7 @@ impl GroupCommit {
             alert_viewer: &alert_viewer,
             alerts: &alerts,
             priority: decision.priority as i32,
-            traceparent: job.traceparent.clone(),
+            traceparent: job.traceparent.as_deref(),
             request_id: &valid.request_id,
             fingerprint: &valid.fingerprint,
             response: &encoded,
@@ -309,9 +309,9 @@ impl GroupCommit {
 }
 
 /// The rows of a decided check-in, borrowed from the job and the decision.
-fn grouped_rows<'a>(job: &'a Job, d: &'a Decided) -> store::GroupedRows<'a> {
+fn grouped_rows<'a>(job: &'a Job, d: &'a Decided) -> FlaggedRows<'a> {
     let v = &job.valid;
-    store::GroupedRows {
+    FlaggedRows {
         episode: &d.episode,
         new_episode: d.new_episode,
         nhs_number: v.nhs_number.as_str(),
@@ -319,7 +319,7 @@ fn grouped_rows<'a>(job: &'a Job, d: &'a Decided) -> store::GroupedRows<'a> {
         setting_type: v.setting_type as i32,
         viewer: &v.viewer,
         alert_viewer: &d.alert_viewer,
-        alerts: d.alerts.iter().map(|a| (a.council_code.as_str(), a.plan_type, a.local_reference.as_str())).collect(),
+        alerts: &d.alerts,
         priority: d.priority,
         traceparent: job.traceparent.as_deref(),
         request_id: &v.request_id,

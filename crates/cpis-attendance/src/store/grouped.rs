@@ -5,7 +5,7 @@
 //! (`store::checkin`) over arrays; the replay records are read with
 //! [`super::checkin::find_requests`].
 
-use crate::model::{Episode, RecordedViewer};
+use crate::model::{AlertTarget, Episode, FlaggedRows, RecordedViewer};
 use chrono::{DateTime, Utc};
 use cpis_runtime::ApiError;
 use deadpool_postgres::GenericClient;
@@ -72,37 +72,6 @@ pub async fn people_histories(
     Ok(out)
 }
 
-/// One flagged check-in of a group, as written.
-#[derive(Debug)]
-pub struct GroupedRows<'a> {
-    /// The episode the arrival belongs to.
-    pub episode: &'a Episode,
-    /// True when the episode is new (inserted with the group).
-    pub new_episode: bool,
-    /// The person (validated).
-    pub nhs_number: &'a str,
-    /// ODS code of the calling setting.
-    pub setting_code: &'a str,
-    /// Its kind.
-    pub setting_type: i32,
-    /// Who was shown the flags.
-    pub viewer: &'a RecordedViewer,
-    /// The viewer as the alerts carry it (an encoded `cpis.common.v1.Viewer`).
-    pub alert_viewer: &'a [u8],
-    /// The councils to alert `(council, plan type, case reference)`.
-    pub alerts: Vec<(&'a str, i32, &'a str)>,
-    /// The alerts' priority.
-    pub priority: i32,
-    /// The check-in's W3C trace context, for the relay.
-    pub traceparent: Option<&'a str>,
-    /// The client's idempotency key.
-    pub request_id: &'a str,
-    /// SHA-256 of the request body without its request_id.
-    pub fingerprint: &'a [u8],
-    /// The encoded answer, stored for replays.
-    pub response: &'a [u8],
-}
-
 /// What writing a group's rows did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupInserted {
@@ -126,7 +95,7 @@ const CODE_SEPARATOR: &str = ",";
 /// in the order every check-in does (no two writers wait in a cycle), each
 /// council's rows in the group's order. Foreign keys to the new episodes are
 /// checked at the end of the statement, when the episodes are there.
-pub async fn insert_group(tx: &impl GenericClient, rows: &[GroupedRows<'_>]) -> Result<GroupInserted, ApiError> {
+pub async fn insert_group(tx: &impl GenericClient, rows: &[FlaggedRows<'_>]) -> Result<GroupInserted, ApiError> {
     let stmt = tx
         .prepare_cached(
             "WITH episode AS (
@@ -168,7 +137,7 @@ pub async fn insert_group(tx: &impl GenericClient, rows: &[GroupedRows<'_>]) -> 
              SELECT (SELECT count(*) FROM alerts), (SELECT count(*) FROM request)",
         )
         .await?;
-    let new: Vec<&GroupedRows<'_>> = rows.iter().filter(|r| r.new_episode).collect();
+    let new: Vec<&FlaggedRows<'_>> = rows.iter().filter(|r| r.new_episode).collect();
     let episode = |f: fn(&Episode) -> &str| new.iter().map(|r| f(r.episode)).collect::<Vec<&str>>();
     let new_ids: Vec<Uuid> = new.iter().map(|r| r.episode.episode_id).collect();
     let new_people: Vec<&str> = new.iter().map(|r| r.nhs_number).collect();
@@ -181,8 +150,10 @@ pub async fn insert_group(tx: &impl GenericClient, rows: &[GroupedRows<'_>]) -> 
     let people: Vec<&str> = rows.iter().map(|r| r.nhs_number).collect();
     let settings: Vec<&str> = rows.iter().map(|r| r.setting_code).collect();
     let types: Vec<i32> = rows.iter().map(|r| r.setting_type).collect();
-    let codes: Vec<String> =
-        rows.iter().map(|r| r.alerts.iter().map(|(c, _, _)| *c).collect::<Vec<_>>().join(CODE_SEPARATOR)).collect();
+    let codes: Vec<String> = rows
+        .iter()
+        .map(|r| r.alerts.iter().map(|a| a.council_code.as_str()).collect::<Vec<_>>().join(CODE_SEPARATOR))
+        .collect();
     let viewer = |f: fn(&RecordedViewer) -> &str| rows.iter().map(|r| f(r.viewer)).collect::<Vec<&str>>();
     let user_ids = viewer(|v| &v.user_id);
     let names = viewer(|v| &v.name);
@@ -193,12 +164,12 @@ pub async fn insert_group(tx: &impl GenericClient, rows: &[GroupedRows<'_>]) -> 
     let org_names = viewer(|v| &v.org_name);
     let verified: Vec<bool> = rows.iter().map(|r| r.viewer.verified).collect();
 
-    let alerts: Vec<(&GroupedRows<'_>, &(&str, i32, &str))> =
+    let alerts: Vec<(&FlaggedRows<'_>, &AlertTarget)> =
         rows.iter().flat_map(|r| r.alerts.iter().map(move |a| (r, a))).collect();
-    let a_councils: Vec<&str> = alerts.iter().map(|(_, a)| a.0).collect();
+    let a_councils: Vec<&str> = alerts.iter().map(|(_, a)| a.council_code.as_str()).collect();
     let a_people: Vec<&str> = alerts.iter().map(|(r, _)| r.nhs_number).collect();
-    let a_types: Vec<i32> = alerts.iter().map(|(_, a)| a.1).collect();
-    let a_refs: Vec<&str> = alerts.iter().map(|(_, a)| a.2).collect();
+    let a_types: Vec<i32> = alerts.iter().map(|(_, a)| a.plan_type).collect();
+    let a_refs: Vec<&str> = alerts.iter().map(|(_, a)| a.local_reference.as_str()).collect();
     let a_episodes: Vec<Uuid> = alerts.iter().map(|(r, _)| r.episode.episode_id).collect();
     let a_settings: Vec<&str> = alerts.iter().map(|(r, _)| r.episode.setting_code.as_str()).collect();
     let a_setting_types: Vec<i32> = alerts.iter().map(|(r, _)| r.episode.setting_type).collect();
