@@ -7,14 +7,13 @@
 //! Repeated views by the same staff within 24 hours count once
 //! ([`shown_views`], a plain rule tested without a database).
 
-use crate::admitted;
-use crate::model::{Access, RecordedViewer};
+use crate::model::Access;
+use crate::reads::episode_read;
 use crate::registry::{CallerDeadline, FlagLookup};
 use crate::rules;
 use crate::store::history as store;
-use crate::store::reads::{record_read, Read, ReadKind};
 use chrono::{DateTime, TimeDelta, Utc};
-use cpis_domain::user::{Access as AccessKind, Viewer};
+use cpis_domain::user::Viewer;
 use cpis_domain::validate::NhsNumber;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::ApiError;
@@ -54,22 +53,9 @@ impl AccessHistory {
         viewer: &Viewer,
         deadline: CallerDeadline,
     ) -> Result<Vec<Access>, ApiError> {
-        admitted::may(viewer, AccessKind::EpisodeRead)?;
-        let found = self.flags.lookup(nhs_number, None, deadline).await?;
-        if found.flags.is_empty() {
+        let Some(db) = episode_read(&self.pool, &self.flags, setting_code, nhs_number, viewer, deadline).await? else {
             return Ok(Vec::new());
-        }
-        let db = self.pool.get().await?;
-        let councils = rules::flag_councils(&found);
-        let read = Read {
-            kind: ReadKind::Episodes,
-            setting_code,
-            nhs_number: nhs_number.as_str(),
-            setting_type: 0,
-            viewer: &RecordedViewer::from(viewer),
-            council_codes: &councils,
         };
-        record_read(&db, &read).await?;
         let recent = store::notifying_reads(&db, nhs_number.as_str(), ROWS_READ).await?;
         Ok(shown_views(recent, REPEATED_VIEW_WINDOW, SHOWN))
     }
@@ -96,6 +82,7 @@ pub fn shown_views(recent: Vec<Access>, window: TimeDelta, limit: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RecordedViewer;
     use chrono::TimeZone;
     use uuid::Uuid;
 

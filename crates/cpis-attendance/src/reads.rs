@@ -16,6 +16,39 @@ use cpis_proto::attendance::v1 as pb;
 use cpis_runtime::db::DbPool;
 use cpis_runtime::{ApiError, Caller};
 
+/// The first steps of a setting's read of a person's history (episodes, or
+/// the accesses to their flags): `viewer` must be allowed an episode read
+/// (B0170 or B0107); a person with no flag in scope gives `None`, and
+/// nothing is recorded; otherwise the read is recorded for the councils
+/// holding the flags, and the connection that recorded it is returned for
+/// the read itself.
+pub(crate) async fn episode_read(
+    pool: &DbPool,
+    flags: &FlagLookup,
+    setting_code: &str,
+    nhs_number: &NhsNumber,
+    viewer: &Viewer,
+    deadline: CallerDeadline,
+) -> Result<Option<deadpool_postgres::Object>, ApiError> {
+    admitted::may(viewer, Access::EpisodeRead)?;
+    let found = flags.lookup(nhs_number, None, deadline).await?;
+    if found.flags.is_empty() {
+        return Ok(None);
+    }
+    let db = pool.get().await?;
+    let councils = rules::flag_councils(&found);
+    let read = Read {
+        kind: ReadKind::Episodes,
+        setting_code,
+        nhs_number: nhs_number.as_str(),
+        setting_type: 0,
+        viewer: &RecordedViewer::from(viewer),
+        council_codes: &councils,
+    };
+    store::record_read(&db, &read).await?;
+    Ok(Some(db))
+}
+
 /// The read operations and what they run on.
 #[derive(Debug, Clone)]
 pub struct Reads {
@@ -120,22 +153,9 @@ impl Reads {
         viewer: &Viewer,
         deadline: CallerDeadline,
     ) -> Result<Vec<Episode>, ApiError> {
-        admitted::may(viewer, Access::EpisodeRead)?;
-        let found = self.flags.lookup(nhs_number, None, deadline).await?;
-        if found.flags.is_empty() {
+        let Some(db) = episode_read(&self.pool, &self.flags, setting_code, nhs_number, viewer, deadline).await? else {
             return Ok(Vec::new());
-        }
-        let db = self.pool.get().await?;
-        let councils = rules::flag_councils(&found);
-        let read = Read {
-            kind: ReadKind::Episodes,
-            setting_code,
-            nhs_number: nhs_number.as_str(),
-            setting_type: 0,
-            viewer: &RecordedViewer::from(viewer),
-            council_codes: &councils,
         };
-        store::record_read(&db, &read).await?;
         store::list_episodes(&db, nhs_number.as_str(), None, rules::PREVIOUS_EPISODES as i64).await
     }
 
