@@ -14,6 +14,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, RwLock};
@@ -54,6 +56,10 @@ struct Inner {
     source: KeySource,
     min_refresh: Duration,
     keys: RwLock<Option<Keys>>,
+    /// The SHA-256 of the document the keys were read from.
+    document: std::sync::Mutex<Option<[u8; 32]>>,
+    /// Bumped whenever a read finds a document unlike the one held.
+    generation: AtomicU64,
     /// When a read last started; held while one is in progress (one at a time).
     last_read: Mutex<Option<Instant>>,
 }
@@ -68,7 +74,16 @@ impl KeySet {
     /// A key set read from `source`, re-read for an unknown `kid` at most
     /// once per `min_refresh`. Nothing is read until [`KeySet::load`].
     pub fn new(source: KeySource, min_refresh: Duration) -> Self {
-        Self { inner: Arc::new(Inner { source, min_refresh, keys: RwLock::new(None), last_read: Mutex::new(None) }) }
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                min_refresh,
+                keys: RwLock::new(None),
+                document: std::sync::Mutex::new(None),
+                generation: AtomicU64::new(0),
+                last_read: Mutex::new(None),
+            }),
+        }
     }
 
     /// Reads the keys now; on failure the keys held so far are kept.
@@ -85,8 +100,22 @@ impl KeySet {
         };
         let keys = parse(&document)?;
         let n = keys.len();
-        *self.inner.keys.write().await = Some(keys);
+        let digest: [u8; 32] = Sha256::digest(&document).into();
+        let mut held = self.inner.keys.write().await;
+        let mut last = self.inner.document.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *last != Some(digest) {
+            *last = Some(digest);
+            *held = Some(keys);
+            self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(n)
+    }
+
+    /// Which key set is held: it changes whenever a read finds a document
+    /// unlike the last one, so a token verified under an earlier one (see
+    /// [`super::verified`]) is verified again.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
     }
 
     /// The key named `kid` and its algorithm, re-reading the set once if
@@ -222,10 +251,19 @@ mod tests {
         let eager = KeySet::new(KeySource::File(path.clone()), Duration::ZERO);
         eager.load().await.unwrap();
         assert!(eager.key("ec-2").await.is_ok());
+        // The generation moves only when the document does.
+        let generation = eager.generation();
+        eager.load().await.unwrap();
+        assert_eq!(eager.generation(), generation, "the same document again");
+        std::fs::write(&path, format!(r#"{{"keys":[{}]}}"#, EC.replace("ec-1", "ec-2"))).unwrap();
+        eager.load().await.unwrap();
+        assert_eq!(eager.generation(), generation + 1, "a key withdrawn");
+        assert_eq!(eager.key("ec-1").await.err(), Some(KeyError::Unknown));
         // A broken file keeps what is held.
         std::fs::write(&path, "garbage").unwrap();
         assert!(eager.load().await.is_err());
-        assert!(eager.key("ec-1").await.is_ok());
+        assert!(eager.key("ec-2").await.is_ok());
+        assert_eq!(eager.generation(), generation + 1);
         // Nothing ever loaded: unavailable, not unknown.
         let never = KeySet::new(KeySource::File(dir.path().join("absent.json")), Duration::ZERO);
         assert_eq!(never.key("ec-1").await.err(), Some(KeyError::Unavailable));

@@ -19,6 +19,7 @@
 mod fetch;
 pub mod jwks;
 pub mod token;
+pub mod verified;
 
 use crate::error::ApiError;
 use cpis_domain::identity::Caller;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use token::{Claims, Expectations, TokenError};
+use verified::VerifiedTokens;
 use tower::{Layer, Service};
 
 pub use crate::authz::USER_METHODS;
@@ -82,6 +84,11 @@ pub struct UserAuthSettings {
     /// Longest accepted token, in bytes.
     #[arg(long = "oidc-max-token-bytes", env = "CPIS_OIDC_MAX_TOKEN_BYTES", default_value_t = 16_384)]
     pub max_token_bytes: usize,
+    /// Verified tokens kept per instance so that a token's signature is
+    /// checked once, not on every call, until it expires or the key set
+    /// changes (0: verify every call).
+    #[arg(long = "oidc-verified-tokens", env = "CPIS_OIDC_VERIFIED_TOKENS", default_value_t = 10_000)]
+    pub verified_tokens: usize,
 }
 
 impl Default for UserAuthSettings {
@@ -147,6 +154,28 @@ struct Verifier {
     mode: UserAuthMode,
     keys: KeySet,
     expect: Expectations,
+    verified: VerifiedTokens,
+}
+
+impl Verifier {
+    /// The token's claims: from a verification made earlier under the same
+    /// key set while the token is unexpired, else by verifying it now.
+    async fn claims(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let digest = verified::digest(token);
+        // Read before the key is: see `VerifiedTokens::insert`.
+        let generation = self.keys.generation();
+        let now = unix_now();
+        if let Some(claims) = self.verified.get(&digest, generation, now) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(token::verify(token, &self.keys, &self.expect).await?);
+        self.verified.insert(digest, claims.clone(), generation, now);
+        Ok(claims)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl UserAuth {
@@ -173,7 +202,8 @@ impl UserAuth {
             leeway: settings.leeway,
             max_bytes: settings.max_token_bytes,
         };
-        Ok(Self { inner: Arc::new(Verifier { mode: settings.mode, keys, expect }) })
+        let verified = VerifiedTokens::new(settings.verified_tokens, settings.leeway.as_secs());
+        Ok(Self { inner: Arc::new(Verifier { mode: settings.mode, keys, expect, verified }) })
     }
 
     /// The person behind a request from `setting_code` with these headers.
@@ -187,7 +217,7 @@ impl UserAuth {
                 )),
             };
         };
-        let claims = token::verify(token, &v.keys, &v.expect).await.map_err(|e| match e {
+        let claims = v.claims(token).await.map_err(|e| match e {
             TokenError::KeysUnavailable => ApiError::Unavailable(e.to_string()),
             other => ApiError::Unauthenticated(other.to_string()),
         })?;
@@ -195,7 +225,7 @@ impl UserAuth {
             None => None,
             Some(value) => Some(value.to_str().map_err(|_| invalid_urid())?.trim().to_string()),
         };
-        let user = select_role(claims, urid.as_deref())?;
+        let user = select_role(&claims, urid.as_deref())?;
         cpis_domain::user::role_belongs_to_setting(&user.role.org_code, setting_code)
             .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
         Ok(UserContext::Verified(Box::new(user)))
@@ -220,7 +250,7 @@ fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// The person and the role selected by `urid` (else the token's
 /// `selected_roleid`), which must be one of the token's roles.
-fn select_role(claims: Claims, urid: Option<&str>) -> Result<User, ApiError> {
+fn select_role(claims: &Claims, urid: Option<&str>) -> Result<User, ApiError> {
     let wanted = urid.filter(|u| !u.is_empty()).or(claims.selected_roleid.as_deref()).ok_or_else(invalid_urid)?;
     let role = claims.nhsid_nrbac_roles.iter().find(|r| r.person_roleid == wanted).ok_or_else(invalid_urid)?;
     let user_id = claims.nhsid_useruid.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
@@ -349,6 +379,7 @@ mod tests {
     fn claims(roles: &[(&str, &str)], selected: Option<&str>) -> Claims {
         Claims {
             sub: "s".into(),
+            exp: 0,
             nhsid_useruid: Some("910000000001".into()),
             name: Some("Alex Example".into()),
             nhsid_nrbac_roles: roles
@@ -374,11 +405,11 @@ mod tests {
     #[test]
     fn the_header_selects_one_of_the_tokens_roles_else_the_claim_does() {
         let two = || claims(&[("111", "RBQ"), ("222", "RWJ")], Some("222"));
-        assert_eq!(code(select_role(two(), Some("111"))), Ok("111".into()));
-        assert_eq!(code(select_role(two(), None)), Ok("222".into()));
-        assert_eq!(code(select_role(two(), Some("333"))), Err(tonic::Code::Unauthenticated));
-        assert_eq!(code(select_role(claims(&[("111", "RBQ")], None), None)), Err(tonic::Code::Unauthenticated));
-        let refusal = select_role(two(), Some("333")).unwrap_err().to_string();
+        assert_eq!(code(select_role(&two(), Some("111"))), Ok("111".into()));
+        assert_eq!(code(select_role(&two(), None)), Ok("222".into()));
+        assert_eq!(code(select_role(&two(), Some("333"))), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(select_role(&claims(&[("111", "RBQ")], None), None)), Err(tonic::Code::Unauthenticated));
+        let refusal = select_role(&two(), Some("333")).unwrap_err().to_string();
         assert_eq!(refusal, "NHSD-Session-URID is invalid");
     }
 

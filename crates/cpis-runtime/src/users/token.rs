@@ -71,6 +71,8 @@ pub enum TokenError {
 pub struct Claims {
     /// The token's subject.
     pub sub: String,
+    /// When it expires (Unix seconds); verification has checked it.
+    pub exp: u64,
     /// SDS user id (scope `nhsperson`).
     #[serde(default)]
     pub nhsid_useruid: Option<String>,
