@@ -166,7 +166,13 @@ pub async fn council_load(
         }));
     }
 
+    // --perf: 8 s from the second second under load (the upload lasts about 13 s).
+    let recording =
+        ctx.profiler.as_ref().map(|p| p.window("council-load", Duration::from_secs(1), Duration::from_secs(8)));
     let under_load = check_ins(ctx, &people, rate, || done.load(Ordering::Relaxed)).await;
+    if let Some(recording) = recording {
+        let _ = recording.await;
+    }
     let synced = sync.await.context("the upload task")?.context("the upload took over 600 s")??;
     let sync_seconds = sync_started.elapsed().as_secs_f64();
     for u in upserters {

@@ -19,7 +19,7 @@ use super::data;
 use super::fleet::Fleet;
 use super::held::Held;
 use super::load::micros;
-use super::national::{Day, DayPeople, DaySpec, Event, Timed};
+use super::national::{self, Day, DayPeople, DaySpec, Event, Timed};
 use super::net::Net;
 use super::procs::Launch;
 use super::replay::{self, FlaggedPeople, Rig};
@@ -108,8 +108,14 @@ impl NationalDay {
     }
 }
 
-/// Runs (12) on `cluster` with the processes of `launch`.
-pub async fn national_day(shape: &Shape, launch: &Launch, cluster: &PrivateCluster) -> anyhow::Result<NationalDay> {
+/// Runs (12) on `cluster` with the processes of `launch`; with `perf`, also
+/// records a CPU profile of the first replay's upload hour there.
+pub async fn national_day(
+    shape: &Shape,
+    launch: &Launch,
+    cluster: &PrivateCluster,
+    perf: Option<&std::path::Path>,
+) -> anyhow::Result<NationalDay> {
     let spec = DaySpec::new(shape.day_volume);
     let day = Day::new(spec.clone(), data::councils());
     let people = DayPeople::new(&day)?;
@@ -143,6 +149,15 @@ pub async fn national_day(shape: &Shape, launch: &Launch, cluster: &PrivateClust
         progress(&format!("  {:<20} pid {} port {}", s.name, s.pid().unwrap_or(0), s.port));
     }
     let net = Arc::new(Net::new(pki, launch.trust_domain.clone()));
+    // --perf: the first replay's upload hour (the replicas share a name: a
+    // profile tells services apart, not replicas).
+    let profiler = match perf {
+        Some(dir) => {
+            let names = fleet.all().iter().filter_map(|s| Some((s.pid()?, s.name))).collect::<Vec<_>>();
+            Some(super::profile::Profiler::new(dir, [names, vec![(std::process::id(), "cpis-bench (load)")]].concat())?)
+        }
+        None => None,
+    };
 
     let t = Instant::now();
     register(&day, &people, &net, fleet.registry.port).await?;
@@ -171,7 +186,8 @@ pub async fn national_day(shape: &Shape, launch: &Launch, cluster: &PrivateClust
     result.searched = searched;
     let mut factor = shape.day_factor.unwrap_or(GOAL_FACTOR);
     for night in 1..=MAX_REPLAYS {
-        let r = replay_at(&rig, &db, &result.idle, factor, night).await?;
+        let perf = profiler.as_ref().filter(|_| night == 1);
+        let r = replay_at(&rig, &db, &result.idle, factor, night, perf).await?;
         fleet.check_alive()?;
         let passed = r.passed;
         result.replays.push(r);
@@ -187,6 +203,9 @@ pub async fn national_day(shape: &Shape, launch: &Launch, cluster: &PrivateClust
     }
     held.close();
     fleet.stop();
+    if let Some(p) = &profiler {
+        p.finish();
+    }
     Ok(result)
 }
 
@@ -271,10 +290,19 @@ async fn replay_at(
     idle: &Idle,
     factor: f64,
     night: usize,
+    perf: Option<&super::profile::Profiler>,
 ) -> anyhow::Result<ReplayResult> {
     progress(&format!("(12) replaying the day at {factor:.0}x ({:.1} s)", 86_400.0 / factor));
     let before = rig.held.seen();
+    // --perf: from the first upload, for the upload hour (at most 8 s).
+    let (from, hour) = (national::UPLOAD_WINDOW.0 / factor, 3_600.0 / factor);
+    let recording = perf.map(|p| {
+        p.window("national-day-uploads", Duration::from_secs_f64(from), Duration::from_secs_f64(hour.min(8.0)))
+    });
     let o = replay::play(rig, &rig.day.events, factor, night).await?;
+    if let Some(recording) = recording {
+        let _ = recording.await;
+    }
     let missing = replay::await_alerts(rig.held, &o, Duration::from_secs(30)).await;
     let after = rig.held.seen();
     let streams = super::held::Seen {

@@ -273,7 +273,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok(()) if shape.runs("national-day") => {
             services.stop();
             meter.phase("(12) national day");
-            headroom::national_day(&shape, &launch, &cluster).await.map(|day| {
+            headroom::national_day(&shape, &launch, &cluster, args.perf.as_deref()).await.map(|day| {
                 if report.machine.postgres.is_empty() {
                     report.machine.postgres.clone_from(&day.postgres);
                 }

@@ -269,6 +269,11 @@ pub fn spawn_service(
             cmd.env_remove(&key);
         }
     }
+    // Diagnosis only, never a recorded run: `CPIS_BENCH_SERVICE_ENV='K=V K=V'`
+    // sets service settings for an A/B of one of them.
+    for (key, value) in service_env() {
+        cmd.env(key, value);
+    }
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
@@ -409,4 +414,20 @@ mod tests {
         assert_eq!(sample("y 1\n", "x_total"), None);
         assert_eq!(sample("x_total 0\n", "x_total"), Some(0.0));
     }
+}
+
+/// The settings of `CPIS_BENCH_SERVICE_ENV` (`K=V` separated by spaces), announced once.
+fn service_env() -> Vec<(String, String)> {
+    static ANNOUNCED: std::sync::Once = std::sync::Once::new();
+    let pairs: Vec<(String, String)> = std::env::var("CPIS_BENCH_SERVICE_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    if !pairs.is_empty() {
+        ANNOUNCED.call_once(|| {
+            super::progress(&format!("service settings (CPIS_BENCH_SERVICE_ENV, diagnosis only): {pairs:?}"))
+        });
+    }
+    pairs
 }

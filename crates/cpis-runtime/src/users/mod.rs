@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use token::{Claims, Expectations, TokenError};
-use verified::VerifiedTokens;
 use tower::{Layer, Service};
+use verified::VerifiedTokens;
 
 pub use crate::authz::USER_METHODS;
 
