@@ -11,6 +11,10 @@
 //! `registry.sync_uploads`, kept fresh while messages arrive; an abandoned one
 //! (its replica died) is swept by its own staleness, never by the age of its rows.
 //!
+//! A row identical to the plan the council already has is not staged: it is
+//! counted as unchanged and protects its plan ([`known`]), so a nightly
+//! re-send writes only what changed.
+//!
 //! Staging overlaps receiving: while one batch is written (in a transaction
 //! that also marks the upload alive, on a connection of its own), the next
 //! is received and validated; at most one batch is in flight, so batches
@@ -25,6 +29,8 @@
 //! stands and reported as a conflict; and the mass-end guard counts every
 //! way the snapshot would end plans ([`crate::snapshot`]).
 
+mod known;
+
 use crate::model::{validate_plan, PlanInput};
 use crate::share::CouncilConn;
 use crate::snapshot;
@@ -32,6 +38,7 @@ use crate::store::{changes, lock_council, uploads};
 use chrono::NaiveDate;
 use cpis_proto::registry::v1 as pb;
 use cpis_runtime::ApiError;
+use known::{KnownPlans, Sighting};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -115,6 +122,8 @@ pub struct Sync {
     batch_refs: HashSet<String>,
     /// Rows accepted into staging so far.
     staged: i64,
+    /// The council's plans at the claim.
+    known: KnownPlans,
     /// The batch being staged in the background, if any.
     inflight: Option<JoinHandle<Result<Staged, ApiError>>>,
     last_touch: Instant,
@@ -134,6 +143,7 @@ impl Sync {
             batch: Vec::with_capacity(batch_size.min(BATCH)),
             batch_refs: HashSet::new(),
             staged: 0,
+            known: KnownPlans::default(),
             inflight: None,
             last_touch: Instant::now(),
             outcome: Outcome::default(),
@@ -160,6 +170,13 @@ impl Sync {
         let claimed = uploads::claim(&*tx, self.sync_id, &self.council).await?;
         tx.commit().await?;
         if claimed {
+            match KnownPlans::load(crate::pg(client), &self.council).await {
+                Ok(known) => self.known = known,
+                Err(e) => {
+                    let _ = uploads::discard(crate::pg(client), self.sync_id).await;
+                    return Err(e);
+                }
+            }
             self.last_touch = Instant::now();
             return Ok(());
         }
@@ -197,9 +214,15 @@ impl Sync {
             Ok(input) => {
                 if self.batch_refs.contains(&input.local_reference) {
                     self.reject_duplicate(row, &input.local_reference);
-                } else {
-                    self.batch_refs.insert(input.local_reference.clone());
-                    self.batch.push((row, Pending::Valid(input)));
+                    return;
+                }
+                match self.known.see_valid(row, &input) {
+                    Sighting::Duplicate => self.reject_duplicate(row, &input.local_reference),
+                    Sighting::Unchanged => {}
+                    Sighting::Stage => {
+                        self.batch_refs.insert(input.local_reference.clone());
+                        self.batch.push((row, Pending::Valid(input)));
+                    }
                 }
             }
             Err(violations) => {
@@ -209,10 +232,11 @@ impl Sync {
                     violations.list().iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
                 self.reject(row, &reference, &field, &reason.join("; "));
                 let mut probe = cpis_domain::validate::Violations::new();
-                if crate::model::local_reference(&mut probe, "plan.local_reference", &reference)
-                    && self.batch_refs.insert(reference.clone())
-                {
-                    self.batch.push((row, Pending::Refused(reference)));
+                if crate::model::local_reference(&mut probe, "plan.local_reference", &reference) {
+                    self.known.see_refused(&reference);
+                    if self.batch_refs.insert(reference.clone()) {
+                        self.batch.push((row, Pending::Refused(reference)));
+                    }
                 }
             }
         }
@@ -321,19 +345,22 @@ impl Sync {
         let changed = uploads::changed_since_claim(&*tx, id, council).await?;
         let left_alone: Vec<&str> = changed.iter().map(|c| c.local_reference.as_str()).collect();
         let unborn_days = i32::try_from(options.unborn_scope_days).unwrap_or(i32::MAX);
-        let (open, ending) = uploads::open_and_ending(&*tx, id, council, self.today, &left_alone, unborn_days).await?;
+        let absent = self.known.absent();
+        let (open, ending) =
+            uploads::open_and_ending(&*tx, id, council, self.today, (&left_alone, &absent), unborn_days).await?;
         if snapshot::mass_end_refused(ending, open, options.mass_end_share, options.allow_mass_end) {
             return Err(ApiError::FailedPrecondition(snapshot::mass_end_refusal(ending, open, options.mass_end_share)));
         }
         let how = (options.by, MAX_LISTED_REFERENCES, left_alone.as_slice());
-        let (ended, ended_refs) = uploads::end_absent(&*tx, id, council, self.today, how).await?;
+        let (ended, ended_refs) = uploads::end_absent(&*tx, id, council, self.today, how, &absent).await?;
         let (updated, updated_refs) = uploads::update_changed(&*tx, id, council, how).await?;
         let (created, created_refs) = uploads::create_new(&*tx, id, council, how).await?;
-        let staged_left_alone = changed.iter().filter(|c| c.staged).count() as i64;
+        let rows_left_alone =
+            changed.iter().filter(|c| c.staged || self.known.had_unchanged_row(&c.local_reference)).count() as i64;
         self.outcome.ended = ended;
         self.outcome.updated = updated;
         self.outcome.created = created;
-        self.outcome.unchanged = self.staged - updated - created - staged_left_alone;
+        self.outcome.unchanged = self.staged + self.known.unchanged() - updated - created - rows_left_alone;
         self.outcome.conflicted = changed.len() as i64;
         self.outcome.conflicts = changed
             .into_iter()
@@ -361,16 +388,17 @@ impl Sync {
         let superseded = changes::refuse_superseded_rows(tx, self.sync_id).await?;
         self.staged -= superseded.len() as i64;
         self.outcome.rejected += superseded.len() as i64;
-        self.outcome.rejections.extend(superseded.into_iter().map(|(row, local_reference, replacement)| {
-            pb::SyncRejection {
-                local_reference,
-                reason: crate::demographics::SUPERSEDED_REASON.into(),
-                row,
-                field: "plan.nhs_number".into(),
-                replacement_nhs_number: replacement,
-            }
-        }));
-        let inactive = changes::inactive_rows(tx, self.sync_id).await?;
+        self.outcome.rejections.extend(
+            superseded
+                .into_iter()
+                .map(|(row, reference, replacement)| known::superseded_rejection(row, reference, replacement)),
+        );
+        let (refused, unchanged_inactive) = self.known.check_numbers(tx).await?;
+        self.outcome.rejected += refused.len() as i64;
+        self.outcome.rejections.extend(refused);
+        let mut inactive = changes::inactive_rows(tx, self.sync_id).await?;
+        inactive.extend(unchanged_inactive);
+        inactive.sort_unstable_by_key(|(row, _)| *row);
         self.outcome.warnings = inactive
             .into_iter()
             .take(MAX_LISTED_REJECTIONS)

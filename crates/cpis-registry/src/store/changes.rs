@@ -5,7 +5,7 @@
 use chrono::NaiveDate;
 use cpis_domain::demographics::NhsNumberChange;
 use cpis_runtime::ApiError;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio_postgres::GenericClient;
 
 /// One plan on a changed number.
@@ -144,6 +144,37 @@ pub async fn of_numbers(
             (change.nhs_number.clone(), change)
         })
         .collect())
+}
+
+/// Of `numbers`: the superseded ones, with the replacement their latest
+/// superseding change gives, and the ones ever made inactive; the same
+/// judgement [`refuse_superseded_rows`] and [`inactive_rows`] make of staged rows.
+pub async fn number_flags(
+    client: &impl GenericClient,
+    numbers: &[&str],
+) -> Result<(HashMap<String, String>, HashSet<String>), ApiError> {
+    let (mut superseded, mut inactive) = (HashMap::new(), HashSet::new());
+    if numbers.is_empty() {
+        return Ok((superseded, inactive));
+    }
+    let rows = client
+        .query(
+            "SELECT DISTINCT ON (nhs_number, kind) nhs_number, kind, replacement_nhs_number
+             FROM registry.nhs_number_changes
+             WHERE nhs_number = ANY($1) AND kind IN ('superseded', 'inactive')
+             ORDER BY nhs_number, kind, effective_date DESC, recorded_at DESC",
+            &[&numbers],
+        )
+        .await?;
+    for r in &rows {
+        let (number, kind): (String, String) = (r.get(0), r.get(1));
+        if kind == "superseded" {
+            superseded.insert(number, r.get::<_, Option<String>>(2).unwrap_or_default());
+        } else {
+            inactive.insert(number);
+        }
+    }
+    Ok((superseded, inactive))
 }
 
 /// Refuses an upload's staged rows whose NHS number was superseded (they
