@@ -45,4 +45,5 @@ mod surfaces;
 mod uploads;
 mod uploads_under_load;
 mod users;
+mod users_verified;
 mod was_not_brought;

@@ -218,13 +218,18 @@ pub async fn measure(
 }
 
 /// (7) at the register's current size: not-flagged and flagged CheckIn at
-/// one concurrency.
+/// one concurrency (with `--perf`, the not-flagged window is profiled).
 pub async fn scaling_point(ctx: &Ctx, people: Arc<Flagged>) -> anyhow::Result<ScalingPoint> {
     let plans_registered = cpis_registry::seed::plan_count(&ctx.db).await?;
     let c = ctx.shape.scaling_concurrency;
     let slots = net::slots(c);
     let (warmup, duration) = (ctx.shape.warmup(), ctx.shape.duration());
+    // --perf: the not-flagged window at each size, to compare the two.
+    let recording = ctx.profiler.as_ref().map(|p| p.window(&format!("scaling-{plans_registered}"), warmup, duration));
     let not_flagged = closed_loop(c, warmup, duration, ctx.not_flagged_op(slots)).await;
+    if let Some(recording) = recording {
+        let _ = recording.await;
+    }
     let flagged = closed_loop(c, warmup, duration, ctx.flagged_op(slots, people)).await;
     data::drain_outbox(&ctx.db, Duration::from_secs(120)).await?;
     progress(&format!(

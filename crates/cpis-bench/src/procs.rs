@@ -403,19 +403,6 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::sample;
-
-    #[test]
-    fn samples_are_summed_over_labels_and_absence_is_none() {
-        let text = "# HELP x_total X.\n# TYPE x_total counter\nx_total{kind=\"a\"} 2\nx_total{kind=\"b\"} 3\nx_total_other 9\n";
-        assert_eq!(sample(text, "x_total"), Some(5.0));
-        assert_eq!(sample("y 1\n", "x_total"), None);
-        assert_eq!(sample("x_total 0\n", "x_total"), Some(0.0));
-    }
-}
-
 /// The settings of `CPIS_BENCH_SERVICE_ENV` (`K=V` separated by spaces), announced once.
 fn service_env() -> Vec<(String, String)> {
     static ANNOUNCED: std::sync::Once = std::sync::Once::new();
@@ -430,4 +417,17 @@ fn service_env() -> Vec<(String, String)> {
         });
     }
     pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn samples_are_summed_over_labels_and_absence_is_none() {
+        let text = "# HELP x_total X.\n# TYPE x_total counter\nx_total{kind=\"a\"} 2\nx_total{kind=\"b\"} 3\nx_total_other 9\n";
+        assert_eq!(sample(text, "x_total"), Some(5.0));
+        assert_eq!(sample("y 1\n", "x_total"), None);
+        assert_eq!(sample("x_total 0\n", "x_total"), Some(0.0));
+    }
 }

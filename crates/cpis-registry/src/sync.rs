@@ -11,9 +11,7 @@
 //! `registry.sync_uploads`, kept fresh while messages arrive; an abandoned one
 //! (its replica died) is swept by its own staleness, never by the age of its rows.
 //!
-//! A row identical to the plan the council already has is not staged: it is
-//! counted as unchanged and protects its plan ([`known`]), so a nightly
-//! re-send writes only what changed.
+//! A row identical to the council's plan is not staged, only counted ([`known`]).
 //!
 //! Staging overlaps receiving: while one batch is written (in a transaction
 //! that also marks the upload alive, on a connection of its own), the next
