@@ -31,6 +31,26 @@ fn signed(users: &DevUsers, spec: &TokenSpec, change: impl FnOnce(&mut Value)) -
     users.sign(&c).expect("sign")
 }
 
+/// A child Manchester holds a plan for (`reference`), NHS number `nhs(serial)`.
+pub(crate) async fn registered_child(ts: &TestSuite, serial: u32, reference: &str) -> String {
+    let child = nhs(serial);
+    ts.registry(&council(MANCHESTER))
+        .upsert_plan(UpsertPlanRequest { plan: Some(plan(reference, &child)), expected_version: 0 })
+        .await
+        .expect("plan");
+    child
+}
+
+/// `child` checked in at ALDER_HEY by the person of `token`: whether it was flagged.
+pub(crate) async fn check_in_as(
+    ts: &TestSuite,
+    token: &cpis_devkit::users::DevToken,
+    child: &str,
+) -> Result<bool, tonic::Status> {
+    let mut client = ts.attendance_with(&setting(ALDER_HEY), UserHeaders::of(Some(token)));
+    client.check_in(arrival(child)).await.map(|r| r.into_inner().flagged)
+}
+
 /// One refusal case: the two headers sent, and what must come back.
 struct Case {
     name: &'static str,
@@ -154,11 +174,7 @@ async fn alerts(ts: &TestSuite) -> usize {
 #[tokio::test]
 async fn every_bad_token_or_role_is_refused_on_grpc_and_fhir_and_nothing_is_stored_or_alerted() {
     let ts = TestSuite::start().await;
-    let child = nhs(2301);
-    ts.registry(&council(MANCHESTER))
-        .upsert_plan(UpsertPlanRequest { plan: Some(plan("MCR-USERS-1", &child)), expected_version: 0 })
-        .await
-        .expect("plan");
+    let child = registered_child(&ts, 2301, "MCR-USERS-1").await;
     let ed = ts.identity(&setting(ALDER_HEY));
 
     for (i, case) in cases(&ts).into_iter().enumerate() {
@@ -282,20 +298,11 @@ async fn a_key_rotation_at_the_identity_provider_needs_no_restart_and_old_tokens
         ..UserAuthSettings::default()
     };
     let ts = TestSuite::start_with(configs).await;
-    let child = nhs(2302);
-    ts.registry(&council(MANCHESTER))
-        .upsert_plan(UpsertPlanRequest { plan: Some(plan("MCR-USERS-2", &child)), expected_version: 0 })
-        .await
-        .expect("plan");
-    let check_in = |token: &cpis_devkit::users::DevToken| {
-        let client = ts.attendance_with(&setting(ALDER_HEY), UserHeaders::of(Some(token)));
-        let child = child.clone();
-        async move { client.clone().check_in(arrival(&child)).await.map(|r| r.into_inner().flagged) }
-    };
+    let child = registered_child(&ts, 2302, "MCR-USERS-2").await;
     let spec = |ttl| TokenSpec { ttl, ..TokenSpec::new(ALDER_HEY, &["B0107"]) };
 
     let old = idp.token(&spec(Duration::from_secs(4))).unwrap();
-    assert!(check_in(&old).await.expect("a token of the first key"));
+    assert!(check_in_as(&ts, &old, &child).await.expect("a token of the first key"));
     let after_start = fetches.load(Ordering::SeqCst);
     assert!(after_start >= 1, "the keys came from the URL");
 
@@ -307,8 +314,8 @@ async fn a_key_rotation_at_the_identity_provider_needs_no_restart_and_old_tokens
         jsonwebtoken::decode_header(&new.token).unwrap().kid,
         jsonwebtoken::decode_header(&old.token).unwrap().kid
     );
-    assert!(check_in(&new).await.expect("a token of the new key, without a restart"));
-    assert!(check_in(&old).await.expect("the old key still verifies"));
+    assert!(check_in_as(&ts, &new, &child).await.expect("a token of the new key, without a restart"));
+    assert!(check_in_as(&ts, &old, &child).await.expect("the old key still verifies"));
 
     // A flood of unknown key ids fetches the set at most once per interval.
     let before = fetches.load(Ordering::SeqCst);
@@ -316,17 +323,17 @@ async fn a_key_rotation_at_the_identity_provider_needs_no_restart_and_old_tokens
         let stranger = SigningKey::generate_es256().unwrap();
         let token = stranger.sign(&claims(&spec(Duration::from_secs(60)), chrono::Utc::now())).unwrap();
         let forged = cpis_devkit::users::DevToken { token, ..new.clone() };
-        assert_eq!(check_in(&forged).await.unwrap_err().code(), Code::Unauthenticated);
+        assert_eq!(check_in_as(&ts, &forged, &child).await.unwrap_err().code(), Code::Unauthenticated);
     }
     let during = fetches.load(Ordering::SeqCst) - before;
     assert!(during <= 2, "20 unknown key ids in well under two seconds made {during} fetches");
 
     // The old token works until it expires (4 s, plus 1 s of leeway), then not.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let expired = check_in(&old).await.unwrap_err();
+    let expired = check_in_as(&ts, &old, &child).await.unwrap_err();
     assert_eq!(expired.code(), Code::Unauthenticated);
     assert!(expired.message().contains("expired"), "{expired:?}");
-    assert!(check_in(&new).await.expect("the new key's token"));
+    assert!(check_in_as(&ts, &new, &child).await.expect("the new key's token"));
     ts.suite.stop().await.unwrap();
 }
 
@@ -338,11 +345,7 @@ async fn the_migration_mode_takes_the_asserted_user_id_marked_unverified_and_sti
     };
     configs.attendance.users.mode = cpis_runtime::users::UserAuthMode::Optional;
     let ts = TestSuite::start_with(configs).await;
-    let child = nhs(2303);
-    ts.registry(&council(MANCHESTER))
-        .upsert_plan(UpsertPlanRequest { plan: Some(plan("MCR-USERS-3", &child)), expected_version: 0 })
-        .await
-        .expect("plan");
+    let child = registered_child(&ts, 2303, "MCR-USERS-3").await;
     let legacy = || ts.attendance_with(&setting(ALDER_HEY), UserHeaders::default());
     #[allow(deprecated)] // the migration mode is what reads it
     let asserted = cpis_proto::attendance::v1::CheckInRequest { user_id: "legacy-nurse-1".into(), ..arrival(&child) };
@@ -373,11 +376,7 @@ async fn the_migration_mode_takes_the_asserted_user_id_marked_unverified_and_sti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpis_audit_and_cpis_subscribe_name_the_verified_person_who_looked() {
     let ts = TestSuite::start().await;
-    let child = nhs(2304);
-    ts.registry(&council(MANCHESTER))
-        .upsert_plan(UpsertPlanRequest { plan: Some(plan("MCR-USERS-4", &child)), expected_version: 0 })
-        .await
-        .expect("plan");
+    let child = registered_child(&ts, 2304, "MCR-USERS-4").await;
     // `cpis users token` prints the token and the role for a named nurse.
     let cpis = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cpis"))

@@ -2,8 +2,8 @@
 //! once, not on every call: the cache never outlives what verification
 //! itself would accept (a withdrawn key, an expired token).
 
+use crate::users::{check_in_as, registered_child};
 use cpis_devkit::users::{DevUsers, SigningKey, TokenSpec};
-use cpis_proto::registry::v1::UpsertPlanRequest;
 use cpis_runtime::users::UserAuthSettings;
 use cpis_testkit::*;
 use serde_json::Value;
@@ -24,20 +24,11 @@ async fn a_token_verified_before_its_key_was_withdrawn_is_refused_once_the_key_s
     configs.attendance.users =
         UserAuthSettings { jwks_max_age: Duration::from_secs(1), leeway: Duration::ZERO, ..idp.user_auth_settings() };
     let ts = TestSuite::start_with(configs).await;
-    let child = nhs(2303);
-    ts.registry(&council(MANCHESTER))
-        .upsert_plan(UpsertPlanRequest { plan: Some(plan("MCR-USERS-3", &child)), expected_version: 0 })
-        .await
-        .expect("plan");
-    let check_in = |token: &cpis_devkit::users::DevToken| {
-        let client = ts.attendance_with(&setting(ALDER_HEY), UserHeaders::of(Some(token)));
-        let child = child.clone();
-        async move { client.clone().check_in(arrival(&child)).await.map(|r| r.into_inner().flagged) }
-    };
+    let child = registered_child(&ts, 2305, "MCR-USERS-5").await;
     let spec = TokenSpec { ttl: Duration::from_secs(600), ..TokenSpec::new(ALDER_HEY, &["B0107"]) };
     let old = idp.token(&spec).unwrap();
     for _ in 0..3 {
-        assert!(check_in(&old).await.expect("a token of the first key, every time"));
+        assert!(check_in_as(&ts, &old, &child).await.expect("a token of the first key, every time"));
     }
 
     // The provider signs with a new key and withdraws the first one.
@@ -52,16 +43,16 @@ async fn a_token_verified_before_its_key_was_withdrawn_is_refused_once_the_key_s
 
     // Within one background read (1 s here), the remembered token is refused.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let refused = check_in(&old).await.expect_err("its key is gone");
+    let refused = check_in_as(&ts, &old, &child).await.expect_err("its key is gone");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     assert!(refused.message().contains("signing key"), "{refused:?}");
-    assert!(check_in(&new).await.expect("the new key's token"));
+    assert!(check_in_as(&ts, &new, &child).await.expect("the new key's token"));
 
     // A token that expires is refused at its exp, remembered or not.
     let short = idp.token(&TokenSpec { ttl: Duration::from_secs(2), ..spec.clone() }).unwrap();
-    assert!(check_in(&short).await.expect("valid for 2 s"));
+    assert!(check_in_as(&ts, &short, &child).await.expect("valid for 2 s"));
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    let expired = check_in(&short).await.expect_err("expired");
+    let expired = check_in_as(&ts, &short, &child).await.expect_err("expired");
     assert!(expired.message().contains("expired"), "{expired:?}");
     ts.suite.stop().await.unwrap();
 }

@@ -151,13 +151,7 @@ pub async fn national_day(
     let net = Arc::new(Net::new(pki, launch.trust_domain.clone()));
     // --perf: the first replay's upload hour (the replicas share a name: a
     // profile tells services apart, not replicas).
-    let profiler = match perf {
-        Some(dir) => {
-            let names = fleet.all().iter().filter_map(|s| Some((s.pid()?, s.name))).collect::<Vec<_>>();
-            Some(super::profile::Profiler::new(dir, [names, vec![(std::process::id(), "cpis-bench (load)")]].concat())?)
-        }
-        None => None,
-    };
+    let profiler = perf.map(|dir| super::profile::Profiler::of_services(dir, &fleet.all())).transpose()?;
 
     let t = Instant::now();
     register(&day, &people, &net, fleet.registry.port).await?;

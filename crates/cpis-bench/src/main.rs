@@ -258,10 +258,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let whole_run = RssSampler::start(&services, Duration::from_millis(250));
     let profiler = match &args.perf {
-        Some(dir) => {
-            let names = services.all().iter().filter_map(|s| Some((s.pid()?, s.name))).collect::<Vec<_>>();
-            Some(profile::Profiler::new(dir, [names, vec![(std::process::id(), "cpis-bench (load)")]].concat())?)
-        }
+        Some(dir) => Some(profile::Profiler::of_services(dir, &services.all())?),
         None => None,
     };
     let outcome = if shape.runs_main() {

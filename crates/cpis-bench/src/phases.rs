@@ -161,8 +161,7 @@ pub async fn measure(
         // vacuumed, statistics current, dirty pages written), as (12) does
         // between replays.
         meter.phase("settle");
-        ctx.db.batch_execute("VACUUM ANALYZE").await?;
-        ctx.db.batch_execute("CHECKPOINT").await?;
+        data::settle(&ctx.db).await?;
         meter.phase("(5) alert latency");
         // The middle of the fixed-rate window (subscriptions open first).
         let recording = ctx.profiler.as_ref().map(|p| {

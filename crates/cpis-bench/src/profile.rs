@@ -46,6 +46,14 @@ impl Profiler {
         Ok(Profiler { dir: dir.to_path_buf(), names, recorded: Mutex::new(Vec::new()) })
     }
 
+    /// A profiler naming `services` by their pids and this process as the
+    /// load generator.
+    pub fn of_services(dir: &Path, services: &[&super::procs::ServiceProc]) -> anyhow::Result<Profiler> {
+        let mut names: Vec<(u32, &'static str)> = services.iter().filter_map(|s| Some((s.pid()?, s.name))).collect();
+        names.push((std::process::id(), "cpis-bench (load)"));
+        Profiler::new(dir, names)
+    }
+
     /// Records the whole machine for `length`, starting after `delay`; the
     /// returned task ends when the recording is written.
     pub fn window(&self, label: &str, delay: Duration, length: Duration) -> tokio::task::JoinHandle<()> {

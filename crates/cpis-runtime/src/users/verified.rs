@@ -93,14 +93,15 @@ impl VerifiedTokens {
         }
         map.insert(digest, Entry { claims, generation });
     }
+}
 
-    /// How many tokens are held.
-    pub fn len(&self) -> usize {
+#[cfg(test)]
+impl VerifiedTokens {
+    fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
     }
 
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
